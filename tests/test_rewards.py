@@ -1,0 +1,284 @@
+"""Built-in rewards: format, accuracy and adaptive think, on well-formed and garbage output."""
+
+import doctest
+import math
+from types import SimpleNamespace
+
+import pytest
+
+import rewards
+import rewards.accuracy
+import rewards.adaptive_think
+import rewards.format
+from rewards import Accuracy, AdaptiveThink, Format
+from rewards.accuracy import is_correct
+from rewards.adaptive_think import adaptive_value
+
+CHOICES = ["violin", "cello", "double bass", "flute"]
+GOLD = "cello"
+
+THINK_RIGHT = "<think>low and bowed</think><answer>B</answer>"
+THINK_WRONG = "<think>high and bowed</think><answer>A</answer>"
+NO_THINK_RIGHT = "<answer>(B) cello</answer>"
+NO_THINK_WRONG = "<answer>flute</answer>"
+
+
+def columns(n, gold=GOLD, choices=CHOICES):
+    return {"answer": [gold] * n, "choices": [list(choices)] * n}
+
+
+# ---------------------------------------------------------------- format
+
+FORMAT_CASES = [
+    (THINK_RIGHT, 1.0),
+    (NO_THINK_RIGHT, 1.0),
+    ("\n <think>\nx\n</think>\n\n<answer>\nB\n</answer>\n", 1.0),
+    ("  <answer>B</answer>  ", 1.0),
+    ([{"role": "assistant", "content": THINK_RIGHT}], 1.0),
+    ("<answer>B</answer><answer>C</answer>", 0.0),
+    ("<think>unclosed<answer>B</answer>", 0.0),
+    ("<think>x</think><answer>B", 0.0),
+    ("", 0.0),
+    ("<answer>B</answer> done", 0.0),
+    ("ok <think>x</think><answer>B</answer>", 0.0),
+    ("<answer>B</answer><think>x</think>", 0.0),
+    ("<think><think>x</think></think><answer>B</answer>", 0.0),
+    ("<answer></answer>", 0.0),
+    ("<think></think><answer>B</answer>", 0.0),
+    ("<think>x<answer>B</answer></think><answer>B</answer>", 0.0),
+    ("%$#@!<<>>", 0.0),
+    (None, 0.0),
+    (12, 0.0),
+]
+
+
+@pytest.mark.parametrize("completion, expected", FORMAT_CASES)
+def test_format(completion, expected):
+    assert Format()([completion]) == [expected]
+
+
+def test_format_batch_and_kwargs():
+    completions = [c for c, _ in FORMAT_CASES]
+    assert Format()(completions, prompts=["p"] * len(completions), trainer_state=None) == [
+        e for _, e in FORMAT_CASES
+    ]
+
+
+# ---------------------------------------------------------------- accuracy
+
+ACCURACY_CASES = [
+    (THINK_RIGHT, 1.0),
+    (NO_THINK_RIGHT, 1.0),
+    ("<answer>Cello.</answer>", 1.0),
+    ("<answer>the answer is cello</answer>", 1.0),
+    ([{"role": "assistant", "content": "<answer>B</answer>"}], 1.0),
+    ([{"role": "assistant", "content": "<think>x</think><answer>cello</answer>"}], 1.0),
+    ("<answer>B</answer><answer>A</answer>", 1.0),  # first answer block counts, format pays separately
+    (THINK_WRONG, 0.0),
+    (NO_THINK_WRONG, 0.0),
+    ("B", 0.0),  # no answer tag
+    ("<answer>B", 0.0),
+    ("<answer>trumpet</answer>", 0.0),
+    ("<answer>violin or cello</answer>", 0.0),
+    ("<answer>B. flute</answer>", 0.0),
+    ("<answer>Z</answer>", 0.0),
+    ("<answer></answer>", 0.0),
+    ("", 0.0),
+    (None, 0.0),
+]
+
+
+@pytest.mark.parametrize("completion, expected", ACCURACY_CASES)
+def test_accuracy(completion, expected):
+    assert Accuracy()([completion], **columns(1)) == [expected]
+
+
+@pytest.mark.parametrize(
+    "gold, choices",
+    [("viola", CHOICES), (None, CHOICES), ("B", CHOICES), ("cello", []), ("cello", None), ("cello", 7)],
+)
+def test_accuracy_unscoreable_row_is_none(gold, choices):
+    assert Accuracy()([THINK_RIGHT], answer=[gold], choices=[choices]) == [None]
+    assert is_correct(THINK_RIGHT, gold, choices) is None
+
+
+def test_accuracy_mixed_rows():
+    scores = Accuracy()(
+        [THINK_RIGHT, THINK_RIGHT, NO_THINK_WRONG],
+        answer=["cello", "viola", "cello"],
+        choices=[CHOICES, CHOICES, CHOICES],
+    )
+    assert scores == [1.0, None, 0.0]
+
+
+def test_columns_must_line_up():
+    with pytest.raises(ValueError, match="line up"):
+        Accuracy()([THINK_RIGHT, THINK_RIGHT], answer=[GOLD], choices=[CHOICES])
+
+
+# ---------------------------------------------------------------- adaptive think
+
+E = math.exp
+
+
+def state(step, total):
+    return SimpleNamespace(global_step=step, max_steps=total)
+
+
+@pytest.mark.parametrize(
+    "thinks, correct, lam, progress, expected",
+    [
+        # the brief's numbers: an all-think batch at step 0
+        (True, True, 1.0, 0.0, 0.3679),
+        (True, False, 1.0, 0.0, -0.6321),
+        # an all-no-think batch at step 0: no-think is the dominant mode now
+        (False, True, 0.0, 0.0, 2 * 0.3679),
+        (False, False, 0.0, 0.0, -0.3679 - 2 * 0.6321),
+        # the rare mode is paid in full
+        (True, True, 0.0, 0.0, 1.0),
+        (True, False, 0.0, 0.0, 0.0),
+        (False, True, 1.0, 0.0, 2.0),
+        (False, False, 1.0, 0.0, -1.0),
+        # p = 1: base values whatever λ
+        (True, True, 0.7, 1.0, 1.0),
+        (True, False, 0.7, 1.0, 0.0),
+        (False, True, 0.7, 1.0, 2.0),
+        (False, False, 0.7, 1.0, -1.0),
+        # halfway through, λ = 0.5
+        (True, True, 0.5, 0.5, E(-0.25)),
+        (False, False, 0.5, 0.5, -E(-0.25) - 2 * (1 - E(-0.25))),
+        # out-of-range inputs are clamped
+        (True, True, 2.0, -1.0, E(-1)),
+        (True, True, 0.5, 3.0, 1.0),
+    ],
+)
+def test_adaptive_value(thinks, correct, lam, progress, expected):
+    assert adaptive_value(thinks, correct, lam, progress) == pytest.approx(expected, abs=5e-5)
+
+
+def test_adaptive_value_custom_base():
+    base = (3.0, 0.5, 4.0, -2.0)
+    g = E(-0.4)
+    assert adaptive_value(True, True, 0.4, 0.0, base=base) == pytest.approx(g * 3.0)
+    assert adaptive_value(True, False, 0.4, 0.0, base=base) == pytest.approx(0.5 - (1 - g))
+    gn = E(-0.6)
+    assert adaptive_value(False, True, 0.4, 0.0, base=base) == pytest.approx(gn * 4.0)
+    assert adaptive_value(False, False, 0.4, 0.0, base=base) == pytest.approx(-2.0 * gn - 4.0 * (1 - gn))
+    assert [adaptive_value(t, c, 0.4, 1.0, base=base) for t, c in [(1, 1), (1, 0), (0, 1), (0, 0)]] == list(base)
+
+
+def test_adaptive_all_think_batch_at_start():
+    reward = AdaptiveThink()
+    scores = reward([THINK_RIGHT, THINK_WRONG], **columns(2), trainer_state=state(0, 100))
+    assert [round(s, 4) for s in scores] == [0.3679, -0.6321]
+    assert reward.last_think_share == 1.0
+
+
+def test_adaptive_end_of_training_gives_base_values():
+    completions = [THINK_RIGHT, THINK_WRONG, NO_THINK_RIGHT, NO_THINK_WRONG]
+    scores = AdaptiveThink()(completions, **columns(4), trainer_state=state(100, 100))
+    assert scores == pytest.approx([1.0, 0.0, 2.0, -1.0])
+
+
+def test_adaptive_mixed_batch_by_hand():
+    # 3 of 5 think (one of them malformed), p = 20 / 80 = 0.25.
+    completions = [
+        THINK_RIGHT,
+        THINK_WRONG,
+        "<think>low</think><answer>B</answer> trailing",  # thinks, malformed, still correct
+        NO_THINK_RIGHT,
+        NO_THINK_WRONG,
+    ]
+    lam, rest = 3 / 5, 0.75
+    g_think, g_no = E(-lam * rest), E(-(1 - lam) * rest)
+    expected = [g_think, -(1 - g_think), g_think, 2 * g_no, -g_no - 2 * (1 - g_no)]
+    reward = AdaptiveThink()
+    assert reward(completions, **columns(5), trainer_state=state(20, 80)) == pytest.approx(expected)
+    assert reward.last_think_share == pytest.approx(0.6)
+
+
+def test_adaptive_balance_off_gives_base_values():
+    completions = [THINK_RIGHT, THINK_WRONG, NO_THINK_RIGHT, NO_THINK_WRONG]
+    assert AdaptiveThink(balance=False)(completions, **columns(4), trainer_state=state(0, 100)) == [
+        1.0,
+        0.0,
+        2.0,
+        -1.0,
+    ]
+    custom = AdaptiveThink(balance=False, think_correct=1.5, think_wrong=-0.5, no_think_correct=3.0, no_think_wrong=-2.0)
+    assert custom(completions, **columns(4)) == [1.5, -0.5, 3.0, -2.0]
+
+
+@pytest.mark.parametrize(
+    "trainer_state",
+    [None, state(5, 0), state(5, -1), SimpleNamespace(), SimpleNamespace(global_step=None, max_steps=10)],
+)
+def test_adaptive_unknown_progress_is_start(trainer_state):
+    scores = AdaptiveThink()([THINK_RIGHT], **columns(1), trainer_state=trainer_state)
+    assert scores == pytest.approx([E(-1)])
+
+
+def test_adaptive_two_ranks_uses_the_gathered_batch():
+    rank0 = [THINK_RIGHT, THINK_WRONG]  # all think
+    rank1 = [NO_THINK_RIGHT, NO_THINK_WRONG]  # all no-think
+    ts = state(0, 100)
+    reward = AdaptiveThink()
+
+    alone = reward(rank0, **columns(2), trainer_state=ts)
+    assert reward.last_think_share == 1.0
+    gathered = reward(rank0 + rank1, **columns(4), trainer_state=ts)
+    assert reward.last_think_share == 0.5
+
+    assert gathered[:2] != pytest.approx(alone)
+    g = E(-0.5)
+    assert gathered == pytest.approx([g, -(1 - g), 2 * g, -g - 2 * (1 - g)])
+    assert alone == pytest.approx([E(-1), -(1 - E(-1))])
+
+
+def test_adaptive_row_without_gold_is_none_but_counts_for_lambda():
+    reward = AdaptiveThink()
+    scores = reward(
+        [THINK_RIGHT, NO_THINK_RIGHT],
+        answer=["viola", "cello"],
+        choices=[CHOICES, CHOICES],
+        trainer_state=state(0, 10),
+    )
+    assert scores[0] is None
+    assert scores[1] == pytest.approx(2 * E(-0.5))
+    assert reward.last_think_share == 0.5
+
+
+@pytest.mark.parametrize("completion", [c for c, _ in FORMAT_CASES])
+def test_adaptive_never_raises(completion):
+    (score,) = AdaptiveThink()([completion], **columns(1), trainer_state=state(3, 10))
+    assert isinstance(score, float) and math.isfinite(score)
+
+
+def test_adaptive_empty_batch():
+    reward = AdaptiveThink()
+    assert reward([], answer=[], choices=[]) == []
+    assert reward.last_think_share == 0.0
+
+
+# ---------------------------------------------------------------- the contract
+
+
+@pytest.mark.parametrize(
+    "reward, name",
+    [(Format, "format"), (Accuracy, "accuracy"), (AdaptiveThink, "adaptive_think")],
+)
+def test_names(reward, name):
+    assert reward.__name__ == name
+    assert reward().__name__ == name
+
+
+def test_only_adaptive_is_batch_wide():
+    assert AdaptiveThink.batch_wide is True
+    assert not getattr(Format, "batch_wide", False)
+    assert not getattr(Accuracy, "batch_wide", False)
+
+
+@pytest.mark.parametrize("module", [rewards, rewards.format, rewards.accuracy, rewards.adaptive_think])
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
