@@ -1,0 +1,130 @@
+"""Audio loading for audiothink.
+
+Every audio model we train expects 16 kHz mono float32, so all audio goes through
+:func:`load_audio`. Errors are raised as :class:`AudioError` with the file path (and the
+dataset row id when known) in the message, because a bare libsndfile error in the middle of
+a training run does not tell you which of 50k files is broken.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "write_wav"]
+
+SAMPLE_RATE = 16_000
+
+# Extra input frames read past the clip point so the resampler's filter has real signal
+# to look at near the cut instead of an artificial edge.
+_RESAMPLE_MARGIN_SECONDS = 0.05
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio; the message names the file (and row id)."""
+
+
+def _fail(path: str | os.PathLike, reason: str, row_id: str | None) -> AudioError:
+    where = f"audio {os.fspath(path)}"
+    if row_id is not None:
+        where += f" (id={row_id})"
+    return AudioError(f"{where}: {reason}")
+
+
+def _check_is_file(path: str | os.PathLike, row_id: str | None) -> None:
+    # Checked up front so users see "missing" / "is a directory" rather than libsndfile's
+    # generic "Error opening ...".
+    p = Path(path)
+    if not p.exists():
+        raise _fail(path, "file not found", row_id)
+    if p.is_dir():
+        raise _fail(path, "is a directory, expected an audio file", row_id)
+
+
+def audio_info(path: str | os.PathLike, row_id: str | None = None) -> tuple[float, int, int]:
+    """Return ``(duration_seconds, sample_rate, channels)`` without decoding samples.
+
+    Used to validate a whole dataset cheaply before training starts.
+    """
+    _check_is_file(path, row_id)
+    try:
+        info = sf.info(os.fspath(path))
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise _fail(path, f"unreadable or corrupt audio ({exc})", row_id) from exc
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise _fail(path, "audio has zero length", row_id)
+    return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
+
+
+def _read_frames(
+    path: str | os.PathLike, max_seconds: float | None, row_id: str | None
+) -> tuple[np.ndarray, int, int]:
+    """Read the first ``max_seconds`` (plus a resampling margin) of ``path``.
+
+    Returns ``(samples[frames, channels], file_rate, total_frames_in_file)``.
+    """
+    try:
+        with sf.SoundFile(os.fspath(path)) as f:
+            total = f.frames
+            n = total
+            if max_seconds is not None:
+                n = min(total, math.ceil((max_seconds + _RESAMPLE_MARGIN_SECONDS) * f.samplerate))
+            data = f.read(frames=n, dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise _fail(path, f"unreadable or corrupt audio ({exc})", row_id) from exc
+    return data, int(rate), int(total)
+
+
+def load_audio(
+    path: str | os.PathLike,
+    *,
+    max_seconds: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    row_id: str | None = None,
+) -> tuple[np.ndarray, bool]:
+    """Load ``path`` as mono float32 at ``sample_rate``, keeping at most ``max_seconds``.
+
+    Returns ``(wave, was_clipped)``. Long files are clipped rather than rejected because the
+    encoder window is a model property, not a data error; the flag lets callers count how
+    often that happens. Only the needed prefix is decoded, so clipping a long file is cheap.
+    """
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    _check_is_file(path, row_id)
+
+    max_out = None if max_seconds is None else int(round(max_seconds * sample_rate))
+    data, file_rate, total = _read_frames(path, max_seconds, row_id)
+    if total == 0 or data.shape[0] == 0:
+        raise _fail(path, "audio has zero length", row_id)
+    if not np.isfinite(data).all():
+        raise _fail(path, "audio contains non-finite samples (NaN or inf)", row_id)
+
+    wave = data.mean(axis=1, dtype=np.float32)
+    if file_rate != sample_rate:
+        wave = soxr.resample(wave, file_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+
+    truncated_read = data.shape[0] < total
+    was_clipped = False
+    if max_out is not None and (truncated_read or wave.shape[0] > max_out):
+        wave = wave[:max_out]
+        was_clipped = True
+    return np.ascontiguousarray(wave, dtype=np.float32), was_clipped
+
+
+def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write ``wave`` as 16-bit PCM mono WAV, creating parent directories.
+
+    PCM16 keeps files small and is readable by every toolchain; samples are clipped to
+    [-1, 1] so a slightly hot signal saturates instead of wrapping around.
+    """
+    arr = np.asarray(wave, dtype=np.float32)
+    if arr.ndim != 1:
+        raise ValueError(f"write_wav expects a 1-D mono wave, got shape {arr.shape}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(os.fspath(path), np.clip(arr, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
