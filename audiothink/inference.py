@@ -1,0 +1,104 @@
+"""Batched greedy answering and held-out scoring, shared by training summaries and benchmarks.
+
+The prompt is built exactly as in training (same template, same chat rendering, one audio part per clip),
+so a before/after comparison measures the policy, not a prompt mismatch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+
+from audiothink.audio import SAMPLE_RATE, load_audio
+from audiothink.data import Sample, render_prompt
+from audiothink.formats import parse
+from rewards.accuracy import is_correct
+
+
+def banned_audio_token_ids(processor) -> list[int]:
+    """Audio placeholder/marker ids: never to be generated (they have no features behind them)."""
+    tok = processor.tokenizer
+    names = [getattr(processor, n, None) for n in ("audio_token", "audio_bos_token", "audio_eos_token")]
+    return sorted({tok.convert_tokens_to_ids(t) for t in names if t})
+
+
+def build_inputs(processor, samples: Sequence[Sample], template: str, max_audio_seconds: float | None):
+    waves, messages = [], []
+    for s in samples:
+        clips = [load_audio(p, max_seconds=max_audio_seconds, row_id=s.id)[0] for p in s.audio]
+        waves.extend(clips)
+        content = [{"type": "audio"}] * len(clips) + [{"type": "text", "text": render_prompt(s, template)}]
+        messages.append([{"role": "user", "content": content}])
+    texts = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return processor(text=texts, audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    processor,
+    samples: Sequence[Sample],
+    template: str,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    max_audio_seconds: float | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+) -> list[str]:
+    """Decode one completion per sample (greedy by default), special tokens removed."""
+    tok = processor.tokenizer
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            enc = build_inputs(processor, batch, template, max_audio_seconds)
+            enc = {
+                k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in enc.items()
+            }
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
+                top_p=None,
+                top_k=None,
+                suppress_tokens=banned_audio_token_ids(processor),
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            new = gen[:, enc["input_ids"].size(1) :]
+            outputs.extend(tok.batch_decode(new, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def score(samples: Sequence[Sample], outputs: Sequence[str]) -> dict:
+    """Accuracy, think rate and format-failure rate, overall and by difficulty and task."""
+
+    def summarise(idx: list[int]) -> dict:
+        n = len(idx)
+        parsed = [parse(outputs[i]) for i in idx]
+        correct = [bool(is_correct(outputs[i], samples[i].answer, samples[i].choices)) for i in idx]
+        think_idx = [j for j, p in enumerate(parsed) if p.thinks]
+        return {
+            "n": n,
+            "accuracy": sum(correct) / n if n else 0.0,
+            "think_rate": len(think_idx) / n if n else 0.0,
+            "accuracy_think": (sum(correct[j] for j in think_idx) / len(think_idx)) if think_idx else None,
+            "format_failure_rate": sum(not p.well_formed for p in parsed) / n if n else 0.0,
+        }
+
+    by: dict[str, dict[str, list[int]]] = {"difficulty": defaultdict(list), "task": defaultdict(list)}
+    for i, s in enumerate(samples):
+        by["difficulty"][s.difficulty or "unknown"].append(i)
+        by["task"][s.task or "unknown"].append(i)
+    return {
+        "overall": summarise(list(range(len(samples)))),
+        **{f"by_{key}": {k: summarise(v) for k, v in sorted(groups.items())} for key, groups in by.items()},
+    }

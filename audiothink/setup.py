@@ -1,0 +1,188 @@
+"""Builders shared by the entry points: each turns one config group into the object it describes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+
+log = logging.getLogger("audiothink")
+
+TOY_MODEL_DIR = Path(__file__).parent / "toy" / "assets" / "model"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work, reported before anything expensive starts."""
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("toy_model_dir"):
+        OmegaConf.register_new_resolver("toy_model_dir", lambda: str(TOY_MODEL_DIR))
+
+
+# -- model -------------------------------------------------------------------------------------------------
+
+
+def _looks_local(path: str) -> bool:
+    # A hub id is "owner/name"; anything absolute, relative-dotted, home-relative or deeper is a directory.
+    return path.startswith(("/", "./", "../", "~")) or path.count("/") != 1 or os.path.exists(path)
+
+
+def check_model_path(path: str) -> None:
+    """Fail at once on a local checkpoint directory that is missing or incomplete."""
+    if not path:
+        raise ConfigError("model.path is empty: set it to a checkpoint directory or hub id")
+    if not _looks_local(path):
+        return  # a hub id: resolved (or refused, offline) by transformers
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ConfigError(f"model.path={path!r}: no such checkpoint directory")
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"model.path={path!r}: directory has no config.json, it is not a checkpoint")
+
+
+def _import(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_model_and_processor(model_cfg: DictConfig):
+    import torch
+    from transformers import AutoProcessor
+
+    check_model_path(model_cfg.path)
+    cls = _import(model_cfg.cls)
+    model = cls.from_pretrained(
+        model_cfg.path,
+        dtype=getattr(torch, model_cfg.dtype),
+        attn_implementation=model_cfg.attn_implementation,
+    )
+    processor = AutoProcessor.from_pretrained(model_cfg.path)
+    return model, processor
+
+
+def build_peft_config(lora_cfg: DictConfig | None):
+    if lora_cfg is None:
+        return None
+    from peft import LoraConfig
+
+    target = lora_cfg.target_modules
+    return LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        # a string is a full-match regex over module names (keeps LoRA off the audio encoder)
+        target_modules=target if isinstance(target, str) else list(target),
+        task_type="CAUSAL_LM",
+    )
+
+
+# -- rewards -----------------------------------------------------------------------------------------------
+
+
+def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
+    """Instantiate each named reward; its config key becomes its name (and metric rewards/<name>/mean)."""
+    from hydra.utils import instantiate
+
+    funcs, weights = [], []
+    for name, entry in reward_cfg.items():
+        if not isinstance(entry, DictConfig) or "fn" not in entry or "weight" not in entry:
+            raise ConfigError(f"reward.{name}: expected a mapping with 'fn' (a _target_) and 'weight'")
+        fn = instantiate(entry.fn)
+        if not callable(fn):
+            raise ConfigError(f"reward.{name}: {entry.fn._target_} did not build a callable")
+        try:
+            fn.__name__ = name
+        except (AttributeError, TypeError):
+            raise ConfigError(f"reward.{name}: cannot name {type(fn).__name__}; use a function or class instance")
+        funcs.append(fn)
+        weights.append(float(entry.weight))
+    if not funcs:
+        raise ConfigError("reward: no reward configured")
+    return funcs, weights
+
+
+# -- trainer -----------------------------------------------------------------------------------------------
+
+
+def build_grpo_config(trainer_cfg: DictConfig, *, output_dir: Path, seed: int, reward_weights: list[float]):
+    import dataclasses
+
+    import torch
+    from trl import GRPOConfig
+
+    kwargs: dict[str, Any] = OmegaConf.to_container(trainer_cfg, resolve=True)
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ConfigError(f"trainer: unknown GRPOConfig field(s) {unknown}")
+    if not torch.cuda.is_available() and kwargs.get("bf16", True) is not False:
+        # TRL turns bf16 on when unset, which transformers then refuses on a CPU-only machine.
+        if kwargs.get("bf16"):
+            log.warning("trainer.bf16=true without a GPU: turned off")
+        kwargs["bf16"] = False
+    return GRPOConfig(output_dir=str(output_dir), seed=seed, reward_weights=reward_weights, **kwargs)
+
+
+class JsonlMetrics(TrainerCallback):
+    """Every logged metric, one JSON object per line: greppable, and readable without TensorBoard."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+# -- data --------------------------------------------------------------------------------------------------
+
+
+def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None):
+    """Training rows as a `datasets.Dataset`, plus the held-out samples (possibly empty)."""
+    from audiothink.data import load_samples, to_dataset
+
+    if data_cfg.generate_toy:
+        from audiothink.toy.data import ensure_toy
+
+        ensure_toy(Path(data_cfg.root))
+    loaded = load_samples(
+        data_cfg.train,
+        audio_root=data_cfg.audio_root,
+        on_error=data_cfg.on_error,
+        max_seconds=max_audio_seconds,
+    )
+    if loaded.skipped:
+        log.warning("data: skipped %d bad training rows (data.on_error=skip)", len(loaded.skipped))
+    if loaded.clips_too_long:
+        log.info("data: %d training clips are longer than %.1f s and will be clipped", loaded.clips_too_long,
+                 max_audio_seconds)
+    eval_samples = []
+    if data_cfg.eval:
+        eval_samples = load_samples(
+            data_cfg.eval, audio_root=data_cfg.audio_root, on_error=data_cfg.on_error, max_seconds=max_audio_seconds
+        ).samples
+    return to_dataset(loaded.samples, prompt), eval_samples
+
+
+def summarise(model, processor, samples, cfg: DictConfig) -> dict:
+    """Greedy held-out accuracy and think statistics (overall, by difficulty, by task)."""
+    from audiothink.inference import generate_answers, score
+
+    outputs = generate_answers(
+        model,
+        processor,
+        samples,
+        cfg.prompt,
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        max_audio_seconds=cfg.model.max_audio_seconds,
+    )
+    return score(samples, outputs)

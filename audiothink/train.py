@@ -1,0 +1,100 @@
+"""Train an audio language model with GRPO to decide when (and how) to think.
+
+    python -m audiothink.train reward=adaptive                 # the embedded toy, CPU, a few minutes
+    python -m audiothink.train model=qwen2_audio_7b data=jsonl data.train=/data/avqa/train.jsonl
+
+Reads top to bottom: compose config -> model -> data -> rewards -> score held-out before -> GRPO ->
+save -> score held-out after -> summary. The run directory gets the resolved config, metrics (TensorBoard
+and metrics.jsonl), completions.jsonl (a sample of rollouts with their rewards), checkpoints, the final
+weights or adapter with the processor, and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from audiothink.setup import (
+    JsonlMetrics,
+    build_dataset,
+    build_grpo_config,
+    build_peft_config,
+    build_rewards,
+    check_model_path,
+    load_model_and_processor,
+    register_resolvers,
+    summarise,
+)
+
+log = logging.getLogger("audiothink.train")
+register_resolvers()
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    from transformers import set_seed
+
+    from audiothink.trainer import AudioGRPOTrainer
+
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    set_seed(cfg.seed)
+
+    # Fail on a wrong model path now, not after the data set and trainer are built.
+    check_model_path(cfg.model.path)
+    rewards, weights = build_rewards(cfg.reward)
+    args = build_grpo_config(cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights)
+
+    train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds)
+    log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
+    model, processor = load_model_and_processor(cfg.model)
+    log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+
+    eval_samples = eval_samples[: cfg.eval.num_samples]
+    before = summarise(model, processor, eval_samples, cfg) if eval_samples else None
+
+    trainer = AudioGRPOTrainer(
+        model=model,
+        processor=processor,
+        reward_funcs=rewards,
+        args=args,
+        train_dataset=train_set,
+        peft_config=build_peft_config(cfg.model.lora),
+        max_audio_seconds=cfg.model.max_audio_seconds,
+        callbacks=[JsonlMetrics(run_dir / "metrics.jsonl")],
+    )
+    resume = cfg.resume if isinstance(cfg.resume, str) else bool(cfg.resume) or None
+    trainer.train(resume_from_checkpoint=resume)
+
+    final_dir = run_dir / "final"
+    trainer.save_model(str(final_dir))
+    processor.save_pretrained(final_dir)
+
+    summary = {"run_dir": str(run_dir), "steps": trainer.state.global_step, "before": before}
+    if eval_samples:
+        summary["after"] = summarise(trainer.model, processor, eval_samples, cfg)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    before, after = summary.get("before"), summary.get("after")
+    print(f"\nrun: {summary['run_dir']}  ({summary['steps']} steps)")
+    if not (before and after):
+        return
+    print(f"{'held-out':<16}{'accuracy':>18}{'think rate':>20}")
+    rows = [("overall", before["overall"], after["overall"])]
+    rows += [(k, before["by_difficulty"][k], v) for k, v in after["by_difficulty"].items()]
+    for name, b, a in rows:
+        print(f"{name:<16}{b['accuracy']:>8.1%} -> {a['accuracy']:<7.1%}{b['think_rate']:>10.1%} -> {a['think_rate']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

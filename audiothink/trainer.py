@@ -1,0 +1,375 @@
+"""AudioGRPOTrainer: TRL's GRPOTrainer with audio in every forward pass.
+
+TRL's GRPOTrainer knows images, not audio. Handed a Qwen2-Audio model it would generate *with* the audio
+(if the processor ran) but score the completions - policy, old and reference log-probs - on the text
+tokens alone, silently training the model on placeholder embeddings. This subclass closes that hole and
+adds the one thing TRL's reward loop lacks, rewards computed over the whole gathered batch.
+
+What is overridden, and why (each signature is pinned by tests/test_trainer_signatures.py):
+
+- `_generate_and_score_completions`: loads the batch's audio, runs TRL's generation/scoring with it, and
+  attaches the per-row audio features to the returned batch so they travel through TRL's shuffle/split.
+- `_tokenize_prompts`: renders the chat template with one audio part per clip and runs the *processor*
+  (not just the tokenizer), which expands each `<|AUDIO|>` to its feature length and returns the mel
+  features that `generate` needs.
+- `_get_per_token_logps_and_entropies`: every log-prob pass (policy, old, reference) gets the features
+  of exactly its rows. A pass without audio raises instead of silently scoring text only.
+- `_compute_loss`: exposes the micro-batch's features to the policy pass.
+- `_calculate_rewards`: after TRL's per-rank rewards are gathered, batch-wide rewards (`batch_wide = True`,
+  e.g. the adaptive think/no-think balance) are computed once on the gathered batch, identically on
+  every rank; think-rate and think-length metrics are logged; a sample of completions is written.
+
+Rows are TRL's: `prompt` is the user text; the `audio` column holds the clip paths of each row. Audio
+tensors are stored per row as `(rows, max_clips, ...)` plus a clip count, so TRL's row shuffling and
+splitting keep them aligned with the token ids whatever the number of clips per prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOConfig, GRPOTrainer
+
+from audiothink.audio import SAMPLE_RATE, load_audio
+from audiothink.formats import completion_text, parse
+
+logger = logging.getLogger(__name__)
+
+AUDIO_PREFIX = "audio__"  # keys of per-row audio tensors in TRL's batch dict
+CLIP_COUNT_KEY = AUDIO_PREFIX + "clips"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-row audio tensors
+
+
+def pack_clips(per_clip: dict[str, torch.Tensor], clip_counts: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Regroup the processor's per-clip tensors `(n_clips, ...)` into per-row `(rows, max_clips, ...)`."""
+    rows, max_clips = len(clip_counts), max(clip_counts)
+    packed: dict[str, torch.Tensor] = {}
+    for name, tensor in per_clip.items():
+        if tensor.size(0) != sum(clip_counts):
+            raise ValueError(f"processor output {name!r} has {tensor.size(0)} clips, expected {sum(clip_counts)}")
+        out = tensor.new_zeros((rows, max_clips, *tensor.shape[1:]))
+        start = 0
+        for row, n in enumerate(clip_counts):
+            out[row, :n] = tensor[start : start + n]
+            start += n
+        packed[AUDIO_PREFIX + name] = out
+    packed[CLIP_COUNT_KEY] = torch.tensor(list(clip_counts), dtype=torch.long)
+    return packed
+
+
+def unpack_clips(packed: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:
+    """The model kwargs (`input_features`, `feature_attention_mask`, ...) for rows `start:end`, clips in order."""
+    counts = packed[CLIP_COUNT_KEY][start:end]
+    max_clips = next(v for k, v in packed.items() if k != CLIP_COUNT_KEY).size(1)
+    valid = torch.arange(max_clips, device=counts.device)[None, :] < counts[:, None]
+    return {
+        k[len(AUDIO_PREFIX) :]: v[start:end][valid.to(v.device)]
+        for k, v in packed.items()
+        if k != CLIP_COUNT_KEY
+    }
+
+
+@lru_cache(maxsize=8192)
+def _cached_audio(path: str, max_seconds: float | None) -> tuple[np.ndarray, bool]:
+    # The same clip is loaded G times per step (once per generation) and again every epoch.
+    return load_audio(path, max_seconds=max_seconds)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# batch-wide rewards
+
+
+class _Deferred:
+    """Stands in for a batch-wide reward during TRL's per-rank pass; the real one runs after the gather."""
+
+    def __init__(self, name: str):
+        self.__name__ = name
+
+    def __call__(self, completions, **kwargs):
+        return [None] * len(completions)
+
+
+def is_batch_wide(func: Callable) -> bool:
+    return bool(getattr(func, "batch_wide", False))
+
+
+def score_batch_wide(
+    funcs: dict[int, Callable],
+    names: Sequence[str],
+    completions: list,
+    columns: dict[str, list],
+    extra_kwargs: dict[str, Any],
+) -> dict[int, list[float]]:
+    """Run each batch-wide reward once on the gathered batch; validate its output like TRL does."""
+    out = {}
+    for index, func in funcs.items():
+        values = func(completions=completions, **columns, **extra_kwargs)
+        if len(values) != len(completions):
+            raise ValueError(
+                f"reward {names[index]!r} returned {len(values)} values for a batch of {len(completions)}"
+            )
+        out[index] = [float("nan") if v is None else float(v) for v in values]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+class AudioGRPOTrainer(GRPOTrainer):
+    """GRPO on audio language models (Qwen2-Audio, Qwen2.5-Omni thinker).
+
+    Example (the toy that ships with the package; see `audiothink.train` for the full entry point)::
+
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+        from trl import GRPOConfig
+        from audiothink.trainer import AudioGRPOTrainer
+        from rewards import AdaptiveThink, Format
+
+        processor = AutoProcessor.from_pretrained(model_dir)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir)
+        trainer = AudioGRPOTrainer(
+            model=model, processor=processor, reward_funcs=[AdaptiveThink(), Format()],
+            args=GRPOConfig(output_dir="out", num_generations=4, max_steps=10),
+            train_dataset=dataset,  # columns: prompt (str), audio (list of paths), answer, choices, ...
+        )
+        trainer.train()
+    """
+
+    def __init__(
+        self,
+        model,
+        reward_funcs: list[Callable],
+        args: GRPOConfig,
+        train_dataset,
+        processor,
+        *,
+        max_audio_seconds: float | None = None,
+        completion_sample_size: int = 8,
+        **kwargs,
+    ):
+        self.processor = processor
+        self.max_audio_seconds = max_audio_seconds
+        self.completion_sample_size = completion_sample_size
+        tokenizer = processor.tokenizer
+        # A sampled placeholder token would have no audio feature behind it: the next forward fails (or,
+        # worse, the legacy merge path silently shifts features). Ban every audio marker from sampling.
+        audio_tokens = [
+            getattr(processor, name, None) for name in ("audio_token", "audio_bos_token", "audio_eos_token")
+        ]
+        banned = sorted({tokenizer.convert_tokens_to_ids(t) for t in audio_tokens if t})
+        args.generation_kwargs = {**(args.generation_kwargs or {}), "suppress_tokens": banned}
+        self.banned_token_ids = banned
+
+        # Batch-wide rewards are replaced by placeholders for TRL's per-rank pass (see _calculate_rewards).
+        self._batch_wide = {i: f for i, f in enumerate(reward_funcs) if is_batch_wide(f)}
+        trl_funcs = [
+            _Deferred(getattr(f, "__name__", type(f).__name__)) if i in self._batch_wide else f
+            for i, f in enumerate(reward_funcs)
+        ]
+        # TRL is given the tokenizer: it then treats the model as text-in/text-out, and this class supplies
+        # the audio. (Handed a processor, TRL assumes an image model and reads `config.image_token_id`.)
+        super().__init__(
+            model=model,
+            reward_funcs=trl_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+            **kwargs,
+        )
+        self._audio_rows: dict[str, torch.Tensor] | None = None
+        self._pending_waves: list[list[np.ndarray]] | None = None
+        self._clipped_paths: set[str] = set()
+
+    # -- audio plumbing ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _audio(self, rows: dict[str, torch.Tensor]):
+        previous, self._audio_rows = self._audio_rows, rows
+        try:
+            yield
+        finally:
+            self._audio_rows = previous
+
+    def _load_waves(self, inputs: list[dict]) -> list[list[np.ndarray]]:
+        waves = []
+        for row in inputs:
+            paths = row["audio"]
+            if isinstance(paths, str):
+                paths = [paths]
+            clips = []
+            for path in paths:
+                wave, clipped = _cached_audio(str(path), self.max_audio_seconds)
+                if clipped:
+                    self._clipped_paths.add(str(path))
+                clips.append(wave)
+            waves.append(clips)
+        return waves
+
+    def _features_to_model(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        device, dtype = self.accelerator.device, self.model.dtype
+        return {
+            k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in features.items()
+        }
+
+    def _generate_and_score_completions(self, inputs):
+        self._pending_waves = self._load_waves(inputs)
+        rows: dict[str, torch.Tensor] = {}
+        # _tokenize_prompts fills `rows` in place; the log-prob passes inside TRL's method read it.
+        with self._audio(rows):
+            output = super()._generate_and_score_completions(inputs)
+        self._pending_waves = None
+        output.update({k: v.to(self.accelerator.device) for k, v in rows.items()})
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["audio/clipped_clips"] = [float(len(self._clipped_paths))]
+        return output
+
+    def _tokenize_prompts(self, prompts: list):
+        waves = self._pending_waves
+        if waves is None or len(waves) != len(prompts):
+            raise RuntimeError("audio for this batch was not loaded before tokenizing its prompts")
+        messages = [
+            [{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": prompt}]}]
+            for prompt, clips in zip(prompts, waves, strict=True)
+        ]
+        texts = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        flat = [w for clips in waves for w in clips]
+        encoded = self.processor(
+            text=texts, audio=flat, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
+        )
+        prompt_ids = [
+            ids[mask.bool()].tolist() for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+        ]
+        per_clip = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
+        packed = pack_clips(per_clip, [len(c) for c in waves])
+        assert self._audio_rows is not None
+        self._audio_rows.clear()
+        self._audio_rows.update(packed)
+        # For generate: the flat per-clip tensors, in the model's dtype.
+        return prompt_ids, None, self._features_to_model(per_clip)
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal_kwargs,
+    ):
+        """TRL's chunked log-prob pass, with each chunk's audio features; images are not supported."""
+        unexpected = [k for k, v in multimodal_kwargs.items() if v is not None]
+        if unexpected:
+            raise ValueError(f"AudioGRPOTrainer does not support image inputs: {unexpected}")
+        rows = self._audio_rows
+        if not rows or rows[CLIP_COUNT_KEY].size(0) != input_ids.size(0):
+            raise RuntimeError(
+                "log-prob pass without the batch's audio features "
+                f"({0 if not rows else rows[CLIP_COUNT_KEY].size(0)} audio rows for {input_ids.size(0)} sequences)"
+            )
+        batch_size = batch_size or input_ids.size(0)
+        all_logps, all_entropies, all_aux = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids = input_ids[start:end]
+            mask = attention_mask[start:end]
+            model_inputs = {"input_ids": ids, "attention_mask": mask}
+            model_inputs.update(self._features_to_model(unpack_clips(rows, start, end)))
+            if compute_aux_loss:
+                model_inputs["output_router_logits"] = True
+            # Only the completion tokens are scored
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100
+            with self.accelerator.autocast():
+                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+            all_logps.append(outputs.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                all_entropies.append(outputs.entropy[:, -logits_to_keep:])
+            if compute_aux_loss:
+                all_aux.append(outputs.aux_loss)
+        logps = torch.cat(all_logps, dim=0)
+        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+        aux = torch.stack(all_aux).mean() if compute_aux_loss else None
+        return logps, entropies, aux
+
+    def _compute_loss(self, model, inputs):
+        rows = {k: v for k, v in inputs.items() if k.startswith(AUDIO_PREFIX)}
+        with self._audio(rows):
+            return super()._compute_loss(model, inputs)
+
+    # -- rewards -----------------------------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        all_completions = gather_object(list(completions))
+        keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
+        columns = {k: gather_object([row[k] for row in inputs]) for k in keys}
+        if self._batch_wide:
+            scored = score_batch_wide(
+                self._batch_wide,
+                self.reward_func_names,
+                all_completions,
+                columns,
+                {
+                    "prompts": gather_object(list(prompts)),
+                    "group_ids": self._group_ids(len(all_completions)),
+                    "trainer_state": self.state,
+                },
+            )
+            for index, values in scored.items():
+                rewards_per_func[:, index] = torch.tensor(values, dtype=rewards_per_func.dtype)
+        self._log_think_metrics(all_completions)
+        self._write_completion_sample(all_completions, columns, rewards_per_func)
+        return rewards_per_func
+
+    def _group_ids(self, n: int) -> list[int]:
+        # TRL's sampler lays out each prompt's G completions contiguously, rank after rank.
+        g = self.num_generations if self.model.training else self.num_generations_eval
+        return [i // g for i in range(n)]
+
+    def _log_think_metrics(self, completions: list) -> None:
+        mode = "train" if self.model.training else "eval"
+        parsed = [parse(c) for c in completions]
+        thinks = [p for p in parsed if p.thinks]
+        self._metrics[mode]["think/rate"].append(len(thinks) / max(len(parsed), 1))
+        self._metrics[mode]["format/malformed_rate"].append(
+            sum(not p.well_formed for p in parsed) / max(len(parsed), 1)
+        )
+        if thinks:
+            lengths = [len(self._tokenizer(p.think or "", add_special_tokens=False)["input_ids"]) for p in thinks]
+            self._metrics[mode]["think/mean_tokens"].append(float(np.mean(lengths)))
+
+    def _write_completion_sample(self, completions: list, columns: dict[str, list], rewards: torch.Tensor) -> None:
+        if not self.accelerator.is_main_process or self.completion_sample_size <= 0:
+            return
+        step = self.state.global_step
+        if self.args.logging_steps and step % int(self.args.logging_steps) != 0:
+            return
+        path = os.path.join(self.args.output_dir, "completions.jsonl")
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            for i in range(min(self.completion_sample_size, len(completions))):
+                record = {
+                    "step": step,
+                    "id": columns.get("id", [None] * len(completions))[i],
+                    "answer": columns.get("answer", [None] * len(completions))[i],
+                    "completion": completion_text(completions[i]),
+                    "rewards": {
+                        name: (None if torch.isnan(rewards[i, j]) else round(rewards[i, j].item(), 4))
+                        for j, name in enumerate(self.reward_func_names)
+                    },
+                }
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
