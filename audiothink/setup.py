@@ -86,6 +86,35 @@ def build_peft_config(lora_cfg: DictConfig | None):
 # -- rewards -----------------------------------------------------------------------------------------------
 
 
+class _Named:
+    """A function (or partial) under the reward's config name, so the metric is rewards/<key>/mean."""
+
+    def __init__(self, name: str, fn):
+        self.__name__ = name
+        self.fn = fn
+        self.batch_wide = getattr(fn, "batch_wide", False)
+
+    def __call__(self, completions, **columns):
+        return self.fn(completions, **columns)
+
+
+class _NamedAsync(_Named):
+    async def __call__(self, completions, **columns):
+        return await self.fn(completions, **columns)
+
+
+def named_reward(name: str, fn):
+    """Give `fn` the name `name`: set on class instances, wrapped for functions and partials."""
+    import functools
+    import inspect
+
+    if not isinstance(fn, functools.partial) and not inspect.isroutine(fn):
+        fn.__name__ = name
+        return fn
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    return (_NamedAsync if inspect.iscoroutinefunction(inner) else _Named)(name, fn)
+
+
 def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
     """Instantiate each named reward; its config key becomes its name (and metric rewards/<name>/mean)."""
     from hydra.utils import instantiate
@@ -96,12 +125,8 @@ def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
             raise ConfigError(f"reward.{name}: expected a mapping with 'fn' (a _target_) and 'weight'")
         fn = instantiate(entry.fn)
         if not callable(fn):
-            raise ConfigError(f"reward.{name}: {entry.fn._target_} did not build a callable")
-        try:
-            fn.__name__ = name
-        except (AttributeError, TypeError):
-            raise ConfigError(f"reward.{name}: cannot name {type(fn).__name__}; use a function or class instance")
-        funcs.append(fn)
+            raise ConfigError(f"reward.{name}: {entry.fn.get('_target_')} did not build a callable")
+        funcs.append(named_reward(name, fn))
         weights.append(float(entry.weight))
     if not funcs:
         raise ConfigError("reward: no reward configured")

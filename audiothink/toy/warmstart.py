@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=0, help="print held-out greedy accuracy every N steps")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> Path:
         opt.zero_grad()
         if step % 25 == 0 or step == args.steps - 1:
             print(f"step {step:4d}  loss {loss.item():.3f}  ({time.time() - t0:.0f}s)")
+        if args.eval_every and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
+            print(f"step {step + 1:4d}  held-out {_heldout(model, processor, paths['eval'], prompt)}")
+            model.train()
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
@@ -94,6 +98,18 @@ def main(argv: list[str] | None = None) -> Path:
     (args.out / "warmstart.json").write_text(json.dumps(vars(args), default=str, indent=2) + "\n")
     print(f"saved toy checkpoint to {args.out}")
     return args.out
+
+
+def _heldout(model, processor, eval_path: Path, prompt: str, n: int = 200) -> str:
+    from audiothink.inference import generate_answers, score
+
+    samples = load_samples(eval_path).samples[:n]
+    outputs = generate_answers(model, processor, samples, prompt, batch_size=50, max_new_tokens=48,
+                               max_audio_seconds=WINDOW_SECONDS)
+    result = score(samples, outputs)
+    tasks = " ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["by_task"].items())
+    o = result["overall"]
+    return f"accuracy {o['accuracy']:.1%} ({tasks}) think {o['think_rate']:.0%} malformed {o['format_failure_rate']:.0%}"
 
 
 def _sft_loss(model, processor, batch: list[Sample], prompt: str, think: list[bool]) -> torch.Tensor:

@@ -1,0 +1,36 @@
+"""Shared fixtures: the embedded toy checkpoint and a small slice of the toy data set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from audiothink.setup import TOY_MODEL_DIR  # noqa: E402
+from audiothink.toy.data import generate_toy  # noqa: E402
+
+PROMPT = "{question}\n{choices}\nThink inside <think></think> if needed, then answer inside <answer></answer>."
+
+
+@pytest.fixture(scope="session")
+def toy_files(tmp_path_factory) -> dict[str, Path]:
+    """A small toy set (all four tasks, one- and two-clip items), generated once per session."""
+    return generate_toy(tmp_path_factory.mktemp("toy"), n_train=48, n_eval=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir() -> Path:
+    if not (TOY_MODEL_DIR / "model.safetensors").is_file():
+        pytest.fail(f"toy checkpoint missing in {TOY_MODEL_DIR}: run python -m audiothink.toy.warmstart")
+    return TOY_MODEL_DIR
+
+
+def load_toy(toy_model_dir: Path):
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(toy_model_dir)
+    processor = AutoProcessor.from_pretrained(toy_model_dir)
+    return model, processor

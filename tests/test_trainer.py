@@ -1,0 +1,185 @@
+"""AudioGRPOTrainer on the tiny Qwen2-Audio: audio reaches every forward, training moves the weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioModel
+from trl import GRPOConfig
+
+from audiothink.data import load_samples, to_dataset
+from audiothink.trainer import AudioGRPOTrainer, pack_clips, unpack_clips
+from rewards import Accuracy, AdaptiveThink, Format
+from tests.conftest import PROMPT, load_toy
+
+LM_ONLY = r"^model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+
+def _dataset(toy_files, n=8):
+    samples = load_samples(toy_files["train"]).samples
+    # both one-clip and two-clip prompts in every batch
+    two = [s for s in samples if len(s.audio) == 2][: n // 2]
+    one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
+    return to_dataset(two + one, PROMPT)
+
+
+def _trainer(toy_model_dir, toy_files, tmp_path, *, lora: bool, beta=0.04, num_iterations=2, max_steps=2, **cfg):
+    model, processor = load_toy(toy_model_dir)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "run"),
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_steps=max_steps,
+        learning_rate=cfg.pop("learning_rate", 1e-3),
+        beta=beta,
+        num_iterations=num_iterations,
+        max_completion_length=24,
+        bf16=False,
+        activation_checkpointing=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        optim="adamw_torch",
+        disable_dropout=True,
+        seed=0,
+        **cfg,
+    )
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=LM_ONLY, task_type="CAUSAL_LM") if lora else None
+    return AudioGRPOTrainer(
+        model=model,
+        processor=processor,
+        reward_funcs=[AdaptiveThink(), Format(), Accuracy()],
+        args=args,
+        train_dataset=_dataset(toy_files),
+        peft_config=peft_config,
+        max_audio_seconds=2.0,
+    )
+
+
+@contextmanager
+def spy_audio_forwards(*models):
+    """Record, for every call of every Qwen2AudioModel inside `models`, its sequence length and audio inputs."""
+    calls, handles = [], []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        calls.append(
+            {
+                "seq_len": ids.size(1),
+                "rows": ids.size(0),
+                "features": kwargs.get("input_features") is not None,
+                "mask": kwargs.get("feature_attention_mask") is not None,
+                "audio_tokens": int((ids == module.config.audio_token_id).sum()),
+            }
+        )
+
+    for model in models:
+        if model is None:
+            continue
+        for module in model.modules():
+            if isinstance(module, Qwen2AudioModel):
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    assert handles, "no Qwen2AudioModel found to spy on"
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _full_passes(calls):
+    # Decode steps of generate() feed one token at a time from the KV cache: no audio needed there.
+    return [c for c in calls if c["seq_len"] > 1]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_every_forward_gets_audio(toy_model_dir, toy_files, tmp_path, lora):
+    trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=lora, beta=0.04, num_iterations=2)
+    assert (trainer.ref_model is None) == lora  # LoRA: reference = adapter disabled; full: a separate copy
+    with spy_audio_forwards(trainer.model, trainer.ref_model) as calls:
+        trainer.train()
+    passes = _full_passes(calls)
+    missing = [c for c in passes if not (c["features"] and c["mask"])]
+    assert not missing, f"forward passes without audio features: {missing}"
+    # One generation (num_iterations=2 reuses it), then old + reference log-probs, then 2 policy passes.
+    assert len(passes) == 5, passes
+    assert all(c["audio_tokens"] > 0 for c in passes)
+
+
+def test_spy_catches_a_text_only_logprob_pass(toy_model_dir, toy_files, tmp_path, monkeypatch):
+    """The spy test above can fail: drop the features from the log-prob passes and it sees it."""
+    trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=False, beta=0.04, max_steps=1)
+    monkeypatch.setattr("audiothink.trainer.unpack_clips", lambda rows, start, end: {})
+    with spy_audio_forwards(trainer.model, trainer.ref_model) as calls:
+        trainer.train()
+    assert any(not c["features"] for c in _full_passes(calls))
+
+
+def test_two_steps_change_weights_and_log(toy_model_dir, toy_files, tmp_path):
+    trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=False, beta=0.0, num_iterations=1, learning_rate=1e-2)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    # Every trainable tensor that receives gradient moves (the audio encoder's included: audio is in the graph).
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n])]
+    assert not [n for n in unchanged if "audio_tower" in n and "embed_positions" not in n], unchanged
+    assert len(unchanged) < len(before) // 10, unchanged
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert math.isfinite(h["loss"])
+        assert math.isfinite(h["rewards/adaptive_think/mean"])
+        assert 0.0 <= h["think/rate"] <= 1.0
+    sample = (tmp_path / "run" / "completions.jsonl").read_text().splitlines()
+    record = json.loads(sample[0])
+    assert set(record["rewards"]) == {"adaptive_think", "format", "accuracy"}
+
+
+def test_lora_stays_off_the_audio_encoder(toy_model_dir, toy_files, tmp_path):
+    trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=True, max_steps=1)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("language_model" in n and "lora_" in n for n in trainable)
+
+
+def test_completions_never_contain_audio_placeholders(toy_model_dir, toy_files, tmp_path):
+    trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=False, max_steps=1)
+    banned = trainer.banned_token_ids
+    audio_id = trainer.model.config.audio_token_id
+    assert audio_id in banned
+    # Make the placeholder the model's overwhelming favourite: sampling must still never pick it.
+    lm_head = trainer.model.get_output_embeddings()
+
+    def boost(module, inputs, output):
+        output[..., banned] += 1e4
+        return output
+
+    handle = lm_head.register_forward_hook(boost)
+    try:
+        batch = [trainer.train_dataset[i] for i in range(4) for _ in range(4)]
+        trainer.model.train()
+        out = trainer._generate_and_score_completions(batch)
+    finally:
+        handle.remove()
+    ids = out["completion_ids"][out["completion_mask"].bool()]
+    assert ids.numel() > 0
+    assert not torch.isin(ids, torch.tensor(banned)).any()
+
+
+def test_pack_unpack_keeps_clip_order():
+    counts = [2, 1, 3]
+    feats = torch.arange(6 * 2 * 5, dtype=torch.float32).view(6, 2, 5)
+    masks = torch.ones(6, 5, dtype=torch.long)
+    packed = pack_clips({"input_features": feats, "feature_attention_mask": masks}, counts)
+    assert packed["audio__input_features"].shape == (3, 3, 2, 5)
+    assert torch.equal(unpack_clips(packed, 0, 3)["input_features"], feats)
+    assert torch.equal(unpack_clips(packed, 1, 2)["input_features"], feats[2:3])
+    assert torch.equal(unpack_clips(packed, 1, 3)["input_features"], feats[2:6])
+    # shuffled rows stay consistent with their clips
+    perm = torch.tensor([2, 0, 1])
+    shuffled = {k: v[perm] for k, v in packed.items()}
+    assert torch.equal(unpack_clips(shuffled, 0, 1)["input_features"], feats[3:6])
