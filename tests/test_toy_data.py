@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -93,12 +94,27 @@ def test_tasks_difficulties_and_answers_are_balanced(toy_set):
     assert {r["difficulty"] for r in eval_rows} == {"easy", "hard"}
 
 
+CHOICES = {
+    "count": ["one", "two", "three", "four"],
+    "pitch": ["low", "high"],
+    "duration": ["short", "long"],
+    "compare_clips": ["clip one", "clip two"],
+}
+CATEGORIES = {"count": "counting", "pitch": "pitch", "duration": "timing", "compare_clips": "pitch"}
+
+
+def test_choices_and_categories_are_fixed_per_task(toy_set):
+    for r in _rows(toy_set["train"]) + _rows(toy_set["eval"]):
+        assert r["choices"] == CHOICES[r["task"]]
+        assert r["category"] == CATEGORIES[r["task"]]
+        assert r["source"] == f"audiothink-toy-{TOY_VERSION}"
+
+
 def test_compare_clips_items_have_two_clips(toy_set):
     rows = _rows(toy_set["train"])
     for r in rows:
         if r["task"] == "compare_clips":
             assert isinstance(r["audio"], list) and len(r["audio"]) == 2
-            assert r["choices"] == ["clip one", "clip two"]
         else:
             assert isinstance(r["audio"], str)
 
@@ -115,6 +131,10 @@ def test_vocabulary_is_small_and_lowercase(toy_set):
 # Simple signal "oracles" recover every answer, which shows the labels match the audio.
 
 
+HIGH_LOW_SPLIT_HZ = 800.0  # every "low" band is below it and every "high" band above
+SHORT_LONG_SPLIT_S = 0.5  # every "short" range is below it and every "long" range above
+
+
 def _segments(wave: np.ndarray) -> list[tuple[int, int]]:
     hop = 160  # 10 ms frames
     energy = np.sqrt(np.convolve(wave**2, np.ones(hop) / hop, mode="same"))[::hop]
@@ -128,32 +148,81 @@ def _freq(wave: np.ndarray) -> float:
     return float(np.argmax(spectrum)) * SAMPLE_RATE / (1 << 16)
 
 
-def _oracle(row: dict, root: Path) -> str:
+def _tone_seconds(wave: np.ndarray) -> float:
+    segs = _segments(wave)
+    assert len(segs) == 1, segs
+    (start, end), = segs
+    return (end - start) / SAMPLE_RATE
+
+
+def _waves(row: dict, root: Path) -> list[np.ndarray]:
     paths = row["audio"] if isinstance(row["audio"], list) else [row["audio"]]
-    waves = [sf.read(root / p, dtype="float32")[0] for p in paths]
-    task, first_or_second = row["task"], ("first", "second")
-    if task == "compare_clips":
-        return "clip one" if _freq(waves[0]) > _freq(waves[1]) else "clip two"
-    segs = _segments(waves[0])
+    return [sf.read(root / p, dtype="float32")[0] for p in paths]
+
+
+def _oracle(row: dict, root: Path) -> str:
+    waves = _waves(row, root)
+    task = row["task"]
     if task == "count":
-        return ("one", "two", "three", "four")[len(segs) - 1]
-    assert len(segs) == 2, row
-    (a0, a1), (b0, b1) = segs
+        return ("one", "two", "three", "four")[len(_segments(waves[0])) - 1]
     if task == "pitch":
-        return first_or_second[0 if _freq(waves[0][a0:a1]) > _freq(waves[0][b0:b1]) else 1]
-    return first_or_second[0 if a1 - a0 > b1 - b0 else 1]
+        return "high" if _freq(waves[0]) > HIGH_LOW_SPLIT_HZ else "low"
+    if task == "duration":
+        return "long" if _tone_seconds(waves[0]) > SHORT_LONG_SPLIT_S else "short"
+    if task == "compare_clips":
+        assert len(waves) == 2
+        high = [_freq(w) > HIGH_LOW_SPLIT_HZ for w in waves]
+        assert high[0] != high[1], "one clip must be high and the other low"
+        return "clip one" if high[0] else "clip two"
+    raise AssertionError(f"unknown task {task}")
 
 
 def test_answers_are_recoverable_from_audio(toy_set):
     root = toy_set["train"].parent
-    rows = _rows(toy_set["train"])
+    rows = _rows(toy_set["train"]) + _rows(toy_set["eval"])
     wrong = [r["id"] for r in rows if _oracle(r, root) != r["answer"]]
     assert wrong == []
+
+
+# The measured values fall in the bands the data card documents (with a small tolerance
+# for FFT bins and the 10 ms energy frames / fades).
+_PITCH_BANDS = {"easy": ((250, 400), (1600, 2500)), "hard": ((600, 720), (880, 1000))}
+_DURATION_BANDS = {"easy": ((0.10, 0.20), (0.9, 1.4)), "hard": ((0.35, 0.45), (0.55, 0.70))}
+
+
+def test_measured_pitch_and_length_match_the_documented_bands(toy_set):
+    root = toy_set["train"].parent
+    for r in _rows(toy_set["train"]):
+        waves = _waves(r, root)
+        if r["task"] in ("pitch", "compare_clips"):
+            for w in waves:
+                f = _freq(w)
+                bands = _PITCH_BANDS[r["difficulty"]]
+                assert any(lo - 2 <= f <= hi + 2 for lo, hi in bands), (r["id"], f)
+                assert 0.28 <= _tone_seconds(w) <= 0.62, r["id"]
+        elif r["task"] == "duration":
+            lo, hi = _DURATION_BANDS[r["difficulty"]][r["choices"].index(r["answer"])]
+            assert lo - 0.03 <= _tone_seconds(waves[0]) <= hi + 0.03, r["id"]
+            assert 395 <= _freq(waves[0]) <= 1005, r["id"]
+
+
+def test_hard_items_are_noisy_and_easy_items_clean(toy_set):
+    root = toy_set["train"].parent
+    lead = int(0.04 * SAMPLE_RATE)  # every clip starts with at least 0.05 s of "silence"
+    for r in _rows(toy_set["train"]):
+        for w in _waves(r, root):
+            if r["difficulty"] == "easy":
+                assert np.all(w[:lead] == 0), r["id"]
+            else:
+                assert np.std(w[:lead]) > 1e-3, r["id"]
 
 
 def test_rationale_matches_answer(toy_set):
     for r in _rows(toy_set["train"]):
         assert r["answer"] in r["rationale"]
+        # No other choice appears in it, so the rationale never names a wrong answer.
+        others = [c for c in r["choices"] if c != r["answer"] and re.search(rf"\b{c}\b", r["rationale"])]
+        assert others == [], r
 
 
 # --------------------------------------------------------------------------- ensure_toy

@@ -26,7 +26,7 @@ from audiothink.audio import SAMPLE_RATE, write_wav
 
 __all__ = ["TOY_VERSION", "WINDOW_SECONDS", "TASKS", "generate_toy", "ensure_toy"]
 
-TOY_VERSION = "v1"
+TOY_VERSION = "v2"  # v2: absolute judgments (high/low, short/long) instead of first-vs-second
 # The tiny test model's encoder sees 2 s; longer clips would be silently cut at load time.
 WINDOW_SECONDS = 2.0
 TASKS = ("count", "pitch", "duration", "compare_clips")
@@ -97,15 +97,37 @@ def _finish(rng: np.random.Generator, wave: np.ndarray, snr_db: float | None) ->
     return wave.astype(np.float32)
 
 
-def _pitch_pair(rng: np.random.Generator, difficulty: str) -> tuple[float, float]:
-    """Return (low, high) frequencies whose ratio matches the difficulty."""
-    ratio = rng.uniform(1.5, 2.0) if difficulty == "easy" else rng.uniform(1.06, 1.15)
-    low = rng.uniform(300.0, 1400.0 / ratio)
-    return low, low * ratio
+# Absolute pitch bands, (low band, high band) in Hz. Easy bands are far apart; hard bands
+# sit either side of ~800 Hz with ~20 % between them. Shared by `pitch` and `compare_clips`.
+_PITCH_BANDS = {
+    "easy": ((250.0, 400.0), (1600.0, 2500.0)),
+    "hard": ((600.0, 720.0), (880.0, 1000.0)),
+}
+# Absolute tone lengths, (short range, long range) in seconds.
+_DURATION_BANDS = {
+    "easy": ((0.10, 0.20), (0.9, 1.4)),
+    "hard": ((0.35, 0.45), (0.55, 0.70)),
+}
+
+
+def _snr(difficulty: str) -> float | None:
+    return None if difficulty == "easy" else _HARD_SNR_DB
+
+
+def _band_freq(rng: np.random.Generator, difficulty: str, high: bool) -> float:
+    lo, hi = _PITCH_BANDS[difficulty][int(high)]
+    return rng.uniform(lo, hi)
+
+
+def _single_tone(rng: np.random.Generator, freq: float, seconds: float, difficulty: str) -> np.ndarray:
+    return _finish(rng, _sequence(rng, [(freq, seconds)], []), _snr(difficulty))
 
 
 # --------------------------------------------------------------------------- tasks
 # Each task gets the rng, the difficulty and the index of the (balanced) answer to produce.
+# Only `count` is relational within a clip; the others are absolute judgments of one tone
+# (or of one tone per clip), which small audio models learn far more easily than
+# "first vs second tone" comparisons.
 
 
 def _make_count(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _Item:
@@ -114,10 +136,9 @@ def _make_count(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _
     beeps = [(freq, rng.uniform(0.1, 0.14)) for _ in range(n)]
     lo, hi = (0.15, 0.3) if difficulty == "easy" else (0.05, 0.1)
     gaps = [rng.uniform(lo, hi) for _ in range(n - 1)]
-    snr = None if difficulty == "easy" else _HARD_SNR_DB
     word = _NUMBERS[answer_idx]
     return _Item(
-        clips=(_finish(rng, _sequence(rng, beeps, gaps), snr),),
+        clips=(_finish(rng, _sequence(rng, beeps, gaps), _snr(difficulty)),),
         question="how many beeps do you hear?",
         choices=_NUMBERS,
         answer=word,
@@ -127,52 +148,47 @@ def _make_count(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _
 
 
 def _make_pitch(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _Item:
-    low, high = _pitch_pair(rng, difficulty)
-    freqs = (high, low) if answer_idx == 0 else (low, high)
-    tones = [(f, rng.uniform(0.3, 0.5)) for f in freqs]
-    wave = _sequence(rng, tones, [rng.uniform(0.1, 0.3)])
-    choice = ("first", "second")[answer_idx]
+    choices = ("low", "high")
+    freq = _band_freq(rng, difficulty, high=answer_idx == 1)
+    choice = choices[answer_idx]
     return _Item(
-        clips=(_finish(rng, wave, None if difficulty == "easy" else _HARD_SNR_DB),),
-        question="which tone is higher, the first or the second?",
-        choices=("first", "second"),
+        clips=(_single_tone(rng, freq, rng.uniform(0.3, 0.6), difficulty),),
+        question="is the tone high or low?",
+        choices=choices,
         answer=choice,
-        rationale=f"the {choice} tone is higher",
+        rationale=f"the tone sounds {choice}",
         category="pitch",
     )
 
 
 def _make_duration(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _Item:
-    if difficulty == "easy":
-        short, ratio = rng.uniform(0.15, 0.25), rng.uniform(2.0, 3.0)
-    else:
-        short, ratio = rng.uniform(0.3, 0.5), rng.uniform(1.2, 1.4)
-    lengths = (short * ratio, short) if answer_idx == 0 else (short, short * ratio)
+    choices = ("short", "long")
+    lo, hi = _DURATION_BANDS[difficulty][answer_idx]
+    seconds = rng.uniform(lo, hi)
     freq = rng.uniform(400.0, 1000.0)
-    wave = _sequence(rng, [(freq, s) for s in lengths], [rng.uniform(0.15, 0.3)])
-    choice = ("first", "second")[answer_idx]
+    choice = choices[answer_idx]
     return _Item(
-        clips=(_finish(rng, wave, None),),
-        question="which tone is longer, the first or the second?",
-        choices=("first", "second"),
+        clips=(_single_tone(rng, freq, seconds, difficulty),),
+        question="is the tone short or long?",
+        choices=choices,
         answer=choice,
-        rationale=f"the {choice} tone is longer",
+        rationale=f"the tone is {choice}",
         category="timing",
     )
 
 
 def _make_compare_clips(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _Item:
-    low, high = _pitch_pair(rng, difficulty)
-    freqs = (high, low) if answer_idx == 0 else (low, high)
-    snr = None if difficulty == "easy" else _HARD_SNR_DB
-    clips = tuple(_finish(rng, _sequence(rng, [(f, rng.uniform(0.3, 0.6))], []), snr) for f in freqs)
-    choice = ("clip one", "clip two")[answer_idx]
+    choices = ("clip one", "clip two")
+    highs = (True, False) if answer_idx == 0 else (False, True)
+    freqs = [_band_freq(rng, difficulty, high=h) for h in highs]
+    clips = tuple(_single_tone(rng, f, rng.uniform(0.3, 0.6), difficulty) for f in freqs)
+    choice = choices[answer_idx]
     return _Item(
         clips=clips,
         question="which clip has the higher tone, clip one or clip two?",
-        choices=("clip one", "clip two"),
+        choices=choices,
         answer=choice,
-        rationale=f"the tone in {choice} is higher",
+        rationale=f"{choice} sounds higher",
         category="pitch",
     )
 
