@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ASSETS)
     ap.add_argument("--data", type=Path, default=Path.home() / ".cache" / "audiothink" / "toy")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", type=int, default=128)
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
-    (args.out / "warmstart.json").write_text(json.dumps(vars(args), default=str, indent=2) + "\n")
+    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "data", "eval_every")}
+    recipe["torch"] = torch.__version__
+    (args.out / "warmstart.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"saved toy checkpoint to {args.out}")
     return args.out
 

@@ -1,0 +1,114 @@
+"""Every config composes, every field binds to its target, typos and bad paths fail before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from trl import GRPOConfig
+
+from audiothink.setup import ConfigError, build_grpo_config, build_rewards, check_model_path, register_resolvers
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml")) for g in ("model", "data", "reward", "trainer")}
+register_resolvers()
+
+
+def _compose(overrides=()):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_config_composes_and_binds(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if option == "jsonl":
+        overrides.append("data.train=/x/train.jsonl")
+    cfg = _compose(overrides)
+    OmegaConf.to_container(cfg.model, resolve=True)
+    OmegaConf.to_container(cfg.data, resolve=True)
+    args = build_grpo_config(cfg.trainer, output_dir=tmp_path, seed=0, reward_weights=[1.0] * len(cfg.reward))
+    assert isinstance(args, GRPOConfig)
+    funcs, weights = build_rewards(cfg.reward)
+    assert [f.__name__ for f in funcs] == list(cfg.reward)
+    assert len(weights) == len(funcs)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _uncommented_fields(text: str) -> list[str]:
+    """Leaf keys with no comment: neither inline nor above them (a run of sibling keys may share one)."""
+    lines = text.splitlines()
+    missing = []
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if not s or s.startswith(("#", "-", "_target_", "_partial_")) or ":" not in s or s.endswith(":"):
+            continue
+        if "#" in line.split(":", 1)[1]:
+            continue
+        j = i - 1
+        while j >= 0 and lines[j].strip() and not lines[j].strip().startswith("#") and _indent(lines[j]) == _indent(line):
+            j -= 1
+        if not (j >= 0 and lines[j].strip().startswith("#") and _indent(lines[j]) == _indent(line)):
+            missing.append(f"{i + 1}: {s}")
+    return missing
+
+
+def test_every_config_field_is_commented():
+    for path in CONFIGS.rglob("*.yaml"):
+        assert not _uncommented_fields(path.read_text()), (path, _uncommented_fields(path.read_text()))
+
+
+def test_comment_check_can_fail():
+    assert _uncommented_fields("# a\nx: 1\ny: 2\n") == []
+    assert _uncommented_fields("x: 1\n") == ["1: x: 1"]
+    assert _uncommented_fields("m:\n  # c\n  a: 1\n\n  b: 2\n") == ["5: b: 2"]
+
+
+def test_7b_models_select_the_published_recipe():
+    for option in ("qwen2_audio_7b", "qwen2_5_omni_7b"):
+        t = _compose([f"model={option}"]).trainer
+        assert (t.num_generations, t.learning_rate, t.beta, t.temperature) == (8, 1e-6, 0.04, 1.0)
+        assert _compose([f"model={option}"]).model.lora.r == 16
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    with pytest.raises(Exception, match="trainer.bogus"):
+        _compose(["trainer.bogus=1"])
+    cfg = _compose()
+    OmegaConf.set_struct(cfg, False)
+    cfg.trainer.bogus = 1
+    with pytest.raises(ConfigError, match="bogus"):
+        build_grpo_config(cfg.trainer, output_dir=tmp_path, seed=0, reward_weights=[1.0])
+
+
+def test_grpo_fields_exist():
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    for option in GROUPS["trainer"]:
+        keys = set(OmegaConf.load(CONFIGS / "trainer" / f"{option}.yaml"))
+        assert keys <= known, keys - known
+
+
+@pytest.mark.parametrize("path", ["/some/missing/dir", "./nope", "~/nope-audiothink"])
+def test_missing_model_dir_fails_at_once(path):
+    with pytest.raises(ConfigError, match="no such checkpoint directory"):
+        check_model_path(path)
+
+
+def test_train_fails_fast_on_missing_model_dir(tmp_path):
+    """The entry point stops on a bad model path before building data, rewards' judges or the trainer."""
+    out = subprocess.run(
+        [sys.executable, "-m", "audiothink.train", "model=qwen2_audio_7b", "model.path=/some/missing/dir",
+         f"hydra.run.dir={tmp_path}", "data.root=/nonexistent/should-not-be-built"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode != 0
+    assert "model.path='/some/missing/dir': no such checkpoint directory" in out.stderr
+    assert not Path("/nonexistent/should-not-be-built").exists()
