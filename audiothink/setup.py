@@ -167,6 +167,17 @@ class JsonlMetrics(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+class SaveProcessor(TrainerCallback):
+    """Checkpoints carry the processor too, so any checkpoint directory loads on its own."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.processor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
 # -- data --------------------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiothink.setup import (
     JsonlMetrics,
+    SaveProcessor,
     build_dataset,
     build_grpo_config,
     build_peft_config,
@@ -36,6 +38,19 @@ register_resolvers()
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
+    from audiothink.audio import AudioError
+    from audiothink.data import DataError
+    from audiothink.setup import ConfigError
+
+    try:
+        return train(cfg)
+    except (ConfigError, DataError, AudioError) as e:
+        # a problem with the user's input: the message says what and where, a traceback would bury it
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def train(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
     from audiothink.trainer import AudioGRPOTrainer
@@ -67,7 +82,7 @@ def main(cfg: DictConfig) -> dict:
         train_dataset=train_set,
         peft_config=build_peft_config(cfg.model.lora),
         max_audio_seconds=cfg.model.max_audio_seconds,
-        callbacks=[JsonlMetrics(run_dir / "metrics.jsonl")],
+        callbacks=[JsonlMetrics(run_dir / "metrics.jsonl"), SaveProcessor(processor)],
     )
     resume = cfg.resume if isinstance(cfg.resume, str) else bool(cfg.resume) or None
     trainer.train(resume_from_checkpoint=resume)

@@ -39,7 +39,7 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
-from audiothink.audio import SAMPLE_RATE, load_audio
+from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,12 @@ class AudioGRPOTrainer(GRPOTrainer):
                 paths = [paths]
             clips = []
             for path in paths:
-                wave, clipped = _cached_audio(str(path), self.max_audio_seconds)
+                try:
+                    wave, clipped = _cached_audio(str(path), self.max_audio_seconds)
+                except AudioError:
+                    # validated at load time, so the file changed since: name the row and fail
+                    load_audio(path, max_seconds=self.max_audio_seconds, row_id=str(row.get("id", "?")))
+                    raise
                 if clipped:
                     self._clipped_paths.add(str(path))
                 clips.append(wave)
