@@ -26,8 +26,13 @@ splitting keep them aligned with the token ids whatever the number of clips per 
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import inspect
 import json
 import logging
+import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -38,6 +43,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import is_async_callable, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
@@ -81,9 +87,9 @@ def unpack_clips(packed: dict[str, torch.Tensor], start: int, end: int) -> dict[
     }
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=256)
 def _cached_audio(path: str, max_seconds: float | None) -> tuple[np.ndarray, bool]:
-    # The same clip is loaded G times per step (once per generation) and again every epoch.
+    # Each clip of a step is needed G times (once per completion); 256 clips of 30 s stay under 0.5 GB.
     return load_audio(path, max_seconds=max_seconds)
 
 
@@ -91,18 +97,91 @@ def _cached_audio(path: str, max_seconds: float | None) -> tuple[np.ndarray, boo
 # batch-wide rewards
 
 
-class _Deferred:
-    """Stands in for a batch-wide reward during TRL's per-rank pass; the real one runs after the gather."""
+def check_reward_values(name: str, values: Any, n: int) -> list[float | None]:
+    """`values` as floats (None kept), or an error naming the reward: wrong length, NaN/inf, a non-number.
 
-    def __init__(self, name: str):
-        self.__name__ = name
+    TRL checks the length only; a NaN would silently read as "no score" and a string would fail inside
+    torch without naming the reward. None is the one way to say "no score".
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray | torch.Tensor):
+        raise TypeError(f"reward {name!r} returned {type(values).__name__}, expected a list of {n} numbers or None")
+    if len(values) != n:
+        raise ValueError(f"reward {name!r} returned {len(values)} values for a batch of {n}")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        if isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim == 0:
+            v = v.item()
+        if not isinstance(v, numbers.Real):
+            raise TypeError(
+                f"reward {name!r} returned {type(v).__name__} {v!r:.40} at index {i}: expected a number or None"
+            )
+        if not math.isfinite(v):
+            raise ValueError(f"reward {name!r} returned {v} at index {i}: return None for 'no score'")
+        out.append(float(v))
+    return out
+
+
+class _Checked:
+    """A per-sample reward with its output checked (see check_reward_values) before TRL sees it."""
+
+    def __init__(self, func: Callable, name: str):
+        self.func, self.__name__ = func, name
 
     def __call__(self, completions, **kwargs):
-        return [None] * len(completions)
+        return check_reward_values(self.__name__, self.func(completions=completions, **kwargs), len(completions))
+
+
+class _CheckedAsync(_Checked):
+    async def __call__(self, completions, **kwargs):
+        values = await self.func(completions=completions, **kwargs)
+        return check_reward_values(self.__name__, values, len(completions))
+
+
+class _Deferred:
+    """Stands in for a batch-wide reward during TRL's per-rank pass; the real one runs after the gather.
+
+    A batch-wide reward may have a per-rank part, `local(completions, **columns)`: it runs here (so each
+    rank does its own share, e.g. judge calls) and its gathered output reaches the reward as `local_scores`.
+    """
+
+    def __init__(self, name: str, func: Callable | None = None):
+        self.__name__ = name
+        self.local = getattr(func, "local", None)
+
+    def __call__(self, completions, **kwargs):
+        if self.local is None:
+            return [None] * len(completions)
+        return check_reward_values(self.__name__, self.local(completions=completions, **kwargs), len(completions))
+
+
+class _DeferredAsync(_Deferred):
+    # Async, so that TRL starts its event loop and runs the local part alongside the other async rewards.
+    async def __call__(self, completions, **kwargs):
+        if self.local is None:
+            return [None] * len(completions)
+        values = self.local(completions=completions, **kwargs)
+        if inspect.isawaitable(values):
+            values = await values
+        return check_reward_values(self.__name__, values, len(completions))
 
 
 def is_batch_wide(func: Callable) -> bool:
     return bool(getattr(func, "batch_wide", False))
+
+
+def _trl_reward(func: Any, index: int, batch_wide: dict[int, Callable]):
+    """What TRL's per-rank pass calls for reward `index`: a placeholder, a checked wrapper, or `func` itself."""
+    name = getattr(func, "__name__", type(func).__name__)
+    if index in batch_wide:
+        local = getattr(func, "local", None)
+        is_async = is_async_callable(func) or (local is not None and is_async_callable(local))
+        return (_DeferredAsync if is_async else _Deferred)(name, func)
+    if isinstance(func, (str, torch.nn.Module)):  # reward models: TRL scores them itself
+        return func
+    return (_CheckedAsync if is_async_callable(func) else _Checked)(func, name)
 
 
 def score_batch_wide(
@@ -111,17 +190,36 @@ def score_batch_wide(
     completions: list,
     columns: dict[str, list],
     extra_kwargs: dict[str, Any],
+    *,
+    reward_values: dict[str, list[float | None]] | None = None,
+    run_async: Callable[[Any], Any] = asyncio.run,
 ) -> dict[int, list[float]]:
-    """Run each batch-wide reward once on the gathered batch; validate its output like TRL does."""
+    """Run each batch-wide reward once on the gathered batch, in index order; validate its output.
+
+    `reward_values` (name -> gathered values) holds the per-sample rewards; each batch-wide reward sees it
+    (as the kwarg `reward_values`) with the batch-wide ones before it added, so a formula placed last
+    sees them all. A reward with a `local` part gets that part's gathered output as `local_scores`.
+    Async rewards are awaited with `run_async` (the trainer passes its event loop). NaN marks None.
+    """
+    values_so_far = dict(reward_values or {})
     out = {}
-    for index, func in funcs.items():
-        values = func(completions=completions, **columns, **extra_kwargs)
-        if len(values) != len(completions):
-            raise ValueError(
-                f"reward {names[index]!r} returned {len(values)} values for a batch of {len(completions)}"
-            )
-        out[index] = [float("nan") if v is None else float(v) for v in values]
+    for index in sorted(funcs):
+        func, name = funcs[index], names[index]
+        kwargs = dict(extra_kwargs)
+        kwargs["reward_values"] = dict(values_so_far)
+        if getattr(func, "local", None) is not None:
+            kwargs["local_scores"] = values_so_far.get(name)
+        result = func(completions=completions, **columns, **kwargs)
+        if inspect.isawaitable(result):
+            result = run_async(_awaited(result))
+        checked = check_reward_values(name, result, len(completions))
+        values_so_far[name] = checked
+        out[index] = [float("nan") if v is None else v for v in checked]
     return out
+
+
+async def _awaited(awaitable):
+    return await awaitable
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -172,12 +270,10 @@ class AudioGRPOTrainer(GRPOTrainer):
         args.generation_kwargs = {**(args.generation_kwargs or {}), "suppress_tokens": banned}
         self.banned_token_ids = banned
 
-        # Batch-wide rewards are replaced by placeholders for TRL's per-rank pass (see _calculate_rewards).
+        # Batch-wide rewards are replaced by placeholders for TRL's per-rank pass (see _calculate_rewards);
+        # per-sample ones are wrapped so that a NaN or a non-number fails naming the reward.
         self._batch_wide = {i: f for i, f in enumerate(reward_funcs) if is_batch_wide(f)}
-        trl_funcs = [
-            _Deferred(getattr(f, "__name__", type(f).__name__)) if i in self._batch_wide else f
-            for i, f in enumerate(reward_funcs)
-        ]
+        trl_funcs = [_trl_reward(f, i, self._batch_wide) for i, f in enumerate(reward_funcs)]
         # TRL is given the tokenizer: it then treats the model as text-in/text-out, and this class supplies
         # the audio. (Handed a processor, TRL assumes an image model and reads `config.image_token_id`.)
         super().__init__(
