@@ -115,21 +115,46 @@ def named_reward(name: str, fn):
     return (_NamedAsync if inspect.iscoroutinefunction(inner) else _Named)(name, fn)
 
 
+FORMULA_KEY, TOTAL_NAME = "formula", "total"
+
+
 def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
-    """Instantiate each named reward; its config key becomes its name (and metric rewards/<name>/mean)."""
+    """Instantiate each named reward; its config key becomes its name (and metric rewards/<name>/mean).
+
+    An optional ``formula`` string (see audiothink/formula.py) adds one more, batch-wide reward named
+    ``total`` with weight 1, evaluated after all the others; unknown names in it are a ConfigError here,
+    before any model or data is loaded.
+    """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    funcs, weights = [], []
+    funcs, weights, formula = [], [], None
     for name, entry in reward_cfg.items():
+        if name == FORMULA_KEY:
+            formula = entry
+            continue
+        if name == TOTAL_NAME:
+            raise ConfigError(f"reward.{name}: the name is reserved for the value of reward.formula")
         if not isinstance(entry, DictConfig) or "fn" not in entry or "weight" not in entry:
             raise ConfigError(f"reward.{name}: expected a mapping with 'fn' (a _target_) and 'weight'")
-        fn = instantiate(entry.fn)
+        try:
+            fn = instantiate(entry.fn)
+        except InstantiationException as e:
+            # a bad argument (unknown field, a judge prompt asking for a missing field, ...): say where
+            if isinstance(e.__cause__, (ValueError, TypeError)):
+                raise ConfigError(f"reward.{name}: {e.__cause__}") from e
+            raise
         if not callable(fn):
             raise ConfigError(f"reward.{name}: {entry.fn.get('_target_')} did not build a callable")
         funcs.append(named_reward(name, fn))
         weights.append(float(entry.weight))
     if not funcs:
         raise ConfigError("reward: no reward configured")
+    if formula is not None:
+        from audiothink.formula import Formula
+
+        funcs.append(Formula(formula, known=[f.__name__ for f in funcs]))
+        weights.append(1.0)
     return funcs, weights
 
 

@@ -16,8 +16,10 @@ What is overridden, and why (each signature is pinned by tests/test_trainer_sign
   of exactly its rows. A pass without audio raises instead of silently scoring text only.
 - `_compute_loss`: exposes the micro-batch's features to the policy pass.
 - `_calculate_rewards`: after TRL's per-rank rewards are gathered, batch-wide rewards (`batch_wide = True`,
-  e.g. the adaptive think/no-think balance) are computed once on the gathered batch, identically on
-  every rank; think-rate and think-length metrics are logged; a sample of completions is written.
+  e.g. the adaptive think/no-think balance, a reward formula) are computed once on the gathered batch,
+  identically on every rank (async ones awaited on TRL's event loop); every reward's output is checked
+  (length, NaN, non-numbers: an error naming the reward); a row whose optimised rewards are all None is
+  left out of the step; think-rate and think-length metrics are logged; a sample of completions is written.
 
 Rows are TRL's: `prompt` is the user text; the `audio` column holds the clip paths of each row. Audio
 tensors are stored per row as `(rows, max_clips, ...)` plus a clip count, so TRL's row shuffling and
@@ -255,6 +257,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         *,
         max_audio_seconds: float | None = None,
         completion_sample_size: int = 8,
+        fast_generation: bool = False,
         **kwargs,
     ):
         self.processor = processor
@@ -284,9 +287,22 @@ class AudioGRPOTrainer(GRPOTrainer):
             processing_class=tokenizer,
             **kwargs,
         )
+        if fast_generation:
+            self.enable_fast_generation()
         self._audio_rows: dict[str, torch.Tensor] | None = None
         self._pending_waves: list[list[np.ndarray]] | None = None
         self._clipped_paths: set[str] = set()
+
+    def enable_fast_generation(self, bucket: int = 64) -> None:
+        """Static KV cache + torch.compile'd decode step for the HF rollout (GPU).
+
+        2.6x plain `generate` for Qwen2-Audio-7B on an H100 (bench/RESULTS.md). The cache's shape is the
+        padded prompt length + max_new_tokens and a new shape recompiles (about a minute at 7B), so
+        prompts are padded to multiples of `bucket` tokens (unless the config already set a multiple).
+        """
+        self.generation_config.cache_implementation = "static"
+        self.generation_config.disable_compile = False
+        self.pad_to_multiple_of = self.pad_to_multiple_of or bucket
 
     # -- audio plumbing ----------------------------------------------------------------------------------
 
@@ -428,13 +444,46 @@ class AudioGRPOTrainer(GRPOTrainer):
                     "prompts": gather_object(list(prompts)),
                     "group_ids": self._group_ids(len(all_completions)),
                     "trainer_state": self.state,
+                    "log_metric": self._log_metric,
                 },
+                reward_values={
+                    name: [None if math.isnan(v) else v for v in rewards_per_func[:, i].tolist()]
+                    for i, name in enumerate(self.reward_func_names)
+                },
+                run_async=self._run_async,
             )
             for index, values in scored.items():
                 rewards_per_func[:, index] = torch.tensor(values, dtype=rewards_per_func.dtype)
+        self._drop_rows_without_optimised_reward(rewards_per_func)
+        # One count per step: the step's judge calls (consistency, think_quality, ...) add up.
+        if self._pending_metrics.get("judge/failures"):
+            self._pending_metrics["judge/failures"] = [sum(self._pending_metrics["judge/failures"])]
         self._log_think_metrics(all_completions)
         self._write_completion_sample(all_completions, columns, rewards_per_func)
         return rewards_per_func
+
+    def _drop_rows_without_optimised_reward(self, rewards_per_func: torch.Tensor) -> None:
+        """A row whose every weighted reward is None gets None everywhere, so TRL leaves it out of the step.
+
+        TRL drops a row (advantage 0, out of its group's baseline) only when *all* columns are None; a
+        weight-0 column (logged, not optimised: e.g. the components of a formula) would otherwise keep the
+        row in, and TRL's nansum would pay it a made-up 0.
+        """
+        weighted = (self.reward_weights != 0).to(rewards_per_func.device)
+        if not weighted.any() or weighted.all():
+            return
+        nan = torch.isnan(rewards_per_func)
+        drop = nan[:, weighted].all(dim=1) & ~nan.all(dim=1)
+        if drop.any():
+            rewards_per_func[drop] = float("nan")
+
+    def _run_async(self, coroutine):
+        """Run `coroutine` on TRL's reward event loop (started here if TRL saw no async reward)."""
+        if getattr(self, "async_loop", None) is None:
+            self.async_loop_thread, self.async_loop, ready = start_event_loop_in_daemon(name="AudioGRPO-AsyncLoop")
+            ready.wait()
+            atexit.register(shutdown_event_loop_in_daemon, self.async_loop_thread, self.async_loop)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.async_loop).result()
 
     def _group_ids(self, n: int) -> list[int]:
         # TRL's sampler lays out each prompt's G completions contiguously, rank after rank.

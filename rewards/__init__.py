@@ -13,7 +13,13 @@ output: it scores it.
 
 A reward whose value depends on the whole batch sets the class attribute ``batch_wide = True``.
 The trainer then calls it once with the batch gathered from all ranks, so batch statistics (such
-as the share of think completions) are global, not per rank.
+as the share of think completions) are global, not per rank. It also receives ``group_ids`` (the
+prompt group of each completion) and ``reward_values`` (name -> values of the rewards computed before
+it). An optional ``local`` method is its per-rank part: run before the gather, its gathered output
+reaches ``__call__`` as ``local_scores`` (``think_quality`` judges there, so no rank judges twice).
+
+A reward may be async (``async def __call__``, e.g. judge-based ones: ``consistency``,
+``think_quality``); the trainer awaits it on its event loop, in parallel with the other async rewards.
 
 The name a reward is logged under is its ``__name__``.
 
@@ -36,6 +42,10 @@ Example, runnable as is:
 
 from rewards.accuracy import Accuracy
 from rewards.adaptive_think import AdaptiveThink
+from rewards.consistency import Consistency
 from rewards.format import Format
+from rewards.repetition import Repetition
+from rewards.think_length import ThinkLength
+from rewards.think_quality import ThinkQuality
 
-__all__ = ["Accuracy", "AdaptiveThink", "Format"]
+__all__ = ["Accuracy", "AdaptiveThink", "Consistency", "Format", "Repetition", "ThinkLength", "ThinkQuality"]

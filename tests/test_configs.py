@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 from trl import GRPOConfig
 
 from audiothink.setup import ConfigError, build_grpo_config, build_rewards, check_model_path, register_resolvers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml")) for g in ("model", "data", "reward", "trainer")}
+GROUPS = {
+    g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml")) for g in ("model", "data", "reward", "trainer", "judge")
+}
 register_resolvers()
 
 
@@ -29,14 +33,21 @@ def test_every_config_composes_and_binds(group, option, tmp_path):
     overrides = [f"{group}={option}"]
     if option == "jsonl":
         overrides.append("data.train=/x/train.jsonl")
+    if group == "judge" and option == "hf":
+        overrides.append("judge.path=/x/judge")  # the one mandatory field; nothing is loaded below
     cfg = _compose(overrides)
     OmegaConf.to_container(cfg.model, resolve=True)
     OmegaConf.to_container(cfg.data, resolve=True)
     args = build_grpo_config(cfg.trainer, output_dir=tmp_path, seed=0, reward_weights=[1.0] * len(cfg.reward))
     assert isinstance(args, GRPOConfig)
     funcs, weights = build_rewards(cfg.reward)
-    assert [f.__name__ for f in funcs] == list(cfg.reward)
+    names = [k for k in cfg.reward if k != "formula"] + (["total"] if "formula" in cfg.reward else [])
+    assert [f.__name__ for f in funcs] == names
     assert len(weights) == len(funcs)
+    # the judge config binds to its class's signature (without loading a judge model)
+    judge = OmegaConf.to_container(cfg.judge, resolve=True)
+    signature = inspect.signature(get_class(judge.pop("_target_")))
+    signature.bind(**judge)
 
 
 def _indent(line: str) -> int:
@@ -44,11 +55,21 @@ def _indent(line: str) -> int:
 
 
 def _uncommented_fields(text: str) -> list[str]:
-    """Leaf keys with no comment: neither inline nor above them (a run of sibling keys may share one)."""
+    """Leaf keys with no comment: neither inline nor above them (a run of sibling keys may share one).
+
+    The body of a block scalar (`key: |`, e.g. a judge prompt's template) is text, not keys.
+    """
     lines = text.splitlines()
     missing = []
+    block_indent = None  # indent of the key that opened a block scalar being skipped
     for i, line in enumerate(lines):
         s = line.strip()
+        if block_indent is not None:
+            if not s or _indent(line) > block_indent:
+                continue
+            block_indent = None
+        if s.split("#", 1)[0].rstrip().endswith((": |", ": >", ": |-", ": >-")):
+            block_indent = _indent(line)
         if not s or s.startswith(("#", "-", "_target_", "_partial_")) or ":" not in s or s.endswith(":"):
             continue
         if "#" in line.split(":", 1)[1]:
@@ -70,6 +91,8 @@ def test_comment_check_can_fail():
     assert _uncommented_fields("# a\nx: 1\ny: 2\n") == []
     assert _uncommented_fields("x: 1\n") == ["1: x: 1"]
     assert _uncommented_fields("m:\n  # c\n  a: 1\n\n  b: 2\n") == ["5: b: 2"]
+    # a block scalar's text is skipped, the key after it is checked again
+    assert _uncommented_fields("# t\nt: |\n  Question: {q}\n\n  Reply:\nx: 1\n") == ["6: x: 1"]
 
 
 def test_7b_models_select_the_published_recipe():

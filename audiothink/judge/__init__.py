@@ -1,0 +1,22 @@
+"""Judges: models (or rules) that score a completion's reasoning for the judge-based rewards.
+
+Three backends behind one interface, picked in config with ``judge=rule|hf|openai``:
+
+* :class:`RuleJudge` (default) -- no model; reads the stated conclusion of the reasoning. Offline.
+* :class:`HFJudge` -- a local causal LM via transformers, batched, greedy, on its own device if asked.
+* :class:`OpenAIJudge` -- an OpenAI-compatible server; async, bounded concurrency, timeouts, retries.
+
+Every judge is used the same way, from an async reward::
+
+    scores = await judge.score("consistency", items, log_metric=log_metric)  # float or None per item
+
+Prompts are versioned in ``configs/judge/prompts/`` (a :class:`Prompt` each: template plus the one
+reply shape accepted). See ``audiothink/judge/base.py`` for the failure accounting.
+"""
+
+from audiothink.judge.base import Judge, Prompt, prompts_from_config
+from audiothink.judge.hf import HFJudge
+from audiothink.judge.openai import OpenAIJudge
+from audiothink.judge.rule import RuleJudge
+
+__all__ = ["HFJudge", "Judge", "OpenAIJudge", "Prompt", "RuleJudge", "prompts_from_config"]

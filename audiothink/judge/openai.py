@@ -1,0 +1,169 @@
+"""The openai judge: any OpenAI-compatible server (``vllm serve``, SGLang, a hosted API).
+
+Per ``score`` call (one reward, one step): identical prompts are sent once; at most ``max_concurrency``
+requests are in flight; each request has ``timeout_s`` in all; a request that times out, cannot connect,
+gets HTTP 408/429/5xx or a malformed body is retried up to ``retries`` times, after
+``backoff_s * 2**k`` seconds (k = 0, 1, ...). Other HTTP errors (401, 404, ...) are not retried: they
+will not heal. A reply whose text does not parse is retried only with ``retry_unparsable`` (at
+temperature 0 the same prompt gives the same text). What still fails gets ``None``, is counted and
+logged once per call.
+
+The API key is read from the environment variable named by ``api_key_env`` and kept out of ``repr``,
+logs and error messages; the config holds only the variable's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from audiothink.judge.base import Judge, Prompt
+
+log = logging.getLogger("audiothink.judge")
+
+_RETRY_STATUS = frozenset({408, 429})
+
+
+class _Failure(Exception):
+    """One failed attempt: ``reason`` is what gets logged (never headers, never the key)."""
+
+    def __init__(self, reason: str, retryable: bool):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class OpenAIJudge(Judge):
+    """A judge behind an OpenAI-compatible HTTP API.
+
+    Args:
+        base_url: the server's API root, e.g. ``http://127.0.0.1:8000/v1``.
+        model: the model name the server knows the judge by.
+        prompts: ``{name: {template, labels|scale, version}}`` (``configs/judge/prompts/``).
+        endpoint: ``completions`` (plain text, for base models) or ``chat`` (``/chat/completions``).
+        api_key_env: name of the environment variable holding the API key; unset or empty = no key.
+        max_concurrency: requests in flight at once, per call.
+        timeout_s: seconds one request may take, connect to last byte.
+        retries: extra attempts after a retryable failure.
+        backoff_s: wait before the first retry; doubles for each further one.
+        retry_unparsable: also retry replies whose text does not parse.
+        max_tokens: reply length; the score must be on the reply's first line.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        prompts: Mapping[str, Any] | None = None,
+        endpoint: str = "completions",
+        api_key_env: str | None = None,
+        max_concurrency: int = 16,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        retry_unparsable: bool = False,
+        max_tokens: int = 8,
+    ):
+        super().__init__(prompts)
+        if endpoint not in ("completions", "chat"):
+            raise ValueError(f"judge.endpoint must be 'completions' or 'chat', got {endpoint!r}")
+        if max_concurrency < 1 or retries < 0 or timeout_s <= 0 or backoff_s < 0:
+            raise ValueError("judge: need max_concurrency >= 1, retries >= 0, timeout_s > 0, backoff_s >= 0")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.endpoint = endpoint
+        self.api_key_env = api_key_env
+        self.max_concurrency = int(max_concurrency)
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.retry_unparsable = retry_unparsable
+        self.max_tokens = int(max_tokens)
+        self.requests_sent = 0  # HTTP attempts, retries included (tests and profiling)
+        if api_key_env and not os.environ.get(api_key_env):
+            log.info("judge: %s is not set; requests go without an API key", api_key_env)
+
+    def __repr__(self) -> str:  # no key here, ever
+        return f"OpenAIJudge(base_url={self.base_url!r}, model={self.model!r}, endpoint={self.endpoint!r})"
+
+    def _headers(self) -> dict[str, str]:
+        # Read at request time: the key lives in the environment only, never in an attribute or config.
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _payload(self, text: str) -> tuple[str, dict[str, Any]]:
+        common = {"model": self.model, "max_tokens": self.max_tokens, "temperature": 0.0}
+        if self.endpoint == "chat":
+            return "/chat/completions", {**common, "messages": [{"role": "user", "content": text}]}
+        return "/completions", {**common, "prompt": text}
+
+    async def _score(self, task: str | Prompt, items: list[Mapping[str, Any]]) -> tuple[list[float | None], int]:
+        import httpx2 as httpx
+
+        prompt = self.prompt(task)
+        texts = [prompt.render(item) for item in items]
+        unique = list(dict.fromkeys(texts))  # identical requests within the call are sent once
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        reasons: Counter[str] = Counter()
+        # One client per call: it belongs to the running event loop, and connections are reused within it.
+        async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers(),
+                                     timeout=httpx.Timeout(self.timeout_s)) as client:
+            results = await asyncio.gather(*(self._ask(client, semaphore, t, prompt, reasons) for t in unique))
+        by_text = dict(zip(unique, results))
+        scores = [by_text[t] for t in texts]
+        failed = sum(s is None for s in scores)
+        if failed:
+            detail = ", ".join(f"{r} x{n}" for r, n in reasons.most_common(5))
+            log.warning("openai judge %r: %d of %d samples without a score (%d retries allowed; %s)",
+                        prompt.name, failed, len(texts), self.retries, detail)
+        return scores, failed
+
+    async def _ask(self, client, semaphore: asyncio.Semaphore, text: str, prompt: Prompt,
+                   reasons: Counter[str]) -> float | None:
+        path, payload = self._payload(text)
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                async with semaphore:
+                    reply = await self._post(client, path, payload)
+                score = prompt.parse(reply)
+                if score is not None:
+                    return score
+                raise _Failure(f"unparsable reply {reply[:40]!r}", self.retry_unparsable)
+            except _Failure as failure:
+                reasons[failure.reason] += 1
+                if not failure.retryable:
+                    return None
+        return None
+
+    async def _post(self, client, path: str, payload: dict[str, Any]) -> str:
+        """The reply text of one request, or _Failure."""
+        import httpx2 as httpx
+
+        self.requests_sent += 1
+        try:
+            # wait_for bounds the whole request; httpx's own timeout bounds each phase
+            response = await asyncio.wait_for(client.post(path, json=payload), timeout=self.timeout_s)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise _Failure(f"timeout after {self.timeout_s:g} s", True) from None
+        except httpx.HTTPError as e:  # connection refused, reset, protocol errors
+            raise _Failure(f"{type(e).__name__}", True) from None
+        if response.status_code >= 400:
+            status = response.status_code
+            retryable = status in _RETRY_STATUS or status >= 500
+            hint = " (is the API key set?)" if status in (401, 403) else ""
+            raise _Failure(f"HTTP {status}{hint}", retryable)
+        try:
+            body = response.json()
+            choice = body["choices"][0]
+            text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _Failure("malformed response", True) from None
+        if not isinstance(text, str):
+            raise _Failure("malformed response", True)
+        return text
