@@ -1,0 +1,105 @@
+"""The hf judge on a tiny random causal LM built offline: batching, strict parsing, nothing escapes."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from audiothink.judge import HFJudge
+from audiothink.setup import TOY_MODEL_DIR, ConfigError
+from rewards import Consistency, ThinkQuality
+
+PROMPTS = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs/judge/prompts/v1.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A 2-layer Qwen2ForCausalLM with random weights and the toy's byte-level tokenizer."""
+    path = tmp_path_factory.mktemp("tiny_judge")
+    tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _items(n_distinct, repeat=2):
+    thinks = [f"i count {w} beeps" for w in ["one", "two", "three", "four", "five"][:n_distinct]] * repeat
+    return [{"question": "how many beeps?", "choices": ["one", "two"], "think": t, "answer": "two"} for t in thinks]
+
+
+def _judge(path, **kw):
+    return HFJudge(path=str(path), prompts=PROMPTS, device="cpu", dtype="float32", max_new_tokens=4, **kw)
+
+
+def test_random_model_scores_in_batches_without_raising(tiny_lm):
+    judge = _judge(tiny_lm, batch_size=2)
+    logged = []
+    items = _items(5)  # 10 samples, 5 distinct prompts
+    scores = asyncio.run(judge.score("think_quality", items, log_metric=lambda k, v: logged.append((k, v))))
+    assert len(scores) == 10
+    assert judge.batches == 3  # 5 distinct prompts in batches of 2; duplicates are not generated twice
+    # a random model says anything: each score is None or a 0.1-step rating, counted when None
+    assert all(s is None or (0 <= s <= 1 and math.isclose(s * 10, round(s * 10))) for s in scores)
+    assert scores[:5] == scores[5:]  # greedy: the same prompt gets the same score
+    assert dict(logged)["judge/failures"] == sum(s is None for s in scores) == judge.failures
+
+
+def test_replies_are_parsed_strictly(tiny_lm, monkeypatch):
+    judge = _judge(tiny_lm, batch_size=8)
+    replies = {"one": "Yes.\nbecause", "two": " no", "three": "yes, mostly", "four": "maybe"}
+
+    def fake_generate(texts):
+        return [next(r for w, r in replies.items() if f"i count {w} beeps" in t) for t in texts]
+
+    monkeypatch.setattr(judge, "generate", fake_generate)
+    scores = asyncio.run(judge.score("consistency", _items(4, repeat=1)))
+    assert scores == [1.0, 0.0, None, None]
+    assert judge.failures == 2
+
+
+def test_generate_errors_become_none(tiny_lm, monkeypatch):
+    judge = _judge(tiny_lm, batch_size=2)
+    calls = []
+
+    def flaky(texts):
+        calls.append(len(texts))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return ["0.3"] * len(texts)
+
+    monkeypatch.setattr(judge, "generate", flaky)
+    scores = asyncio.run(judge.score("think_quality", _items(3, repeat=1)))
+    assert calls == [2, 1]
+    assert scores == [None, None, 0.3] and judge.failures == 2
+
+
+def test_rewards_run_on_the_hf_judge(tiny_lm):
+    judge = _judge(tiny_lm)
+    completions = ["<think>i count two beeps</think><answer>two</answer>", "<answer>one</answer>"]
+    columns = {"question": ["how many beeps?"] * 2, "choices": [["one", "two"]] * 2, "answer": ["two"] * 2}
+    r_c = asyncio.run(Consistency(judge)(completions, **columns))
+    r_t = asyncio.run(ThinkQuality(judge)(completions, **columns))
+    assert r_c[1] == 1.0 and r_c[0] in (0.0, 1.0, None)
+    assert r_t[0] in [None] + [i / 10 for i in range(11)]
+    assert r_t[1] == (0.0 if r_t[0] is None else r_t[0])  # the no-think sample gets the think mean
+
+
+def test_same_checkpoint_is_loaded_once(tiny_lm):
+    assert _judge(tiny_lm).model is _judge(tiny_lm, batch_size=3).model
+
+
+def test_missing_checkpoint_fails_at_start(tmp_path):
+    with pytest.raises(ConfigError, match="no such checkpoint directory"):
+        HFJudge(path=str(tmp_path / "nope"), prompts=PROMPTS)
