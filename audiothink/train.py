@@ -82,6 +82,7 @@ def train(cfg: DictConfig) -> dict:
         train_dataset=train_set,
         peft_config=build_peft_config(cfg.model.lora),
         max_audio_seconds=cfg.model.max_audio_seconds,
+        fast_generation=cfg.rollout.fast,
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl"), SaveProcessor(processor)],
     )
     resume = cfg.resume if isinstance(cfg.resume, str) else bool(cfg.resume) or None

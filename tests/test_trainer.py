@@ -183,3 +183,11 @@ def test_pack_unpack_keeps_clip_order():
     perm = torch.tensor([2, 0, 1])
     shuffled = {k: v[perm] for k, v in packed.items()}
     assert torch.equal(unpack_clips(shuffled, 0, 1)["input_features"], feats[3:6])
+
+
+def test_fast_generation_sets_static_cache_and_buckets(toy_model_dir, toy_files, tmp_path):
+    trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=False, max_steps=1)
+    assert trainer.generation_config.cache_implementation is None and trainer.pad_to_multiple_of is None
+    trainer.enable_fast_generation(bucket=32)
+    gc = trainer.generation_config
+    assert (gc.cache_implementation, gc.disable_compile, trainer.pad_to_multiple_of) == ("static", False, 32)
