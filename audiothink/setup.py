@@ -127,6 +127,7 @@ def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
 
     funcs, weights, formula = [], [], None
     for name, entry in reward_cfg.items():
@@ -139,6 +140,8 @@ def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
             raise ConfigError(f"reward.{name}: expected a mapping with 'fn' (a _target_) and 'weight'")
         try:
             fn = instantiate(entry.fn)
+        except MissingMandatoryValue as e:  # e.g. judge=hf without judge.path
+            raise ConfigError(f"reward.{name}: {str(e).splitlines()[0]} (set it on the command line)") from e
         except InstantiationException as e:
             # a bad argument (unknown field, a judge prompt asking for a missing field, ...): say where
             if isinstance(e.__cause__, (ValueError, TypeError)):

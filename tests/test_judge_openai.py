@@ -45,7 +45,9 @@ def test_scores_parse_and_identical_requests_go_once():
         assert len(server.requests) == 2 == judge.requests_sent  # 2 distinct prompts
         path, payload, auth = server.requests[0]
         assert path == "/v1/completions" and payload["temperature"] == 0.0 and payload["model"] == "judge"
-        assert "Reasoning:\ni count two beeps" in payload["prompt"] and "(B) two" in payload["prompt"]
+        prompts = sorted(p["prompt"] for _, p, _ in server.requests)  # sent concurrently: any order
+        assert "Reasoning:\ni count two beeps" in prompts[0] and "Reasoning:\ntwo, i think" in prompts[1]
+        assert all("(B) two" in p for p in prompts)
         scores, _ = _score(judge, "think_quality", _items(["i count two beeps"]))
         assert scores == [0.7]
     assert logged["judge/failures"] == 0 and logged["judge/latency_s"] >= 0
@@ -75,7 +77,8 @@ def test_concurrency_is_bounded():
 
 FAULTS = {
     # name: (server behaviour for an affected prompt, judge kwargs, attempts per affected prompt)
-    "slow": (lambda: (200, completion_body("0.7"), 1.0), {"timeout_s": 0.2, "retries": 1}, 2),
+    # past the timeout; the timeout leaves good replies room on a loaded machine
+    "slow": (lambda: (200, completion_body("0.7"), 1.5), {"timeout_s": 0.6, "retries": 1}, 2),
     "http_500": (lambda: (500, "oops", 0.0), {"retries": 2}, 3),
     "malformed_json": (lambda: (200, "{not json", 0.0), {"retries": 2}, 3),
     "unparsable_score": (lambda: (200, completion_body("seven out of ten"), 0.0), {"retries": 2}, 1),
@@ -120,6 +123,12 @@ def test_connection_refused_is_retried_then_none():
     assert elapsed >= 0.05 + 0.1  # exponential backoff: 0.05 s, then 0.1 s
 
 
+@pytest.mark.parametrize("url", ["not a url", "ftp://host/v1", "http:///v1"])
+def test_bad_base_url_fails_at_start(url):
+    with pytest.raises(ValueError, match="judge.base_url"):
+        _judge(url)
+
+
 def test_client_errors_are_not_retried():
     with FakeJudgeServer(lambda p: (401, '{"error": "bad key"}', 0.0)) as server:
         judge = _judge(server.url, retries=3)
@@ -155,7 +164,7 @@ def _judged_trainer(toy_model_dir, toy_files, tmp_path, judge):
 def test_training_step_completes_with_a_failing_judge(toy_model_dir, toy_files, tmp_path, fault):
     behaviours = {
         "none": lambda p: (200, completion_body(default_reply(p)), 0.0),
-        "slow": lambda p: (200, completion_body(default_reply(p)), 0.6),
+        "slow": lambda p: (200, completion_body(default_reply(p)), 1.6),
         "http_500": lambda p: (500, "oops", 0.0),
         "malformed_json": lambda p: (200, "<html>", 0.0),
         "unparsable_score": lambda p: (200, completion_body("I am not sure"), 0.0),
@@ -163,7 +172,7 @@ def test_training_step_completes_with_a_failing_judge(toy_model_dir, toy_files, 
     }
     with FakeJudgeServer(behaviours[fault] or behaviours["none"]) as server:
         url = closed_port_url() if fault == "refused" else server.url
-        judge = _judge(url, timeout_s=0.3, retries=1, backoff_s=0.01)
+        judge = _judge(url, timeout_s=0.8, retries=1, backoff_s=0.01)
         trainer = _judged_trainer(toy_model_dir, toy_files, tmp_path, judge)
         trainer.train()
     log = next(h for h in trainer.state.log_history if "loss" in h)

@@ -149,6 +149,9 @@ def test_full_preset_builds_the_formula_with_weights():
     (["reward=full", "reward.formula='__import__(1)'"], "function calls are not allowed"),
     (["reward=adaptive", "+reward.total.weight=1", "+reward.total.fn._target_=rewards.Format"], "reserved"),
     (["reward=full", "+reward.consistency.fn.bogus=1"], r"reward.consistency: .*bogus"),
+    (["reward=full", "judge=hf"], r"reward.consistency: Missing mandatory value: .*judge.path"),
+    (["reward=full", "judge=hf", "judge.path=/nope"], r"reward.consistency: judge.path='/nope': no such checkpoint"),
+    (["reward=full", "judge=openai", "judge.base_url=nonsense"], r"reward.consistency: judge.base_url='nonsense'"),
 ])
 def test_bad_reward_config_is_a_config_error(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -61,10 +61,13 @@ class HFJudge(Judge):
     ):
         import torch
 
-        from audiothink.setup import check_model_path
+        from audiothink.setup import ConfigError, check_model_path
 
         super().__init__(prompts)
-        check_model_path(path)  # a missing directory fails at start-up, not at the first judged step
+        try:
+            check_model_path(path)  # a missing directory fails at start-up, not at the first judged step
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("model.path", "judge.path", 1)) from None
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("judge: batch_size and max_new_tokens must be >= 1")
         self.path = path

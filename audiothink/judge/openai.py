@@ -73,7 +73,15 @@ class OpenAIJudge(Judge):
             raise ValueError(f"judge.endpoint must be 'completions' or 'chat', got {endpoint!r}")
         if max_concurrency < 1 or retries < 0 or timeout_s <= 0 or backoff_s < 0:
             raise ValueError("judge: need max_concurrency >= 1, retries >= 0, timeout_s > 0, backoff_s >= 0")
-        self.base_url = base_url.rstrip("/")
+        import httpx2 as httpx
+
+        try:
+            url = httpx.URL(str(base_url))
+        except Exception as e:  # noqa: BLE001 - any parse error is a config error
+            raise ValueError(f"judge.base_url={base_url!r} is not a URL ({type(e).__name__})") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"judge.base_url={base_url!r}: expected http(s)://host[:port]/v1")
+        self.base_url = str(base_url).rstrip("/")
         self.model = model
         self.endpoint = endpoint
         self.api_key_env = api_key_env
@@ -139,6 +147,9 @@ class OpenAIJudge(Judge):
                 reasons[failure.reason] += 1
                 if not failure.retryable:
                     return None
+            except Exception as e:  # noqa: BLE001 - whatever happens, this sample scores None, training goes on
+                reasons[f"unexpected {type(e).__name__}"] += 1
+                return None
         return None
 
     async def _post(self, client, path: str, payload: dict[str, Any]) -> str:
