@@ -7,8 +7,10 @@ so a before/after comparison measures the policy, not a prompt mismatch.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from audiothink.audio import SAMPLE_RATE, load_audio
@@ -24,10 +26,22 @@ def banned_audio_token_ids(processor) -> list[int]:
     return sorted({tok.convert_tokens_to_ids(t) for t in names if t})
 
 
-def build_inputs(processor, samples: Sequence[Sample], template: str, max_audio_seconds: float | None):
+# (wave, sample, clip index) -> the wave the model hears instead; e.g. the listening check's noise
+AudioTransform = Callable[[np.ndarray, Sample, int], np.ndarray]
+
+
+def build_inputs(
+    processor,
+    samples: Sequence[Sample],
+    template: str,
+    max_audio_seconds: float | None,
+    audio_transform: AudioTransform | None = None,
+):
     waves, messages = [], []
     for s in samples:
         clips = [load_audio(p, max_seconds=max_audio_seconds, row_id=s.id)[0] for p in s.audio]
+        if audio_transform is not None:
+            clips = [audio_transform(w, s, k) for k, w in enumerate(clips)]
         waves.extend(clips)
         content = [{"type": "audio"}] * len(clips) + [{"type": "text", "text": render_prompt(s, template)}]
         messages.append([{"role": "user", "content": content}])
@@ -49,33 +63,77 @@ def generate_answers(
     temperature: float = 1.0,
 ) -> list[str]:
     """Decode one completion per sample (greedy by default), special tokens removed."""
-    tok = processor.tokenizer
     was_training = model.training
     model.eval()
     outputs: list[str] = []
     try:
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
-            enc = build_inputs(processor, batch, template, max_audio_seconds)
-            enc = {
-                k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in enc.items()
-            }
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature if do_sample else None,
-                top_p=None,
-                top_k=None,
-                suppress_tokens=banned_audio_token_ids(processor),
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
+            outputs.extend(
+                generate_batch(
+                    model,
+                    processor,
+                    batch,
+                    template,
+                    max_new_tokens=max_new_tokens,
+                    max_audio_seconds=max_audio_seconds,
+                    do_sample=do_sample,
+                    temperature=temperature,
+                ).texts
             )
-            new = gen[:, enc["input_ids"].size(1) :]
-            outputs.extend(tok.batch_decode(new, skip_special_tokens=True))
     finally:
         model.train(was_training)
     return outputs
+
+
+@dataclass
+class GeneratedBatch:
+    """One generate() call: decoded completions plus what a teacher-forced pass over them needs."""
+
+    texts: list[str]  # decoded completions, special tokens removed
+    inputs: dict  # the processor's tensors (prompt ids, masks, audio features) on the model's device
+    completion_ids: torch.Tensor  # [batch, new tokens]; padded after the end-of-sequence token
+    completion_mask: torch.Tensor  # [batch, new tokens]; 1 up to and including the first end-of-sequence token
+
+
+@torch.no_grad()
+def generate_batch(
+    model,
+    processor,
+    samples: Sequence[Sample],
+    template: str,
+    *,
+    max_new_tokens: int = 64,
+    max_audio_seconds: float | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    audio_transform: AudioTransform | None = None,
+) -> GeneratedBatch:
+    """One batched generate() call on ``samples`` (the caller puts the model in eval mode)."""
+    tok = processor.tokenizer
+    enc = build_inputs(processor, samples, template, max_audio_seconds, audio_transform)
+    enc = {k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in enc.items()}
+    gen = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=None,
+        top_k=None,
+        suppress_tokens=banned_audio_token_ids(processor),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    new = gen[:, enc["input_ids"].size(1) :]
+    is_eos = new == tok.eos_token_id
+    # positions after the first end-of-sequence token are padding
+    mask = (is_eos.cumsum(dim=1) - is_eos.long()) == 0
+    return GeneratedBatch(
+        texts=tok.batch_decode(new, skip_special_tokens=True),
+        inputs=enc,
+        completion_ids=new,
+        completion_mask=mask.long(),
+    )
 
 
 def score(samples: Sequence[Sample], outputs: Sequence[str]) -> dict:
