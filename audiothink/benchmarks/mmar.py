@@ -1,0 +1,75 @@
+"""MMAR (1,000 items; speech, sound, music and their mixes; four reasoning layers).
+
+Official metadata: ``MMAR-meta.jsonl`` (one object a line) or, in older copies, ``MMAR-meta.json`` (a JSON
+list). Fields: ``id``, ``audio_path`` (``./audio/<id>.wav``, joined onto the data root), ``question``,
+``choices``, ``answer``, ``modality`` (7 values, below), ``category`` (the layer, below), ``sub-category``,
+``language`` (may be null), ``source``, ``url``, ``timestamp``; newer copies add ``thinking``, ``cue``,
+``rubric``. Unknown fields are kept in the submission file and otherwise ignored.
+
+Breakdowns: modality, category, sub-category and the total. Submission: the items plus
+``answer_prediction`` (current script), ``model_prediction`` (older) and, for items that thought,
+``thinking_prediction``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from audiothink.benchmarks.base import Benchmark, MetaProblems, join_audio, read_metadata
+from audiothink.data import Sample
+
+__all__ = ["load_mmar", "MODALITIES", "CATEGORIES", "DIMENSIONS", "SUBMISSION_FIELDS"]
+
+MODALITIES = ("sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
+              "mix-sound-music-speech")
+CATEGORIES = ("Signal Layer", "Perception Layer", "Semantic Layer", "Cultural Layer")
+DIMENSIONS = ("modality", "category", "sub-category")
+SUBMISSION_FIELDS = {"answer_prediction": "prediction", "model_prediction": "prediction",
+                     "thinking_prediction": "think"}
+
+
+def load_mmar(
+    meta: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    *,
+    name: str = "mmar",
+    version: str | None = None,
+) -> Benchmark:
+    """Read official MMAR metadata (.jsonl or .json); every problem row is listed in one DataError."""
+    meta = Path(meta)
+    root = Path(os.path.abspath(data_root if data_root is not None else meta.parent))
+    rows, container = read_metadata(meta)
+    problems = MetaProblems(meta)
+    samples, items, groups = [], [], []
+    for loc, item in rows:
+        if not isinstance(item, dict):
+            problems.add(loc, item, "item", f"expected a JSON object, got {type(item).__name__}")
+            continue
+        rid = problems.text(loc, item, "id")
+        audio = problems.text(loc, item, "audio_path")
+        question = problems.text(loc, item, "question")
+        choices = problems.choices(loc, item)
+        answer = problems.text(loc, item, "answer", required=False) or ""
+        modality = problems.label(loc, item, "modality")
+        category = problems.label(loc, item, "category")
+        sub = problems.label(loc, item, "sub-category")
+        if None in (rid, audio, question, choices):
+            continue
+        samples.append(
+            Sample(
+                id=rid, audio=(join_audio(root, audio),), question=question.strip(),
+                choices=tuple(c.strip() for c in choices), answer=answer.strip(), task=modality or None,
+                category=category or None, source=item.get("source") or None,
+                extra={"sub-category": sub, "language": item.get("language")},
+            )
+        )
+        items.append(item)
+        groups.append({"modality": modality or "unknown", "category": category or "unknown",
+                       "sub-category": sub or "unknown"})
+    problems.raise_if_any()
+    return Benchmark(
+        name=name, kind="mmar", version=version or "MMAR (1,000 items)", meta_path=meta, samples=samples,
+        items=items, groups=groups, dimensions=DIMENSIONS, container=container,
+        submission_fields=dict(SUBMISSION_FIELDS),
+    )

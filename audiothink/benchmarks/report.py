@@ -1,0 +1,283 @@
+"""Scores, breakdowns, think statistics, the listening check and the forgetting monitor, as numbers
+(``results.json``), text (the printed lines, ``report.md``) and PNG charts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from audiothink.benchmarks.base import Benchmark
+from audiothink.benchmarks.mmar import CATEGORIES, MODALITIES
+from audiothink.benchmarks.mmau import DIFFICULTIES, TASKS
+from audiothink.benchmarks.scoring import format_line, string_match
+
+__all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forgetting_summary",
+           "write_report", "write_charts"]
+
+# Canonical order of known labels; anything else follows alphabetically.
+_ORDER = {v: i for i, v in enumerate((*TASKS, *DIFFICULTIES, *MODALITIES, *CATEGORIES))}
+_SORT_KEY = lambda v: (_ORDER.get(v, len(_ORDER)), v)  # noqa: E731
+
+
+def score_items(bench: Benchmark, records: dict[str, dict]) -> list[bool | None]:
+    """Per item: the official rule on the recorded prediction; None for items whose answer is withheld.
+
+    The answer and choices are read from the original metadata item, exactly as the official scripts do;
+    an item without a record scores as an empty prediction (wrong).
+    """
+    out: list[bool | None] = []
+    for key, item, scored in zip(bench.keys, bench.items, bench.scored):
+        if not scored:
+            out.append(None)
+            continue
+        pred = records.get(key, {}).get("prediction", "")
+        out.append(string_match(str(item.get("answer", "")), pred, [str(c) for c in item["choices"]]))
+    return out
+
+
+def _stats(idx: list[int], correct: list[bool | None], recs: list[dict]) -> dict:
+    n = len(idx)
+    scored = [i for i in idx if correct[i] is not None]
+    thinks = [i for i in idx if recs[i].get("thinks")]
+    direct = [i for i in scored if not recs[i].get("thinks")]
+    think_scored = [i for i in scored if recs[i].get("thinks")]
+
+    def acc(ix):
+        return sum(bool(correct[i]) for i in ix) / len(ix) if ix else None
+
+    return {
+        "n": n,
+        "n_scored": len(scored),
+        "correct": sum(bool(correct[i]) for i in scored),
+        "accuracy": acc(scored),
+        "think_rate": len(thinks) / n if n else None,
+        "mean_think_tokens": (sum(recs[i].get("think_tokens", 0) for i in thinks) / len(thinks)) if thinks else None,
+        "accuracy_think": acc(think_scored),
+        "accuracy_no_think": acc(direct),
+        "format_failure_rate": sum(recs[i].get("mode") == "malformed" for i in idx) / n if n else None,
+        "truncated_rate": sum(bool(recs[i].get("truncated")) for i in idx) / n if n else None,
+        "mean_output_tokens": sum(recs[i].get("output_tokens", 0) for i in idx) / n if n else None,
+        "failures": sum(bool(recs[i].get("error")) for i in idx),
+    }
+
+
+def summarise(bench: Benchmark, records: dict[str, dict]) -> dict:
+    """Overall and per-dimension accuracy (micro average) and think statistics."""
+    correct = score_items(bench, records)
+    recs = [records.get(k, {"prediction": "", "error": "no prediction"}) for k in bench.keys]
+    out = {"overall": _stats(list(range(len(bench))), correct, recs), "by": {}}
+    for dim in bench.dimensions:
+        groups: dict[str, list[int]] = {}
+        for i, g in enumerate(bench.groups):
+            groups.setdefault(g[dim], []).append(i)
+        out["by"][dim] = {v: _stats(groups[v], correct, recs) for v in sorted(groups, key=_SORT_KEY)}
+    return out
+
+
+def breakdown_lines(bench: Benchmark, summary: dict) -> list[str]:
+    """The official scripts' style: one ``name : 12.34% over N samples`` line per slice, then the total."""
+    if summary["overall"]["n_scored"] == 0:
+        return [f"{bench.name}: answers withheld; no accuracy (submit the submission file for scoring)"]
+    lines = []
+    for dim, groups in summary["by"].items():
+        lines.append(f"[{dim}]")
+        lines += [format_line(v, s["correct"], s["n_scored"]) for v, s in groups.items() if s["n_scored"]]
+        lines.append("")
+    o = summary["overall"]
+    lines.append(format_line("Total", o["correct"], o["n_scored"]))
+    return lines
+
+
+def listen_summary(bench: Benchmark, real: dict[str, dict], replaced: dict[str, dict], kind: str) -> dict:
+    """Accuracy with the real audio and with the audio replaced, the drop (points), per slice too."""
+    c_real, c_rep = score_items(bench, real), score_items(bench, replaced)
+    idx = [i for i, c in enumerate(c_real) if c is not None]
+
+    def block(ix):
+        if not ix:
+            return {"n": 0, "accuracy_real": None, "accuracy_replaced": None, "drop_points": None}
+        a = sum(bool(c_real[i]) for i in ix) / len(ix)
+        b = sum(bool(c_rep[i]) for i in ix) / len(ix)
+        return {"n": len(ix), "accuracy_real": a, "accuracy_replaced": b, "drop_points": 100.0 * (a - b)}
+
+    keys = bench.keys
+    changed = sum(real.get(keys[i], {}).get("prediction") != replaced.get(keys[i], {}).get("prediction") for i in idx)
+    out = {"audio": kind, **block(idx), "answers_changed": changed / len(idx) if idx else None, "by": {}}
+    for dim in bench.dimensions:
+        groups: dict[str, list[int]] = {}
+        for i in idx:
+            groups.setdefault(bench.groups[i][dim], []).append(i)
+        out["by"][dim] = {v: block(groups[v]) for v in sorted(groups, key=_SORT_KEY)}
+    return out
+
+
+def forgetting_summary(bench: Benchmark, records: dict[str, dict]) -> dict | None:
+    """Mean per-token KL(tuned ‖ base) over all completion tokens of the benchmark (None without it)."""
+    recs = [records[k] for k in bench.keys if k in records and "kl_sum" in records[k]]
+    tokens = sum(r["kl_tokens"] for r in recs)
+    if not recs or not tokens:
+        return None
+    by = {}
+    for dim in bench.dimensions:
+        acc: dict[str, list[float]] = {}
+        for k, g in zip(bench.keys, bench.groups):
+            r = records.get(k)
+            if r and "kl_sum" in r:
+                a = acc.setdefault(g[dim], [0.0, 0])
+                a[0] += r["kl_sum"]
+                a[1] += r["kl_tokens"]
+        by[dim] = {v: (a[0] / a[1] if a[1] else None) for v, a in sorted(acc.items(), key=lambda kv: _SORT_KEY(kv[0]))}
+    return {
+        "kl_per_token": sum(r["kl_sum"] for r in recs) / tokens,
+        "tokens": tokens,
+        "items": len(recs),
+        "method": "KL(tuned || base) per completion token, teacher-forced on the tuned model's own greedy "
+                  "completions (prompt + audio as in evaluation; up to and including end-of-sequence), "
+                  "base = the same model with the adapter disabled; mean over all tokens of all items",
+        "by": by,
+    }
+
+
+# --------------------------------------------------------------------------- report.md
+
+
+def _pct(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def _num(x, fmt="{:.1f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def write_report(path: Path, results: dict, charts: list[str]) -> Path:
+    s = results["summary"]
+    lines = [
+        f"# {results['benchmark']['name']} — evaluation report",
+        "",
+        f"- benchmark: `{results['benchmark']['name']}` ({results['benchmark']['kind']}), version "
+        f"**{results['benchmark']['version']}**, metadata `{results['benchmark']['meta']}`, "
+        f"{results['benchmark']['items']} items",
+        f"- model: `{results['model']['path']}`" + (f" + adapter `{results['model']['adapter']}`"
+                                                    if results["model"]["adapter"] else " (base)"),
+        f"- decoding: {'sampling, T=' + str(results['generation']['temperature']) if results['generation']['do_sample'] else 'greedy'}, "
+        f"max {results['generation']['max_new_tokens']} new tokens, audio clipped at "
+        f"{results['generation']['max_audio_seconds']} s ({results['audio']['clips_clipped']} clips were longer)",
+        "- scoring: the official MMAU/MMAR rule on the extracted answer text (first `<answer>` block, else the "
+        "raw output); micro average",
+        f"- submission file: `{results.get('submission')}`",
+        "",
+        "## Accuracy",
+        "",
+        "```",
+        *results["lines"],
+        "```",
+        "",
+        "## Breakdowns with think statistics",
+        "",
+    ]
+    header = ("| slice | n | accuracy | think rate | mean think tokens | acc. think | acc. no-think | "
+              "format failures | truncated |")
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+    def row(name, st):
+        return (f"| {name} | {st['n']} | {_pct(st['accuracy'])} | {_pct(st['think_rate'])} | "
+                f"{_num(st['mean_think_tokens'])} | {_pct(st['accuracy_think'])} | {_pct(st['accuracy_no_think'])} | "
+                f"{_pct(st['format_failure_rate'])} | {_pct(st['truncated_rate'])} |")
+
+    lines += [header, rule, row("**overall**", s["overall"])]
+    for dim, groups in s["by"].items():
+        lines += [f"| *{dim}* | | | | | | | | |"] + [row(v, st) for v, st in groups.items()]
+    o = s["overall"]
+    lines += ["", f"Failures (empty prediction, counted wrong): {o['failures']}. Format-failure rate "
+              f"{_pct(o['format_failure_rate'])}: completions that are neither `<think>…</think><answer>…</answer>` "
+              "nor `<answer>…</answer>` (they are still scored on their extracted answer).", ""]
+    lc = results.get("listen_check")
+    if lc:
+        lines += [
+            f"## Listening check ({lc['audio']})", "",
+            f"Same items, audio replaced by {lc['audio']} of the same length. Accuracy with real audio "
+            f"{_pct(lc['accuracy_real'])}, with {lc['audio']} {_pct(lc['accuracy_replaced'])}: drop "
+            f"**{lc['drop_points']:.2f} points** over {lc['n']} items; {_pct(lc['answers_changed'])} of answers "
+            "changed. A model that answers from the audio drops; one that answers from text priors does not.",
+            "", "| slice | n | real | replaced | drop (points) |", "|---|---:|---:|---:|---:|",
+        ]
+        for dim, groups in lc["by"].items():
+            lines += [f"| *{dim}* | | | | |"] + [
+                f"| {v} | {b['n']} | {_pct(b['accuracy_real'])} | {_pct(b['accuracy_replaced'])} | "
+                f"{_num(b['drop_points'], '{:.2f}')} |" for v, b in groups.items()]
+        lines.append("")
+    fg = results.get("forgetting")
+    if fg:
+        lines += ["## Forgetting monitor", "",
+                  f"Mean per-token KL(tuned ‖ base): **{fg['kl_per_token']:.5f} nats** over {fg['tokens']} tokens "
+                  f"of {fg['items']} items. Method: {fg['method']}.", ""]
+        for dim, groups in fg["by"].items():
+            lines.append(f"- by {dim}: " + ", ".join(f"{v} {_num(x, '{:.5f}')}" for v, x in groups.items()))
+        lines.append("")
+    if charts:
+        lines += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
+    r = results["run"]
+    lines += ["## Run", "",
+              f"{r['predicted']} items predicted in this run, {r['resumed']} taken from earlier runs; "
+              f"{r['items_per_s']:.2f} items/s; device {r['device']}.", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def write_charts(out_dir: Path, results: dict) -> list[str]:
+    """One PNG per breakdown dimension (accuracy and think rate side by side), plus the listening check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    s = results["summary"]
+    title = f"{results['benchmark']['name']} ({results['benchmark']['version']})"
+    for dim, groups in s["by"].items():
+        labels = list(groups)
+        acc = [100 * (g["accuracy"] or 0) for g in groups.values()]
+        think = [100 * (g["think_rate"] or 0) for g in groups.values()]
+        h = max(2.5, 0.35 * len(labels) + 1.2)
+        fig, ax = plt.subplots(figsize=(8, h))
+        y = range(len(labels))
+        ax.barh([i - 0.2 for i in y], acc, height=0.4, label="accuracy %")
+        ax.barh([i + 0.2 for i in y], think, height=0.4, label="think rate %")
+        for i, (a, t, g) in enumerate(zip(acc, think, groups.values())):
+            ax.text(a + 0.5, i - 0.2, f"{a:.1f}", va="center", fontsize=7)
+            ax.text(t + 0.5, i + 0.2, f"{t:.1f}", va="center", fontsize=7)
+        ax.set_yticks(list(y), [f"{lab} (n={g['n']})" for lab, g in zip(labels, groups.values())], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 110)
+        ax.set_xlabel("%")
+        ax.set_title(f"{title}: accuracy and think rate by {dim}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        name = f"chart_{dim.replace('-', '_')}.png"
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    lc = results.get("listen_check")
+    if lc and lc["by"]:
+        dim, groups = next(iter(lc["by"].items()))
+        labels = ["overall", *groups]
+        real = [100 * (lc["accuracy_real"] or 0)] + [100 * (g["accuracy_real"] or 0) for g in groups.values()]
+        rep = [100 * (lc["accuracy_replaced"] or 0)] + [100 * (g["accuracy_replaced"] or 0) for g in groups.values()]
+        fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(labels) + 1.2)))
+        y = range(len(labels))
+        ax.barh([i - 0.2 for i in y], real, height=0.4, label="real audio")
+        ax.barh([i + 0.2 for i in y], rep, height=0.4, label=lc["audio"])
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 105)
+        ax.set_xlabel("accuracy %")
+        ax.set_title(f"{title}: listening check by {dim} (drop {lc['drop_points']:.1f} points)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out_dir / "chart_listen_check.png", dpi=110)
+        plt.close(fig)
+        names.append("chart_listen_check.png")
+    return names
