@@ -1,0 +1,256 @@
+"""Evaluate a model — the base, or the base plus a trained LoRA adapter — on MMAU, MMAR or the toy.
+
+    python -m audiothink.evaluate benchmark=toy eval.listen_check=noise         # CPU, under a minute
+    python -m audiothink.evaluate benchmark=mmau_test_mini model=qwen2_audio_7b model.path=/models/Qwen2-Audio-7B-Instruct
+    python -m audiothink.evaluate benchmark=mmar model=qwen2_audio_7b adapter=runs/<run>/final
+    python -m audiothink.evaluate benchmark=mmar ... hydra.run.dir=runs/eval/mmar/<folder>   # resume
+
+Reads top to bottom: config -> benchmark metadata -> audio check -> model (+ adapter) -> predictions
+(batched, greedy, appended to predictions.jsonl as they are made, finished items skipped on a rerun) ->
+listening check (same items, audio replaced) -> official scores, breakdowns, think statistics, KL to the
+base -> submission file, results.json, report.md, charts. The prompt is training's (configs/train.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from audiothink.setup import ConfigError, check_model_path, load_model_and_processor, register_resolvers
+
+log = logging.getLogger("audiothink.evaluate")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def training_prompt() -> str:
+    """The ``prompt`` of configs/train.yaml: the one place the prompt is written."""
+    return yaml.safe_load((CONFIG_DIR / "train.yaml").read_text(encoding="utf-8"))["prompt"]
+
+
+def register_eval_resolvers() -> None:
+    register_resolvers()
+    if not OmegaConf.has_resolver("train_prompt"):
+        OmegaConf.register_new_resolver("train_prompt", training_prompt)
+
+
+register_eval_resolvers()
+
+
+@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    from audiothink.audio import AudioError
+    from audiothink.benchmarks.runner import EvaluationAborted
+    from audiothink.benchmarks.store import StoreMismatch
+    from audiothink.data import DataError
+
+    try:
+        return evaluate(cfg)
+    except (ConfigError, DataError, AudioError, StoreMismatch, EvaluationAborted) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    import torch
+
+    from audiothink.benchmarks import write_submission
+    from audiothink.benchmarks.report import (breakdown_lines, forgetting_summary, listen_summary, summarise,
+                                              write_charts, write_report)
+    from audiothink.benchmarks.runner import GenerationSettings, predict, replace_audio
+    from audiothink.benchmarks.store import PredictionStore
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    torch.manual_seed(cfg.seed)
+    listen = cfg.eval.listen_check
+    if listen not in (None, "noise", "silence"):
+        raise ConfigError(f"eval.listen_check must be null, noise or silence, got {listen!r}")
+    if cfg.adapter:
+        check_adapter(cfg.adapter, cfg.prompt)
+    else:
+        check_model_path(cfg.model.path)
+
+    bench = load_bench(cfg.benchmark).head(cfg.eval.limit)
+    if listen and not any(bench.scored):
+        raise ConfigError(f"eval.listen_check needs answers; {bench.name} has them withheld")
+    max_seconds = cfg.model.max_audio_seconds
+    durations, unreadable, clipped = check_audio(bench, cfg.eval.on_audio_error, max_seconds)
+    order = sorted(range(len(bench)), key=lambda i: (-durations[i], i))  # longest first: OOM shows at once
+    log.info("%s (%s): %d items, %d clips longer than %s s (clipped), %d unreadable", bench.name, bench.version,
+             len(bench), clipped, max_seconds, len(unreadable))
+
+    model, processor, device = load_model(cfg)
+    settings = GenerationSettings(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                                  max_audio_seconds=max_seconds, do_sample=cfg.eval.do_sample,
+                                  temperature=cfg.eval.temperature)
+    header = fingerprint(cfg, bench, settings, audio="real")
+    common = dict(order=order, unreadable=unreadable, max_failures=cfg.eval.max_failures,
+                  progress=cfg.eval.progress)
+    print(f"evaluating {bench.name} into {out} (rerun with hydra.run.dir={out} to resume)", flush=True)
+
+    store = PredictionStore(out / "predictions.jsonl", header, restart=cfg.eval.restart)
+    run = predict(model, processor, bench, cfg.prompt, store, settings, kl=bool(cfg.adapter and cfg.eval.kl),
+                  kl_micro_batch=cfg.eval.kl_micro_batch, desc=bench.name, **common)
+    runs = [run]
+    listen_store = None
+    if listen:
+        listen_store = PredictionStore(out / f"predictions_{listen}.jsonl",
+                                       {**header, "audio": listen, "seed": cfg.seed}, restart=cfg.eval.restart)
+        runs.append(predict(model, processor, bench, cfg.prompt, listen_store, settings,
+                            audio_transform=replace_audio(listen, cfg.seed), desc=f"{bench.name} ({listen})",
+                            **common))
+
+    summary = summarise(bench, store.records)
+    suffix = ".jsonl" if bench.container == "jsonl" else ".json"
+    submission = write_submission(bench, store.records, out / f"submission_{bench.meta_path.stem}{suffix}")
+    seconds = sum(r.seconds for r in runs)
+    predicted = sum(r.predicted + r.failed for r in runs)
+    results = {
+        "benchmark": {"name": bench.name, "kind": bench.kind, "version": bench.version,
+                      "meta": str(bench.meta_path), "items": len(bench), "scored_items": sum(bench.scored),
+                      "limited_to": cfg.eval.limit},
+        "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter},
+        "prompt": cfg.prompt,
+        "generation": {"greedy": not cfg.eval.do_sample, "do_sample": cfg.eval.do_sample,
+                       "temperature": cfg.eval.temperature, "max_new_tokens": cfg.eval.max_new_tokens,
+                       "batch_size": cfg.eval.batch_size, "max_audio_seconds": max_seconds},
+        "audio": {"clips_clipped": clipped, "unreadable": len(unreadable)},
+        "summary": summary,
+        "lines": breakdown_lines(bench, summary),
+        "listen_check": listen_summary(bench, store.records, listen_store.records, listen) if listen else None,
+        "forgetting": forgetting_summary(bench, store.records) if cfg.adapter else None,
+        "submission": str(submission),
+        "run": {"predicted": predicted, "resumed": sum(r.skipped for r in runs),
+                "failed": sum(r.failed for r in runs), "model_calls": sum(r.model_calls for r in runs),
+                "seconds": round(seconds, 2), "items_per_s": predicted / seconds if seconds else 0.0,
+                "device": str(device), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")},
+    }
+    charts = write_charts(out, results) if cfg.eval.charts else []
+    write_report(out / "report.md", results, charts)
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    _print(results)
+    return results
+
+
+# -- steps -------------------------------------------------------------------------------------------------
+
+
+def load_bench(b: DictConfig):
+    from audiothink.benchmarks import load_benchmark
+
+    version = b.version
+    if b.generate_toy:
+        from audiothink.toy.data import TOY_VERSION, ensure_toy
+
+        ensure_toy(Path(b.root))
+        version = version or f"toy-{TOY_VERSION}"
+    meta = b.meta
+    if meta is None:  # MMAR: the current .jsonl, else the older .json list
+        root = Path(b.root)
+        meta = root / "MMAR-meta.jsonl" if (root / "MMAR-meta.jsonl").exists() else root / "MMAR-meta.json"
+    return load_benchmark(b.format, meta, b.data_root, name=b.name, version=version)
+
+
+def check_audio(bench, on_error: str, max_seconds: float | None) -> tuple[list[float], dict[int, str], int]:
+    """Every clip, before the model loads: durations (for ordering), unreadable items, clips over the window."""
+    from audiothink.audio import AudioError, audio_info
+    from audiothink.data import DataError
+
+    if on_error not in ("raise", "wrong"):
+        raise ConfigError(f"eval.on_audio_error must be raise or wrong, got {on_error!r}")
+    durations, unreadable, clipped = [], {}, 0
+    for i, s in enumerate(bench.samples):
+        total = 0.0
+        for path in s.audio:
+            try:
+                seconds, _, _ = audio_info(path, row_id=s.id)
+            except AudioError as e:
+                unreadable[i] = str(e)
+                continue
+            total += seconds
+            clipped += bool(max_seconds and seconds > max_seconds)
+        durations.append(total)
+    if unreadable and on_error == "raise":
+        msgs = list(unreadable.values())
+        more = f"\n… and {len(msgs) - 50} more" if len(msgs) > 50 else ""
+        raise DataError(f"{len(msgs)} item(s) of {bench.name} have unusable audio "
+                        "(eval.on_audio_error=wrong keeps them as wrong answers):\n" + "\n".join(msgs[:50]) + more)
+    if unreadable:
+        log.warning("%d item(s) have unusable audio: empty predictions, counted wrong", len(unreadable))
+    return durations, unreadable, clipped
+
+
+def check_adapter(adapter: str, prompt: str) -> None:
+    p = Path(adapter).expanduser()
+    if not (p / "adapter_config.json").is_file():
+        raise ConfigError(f"adapter={adapter!r}: no adapter_config.json there (a fully fine-tuned run is "
+                          "evaluated with model.path=<run>/final)")
+    for run_cfg in (p.parent / "config.yaml", p.parent.parent / "config.yaml"):
+        if run_cfg.is_file():
+            trained = (yaml.safe_load(run_cfg.read_text(encoding="utf-8")) or {}).get("prompt")
+            if trained is not None and trained != prompt:
+                log.warning("the adapter's run (%s) was trained with another prompt; pass prompt=... to match it",
+                            run_cfg)
+            break
+
+
+def load_model(cfg: DictConfig):
+    import torch
+
+    model, processor = load_model_and_processor(cfg.model)
+    if cfg.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(Path(cfg.adapter).expanduser()))
+    device = torch.device("cuda" if cfg.eval.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if cfg.eval.device == "auto" else cfg.eval.device))
+    model.to(device)
+    model.eval()
+    return model, processor, device
+
+
+def fingerprint(cfg: DictConfig, bench, settings, *, audio: str) -> dict:
+    """Everything that decides a prediction: a predictions file made under other values is not reused."""
+    return {
+        "benchmark": bench.name, "meta": str(bench.meta_path.resolve()), "version": bench.version,
+        "model": str(cfg.model.path), "adapter": cfg.adapter, "prompt": cfg.prompt,
+        "max_new_tokens": settings.max_new_tokens, "max_audio_seconds": settings.max_audio_seconds,
+        "do_sample": settings.do_sample, "temperature": settings.temperature if settings.do_sample else None,
+        "dtype": cfg.model.dtype, "audio": audio,
+    }
+
+
+def _print(results: dict) -> None:
+    b, s = results["benchmark"], results["summary"]["overall"]
+    print(f"\n{b['name']} ({b['version']}), {b['items']} items"
+          + (f" (limited to the first {b['limited_to']})" if b["limited_to"] else ""))
+    print("\n".join(results["lines"]))
+
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.2f}%"
+
+    think_tokens = "–" if s["mean_think_tokens"] is None else f"{s['mean_think_tokens']:.1f}"
+    print(f"think rate {pct(s['think_rate'])}, mean think length {think_tokens} tokens, "
+          f"format failures {pct(s['format_failure_rate'])}, failures {s['failures']}")
+    lc = results["listen_check"]
+    if lc:
+        print(f"listening check ({lc['audio']}): real {pct(lc['accuracy_real'])} -> {lc['audio']} "
+              f"{pct(lc['accuracy_replaced'])}, drop {lc['drop_points']:.2f} points over {lc['n']} items")
+    fg = results["forgetting"]
+    if fg:
+        print(f"forgetting monitor: KL(tuned || base) {fg['kl_per_token']:.5f} nats/token over {fg['tokens']} tokens")
+    r = results["run"]
+    print(f"predicted {r['predicted']} items this run ({r['items_per_s']:.2f} items/s), resumed {r['resumed']}; "
+          f"submission: {results['submission']}")
+
+
+if __name__ == "__main__":
+    main()
