@@ -73,10 +73,11 @@ def evaluate(cfg: DictConfig) -> dict:
     listen = cfg.eval.listen_check
     if listen not in (None, "noise", "silence"):
         raise ConfigError(f"eval.listen_check must be null, noise or silence, got {listen!r}")
+    if cfg.eval.limit is not None and cfg.eval.limit < 1:
+        raise ConfigError(f"eval.limit must be null (all items) or at least 1, got {cfg.eval.limit}")
+    check_model_path(cfg.model.path)
     if cfg.adapter:
         check_adapter(cfg.adapter, cfg.prompt)
-    else:
-        check_model_path(cfg.model.path)
 
     bench = load_bench(cfg.benchmark).head(cfg.eval.limit)
     if listen and not any(bench.scored):

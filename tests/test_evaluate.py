@@ -4,8 +4,6 @@ and MMAR metadata formats: breakdowns, submission files the official scorer acce
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -116,16 +114,6 @@ def test_unusable_audio_is_listed_or_counted_wrong(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "b" / "predictions.jsonl").read_text().splitlines()[1:]]
     bad = [x for x in recs if x["error"]]
     assert {x["id"] for x in bad} == {items[0]["id"], items[1]["id"]} and all(x["prediction"] == "" for x in bad)
-
-
-def test_cli_bad_input_exits_2_without_traceback(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "audiothink.evaluate", "benchmark=mmau_test_mini",
-         f"benchmark.meta={tmp_path / 'missing.json'}", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert "metadata file not found" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("bench", sorted(p.stem for p in (CONFIGS / "benchmark").glob("*.yaml")))
