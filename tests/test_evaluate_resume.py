@@ -109,3 +109,29 @@ def test_killed_process_resumes(tmp_path, toy_args, monkeypatch):
     r = run_eval(out, *toy_args, "eval.batch_size=4")
     assert counter.rows == N - len(finished)
     assert r["run"]["resumed"] == len(finished) and r["summary"]["overall"]["n"] == N
+
+
+def test_failing_batches_fall_back_to_items_and_failures_stop_the_run(tmp_path, toy_args, monkeypatch):
+    from audiothink.benchmarks.runner import EvaluationAborted
+
+    reference = run_eval(tmp_path / "ref", *toy_args)
+    original = Qwen2AudioForConditionalGeneration.generate
+
+    def batch_fails(model, *args, **kwargs):  # e.g. out of memory for a whole batch, fine item by item
+        if kwargs["input_ids"].shape[0] > 1:
+            raise RuntimeError("simulated out of memory")
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(Qwen2AudioForConditionalGeneration, "generate", batch_fails)
+    r = run_eval(tmp_path / "fallback", *toy_args)
+    assert r["summary"]["overall"]["failures"] == 0 and r["run"]["model_calls"] == N + N // BATCH
+    assert r["summary"]["overall"]["accuracy"] == pytest.approx(reference["summary"]["overall"]["accuracy"], abs=0.05)
+
+    def always_fails(model, *args, **kwargs):
+        raise RuntimeError("simulated broken model")
+
+    monkeypatch.setattr(Qwen2AudioForConditionalGeneration, "generate", always_fails)
+    with pytest.raises(EvaluationAborted, match="simulated broken model"):
+        run_eval(tmp_path / "broken", *toy_args, "eval.max_failures=3")
+    recs = _records(tmp_path / "broken" / "predictions.jsonl")
+    assert recs and all(r["prediction"] == "" and "simulated broken model" in r["error"] for r in recs)

@@ -13,7 +13,7 @@ import logging
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,11 +47,10 @@ class GenerationSettings:
 class RunStats:
     predicted: int = 0  # items answered by the model in this run
     skipped: int = 0  # items already finished by an earlier run
-    failed: int = 0  # items that got an empty prediction because of an error
+    failed: int = 0  # items that got an empty prediction because of an error (unusable audio included)
     model_calls: int = 0  # generate() calls
     seconds: float = 0.0
     first_error: str | None = None
-    errors: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- records
@@ -179,6 +178,8 @@ def predict(
     tok = processor.tokenizer
     order = list(range(len(bench))) if order is None else list(order)
     unreadable = unreadable or {}
+    unreadable_keys = {bench.keys[i] for i in unreadable}
+    generation_failures = 0
     stats = RunStats()
     todo_total = sum(not store.done(bench.keys[i], retry_failed=retry_failed) for i in order)
     stats.skipped = len(order) - todo_total
@@ -204,13 +205,16 @@ def predict(
             for rec in records:
                 if rec["error"]:
                     stats.failed += 1
-                    stats.first_error = stats.first_error or f"id={rec['id']}: {rec['error']}"
+                    if rec["key"] not in unreadable_keys:  # known before the run: not a generation failure
+                        generation_failures += 1
+                        stats.first_error = stats.first_error or f"id={rec['id']}: {rec['error']}"
                 else:
                     stats.predicted += 1
             bar.update(len(records))
-            if stats.failed > max_failures:
+            if generation_failures > max_failures:
                 raise EvaluationAborted(
-                    f"{stats.failed} items failed (eval.max_failures={max_failures}); first: {stats.first_error}"
+                    f"{generation_failures} items failed during generation (eval.max_failures={max_failures}); "
+                    f"first: {stats.first_error}"
                 )
     finally:
         bar.close()
