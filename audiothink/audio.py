@@ -16,13 +16,19 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "write_wav"]
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "check_audio", "write_wav"]
 
 SAMPLE_RATE = 16_000
 
 # Extra input frames read past the clip point so the resampler's filter has real signal
 # to look at near the cut instead of an artificial edge.
 _RESAMPLE_MARGIN_SECONDS = 0.05
+
+# Sample formats that can hold NaN or inf. Integer PCM (and FLAC, which is integer) cannot, so
+# only files in these subtypes are decoded by check_audio.
+_FLOAT_SUBTYPES = frozenset(("FLOAT", "DOUBLE"))
+# Frames decoded at a time while scanning a float file for non-finite samples (bounded memory).
+_SCAN_BLOCK_FRAMES = 1 << 20
 
 
 class AudioError(ValueError):
@@ -61,6 +67,42 @@ def audio_info(path: str | os.PathLike, row_id: str | None = None) -> tuple[floa
     return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
 
 
+def _frames_read(max_seconds: float | None, rate: int, total: int) -> int:
+    """How many frames :func:`load_audio` decodes from a file of ``total`` frames at ``rate``."""
+    if max_seconds is None:
+        return total
+    return min(total, math.ceil((max_seconds + _RESAMPLE_MARGIN_SECONDS) * rate))
+
+
+def check_audio(
+    path: str | os.PathLike, *, max_seconds: float | None = None, row_id: str | None = None
+) -> tuple[float, int, int]:
+    """Everything :func:`load_audio` would reject, found before training: ``(duration, rate, channels)``.
+
+    Reads the header like :func:`audio_info` (missing file, directory, corrupt or empty audio) and,
+    for float WAV/AIFF/CAF files (the only sample formats that can hold NaN or inf), also decodes
+    the part :func:`load_audio` will read (the first ``max_seconds`` plus the resampling margin)
+    and rejects non-finite samples. Integer PCM files are not decoded, so checking a large
+    16-bit data set stays a header read per file.
+    """
+    duration, rate, channels = audio_info(path, row_id)
+    try:
+        with sf.SoundFile(os.fspath(path)) as f:
+            if f.subtype not in _FLOAT_SUBTYPES:
+                return duration, rate, channels
+            todo = _frames_read(max_seconds, f.samplerate, f.frames)
+            while todo > 0:
+                block = f.read(frames=min(todo, _SCAN_BLOCK_FRAMES), dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                if not np.isfinite(block).all():
+                    raise _fail(path, "audio contains non-finite samples (NaN or inf)", row_id)
+                todo -= block.shape[0]
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise _fail(path, f"unreadable or corrupt audio ({exc})", row_id) from exc
+    return duration, rate, channels
+
+
 def _read_frames(
     path: str | os.PathLike, max_seconds: float | None, row_id: str | None
 ) -> tuple[np.ndarray, int, int]:
@@ -71,9 +113,7 @@ def _read_frames(
     try:
         with sf.SoundFile(os.fspath(path)) as f:
             total = f.frames
-            n = total
-            if max_seconds is not None:
-                n = min(total, math.ceil((max_seconds + _RESAMPLE_MARGIN_SECONDS) * f.samplerate))
+            n = _frames_read(max_seconds, f.samplerate, total)
             data = f.read(frames=n, dtype="float32", always_2d=True)
             rate = f.samplerate
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
@@ -117,14 +157,19 @@ def load_audio(
     return np.ascontiguousarray(wave, dtype=np.float32), was_clipped
 
 
-def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write ``wave`` as 16-bit PCM mono WAV, creating parent directories.
+def write_wav(
+    path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMPLE_RATE, *, subtype: str = "PCM_16"
+) -> None:
+    """Write ``wave`` as mono WAV (16-bit PCM by default), creating parent directories.
 
     PCM16 keeps files small and is readable by every toolchain; samples are clipped to
-    [-1, 1] so a slightly hot signal saturates instead of wrapping around.
+    [-1, 1] so a slightly hot signal saturates instead of wrapping around. ``subtype="FLOAT"``
+    writes the samples unchanged (no clipping, NaN kept), for audio that must round-trip exactly.
     """
     arr = np.asarray(wave, dtype=np.float32)
     if arr.ndim != 1:
         raise ValueError(f"write_wav expects a 1-D mono wave, got shape {arr.shape}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(os.fspath(path), np.clip(arr, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    if subtype.startswith("PCM"):
+        arr = np.clip(arr, -1.0, 1.0)
+    sf.write(os.fspath(path), arr, sample_rate, subtype=subtype, format="WAV")

@@ -202,3 +202,46 @@ def test_write_wav_saturates_instead_of_wrapping(tmp_path):
 def test_write_wav_rejects_multichannel(tmp_path):
     with pytest.raises(ValueError, match="1-D"):
         write_wav(tmp_path / "x.wav", np.zeros((10, 2)))
+
+
+# --------------------------------------------------------------------------- check_audio (load-time validation)
+
+
+def test_check_audio_finds_nan_inf_and_header_problems(tmp_path):
+    from audiothink.audio import check_audio
+
+    for make, reason in LOAD_ERRORS:
+        with pytest.raises(AudioError, match=reason):
+            check_audio(make(tmp_path), row_id="r1")
+    ok = tmp_path / "ok.wav"
+    sf.write(ok, np.zeros((4_800, 2), dtype=np.float32), 48_000, subtype="FLOAT")
+    assert check_audio(ok) == (0.1, 48_000, 2)
+
+
+def test_check_audio_scans_only_what_load_audio_reads(tmp_path):
+    from audiothink.audio import check_audio
+
+    path = tmp_path / "late_nan.wav"
+    data = _sine(3.0, SAMPLE_RATE)
+    data[-10] = np.nan  # after a 1 s window (and its resampling margin)
+    sf.write(path, data, SAMPLE_RATE, subtype="FLOAT")
+    assert check_audio(path, max_seconds=1.0)[0] == pytest.approx(3.0)
+    assert load_audio(path, max_seconds=1.0)[1] is True  # the clip the trainer gets is finite
+    with pytest.raises(AudioError, match="non-finite"):
+        check_audio(path)
+
+
+def test_check_audio_does_not_decode_integer_pcm(tmp_path, monkeypatch):
+    from audiothink import audio
+
+    path = tmp_path / "pcm.wav"
+    write_wav(path, _sine(0.5, SAMPLE_RATE))
+    monkeypatch.setattr(audio.sf.SoundFile, "read", lambda *a, **k: pytest.fail("decoded a PCM file"))
+    assert audio.check_audio(path) == (0.5, SAMPLE_RATE, 1)
+
+
+def test_write_wav_float_keeps_samples(tmp_path):
+    wave = np.array([1.5, -0.25, np.nan], dtype=np.float32)
+    write_wav(tmp_path / "f.wav", wave, subtype="FLOAT")
+    back, _ = sf.read(tmp_path / "f.wav", dtype="float32")
+    np.testing.assert_array_equal(back, wave)
