@@ -8,6 +8,9 @@ Every dataset (toy or real) is converted to one metadata file of rows like::
 :func:`load_samples` validates the whole file before training starts, because a bad row
 found at step 40k wastes a run. Problems are reported all at once with the metadata file,
 line and row id so they can be fixed in one pass.
+
+Other formats (AVQA, Hugging Face datasets: :mod:`audiothink.sources`) map their rows onto this
+schema and go through the same validator, :func:`load_rows`.
 """
 
 from __future__ import annotations
@@ -15,18 +18,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import string
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from audiothink.audio import AudioError, audio_info
+from audiothink.audio import AudioError, check_audio as _check_audio_file
 
 __all__ = [
     "Sample",
     "DataError",
     "LoadResult",
+    "RawRow",
     "load_samples",
+    "load_rows",
+    "read_metadata_rows",
     "format_choices",
     "render_prompt",
     "to_dataset",
@@ -65,54 +73,135 @@ class LoadResult:
     samples: list[Sample]
     skipped: list[str]  # one reason per skipped row
     clips_too_long: int = 0  # clips longer than max_seconds; clipped at load time, not an error
+    rows: int = 0  # rows read (good and bad)
+    # rows with a problem, by field name (as the source names it); a row with two bad fields counts twice
+    problems_by_field: dict[str, int] = field(default_factory=dict)
+    # what a loader or transform did on the way, for the log: {"questions_rewritten": 12, ...}
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RawRow:
+    """One metadata row as read, before validation.
+
+    ``where`` ("<file>:<line or index>") prefixes every message about the row; ``row`` is the parsed
+    object (None if it could not be parsed); ``problems`` are ``(field, reason)`` pairs found while
+    reading or mapping it, with field names as the source spells them.
+    """
+
+    where: str
+    row: Any
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- reading rows
 
+# Suffixes read as metadata. .data is R1-AQA's name for its JSON-lines AVQA file.
+_LINE_SUFFIXES = (".jsonl", ".ndjson")
+_SNIFF_SUFFIXES = (".data", ".txt", "")
+_DOC_SUFFIXES = (".json",)
+# Lone surrogates: bytes that were not UTF-8 (decoded with surrogateescape), or JSON "\udXXX" escapes
+# without a partner. Neither can be encoded as UTF-8, so a tokenizer would fail on them later.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def _read_text(path: Path) -> str:
+    """The file's text. Bytes that are not UTF-8 become lone surrogates, reported per row later."""
     if not path.exists():
         raise DataError(f"{path}: metadata file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a .jsonl or .json metadata file")
-    raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{path}:{line}: file is not valid UTF-8 (byte {exc.start}: {exc.reason})"
-        ) from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read metadata file ({exc.strerror or exc})") from exc
+    text = raw.decode("utf-8", errors="surrogateescape")
+    return text[1:] if text.startswith("\ufeff") else text  # a UTF-8 byte-order mark is not content
 
 
-def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
-    """Return ``(location, row, json_error)`` per row.
+def _bad_text_reason(text: str) -> str | None:
+    m = _SURROGATE.search(text)
+    if m is None:
+        return None
+    code = ord(m.group(0))
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"text is not valid UTF-8 (byte 0x{code - 0xDC00:02x} at character {m.start()})"
+    return f"text contains a lone surrogate \\u{code:04x}, which is not valid UTF-8"
 
-    Location is the 1-based line number for .jsonl and the 0-based list index for .json.
-    A broken JSON line is returned as a row problem (not raised) so that raise mode can
-    report it alongside every other problem and skip mode can drop just that line.
-    """
-    text = _read_text(path)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows: list[tuple[int, Any, str | None]] = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line), None))
-            except json.JSONDecodeError as exc:
-                rows.append((lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})"))
-        return rows
-    if suffix == ".json":
+
+def _text_problems(row: Any) -> list[tuple[str, str]]:
+    """``(field, reason)`` for every top-level field whose text (at any depth) is not valid UTF-8."""
+    if not isinstance(row, dict):
+        return []
+
+    def first_bad(value: Any) -> str | None:
+        if isinstance(value, str):
+            return _bad_text_reason(value)
+        if isinstance(value, list):
+            return next((r for r in map(first_bad, value) if r), None)
+        if isinstance(value, dict):
+            return next((r for k, v in value.items() for r in (first_bad(k), first_bad(v)) if r), None)
+        return None
+
+    problems = []
+    for key, value in row.items():
+        reason = _bad_text_reason(key) or first_bad(value)
+        if reason:
+            problems.append(("row" if _bad_text_reason(key) else key, reason))
+    return problems
+
+
+def _parsed(where: str, row: Any) -> RawRow:
+    return RawRow(where, row, _text_problems(row))
+
+
+def _lines(path: Path, text: str) -> list[RawRow]:
+    rows: list[RawRow] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
         try:
-            data = json.loads(text)
+            rows.append(_parsed(where, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-        return [(i, row, None) for i, row in enumerate(data)]
-    raise DataError(f"{path}: unsupported metadata format {suffix!r}, expected .jsonl or .json")
+            reason = f"invalid JSON ({exc.msg} at column {exc.colno})"
+            if _SURROGATE.search(line):
+                reason += "; " + _bad_text_reason(line)  # type: ignore[operator]
+            rows.append(RawRow(where, None, [("row", reason)]))
+    return rows
+
+
+def _document(path: Path, text: str) -> list[RawRow]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
+            return _lines(path, text)  # JSON lines under a .json name (R1-AQA's files are named so)
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    return [_parsed(f"{path}:{i}", row) for i, row in enumerate(data)]
+
+
+def read_metadata_rows(path: str | os.PathLike) -> list[RawRow]:
+    """Parse a metadata file into :class:`RawRow` objects, without validating them.
+
+    ``.jsonl``/``.ndjson``: one object per line, location = 1-based line. ``.json``: a JSON list,
+    location = 0-based index (JSON lines under a ``.json`` name are recognised). ``.data``/``.txt``/
+    no suffix: a list if the text starts with ``[``, else JSON lines. A broken line or text that is
+    not UTF-8 is a row problem (reported with every other one, or skipped); a file that cannot be
+    read or parsed at all is a :class:`DataError`.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _LINE_SUFFIXES + _SNIFF_SUFFIXES + _DOC_SUFFIXES:
+        raise DataError(f"{path}: unsupported metadata format {suffix!r}, expected .jsonl or .json")
+    text = _read_text(path)
+    if suffix in _LINE_SUFFIXES:
+        return _lines(path, text)
+    if suffix in _DOC_SUFFIXES or text.lstrip().startswith("["):
+        return _document(path, text)
+    return _lines(path, text)
 
 
 # --------------------------------------------------------------------------- validation
@@ -209,7 +298,7 @@ def _audio_paths(row: dict, audio_root: Path, problems: _RowProblems) -> tuple[s
 
 
 class _AudioChecker:
-    """Checks clips with :func:`audio_info`, once per path (rows often share clips)."""
+    """Checks clips with :func:`audiothink.audio.check_audio`, once per path (rows often share clips)."""
 
     def __init__(self, max_seconds: float | None) -> None:
         self.max_seconds = max_seconds
@@ -218,12 +307,12 @@ class _AudioChecker:
     def check(self, path: str) -> tuple[float | None, str | None]:
         """Return ``(duration, error_message)``; the message names ``path``.
 
-        The row id is not passed to :func:`audio_info` because results are shared between
+        The row id is not passed to the audio check because results are shared between
         rows; the caller's ``id=`` prefix already names the row.
         """
         if path not in self._cache:
             try:
-                duration, _, _ = audio_info(path)
+                duration, _, _ = _check_audio_file(path, max_seconds=self.max_seconds)
                 self._cache[path] = (duration, None)
             except AudioError as exc:
                 self._cache[path] = (None, str(exc))
@@ -281,6 +370,85 @@ def _row_id_for_message(row: Any) -> str:
     return "?"
 
 
+def load_rows(
+    rows: Iterable[RawRow],
+    *,
+    source: str,
+    audio_root: str | os.PathLike,
+    on_error: str = "raise",
+    check_audio: bool = True,
+    max_seconds: float | None = None,
+    field_names: Mapping[str, str] | None = None,
+) -> LoadResult:
+    """Validate rows already in the unified schema; the validator behind every loader.
+
+    ``source`` names the data in summary messages; ``field_names`` maps schema names to the names
+    the source uses (``{"question": "question_text"}``) so messages name the field the user can
+    find in their file. A problem already attached to a :class:`RawRow` (found while reading or
+    mapping) replaces the validator's own message about the same field.
+
+    ``on_error="raise"``: every row is checked, then one :class:`DataError` lists every problem as
+    ``<where> id=<id>: <field>: <reason>``. ``on_error="skip"``: bad rows are dropped, one reason
+    per row is returned in ``skipped`` and a warning gives the count. Either way, no usable row at
+    all is a :class:`DataError`.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    names = dict(field_names or {})
+    root = Path(os.path.abspath(audio_root))
+    checker = _AudioChecker(max_seconds) if check_audio else None
+
+    samples: list[Sample] = []
+    bad_rows: list[list[str]] = []
+    by_field: Counter[str] = Counter()
+    clips_too_long = n_rows = 0
+    first_seen: dict[str, str] = {}
+    for raw in rows:
+        n_rows += 1
+        rid = _row_id_for_message(raw.row)
+        prefix = f"{raw.where} id={rid}"
+        problems: list[tuple[str, str]] = list(raw.problems)
+        sample, too_long = None, 0
+        if raw.row is not None or not problems:
+            sample, found, too_long = _validate_row(raw.row, root, checker)
+            named = {f for f, _ in problems}
+            problems += [(names.get(f, f), r) for f, r in found.items if names.get(f, f) not in named]
+        if rid != "?":
+            # Duplicates are flagged on the later row so the first occurrence stays usable.
+            if rid in first_seen:
+                problems.append((names.get("id", "id"), f"duplicate id, first used at {first_seen[rid]}"))
+            else:
+                first_seen[rid] = raw.where
+        if problems:
+            bad_rows.append([f"{prefix}: {name}: {reason}" for name, reason in problems])
+            by_field.update({name for name, _ in problems})
+            continue
+        assert sample is not None
+        samples.append(sample)
+        clips_too_long += too_long
+
+    if n_rows == 0:
+        raise DataError(f"{source}: metadata file contains no rows")
+    if bad_rows and on_error == "raise":
+        lines = [msg for row_msgs in bad_rows for msg in row_msgs]
+        raise DataError(f"{len(bad_rows)} problem row(s) in {source}:\n" + "\n".join(lines))
+    skipped = ["; ".join(row_msgs) for row_msgs in bad_rows]
+    if not samples:
+        raise DataError(
+            f"{source}: no usable rows, all {n_rows} have problems (data.on_error=skip); first: {skipped[0]}"
+        )
+    if skipped:
+        fields_text = ", ".join(f"{n} x {name}" for name, n in by_field.most_common())
+        logger.warning(
+            "skipped %d of %d row(s) in %s (%s); first problem: %s",
+            len(skipped), n_rows, source, fields_text, skipped[0],
+        )
+    return LoadResult(
+        samples=samples, skipped=skipped, clips_too_long=clips_too_long, rows=n_rows,
+        problems_by_field=dict(by_field),
+    )
+
+
 def load_samples(
     path: str | os.PathLike,
     *,
@@ -289,59 +457,24 @@ def load_samples(
     check_audio: bool = True,
     max_seconds: float | None = None,
 ) -> LoadResult:
-    """Load and validate a ``.jsonl`` or ``.json`` metadata file.
+    """Load and validate a ``.jsonl`` or ``.json`` metadata file in the unified schema.
 
     Relative audio paths are joined onto ``audio_root`` (default: the metadata file's
     directory) so a dataset folder can be moved as a whole. With ``on_error="raise"`` every
     row is validated first and one :class:`DataError` lists all problems; with
     ``on_error="skip"`` bad rows are dropped and their reasons returned in ``skipped``.
     Problem lines look like ``"<path>:<line or index> id=<id>: <field>: <reason>"``.
+    Audio is checked with :func:`audiothink.audio.check_audio` (header; float files also for
+    NaN/inf); clips longer than ``max_seconds`` are counted in ``clips_too_long``, not rejected.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     meta = Path(path)
     root = Path(audio_root) if audio_root is not None else meta.parent
-    root = Path(os.path.abspath(root))
-    checker = _AudioChecker(max_seconds) if check_audio else None
-
-    rows = _read_rows(meta)
-    if not rows:
-        raise DataError(f"{meta}: metadata file contains no rows")
-
-    samples: list[Sample] = []
-    bad_rows: list[list[str]] = []
-    clips_too_long = 0
-    first_seen: dict[str, int] = {}
-    for loc, row, json_error in rows:
-        prefix = f"{meta}:{loc} id={_row_id_for_message(row)}"
-        if json_error is not None:
-            bad_rows.append([f"{prefix}: row: {json_error}"])
-            continue
-        sample, problems, too_long = _validate_row(row, root, checker)
-        rid = _row_id_for_message(row)
-        if rid != "?":
-            # Duplicates are flagged on the later row so the first occurrence stays usable.
-            if rid in first_seen:
-                problems.add("id", f"duplicate id, first used at {meta}:{first_seen[rid]}")
-                sample = None
-            else:
-                first_seen[rid] = loc
-        if problems.items:
-            bad_rows.append([f"{prefix}: {name}: {reason}" for name, reason in problems.items])
-            continue
-        assert sample is not None
-        samples.append(sample)
-        clips_too_long += too_long
-
-    if bad_rows and on_error == "raise":
-        lines = [msg for row_msgs in bad_rows for msg in row_msgs]
-        raise DataError(f"{len(bad_rows)} problem row(s) in {meta}:\n" + "\n".join(lines))
-    skipped = ["; ".join(row_msgs) for row_msgs in bad_rows]
-    if skipped:
-        logger.warning(
-            "skipped %d of %d row(s) in %s; first problem: %s", len(skipped), len(rows), meta, skipped[0]
-        )
-    return LoadResult(samples=samples, skipped=skipped, clips_too_long=clips_too_long)
+    return load_rows(
+        read_metadata_rows(meta), source=str(meta), audio_root=root, on_error=on_error,
+        check_audio=check_audio, max_seconds=max_seconds,
+    )
 
 
 # --------------------------------------------------------------------------- prompts

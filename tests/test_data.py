@@ -386,3 +386,56 @@ def test_loaded_samples_round_trip_into_dataset(ds):
     assert dataset["id"] == ["r1", "r2"]
     assert dataset["rationale"] == ["warm", ""]
     assert dataset["audio"][0] == [os.path.abspath(ds / "a.wav")]
+
+
+# --------------------------------------------------------------------------- reading formats, load_rows
+
+
+def test_json_lines_under_json_and_data_names(ds):
+    lines = json.dumps(_row(1)) + "\n" + json.dumps(_row(2)) + "\n"
+    for name in ("m.json", "m.data", "m.txt"):
+        (ds / name).write_text(lines, encoding="utf-8")
+        assert [s.id for s in load_samples(ds / name).samples] == ["r1", "r2"], name
+    (ds / "list.data").write_text(json.dumps([_row(3)]), encoding="utf-8")
+    assert [s.id for s in load_samples(ds / "list.data").samples] == ["r3"]
+
+
+def test_byte_order_mark_is_not_content(ds):
+    (ds / "m.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(_row(1)).encode() + b"\n")
+    assert load_samples(ds / "m.jsonl").samples[0].id == "r1"
+
+
+def test_lone_surrogate_escape_is_bad_text(ds):
+    meta = _jsonl(ds / "m.jsonl", [_row(1), json.dumps(_row(2, question="x")).replace('"x"', '"\\ud83d!"')])
+    assert "id=r2: question: text contains a lone surrogate \\ud83d" in _problems(meta)
+    result = load_samples(meta, on_error="skip")
+    assert [s.id for s in result.samples] == ["r1"] and result.problems_by_field == {"question": 1}
+
+
+def test_load_rows_names_source_fields_and_prefers_reader_problems(ds):
+    from audiothink.data import RawRow, load_rows
+
+    rows = [
+        RawRow("src:0", {"id": "a", "audio": "a.wav", "question": "q", "choices": ["x", "y"], "answer": "z"}),
+        RawRow("src:1", {"id": "b", "audio": "a.wav", "question": "q", "choices": ["x", "y"]},
+               [("label", "index 7 is out of range for 2 choice(s)")]),
+        RawRow("src:2", {"id": "c", "audio": "a.wav", "question": "q", "choices": ["x", "y"], "answer": "x"}),
+    ]
+    names = {"answer": "label", "choices": "options"}
+    message = str(pytest.raises(DataError, load_rows, rows, source="my set", audio_root=ds, field_names=names).value)
+    assert message.splitlines() == [
+        "2 problem row(s) in my set:",
+        "src:0 id=a: label: 'z' is not one of the choices ['x', 'y']",
+        "src:1 id=b: label: index 7 is out of range for 2 choice(s)",  # not also "label: missing"
+    ]
+    result = load_rows(rows, source="my set", audio_root=ds, on_error="skip", field_names=names)
+    assert [s.id for s in result.samples] == ["c"] and result.rows == 3 and result.problems_by_field == {"label": 2}
+
+
+def test_unreadable_metadata_file(ds, monkeypatch):
+    meta = _jsonl(ds / "m.jsonl", [_row(1)])
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(ds), "read_bytes", denied)
+    assert "cannot read metadata file (Permission denied)" in _problems(meta)
