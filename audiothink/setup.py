@@ -210,30 +210,26 @@ class SaveProcessor(TrainerCallback):
 
 
 def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None):
-    """Training rows as a `datasets.Dataset`, plus the held-out samples (possibly empty)."""
-    from audiothink.data import load_samples, to_dataset
+    """Training rows as a `datasets.Dataset`, plus the held-out samples (possibly empty).
+
+    `data.format` picks the reader (unified, avqa, hf; audiothink/sources/), which validates every row,
+    logs skips, clipped clips and rewrites, and applies the optional abstention transform (data.abstain).
+    """
+    from audiothink.audio import AudioError
+    from audiothink.data import DataError, to_dataset
+    from audiothink.sources import load_training_data
 
     if data_cfg.generate_toy:
         from audiothink.toy.data import ensure_toy
 
         ensure_toy(Path(data_cfg.root))
-    loaded = load_samples(
-        data_cfg.train,
-        audio_root=data_cfg.audio_root,
-        on_error=data_cfg.on_error,
-        max_seconds=max_audio_seconds,
-    )
-    if loaded.skipped:
-        log.warning("data: skipped %d bad training rows (data.on_error=skip)", len(loaded.skipped))
-    if loaded.clips_too_long:
-        log.info("data: %d training clips are longer than %.1f s and will be clipped", loaded.clips_too_long,
-                 max_audio_seconds)
-    eval_samples = []
-    if data_cfg.eval:
-        eval_samples = load_samples(
-            data_cfg.eval, audio_root=data_cfg.audio_root, on_error=data_cfg.on_error, max_seconds=max_audio_seconds
-        ).samples
-    return to_dataset(loaded.samples, prompt), eval_samples
+    try:
+        train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds)
+    except (DataError, AudioError):
+        raise
+    except ValueError as e:  # a data.* setting that cannot work (unknown format, field, share out of range)
+        raise ConfigError(str(e)) from e
+    return to_dataset(train_samples, prompt), eval_samples
 
 
 def summarise(model, processor, samples, cfg: DictConfig) -> dict:

@@ -1,0 +1,118 @@
+"""Training data sources: one entry point from a ``data=`` config to validated samples.
+
+``data.format`` picks the reader; every reader maps its rows onto the unified schema
+(:class:`audiothink.data.Sample`) and validates them with :func:`audiothink.data.load_rows`, so
+problems are reported (``data.on_error=raise``) or skipped and counted (``skip``) the same way:
+
+- ``unified``: JSON/JSONL in the project's schema (``data=toy``, ``data=jsonl``);
+- ``avqa``: AVQA metadata as R1-AQA / Audio-Thinker use it (:mod:`audiothink.sources.avqa`);
+- ``hf``: a Hugging Face dataset saved to disk or parquet files (:mod:`audiothink.sources.hf`).
+
+Then the optional abstention transform (:mod:`audiothink.sources.abstain`) runs on the training
+items. Long audio is never an error: clips longer than the model's window are clipped to it when
+loaded (the first ``max_audio_seconds``), and the log says how many.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from audiothink.data import LoadResult, Sample, load_samples
+from audiothink.sources.mapping import FieldMap
+
+__all__ = ["FORMATS", "load_split", "load_training_data"]
+
+log = logging.getLogger("audiothink")
+
+FORMATS = ("unified", "avqa", "hf")
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers as plain Python (the loaders take dicts and lists)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def load_split(data_cfg: Any, which: str, *, max_seconds: float | None) -> LoadResult | None:
+    """Load ``data_cfg[which]`` (``"train"`` or ``"eval"``) with the config's reader; None if unset."""
+    path = data_cfg.get(which)
+    if not path:
+        return None
+    fmt = data_cfg.get("format", "unified")
+    common = dict(audio_root=data_cfg.get("audio_root"), on_error=data_cfg.get("on_error", "raise"),
+                  max_seconds=max_seconds)
+    if fmt == "unified":
+        return load_samples(path, **common)
+    if fmt == "avqa":
+        from audiothink.sources.avqa import AVQA_FIELDS, load_avqa
+
+        return load_avqa(
+            path, **common,
+            question_rewrite=_plain(data_cfg.get("question_rewrite")),
+            audio_template=data_cfg.get("audio_template"),
+            audio_basename=bool(data_cfg.get("audio_basename", True)),
+            fields=FieldMap.from_config(_plain(data_cfg.get("fields")), AVQA_FIELDS),
+            answer_format=data_cfg.get("answer_format", "auto"),
+        )
+    if fmt == "hf":
+        from audiothink.sources.hf import load_hf
+
+        cache_dir = data_cfg.get("cache_dir") or Path(os.environ.get("AUDIOTHINK_CACHE", "~/.cache/audiothink")
+                                                     ).expanduser() / "hf_audio"
+        return load_hf(
+            path, **common,
+            split=data_cfg.get(f"{which}_split"),
+            cache_dir=cache_dir,
+            fields=FieldMap.from_config(_plain(data_cfg.get("fields"))),
+            answer_format=data_cfg.get("answer_format", "auto"),
+            question_rewrite=_plain(data_cfg.get("question_rewrite")),
+        )
+    raise ValueError(f"data.format must be one of {FORMATS}, got {fmt!r}")
+
+
+def _log_loaded(which: str, result: LoadResult, max_seconds: float | None) -> None:
+    # the skipped rows themselves were already counted by field in a warning from audiothink.data
+    skipped = f" ({len(result.skipped)} skipped, data.on_error=skip)" if result.skipped else ""
+    log.info("data: %s: %d of %d rows usable%s", which, len(result.samples), result.rows, skipped)
+    if result.clips_too_long:
+        log.info("data: %s: %d clips are longer than %.1f s and are clipped to their first %.1f s", which,
+                 result.clips_too_long, max_seconds, max_seconds)
+    if result.counts.get("questions_rewritten"):
+        log.info("data: %s: question_rewrite changed %d questions", which, result.counts["questions_rewritten"])
+
+
+def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None) -> tuple[list[Sample], list[Sample]]:
+    """``(training samples, held-out samples)`` for a ``data=`` config, logged and transformed."""
+    train = load_split(data_cfg, "train", max_seconds=max_audio_seconds)
+    if train is None:
+        raise ValueError("data.train is not set")
+    _log_loaded("train", train, max_audio_seconds)
+    samples = train.samples
+
+    abstain = data_cfg.get("abstain") or {}
+    share = float(abstain.get("share", 0.0) or 0.0)
+    if share > 0:
+        from audiothink.sources.abstain import DEFAULT_LABEL, add_abstention
+
+        cache = abstain.get("cache_dir") or Path(os.environ.get("AUDIOTHINK_CACHE", "~/.cache/audiothink")
+                                                 ).expanduser() / "abstain"
+        label = abstain.get("label") or DEFAULT_LABEL
+        samples, n = add_abstention(
+            samples, share=share, seed=int(abstain.get("seed", 0) or 0), cache_dir=cache, label=label,
+            noise_rms=tuple(_plain(abstain.get("noise_rms", (0.01, 0.1)))), max_seconds=max_audio_seconds,
+        )
+        log.info("data: abstention: %d of %d training items now hear noise and must answer %r; "
+                 "that choice was added to every training item", n, len(samples), label)
+
+    held_out = load_split(data_cfg, "eval", max_seconds=max_audio_seconds)
+    if held_out is not None:
+        _log_loaded("eval", held_out, max_audio_seconds)
+    return samples, held_out.samples if held_out is not None else []
