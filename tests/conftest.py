@@ -34,3 +34,27 @@ def load_toy(toy_model_dir: Path):
     model = Qwen2AudioForConditionalGeneration.from_pretrained(toy_model_dir)
     processor = AutoProcessor.from_pretrained(toy_model_dir)
     return model, processor
+
+
+def toy_grpo_args(tmp_path, **overrides):
+    """GRPOConfig for a few CPU steps on the toy: G = 4, 8 completions a step, short completions."""
+    from trl import GRPOConfig
+
+    settings = dict(
+        output_dir=str(tmp_path / "run"),
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_steps=1,
+        learning_rate=1e-3,
+        beta=0.0,
+        max_completion_length=24,
+        bf16=False,
+        activation_checkpointing=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        optim="adamw_torch",
+        disable_dropout=True,
+        seed=0,
+    )
+    return GRPOConfig(**(settings | overrides))

@@ -13,12 +13,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from trl import GRPOConfig
-
 from audiothink.data import load_samples, to_dataset
 from audiothink.judge import Judge
 from audiothink.trainer import AudioGRPOTrainer
-from tests.conftest import PROMPT, load_toy
+from tests.conftest import PROMPT, load_toy, toy_grpo_args
 
 MAX_DELAY_S = 2.0
 
@@ -27,25 +25,7 @@ def toy_trainer(toy_model_dir, toy_files, tmp_path, reward_funcs, weights=None, 
     """AudioGRPOTrainer on the toy model and `n_rows` toy items, with the given rewards (G = 4)."""
     model, processor = load_toy(toy_model_dir)
     samples = load_samples(toy_files["train"]).samples[:n_rows]
-    args = GRPOConfig(
-        output_dir=str(tmp_path / "run"),
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_steps=max_steps,
-        learning_rate=1e-3,
-        beta=0.0,
-        max_completion_length=24,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        optim="adamw_torch",
-        disable_dropout=True,
-        seed=0,
-        reward_weights=weights,
-        **cfg,
-    )
+    args = toy_grpo_args(tmp_path, max_steps=max_steps, reward_weights=weights, **cfg)
     return AudioGRPOTrainer(
         model=model,
         processor=processor,

@@ -10,12 +10,11 @@ import pytest
 import torch
 from peft import LoraConfig
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioModel
-from trl import GRPOConfig
 
 from audiothink.data import load_samples, to_dataset
 from audiothink.trainer import AudioGRPOTrainer, pack_clips, unpack_clips
 from rewards import Accuracy, AdaptiveThink, Format
-from tests.conftest import PROMPT, load_toy
+from tests.conftest import PROMPT, load_toy, toy_grpo_args
 
 LM_ONLY = r"^model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 
@@ -30,24 +29,9 @@ def _dataset(toy_files, n=8):
 
 def _trainer(toy_model_dir, toy_files, tmp_path, *, lora: bool, beta=0.04, num_iterations=2, max_steps=2, **cfg):
     model, processor = load_toy(toy_model_dir)
-    args = GRPOConfig(
-        output_dir=str(tmp_path / "run"),
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_steps=max_steps,
-        learning_rate=cfg.pop("learning_rate", 1e-3),
-        beta=beta,
-        num_iterations=num_iterations,
-        max_completion_length=24,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        optim="adamw_torch",
-        disable_dropout=True,
-        seed=0,
-        **cfg,
+    args = toy_grpo_args(
+        tmp_path, max_steps=max_steps, beta=beta, num_iterations=num_iterations,
+        learning_rate=cfg.pop("learning_rate", 1e-3), **cfg,
     )
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=LM_ONLY, task_type="CAUSAL_LM") if lora else None
     return AudioGRPOTrainer(
