@@ -227,6 +227,27 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
 # --------------------------------------------------------------------------- charts
 
 
+def _paired_bars(plt, path: Path, labels, first, second, legend, *, xlim, xlabel, title, annotate) -> None:
+    """Two horizontal bars per label (first above second), one PNG."""
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(labels) + 1.2)))
+    y = range(len(labels))
+    ax.barh([i - 0.2 for i in y], first, height=0.4, label=legend[0])
+    ax.barh([i + 0.2 for i in y], second, height=0.4, label=legend[1])
+    if annotate:
+        for i, (a, b) in enumerate(zip(first, second)):
+            ax.text(a + 0.5, i - 0.2, f"{a:.1f}", va="center", fontsize=7)
+            ax.text(b + 0.5, i + 0.2, f"{b:.1f}", va="center", fontsize=7)
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, xlim)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_charts(out_dir: Path, results: dict) -> list[str]:
     """One PNG per breakdown dimension (accuracy and think rate side by side), plus the listening check."""
     import matplotlib
@@ -238,46 +259,24 @@ def write_charts(out_dir: Path, results: dict) -> list[str]:
     s = results["summary"]
     title = f"{results['benchmark']['name']} ({results['benchmark']['version']})"
     for dim, groups in s["by"].items():
-        labels = list(groups)
         acc = [100 * (g["accuracy"] or 0) for g in groups.values()]
         think = [100 * (g["think_rate"] or 0) for g in groups.values()]
-        h = max(2.5, 0.35 * len(labels) + 1.2)
-        fig, ax = plt.subplots(figsize=(8, h))
-        y = range(len(labels))
-        ax.barh([i - 0.2 for i in y], acc, height=0.4, label="accuracy %")
-        ax.barh([i + 0.2 for i in y], think, height=0.4, label="think rate %")
-        for i, (a, t, g) in enumerate(zip(acc, think, groups.values())):
-            ax.text(a + 0.5, i - 0.2, f"{a:.1f}", va="center", fontsize=7)
-            ax.text(t + 0.5, i + 0.2, f"{t:.1f}", va="center", fontsize=7)
-        ax.set_yticks(list(y), [f"{lab} (n={g['n']})" for lab, g in zip(labels, groups.values())], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 110)
-        ax.set_xlabel("%")
-        ax.set_title(f"{title}: accuracy and think rate by {dim}", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
         name = f"chart_{dim.replace('-', '_')}.png"
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
+        _paired_bars(
+            plt, out_dir / name, [f"{lab} (n={g['n']})" for lab, g in groups.items()], acc, think,
+            ("accuracy %", "think rate %"), xlim=110, xlabel="%",
+            title=f"{title}: accuracy and think rate by {dim}", annotate=True,
+        )
         names.append(name)
     lc = results.get("listen_check")
     if lc and lc["by"]:
         dim, groups = next(iter(lc["by"].items()))
-        labels = ["overall", *groups]
         real = [100 * (lc["accuracy_real"] or 0)] + [100 * (g["accuracy_real"] or 0) for g in groups.values()]
         rep = [100 * (lc["accuracy_replaced"] or 0)] + [100 * (g["accuracy_replaced"] or 0) for g in groups.values()]
-        fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(labels) + 1.2)))
-        y = range(len(labels))
-        ax.barh([i - 0.2 for i in y], real, height=0.4, label="real audio")
-        ax.barh([i + 0.2 for i in y], rep, height=0.4, label=lc["audio"])
-        ax.set_yticks(list(y), labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 105)
-        ax.set_xlabel("accuracy %")
-        ax.set_title(f"{title}: listening check by {dim} (drop {lc['drop_points']:.1f} points)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(out_dir / "chart_listen_check.png", dpi=110)
-        plt.close(fig)
+        _paired_bars(
+            plt, out_dir / "chart_listen_check.png", ["overall", *groups], real, rep, ("real audio", lc["audio"]),
+            xlim=105, xlabel="accuracy %",
+            title=f"{title}: listening check by {dim} (drop {lc['drop_points']:.1f} points)", annotate=False,
+        )
         names.append("chart_listen_check.png")
     return names
