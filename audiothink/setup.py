@@ -63,7 +63,8 @@ def load_model_and_processor(model_cfg: DictConfig):
         dtype=getattr(torch, model_cfg.dtype),
         attn_implementation=model_cfg.attn_implementation,
     )
-    processor = AutoProcessor.from_pretrained(model_cfg.path)
+    processor_cls = _import(model_cfg.processor) if model_cfg.get("processor") else AutoProcessor
+    processor = processor_cls.from_pretrained(model_cfg.path)
     return model, processor
 
 

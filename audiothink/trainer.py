@@ -49,6 +49,7 @@ from trl.trainer.utils import is_async_callable, shutdown_event_loop_in_daemon, 
 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
+from audiothink.models import share_audio_encoder_passes
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         max_audio_seconds: float | None = None,
         completion_sample_size: int = 8,
         fast_generation: bool = False,
+        share_encoder_passes: bool = True,
         **kwargs,
     ):
         self.processor = processor
@@ -289,6 +291,10 @@ class AudioGRPOTrainer(GRPOTrainer):
         )
         if fast_generation:
             self.enable_fast_generation()
+        # Each prompt comes G times per batch: encode each distinct clip once (exact; see audiothink.models).
+        self.encoder_passes = share_audio_encoder_passes(self.model) if share_encoder_passes else None
+        if share_encoder_passes and self.ref_model is not None:
+            share_audio_encoder_passes(self.ref_model)
         self._audio_rows: dict[str, torch.Tensor] | None = None
         self._pending_waves: list[list[np.ndarray]] | None = None
         self._clipped_paths: set[str] = set()

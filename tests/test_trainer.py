@@ -46,8 +46,9 @@ def _trainer(toy_model_dir, toy_files, tmp_path, *, lora: bool, beta=0.04, num_i
 
 
 @contextmanager
-def spy_audio_forwards(*models):
-    """Record, for every call of every Qwen2AudioModel inside `models`, its sequence length and audio inputs."""
+def spy_audio_forwards(*models, backbone=Qwen2AudioModel):
+    """Record, for every call of every `backbone` (the multimodal model under the LM head) inside `models`,
+    its sequence length and audio inputs."""
     calls, handles = [], []
 
     def hook(module, args, kwargs):
@@ -66,9 +67,9 @@ def spy_audio_forwards(*models):
         if model is None:
             continue
         for module in model.modules():
-            if isinstance(module, Qwen2AudioModel):
+            if isinstance(module, backbone):
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-    assert handles, "no Qwen2AudioModel found to spy on"
+    assert handles, f"no {backbone.__name__} found to spy on"
     try:
         yield calls
     finally:

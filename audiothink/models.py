@@ -1,0 +1,192 @@
+"""What the two supported model families need beyond `from_pretrained`.
+
+- `OmniAudioProcessor`: Qwen2.5-Omni's processor restricted to audio + text. transformers'
+  `Qwen2_5OmniProcessor` insists on an image and a video processor, and the video one needs torchvision;
+  audio-only training never calls either. Tokenization and `<|AUDIO|>` expansion are Qwen2.5-Omni's own
+  (this class only changes which sub-processors exist), so a model trained with it sees exactly what the
+  full processor would give it.
+- `share_audio_encoder_passes`: in GRPO every prompt appears G times in a batch (one copy per completion),
+  so the audio encoder - a 0.6 B-parameter Whisper-large run over a padded 30 s window, for Qwen2-Audio -
+  would encode each clip G times in the rollout prefill and in every log-prob pass. This runs it once per
+  distinct clip and copies the result, which is exact (same inputs, same outputs; gradients, when the
+  encoder is trained, add up over the copies as they would have).
+
+Example::
+
+    from audiothink.models import OmniAudioProcessor, share_audio_encoder_passes
+    processor = OmniAudioProcessor.from_pretrained("Qwen/Qwen2.5-Omni-7B")   # no torchvision needed
+    share_audio_encoder_passes(model)   # Qwen2AudioForConditionalGeneration or the Omni thinker
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import Qwen2_5OmniProcessor
+from transformers.processing_utils import OmniModalProcessorMixin
+
+log = logging.getLogger(__name__)
+
+
+class OmniAudioProcessor(Qwen2_5OmniProcessor):
+    """Qwen2.5-Omni's processor for audio and text: a feature extractor and a tokenizer, nothing else.
+
+    Loads from a full Omni checkpoint (its `preprocessor_config.json` holds the Whisper feature extractor's
+    fields next to the image processor's; the latter are ignored) or from a directory this class saved.
+    """
+
+    def __init__(self, feature_extractor=None, tokenizer=None, chat_template=None):
+        OmniModalProcessorMixin.__init__(self, feature_extractor, tokenizer, chat_template=chat_template)
+        # the tokens Qwen2_5OmniProcessor reads off the tokenizer; image/video ones only where it has them
+        for name in ("audio_token", "audio_bos_token", "audio_eos_token", "image_token", "video_token",
+                     "vision_bos_token", "vision_eos_token"):
+            setattr(self, name, getattr(tokenizer, name, None))
+        if self.audio_token is None:
+            raise ValueError("OmniAudioProcessor: the tokenizer defines no audio_token (is this an Omni checkpoint?)")
+        for name in ("audio", "image", "video"):
+            token = getattr(self, f"{name}_token")
+            setattr(self, f"{name}_token_id", None if token is None else tokenizer.convert_tokens_to_ids(token))
+
+
+# -- one encoder pass per distinct clip --------------------------------------------------------------------
+
+
+def _distinct_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first index of each distinct row, row -> its distinct row), rows compared across all `tensors`.
+
+    None when every row is distinct (nothing to share). Exact comparison: float features are compared by
+    value after an exact upcast, masks as numbers.
+    """
+    n = tensors[0].size(0)
+    if n < 2:
+        return None
+    flat = torch.cat([t.reshape(n, -1).to(torch.float32) for t in tensors], dim=1)
+    _, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    distinct = int(inverse.max()) + 1
+    if distinct == n:
+        return None
+    # the first row of each group stands for it (scatter_reduce "amin" over row numbers)
+    rows = torch.arange(n, device=inverse.device)
+    first = torch.full((distinct,), n, dtype=torch.long, device=inverse.device).scatter_reduce(
+        0, inverse, rows, reduce="amin"
+    )
+    return first, inverse
+
+
+class _SharedPasses:
+    """Counts, for tests and logs: clips the encoder was asked for vs clips it actually encoded."""
+
+    def __init__(self):
+        self.requested = 0
+        self.encoded = 0
+
+
+# Forward hooks rather than a replaced `forward`: hooks get the module they run on, so a deep copy of the
+# model (TRL's reference model under full fine-tuning) shares with itself, never with the original.
+_STASH = "_audiothink_shared"
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str):
+    return kwargs[name] if name in kwargs else (args[index] if len(args) > index else None)
+
+
+def _with_arg(args: tuple, kwargs: dict, index: int, name: str, value) -> tuple[tuple, dict]:
+    if name in kwargs or len(args) <= index:
+        return args, {**kwargs, name: value}
+    return args[:index] + (value,) + args[index + 1 :], kwargs
+
+
+def _share_qwen2_audio(tower: torch.nn.Module, stats: _SharedPasses) -> None:
+    # Qwen2AudioEncoder.forward(input_features (clips, mels, 3000), attention_mask (clips, 1, T, T) | None)
+    # -> last_hidden_state (clips, T', d): row i of the output depends on row i of the inputs only.
+    def before(module, args, kwargs):
+        features = _arg(args, kwargs, 0, "input_features")
+        mask = _arg(args, kwargs, 1, "attention_mask")
+        stats.requested += features.size(0)
+        groups = None if torch.compiler.is_compiling() else _distinct_rows(features)
+        if groups is not None and mask is not None and not torch.equal(mask, mask[groups[0]][groups[1]]):
+            groups = None  # same features, different masks: not the same clip after all
+        if groups is None:
+            stats.encoded += features.size(0)
+            return None
+        first, inverse = groups
+        stats.encoded += first.numel()
+        setattr(module, _STASH, inverse)
+        args, kwargs = _with_arg(args, kwargs, 0, "input_features", features[first])
+        if mask is not None:
+            args, kwargs = _with_arg(args, kwargs, 1, "attention_mask", mask[first])
+        return args, kwargs
+
+    def after(module, args, output):
+        inverse = module.__dict__.pop(_STASH, None)
+        if inverse is not None:
+            output.last_hidden_state = output.last_hidden_state[inverse]
+        return output
+
+    tower.register_forward_pre_hook(before, with_kwargs=True)
+    tower.register_forward_hook(after)
+
+
+def _share_omni(tower: torch.nn.Module, stats: _SharedPasses) -> None:
+    # Qwen2_5OmniAudioEncoder.forward(input_features (mels, total frames: the clips concatenated),
+    # feature_lens (clips,), aftercnn_lens (clips,)) -> last_hidden_state (total output rows, d): clip i
+    # contributes a block of output_length(feature_lens[i]) rows, in order.
+    def before(module, args, kwargs):
+        features = _arg(args, kwargs, 0, "input_features")
+        lens = _arg(args, kwargs, 1, "feature_lens")
+        after_cnn = _arg(args, kwargs, 2, "aftercnn_lens")
+        if features is None or lens is None or torch.compiler.is_compiling():
+            return None
+        stats.requested += lens.numel()
+        pieces = torch.split(features, lens.tolist(), dim=1)
+        padded = torch.nn.utils.rnn.pad_sequence([p.T for p in pieces], batch_first=True)
+        groups = _distinct_rows(padded, lens[:, None])
+        if groups is None:
+            stats.encoded += lens.numel()
+            return None
+        first, inverse = groups
+        stats.encoded += first.numel()
+        _, out_lens = module._get_feat_extract_output_lengths(lens[first])
+        setattr(module, _STASH, (inverse, out_lens.tolist()))
+        args, kwargs = _with_arg(args, kwargs, 0, "input_features", torch.cat([pieces[i] for i in first.tolist()], 1))
+        args, kwargs = _with_arg(args, kwargs, 1, "feature_lens", lens[first])
+        if after_cnn is not None:
+            args, kwargs = _with_arg(args, kwargs, 2, "aftercnn_lens", after_cnn[first])
+        return args, kwargs
+
+    def after(module, args, output):
+        stash = module.__dict__.pop(_STASH, None)
+        if stash is not None:
+            inverse, out_lens = stash
+            blocks = torch.split(output.last_hidden_state, out_lens)
+            output.last_hidden_state = torch.cat([blocks[i] for i in inverse.tolist()], dim=0)
+            if getattr(output, "pooler_output", None) is not None:
+                output.pooler_output = output.last_hidden_state
+        return output
+
+    tower.register_forward_pre_hook(before, with_kwargs=True)
+    tower.register_forward_hook(after)
+
+
+_TOWERS = {"Qwen2AudioEncoder": _share_qwen2_audio, "Qwen2_5OmniAudioEncoder": _share_omni}
+
+
+def share_audio_encoder_passes(model: torch.nn.Module) -> _SharedPasses:
+    """Make `model`'s audio encoder run once per distinct clip of a batch; returns the pass counters.
+
+    Works on Qwen2AudioForConditionalGeneration and Qwen2_5OmniThinkerForConditionalGeneration (before or
+    after PEFT wrapping); calling it twice is harmless. Other models: a ValueError naming the class.
+    """
+    towers = [m for m in model.modules() if type(m).__name__ in _TOWERS]
+    if not towers:
+        raise ValueError(f"share_audio_encoder_passes: no Qwen2-Audio or Qwen2.5-Omni audio encoder in {type(model).__name__}")
+    existing = getattr(towers[0], "_audiothink_passes", None)
+    if existing is not None:
+        return existing
+    stats = _SharedPasses()
+    for tower in towers:
+        _TOWERS[type(tower).__name__](tower, stats)
+        tower._audiothink_passes = stats
+    return stats

@@ -1,0 +1,133 @@
+"""The Qwen2.5-Omni thinker path on a tiny Omni thinker built offline: processor, loading, LoRA, GRPO step."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from peft import LoraConfig
+from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerModel
+from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import _get_feat_extract_output_lengths
+
+from audiothink.models import OmniAudioProcessor
+from audiothink.setup import load_model_and_processor
+from audiothink.toy.omni import build_omni_processor, save_tiny_omni
+from audiothink.trainer import AudioGRPOTrainer
+from rewards import Accuracy, AdaptiveThink, Format
+from tests.conftest import toy_grpo_args
+from tests.test_trainer import _dataset, _full_passes, spy_audio_forwards
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def omni_dir(tmp_path_factory):
+    return save_tiny_omni(tmp_path_factory.mktemp("omni") / "tiny-omni")
+
+
+def _omni_model_cfg(path):
+    from omegaconf import OmegaConf
+
+    cfg = yaml.safe_load((ROOT / "configs/model/qwen2_5_omni_7b.yaml").read_text())["model"]
+    cfg.update(path=str(path), dtype="float32")
+    return OmegaConf.create(cfg)
+
+
+def _messages(n_clips: int):
+    return [{"role": "user", "content": [{"type": "audio"}] * n_clips + [{"type": "text", "text": "which?"}]}]
+
+
+def test_processor_expands_audio_like_qwen2_5_omni():
+    """One <|AUDIO|> per encoder output frame, by Qwen2.5-Omni's own length rule, for each clip."""
+    processor = build_omni_processor()
+    rng = np.random.default_rng(0)
+    waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (16000, 8000, 3201, 32000)]
+    texts = processor.apply_chat_template([_messages(1), _messages(1), _messages(2)], tokenize=False,
+                                          add_generation_prompt=True)
+    enc = processor(text=texts, audio=waves, sampling_rate=16000, return_tensors="pt", padding=True)
+    frames = enc["feature_attention_mask"].sum(-1)
+    expected = _get_feat_extract_output_lengths(frames)
+    counts = (enc["input_ids"] == processor.audio_token_id).sum(-1)
+    assert counts.tolist() == [int(expected[0]), int(expected[1]), int(expected[2] + expected[3])]
+    assert frames.tolist() == [100, 50, 21, 200]  # 10 ms hop: variable lengths, no padding to the window
+
+
+def test_saved_processor_reloads_identically(omni_dir):
+    processor = OmniAudioProcessor.from_pretrained(omni_dir)
+    fresh = build_omni_processor()
+    text = processor.apply_chat_template([_messages(1)], tokenize=False, add_generation_prompt=True)
+    wave = [np.zeros(12000, dtype=np.float32)]
+    a = processor(text=text, audio=wave, sampling_rate=16000, return_tensors="pt")
+    b = fresh(text=text, audio=wave, sampling_rate=16000, return_tensors="pt")
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    assert processor.audio_token == "<|AUDIO|>" and processor.audio_token_id == fresh.audio_token_id
+
+
+def test_processor_refuses_a_tokenizer_without_audio_token(toy_model_dir):
+    from transformers import AutoProcessor
+
+    base = AutoProcessor.from_pretrained(toy_model_dir)  # Qwen2-Audio's tokenizer: no named audio_token
+    with pytest.raises(ValueError, match="audio_token"):
+        OmniAudioProcessor(feature_extractor=base.feature_extractor, tokenizer=base.tokenizer)
+
+
+def test_config_loads_the_thinker_and_lora_targets_its_language_model_only(omni_dir):
+    from peft import get_peft_model
+
+    from audiothink.setup import build_peft_config
+
+    cfg = _omni_model_cfg(omni_dir)
+    model, processor = load_model_and_processor(cfg)
+    assert type(model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert isinstance(processor, OmniAudioProcessor)
+    peft_model = get_peft_model(model, build_peft_config(cfg.lora))
+    wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+    assert wrapped
+    assert all(".language_model.layers." in n for n in wrapped), sorted(wrapped)[:5]
+    # every projection of every decoder layer, and nothing in the audio or vision towers
+    layers = peft_model.base_model.model.config.text_config.num_hidden_layers
+    assert len(wrapped) == 7 * layers
+    assert not any(re.search(r"audio_tower|visual", n) for n in wrapped)
+
+
+def _omni_trainer(omni_dir, toy_files, tmp_path, *, lora: bool, beta=0.04, num_iterations=2, max_steps=2):
+    model, processor = load_model_and_processor(_omni_model_cfg(omni_dir))
+    args = toy_grpo_args(tmp_path, max_steps=max_steps, beta=beta, num_iterations=num_iterations)
+    peft = None
+    if lora:
+        peft = LoraConfig(r=4, lora_alpha=8, target_modules=_omni_model_cfg(omni_dir).lora.target_modules,
+                          task_type="CAUSAL_LM")
+    return AudioGRPOTrainer(
+        model=model, processor=processor, reward_funcs=[AdaptiveThink(), Format(), Accuracy()], args=args,
+        train_dataset=_dataset(toy_files), peft_config=peft, max_audio_seconds=2.0,
+    )
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_omni_grpo_step_gets_audio_in_every_forward(omni_dir, toy_files, tmp_path, lora):
+    trainer = _omni_trainer(omni_dir, toy_files, tmp_path, lora=lora)
+    with spy_audio_forwards(trainer.model, trainer.ref_model, backbone=Qwen2_5OmniThinkerModel) as calls:
+        trainer.train()
+    passes = _full_passes(calls)
+    missing = [c for c in passes if not (c["features"] and c["mask"])]
+    assert not missing, f"forward passes without audio features: {missing}"
+    # generation prefill, old and reference log-probs, 2 policy passes (num_iterations = 2)
+    assert len(passes) == 5, passes
+    assert all(c["audio_tokens"] > 0 for c in passes)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
+    # G = 4 copies of each prompt: the encoder ran once per distinct clip, not once per copy
+    assert trainer.encoder_passes.requested >= 4 * trainer.encoder_passes.encoded > 0
+
+
+def test_omni_spy_catches_a_text_only_logprob_pass(omni_dir, toy_files, tmp_path, monkeypatch):
+    """The Omni spy test can fail: drop the log-prob passes' features and it sees it."""
+    trainer = _omni_trainer(omni_dir, toy_files, tmp_path, lora=False, max_steps=1)
+    monkeypatch.setattr("audiothink.trainer.unpack_clips", lambda rows, start, end: {})
+    with spy_audio_forwards(trainer.model, trainer.ref_model, backbone=Qwen2_5OmniThinkerModel) as calls:
+        trainer.train()  # raises nothing: the thinker scores the placeholder embeddings - the trap itself
+    assert any(not c["features"] for c in _full_passes(calls))
