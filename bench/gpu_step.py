@@ -1,11 +1,14 @@
 """One real GRPO step at 7B scale on one GPU: rollout speed against the memory floor, update MFU, memory.
 
-    python bench/gpu_step.py                       # Qwen2-Audio-7B shape (random weights), LoRA r=16
-    python bench/gpu_step.py --prompts 2 --new-tokens 32 --steps 2   # a quick smoke run
+    python bench/gpu_step.py                       # both models, one after the other (~8 min on an H100)
+    python bench/gpu_step.py --model qwen2_audio_7b        # Qwen2-Audio-7B-Instruct shape only
+    python bench/gpu_step.py --model qwen2_5_omni_7b       # Qwen2.5-Omni-7B thinker shape only
+    python bench/gpu_step.py --prompts 2 --new-tokens 32 --steps 2 --fast-calls 2   # a quick smoke run
 
-No checkpoint can be downloaded where this runs, so the model is the real architecture built from the
-published Qwen2-Audio-7B-Instruct config with random bf16 weights; the tokenizer is the embedded toy's
-(its ids fit the 156k vocabulary; the LM head still projects onto all 156,032 rows). Speed and memory do
+No checkpoint can be downloaded where this runs, so each model is the real architecture built from its
+published config with random bf16 weights; the tokenizer is the embedded toy's (with Omni's extra special
+tokens for the thinker; its ids fit both vocabularies, and the LM head still projects onto all 156,032 /
+152,064 rows). The Omni thinker's vision tower is built (it holds memory) but never runs. Speed and memory do
 not depend on the weights' values. To make every completion exactly --new-tokens long (random weights
 rarely sample EOS, but a run must not depend on it), generation uses min_new_tokens.
 
@@ -27,6 +30,7 @@ Printed, all measured in this run:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -52,8 +56,33 @@ QWEN2_AUDIO_7B = {
 }
 
 
+QWEN2_5_OMNI_7B_THINKER = {
+    # published Qwen2.5-Omni-7B thinker dimensions (config.json, thinker_config)
+    "audio_config": {
+        "num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
+        "d_model": 1280, "max_source_positions": 1500, "n_window": 100, "output_dim": 3584,
+    },
+    "vision_config": {
+        "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
+        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+    },
+    "text_config": {
+        "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    },
+}
+MODELS = {"qwen2_audio_7b": "Qwen2-Audio-7B-Instruct", "qwen2_5_omni_7b": "Qwen2.5-Omni-7B thinker"}
+
+
+CUDA = torch.cuda.is_available()  # the benchmark is for a GPU; tests run its code paths on CPU at toy size
+
+
 def sync():
-    torch.cuda.synchronize()
+    if CUDA:
+        torch.cuda.synchronize()
 
 
 def measure_bandwidth(gib: float = 4.0) -> float:
@@ -114,32 +143,67 @@ class Timers:
         setattr(obj, method, wrapped)
 
 
-def build(args, work: Path):
-    from peft import LoraConfig
-    from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
-    from transformers import WhisperFeatureExtractor
-    from transformers import Qwen2AudioProcessor
-    from trl import GRPOConfig
+def _random_weights(cls, cfg):
+    torch.manual_seed(0)
+    with torch.device("cuda" if CUDA else "cpu"):
+        torch.set_default_dtype(torch.bfloat16 if CUDA else torch.float32)
+        model = cls(cfg)
+        torch.set_default_dtype(torch.float32)
+    return model
 
-    from audiothink.audio import write_wav
-    from audiothink.data import Sample, to_dataset
+
+def build_qwen2_audio():
+    from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+
     from audiothink.setup import TOY_MODEL_DIR
-    from audiothink.trainer import AudioGRPOTrainer
-    from rewards import Accuracy, AdaptiveThink, Format
 
     toy = AutoProcessor.from_pretrained(TOY_MODEL_DIR)
     tok = toy.tokenizer
     fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400)
     processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok, chat_template=toy.chat_template)
-
     cfg = Qwen2AudioConfig(**QWEN2_AUDIO_7B, audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"))
     cfg.text_config.eos_token_id = tok.eos_token_id
     cfg.text_config.pad_token_id = tok.pad_token_id
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        torch.set_default_dtype(torch.bfloat16)
-        model = Qwen2AudioForConditionalGeneration(cfg)
-        torch.set_default_dtype(torch.float32)
+    return _random_weights(Qwen2AudioForConditionalGeneration, cfg), processor, cfg
+
+
+def build_omni_thinker():
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import WhisperFeatureExtractor
+
+    from audiothink.models import OmniAudioProcessor
+    from audiothink.toy.omni import OMNI_TOKENS, build_omni_processor
+
+    toy = build_omni_processor()
+    tok = toy.tokenizer
+    # Omni's feature extractor: 128 mel bins, 10 ms hop; its encoder runs on the valid frames only
+    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400,
+                                 return_attention_mask=True)
+    processor = OmniAudioProcessor(feature_extractor=fe, tokenizer=tok, chat_template=toy.chat_template)
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in OMNI_TOKENS.items()}
+    cfg = Qwen2_5OmniThinkerConfig(
+        **QWEN2_5_OMNI_7B_THINKER, audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"], user_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+        vision_start_token_id=ids["vision_bos_token"],
+    )
+    cfg.text_config.eos_token_id = tok.eos_token_id
+    cfg.text_config.pad_token_id = tok.pad_token_id
+    return _random_weights(Qwen2_5OmniThinkerForConditionalGeneration, cfg), processor, cfg
+
+
+def build(args, work: Path):
+    from peft import LoraConfig
+    from trl import GRPOConfig
+
+    from audiothink.audio import write_wav
+    from audiothink.data import Sample, to_dataset
+    from audiothink.trainer import AudioGRPOTrainer
+    from rewards import Accuracy, AdaptiveThink, Format
+
+    model, processor, cfg = (build_qwen2_audio if args.model == "qwen2_audio_7b" else build_omni_thinker)()
+    tok = processor.tokenizer
     model.config._attn_implementation = "sdpa"
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -163,13 +227,13 @@ def build(args, work: Path):
         # one generation of prompts x G rows, consumed by rows/micro accumulated micro-batches
         output_dir=str(work / "run"), num_generations=args.G, per_device_train_batch_size=args.micro,
         gradient_accumulation_steps=rows // args.micro, max_steps=args.steps, learning_rate=1e-6, beta=args.beta,
-        max_completion_length=args.new_tokens, temperature=1.0, bf16=True,
+        max_completion_length=args.new_tokens, temperature=1.0, bf16=CUDA,
         activation_checkpointing=args.checkpointing, report_to=[], logging_steps=1, save_strategy="no",
         optim="adamw_torch_fused", disable_dropout=True, generation_kwargs=gen_kwargs, seed=0,
     )
     trainer = AudioGRPOTrainer(
         model=model, processor=processor, reward_funcs=[AdaptiveThink(), Format(), Accuracy()], args=targs,
-        train_dataset=dataset, max_audio_seconds=30.0,
+        train_dataset=dataset, max_audio_seconds=30.0, share_encoder_passes=not args.no_share_encoder,
         peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=lm_only, task_type="CAUSAL_LM"),
     )
     return trainer, cfg
@@ -188,6 +252,7 @@ def decode_floor(cfg, rows: int, prompt_len: int, new_tokens: int, bandwidth: fl
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=[*MODELS, "all"], default="all")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--audio-seconds", type=float, default=10.0)
@@ -195,18 +260,33 @@ def main():
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--steps", type=int, default=2, help="training steps; the last one is reported")
-    ap.add_argument("--micro", type=int, default=8, help="rows per update micro-batch (accumulated)")
+    ap.add_argument("--micro", type=int, default=16, help="rows per update micro-batch (accumulated)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the update")
-    ap.add_argument("--skip-fast", action="store_true", help="do not try the static-cache + compile rollout")
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--no-share-encoder", action="store_true",
+                    help="encode every copy of a clip (G per prompt), as before audiothink.models")
+    ap.add_argument("--skip-fast", action="store_true", help="do not time the static-cache + compile rollout")
+    ap.add_argument("--fast-calls", type=int, default=3, help="fast-path rollouts; the first one compiles")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here ({model} is replaced)")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    assert args.skip_fast or args.fast_calls >= 2, "--fast-calls: the first call compiles, at least 2 are needed"
 
-    out: dict = {"device": torch.cuda.get_device_name(), "args": vars(args) | {"json": None}}
     bw, mm = measure_bandwidth(), measure_matmul()
-    out["copy_bandwidth_GBps"], out["bf16_matmul_TFLOPs"] = bw / 1e9, mm / 1e12
-    print(f"device: {out['device']}  copy {bw / 1e9:.0f} GB/s  bf16 matmul {mm / 1e12:.0f} TFLOP/s", flush=True)
+    print(f"device: {torch.cuda.get_device_name()}  copy {bw / 1e9:.0f} GB/s  bf16 matmul {mm / 1e12:.0f} TFLOP/s",
+          flush=True)
+    for model in (list(MODELS) if args.model == "all" else [args.model]):
+        out = run_one(argparse.Namespace(**{**vars(args), "model": model}), bw, mm)
+        if args.json:
+            Path(str(args.json).replace("{model}", model)).write_text(json.dumps(out, indent=2))
+        print(json.dumps(out), flush=True)
+        gc.collect()  # the first model's 17 GB go before the second is built
+        torch.cuda.empty_cache()
 
+
+def run_one(args, bw: float, mm: float) -> dict:
+    out: dict = {"model": args.model, "device": torch.cuda.get_device_name() if CUDA else "cpu",
+                 "args": vars(args) | {"json": None}}
+    out["copy_bandwidth_GBps"], out["bf16_matmul_TFLOPs"] = bw / 1e9, mm / 1e12
     work = Path(tempfile.mkdtemp(prefix="gpu_step_"))
     t0 = time.perf_counter()
     trainer, cfg = build(args, work)
@@ -229,9 +309,10 @@ def main():
             return logp(*a, **k)
 
     trainer._get_per_token_logps_and_entropies = timed_logp
-    torch.cuda.reset_peak_memory_stats()
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    peak = torch.cuda.max_memory_allocated()
+    peak = torch.cuda.max_memory_allocated() if CUDA else 0
 
     rows = args.prompts * args.G
     accum = rows // args.micro
@@ -258,7 +339,7 @@ def main():
         "ref_logps_s": last.get("ref_logps", 0.0), "rewards_s": last["rewards"], "update_s": update,
         "update_tokens": tokens_update, "mfu": mfu, "step_s": step, "peak_mem_GiB": peak / 2**30,
     })
-    print(f"\nQwen2-Audio-7B shape, {args.prompts} prompts x G={args.G}, {args.audio_seconds:.0f} s audio "
+    print(f"\n{MODELS[args.model]} shape, {args.prompts} prompts x G={args.G}, {args.audio_seconds:.0f} s audio "
           f"({prompt_len} prompt tokens), {args.new_tokens} new tokens, LoRA r={args.lora_r}, beta={args.beta}")
     print(f"parameters: {all_params / 1e9:.2f} B total, {lm_params / 1e9:.2f} B language model + head")
     print(f"rollout (plain HF generate): {rollout:.2f} s = {gen_tokens / rollout:.0f} tok/s;"
@@ -273,8 +354,8 @@ def main():
         # padded to 64-token buckets. Batches of different prompt lengths within one bucket reuse the graph.
         trainer.enable_fast_generation(bucket=64)
         times = []
-        for k in range(4):
-            extra = " please listen" * k  # a few more prompt tokens each call
+        for k in range(args.fast_calls):
+            extra = " please listen" * (k % 2)  # a few more prompt tokens: same 64-token bucket, no recompile
             batch = []
             for i in range(args.prompts):
                 row = dict(trainer.train_dataset[i % args.prompts])
@@ -291,9 +372,12 @@ def main():
         out["fast_calls_s"] = times
         print(f"rollout (fast path: static cache + compile, 64-token buckets): {fast:.2f} s = "
               f"{gen_tokens / fast:.0f} tok/s = {rollout / fast:.2f}x plain, {floor / fast:.1%} of floor")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out))
+    passes = trainer.encoder_passes
+    if passes is not None:
+        out["encoder_clips_requested"], out["encoder_clips_encoded"] = passes.requested, passes.encoded
+        print(f"audio encoder: {passes.encoded} clip passes for {passes.requested} clips requested", flush=True)
+    del trainer
+    return out
 
 
 if __name__ == "__main__":
