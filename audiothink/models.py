@@ -190,3 +190,45 @@ def share_audio_encoder_passes(model: torch.nn.Module) -> _SharedPasses:
         _TOWERS[type(tower).__name__](tower, stats)
         tower._audiothink_passes = stats
     return stats
+
+
+# -- optional fused kernels for the update step ------------------------------------------------------------
+
+# The language model's modules that Liger's Triton kernels replace, per model class: in eager PyTorch the
+# RMSNorms (upcast to fp32, several passes), SwiGLU and RoPE are memory-bound chains of small kernels.
+_LIGER_TARGETS = {
+    "Qwen2AudioForConditionalGeneration": (
+        "transformers.models.qwen2.modeling_qwen2", "Qwen2RMSNorm", "Qwen2MLP", "apply_rotary_pos_emb"),
+    "Qwen2_5OmniThinkerForConditionalGeneration": (
+        "transformers.models.qwen2_5_omni.modeling_qwen2_5_omni", "Qwen2_5OmniRMSNorm", "Qwen2MLP",
+        "apply_rotary_pos_emb"),
+}
+
+
+def use_liger_kernels(model_cls: str) -> list[str]:
+    """Make models of `model_cls` (dotted or bare class name) built from now on use Liger's fused RMSNorm,
+    SwiGLU MLP and RoPE in their language model. Call before `from_pretrained`; returns what was patched.
+
+    Same math, fewer memory passes: a faster update step and less activation memory. GPU only (Triton);
+    needs the `liger` extra. The audio encoder is left alone. (TRL's own `use_liger_kernel` switch keys on
+    the model type, and neither qwen2_audio nor qwen2_5_omni_thinker is one it knows.)
+    """
+    import importlib
+
+    name = model_cls.rsplit(".", 1)[-1]
+    if name not in _LIGER_TARGETS:
+        raise ValueError(f"Liger kernels: no mapping for {name} (known: {', '.join(_LIGER_TARGETS)})")
+    try:
+        liger = importlib.import_module("liger_kernel.transformers")
+    except ImportError as e:
+        raise ImportError(
+            "model.liger_kernels=true needs liger-kernel (and a CUDA GPU): pip install -e '.[liger]'"
+        ) from e
+    module_name, norm, mlp, rope = _LIGER_TARGETS[name]
+    module = importlib.import_module(module_name)
+    setattr(module, norm, liger.LigerRMSNorm)
+    setattr(module, mlp, liger.LigerSwiGLUMLP)
+    setattr(module, rope, liger.liger_rotary_pos_emb)
+    patched = [f"{module_name}.{n}" for n in (norm, mlp, rope)]
+    log.info("Liger kernels: %s", ", ".join(patched))
+    return patched

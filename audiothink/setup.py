@@ -57,6 +57,10 @@ def load_model_and_processor(model_cfg: DictConfig):
     from transformers import AutoProcessor
 
     check_model_path(model_cfg.path)
+    if model_cfg.get("liger_kernels"):
+        from audiothink.models import use_liger_kernels
+
+        use_liger_kernels(model_cfg.cls)  # before the model is built: it swaps transformers' module classes
     cls = _import(model_cfg.cls)
     model = cls.from_pretrained(
         model_cfg.path,

@@ -202,6 +202,11 @@ def build(args, work: Path):
     from audiothink.trainer import AudioGRPOTrainer
     from rewards import Accuracy, AdaptiveThink, Format
 
+    if args.liger:
+        from audiothink.models import use_liger_kernels
+
+        use_liger_kernels("Qwen2AudioForConditionalGeneration" if args.model == "qwen2_audio_7b"
+                          else "Qwen2_5OmniThinkerForConditionalGeneration")
     model, processor, cfg = (build_qwen2_audio if args.model == "qwen2_audio_7b" else build_omni_thinker)()
     tok = processor.tokenizer
     model.config._attn_implementation = "sdpa"
@@ -262,6 +267,7 @@ def main():
     ap.add_argument("--steps", type=int, default=2, help="training steps; the last one is reported")
     ap.add_argument("--micro", type=int, default=16, help="rows per update micro-batch (accumulated)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the update")
+    ap.add_argument("--liger", action="store_true", help="Liger's fused RMSNorm/SwiGLU/RoPE (needs liger-kernel)")
     ap.add_argument("--no-share-encoder", action="store_true",
                     help="encode every copy of a clip (G per prompt), as before audiothink.models")
     ap.add_argument("--skip-fast", action="store_true", help="do not time the static-cache + compile rollout")

@@ -45,7 +45,7 @@ def bench(monkeypatch):
 def test_gpu_step_runs_and_reports_at_toy_size(bench, model, capsys):
     args = argparse.Namespace(
         model=model, prompts=2, G=2, audio_seconds=1.0, new_tokens=4, lora_r=4, beta=0.04, steps=1, micro=2,
-        checkpointing=False, no_share_encoder=False, skip_fast=True, fast_calls=2, json=None,
+        checkpointing=False, liger=False, no_share_encoder=False, skip_fast=True, fast_calls=2, json=None,
     )
     out = bench.run_one(args, bw=1e11, mm=1e12)
     assert out["rows"] == 4 and out["generated_tokens"] == 16
