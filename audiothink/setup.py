@@ -52,6 +52,19 @@ def _import(dotted: str):
     return getattr(importlib.import_module(module), name)
 
 
+def resolve_attention(name: str) -> str:
+    """`auto`: flash_attention_2 where the flash-attn package and a CUDA GPU are there, sdpa otherwise."""
+    if name != "auto":
+        return name
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_model_and_processor(model_cfg: DictConfig):
     import torch
     from transformers import AutoProcessor
@@ -65,7 +78,7 @@ def load_model_and_processor(model_cfg: DictConfig):
     model = cls.from_pretrained(
         model_cfg.path,
         dtype=getattr(torch, model_cfg.dtype),
-        attn_implementation=model_cfg.attn_implementation,
+        attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
     processor_cls = _import(model_cfg.processor) if model_cfg.get("processor") else AutoProcessor
     processor = processor_cls.from_pretrained(model_cfg.path)

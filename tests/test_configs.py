@@ -135,3 +135,21 @@ def test_train_fails_fast_on_missing_model_dir(tmp_path):
     assert out.returncode != 0
     assert "model.path='/some/missing/dir': no such checkpoint directory" in out.stderr
     assert not Path("/nonexistent/should-not-be-built").exists()
+
+
+def test_attention_auto_picks_sdpa_without_flash_attn_or_gpu(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from audiothink.setup import resolve_attention
+
+    assert resolve_attention("eager") == "eager"  # a named kernel is taken as is
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_attention("auto") == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    assert resolve_attention("auto") == "sdpa"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    assert resolve_attention("auto") == "flash_attention_2"

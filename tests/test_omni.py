@@ -15,7 +15,7 @@ from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import _get_feat_e
 
 from audiothink.models import OmniAudioProcessor
 from audiothink.setup import load_model_and_processor
-from audiothink.toy.omni import build_omni_processor, save_tiny_omni
+from audiothink.toy.omni import build_omni_processor, build_omni_thinker, save_tiny_omni
 from audiothink.trainer import AudioGRPOTrainer
 from rewards import Accuracy, AdaptiveThink, Format
 from tests.conftest import toy_grpo_args
@@ -131,3 +131,34 @@ def test_omni_spy_catches_a_text_only_logprob_pass(omni_dir, toy_files, tmp_path
     with spy_audio_forwards(trainer.model, trainer.ref_model, backbone=Qwen2_5OmniThinkerModel) as calls:
         trainer.train()  # raises nothing: the thinker scores the placeholder embeddings - the trap itself
     assert any(not c["features"] for c in _full_passes(calls))
+
+
+def _documented_regexes(config: str) -> list[str]:
+    """The alternative target_modules regexes written in a model config's comments."""
+    text = (ROOT / "configs/model" / config).read_text()
+    return re.findall(r"^\s*#.*?'(\^model.*?)'\s*$", text, flags=re.M)
+
+
+def _wrapped(model, regex: str) -> set[str]:
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=regex, task_type="CAUSAL_LM"))
+    return {n.split(".lora_A")[0].removeprefix("base_model.model.") for n, _ in peft_model.named_parameters()
+            if ".lora_A" in n}
+
+
+def test_documented_lora_scopes_wrap_what_they_say(toy_model_dir):
+    from tests.conftest import load_toy
+
+    projector, encoder = _documented_regexes("qwen2_audio_7b.yaml")
+    wrapped = _wrapped(load_toy(toy_model_dir)[0], projector)
+    assert "model.multi_modal_projector.linear" in wrapped
+    assert not any("audio_tower" in n for n in wrapped)
+    wrapped = _wrapped(load_toy(toy_model_dir)[0], encoder)
+    assert {"model.audio_tower.layers.0.self_attn.out_proj", "model.audio_tower.layers.1.fc2"} <= wrapped
+    assert any(".language_model." in n for n in wrapped)
+
+    (omni_encoder,) = _documented_regexes("qwen2_5_omni_7b.yaml")
+    wrapped = _wrapped(build_omni_thinker(build_omni_processor()), omni_encoder)
+    assert {"model.audio_tower.proj", "model.audio_tower.layers.0.self_attn.q_proj"} <= wrapped
+    assert any(".language_model." in n for n in wrapped) and not any(".visual." in n for n in wrapped)
