@@ -162,3 +162,17 @@ def test_documented_lora_scopes_wrap_what_they_say(toy_model_dir):
     wrapped = _wrapped(build_omni_thinker(build_omni_processor()), omni_encoder)
     assert {"model.audio_tower.proj", "model.audio_tower.layers.0.self_attn.q_proj"} <= wrapped
     assert any(".language_model." in n for n in wrapped) and not any(".visual." in n for n in wrapped)
+
+
+def test_static_cache_generation_matches_dynamic():
+    """The fast rollout's static KV cache keeps Omni's 3-D (audio-length dependent) positions right."""
+    processor = build_omni_processor()
+    model = build_omni_thinker(processor).eval()
+    texts = processor.apply_chat_template([_messages(1), _messages(2)], tokenize=False, add_generation_prompt=True)
+    rng = np.random.default_rng(3)
+    waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (16000, 8000, 4000)]
+    enc = processor(text=texts, audio=waves, sampling_rate=16000, return_tensors="pt", padding=True)
+    dynamic = model.generate(**enc, max_new_tokens=8, do_sample=False)
+    static = model.generate(**enc, max_new_tokens=8, do_sample=False, cache_implementation="static",
+                            disable_compile=True)
+    assert torch.equal(dynamic, static)
