@@ -182,7 +182,14 @@ def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
 # -- trainer -----------------------------------------------------------------------------------------------
 
 
-def build_grpo_config(trainer_cfg: DictConfig, *, output_dir: Path, seed: int, reward_weights: list[float]):
+def build_grpo_config(
+    trainer_cfg: DictConfig,
+    *,
+    output_dir: Path,
+    seed: int,
+    reward_weights: list[float],
+    rollout: DictConfig | None = None,
+):
     import dataclasses
 
     import torch
@@ -193,6 +200,13 @@ def build_grpo_config(trainer_cfg: DictConfig, *, output_dir: Path, seed: int, r
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ConfigError(f"trainer: unknown GRPOConfig field(s) {unknown}")
+    if rollout is not None:  # rollout.engine & co. -> use_vllm, vllm_mode, ... (audiothink/vllm_rollout.py)
+        from audiothink.vllm_rollout import rollout_grpo_fields
+
+        fields = rollout_grpo_fields(rollout)
+        if clash := sorted(set(fields) & set(kwargs)):
+            raise ConfigError(f"trainer: {clash} are set by the rollout: block (rollout.engine, ...), not trainer.*")
+        kwargs.update(fields)
     if not torch.cuda.is_available() and kwargs.get("bf16", True) is not False:
         # TRL turns bf16 on when unset, which transformers then refuses on a CPU-only machine.
         if kwargs.get("bf16"):
