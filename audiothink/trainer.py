@@ -50,6 +50,7 @@ from trl.trainer.utils import is_async_callable, shutdown_event_loop_in_daemon, 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
 from audiothink.models import share_audio_encoder_passes
+from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +275,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         banned = sorted({tokenizer.convert_tokens_to_ids(t) for t in audio_tokens if t})
         args.generation_kwargs = {**(args.generation_kwargs or {}), "suppress_tokens": banned}
         self.banned_token_ids = banned
+        # rollout.engine=vllm: vLLM missing, or server mode (cannot carry audio), fails here, before TRL starts it
+        check_vllm_config(args)
 
         # Batch-wide rewards are replaced by placeholders for TRL's per-rank pass (see _calculate_rewards);
         # per-sample ones are wrapped so that a NaN or a non-number fails naming the reward.
@@ -289,6 +292,11 @@ class AudioGRPOTrainer(GRPOTrainer):
             processing_class=tokenizer,
             **kwargs,
         )
+        if self.use_vllm:
+            # TRL's engine would send vLLM the expanded ids without the audio, and weights under in-memory names
+            self.vllm_generation = AudioVLLMGeneration.adopt(
+                self.vllm_generation, processor, waves=lambda: self._pending_waves
+            )
         if fast_generation:
             self.enable_fast_generation()
         # Each prompt comes G times per batch: encode each distinct clip once (exact; see audiothink.models).
