@@ -95,7 +95,9 @@ def train(cfg: DictConfig) -> dict:
         # `accelerate launch --cpu` exports): each process of `torchrun --nproc_per_node N` or
         # `accelerate launch --multi_gpu --num_processes N` would otherwise train alone, with world size 1.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    args = build_grpo_config(cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights)
+    args = build_grpo_config(
+        cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights, rollout=cfg.rollout
+    )
     # Building `args` set up torch.distributed: under a multi-process launch every process runs this function,
     # and the files of the run (config, final processor, summary) are written by the main process alone.
     _check_one_run_dir(run_dir)
