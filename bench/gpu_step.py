@@ -173,7 +173,7 @@ def build_omni_thinker():
     from transformers import WhisperFeatureExtractor
 
     from audiothink.models import OmniAudioProcessor
-    from audiothink.toy.omni import OMNI_TOKENS, build_omni_processor
+    from audiothink.toy.omni import build_omni_processor, omni_token_fields
 
     toy = build_omni_processor()
     tok = toy.tokenizer
@@ -181,13 +181,7 @@ def build_omni_thinker():
     fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400,
                                  return_attention_mask=True)
     processor = OmniAudioProcessor(feature_extractor=fe, tokenizer=tok, chat_template=toy.chat_template)
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in OMNI_TOKENS.items()}
-    cfg = Qwen2_5OmniThinkerConfig(
-        **QWEN2_5_OMNI_7B_THINKER, audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
-        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
-        audio_end_token_id=ids["audio_eos_token"], user_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
-        vision_start_token_id=ids["vision_bos_token"],
-    )
+    cfg = Qwen2_5OmniThinkerConfig(**QWEN2_5_OMNI_7B_THINKER, **omni_token_fields(tok))
     cfg.text_config.eos_token_id = tok.eos_token_id
     cfg.text_config.pad_token_id = tok.pad_token_id
     return _random_weights(Qwen2_5OmniThinkerForConditionalGeneration, cfg), processor, cfg

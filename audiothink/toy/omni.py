@@ -45,9 +45,23 @@ def build_omni_processor(toy_dir: str | Path = TOY_MODEL_DIR) -> OmniAudioProces
     )
 
 
+def omni_token_fields(tokenizer) -> dict[str, int]:
+    """The thinker config's special-token ids, from a tokenizer with Omni's tokens."""
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in OMNI_TOKENS.items()}
+    return dict(
+        audio_token_index=ids["audio_token"],
+        image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"],
+        audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"],
+        user_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        # not a declared field, but read by the 3-D position code (the real config.json carries it too)
+        vision_start_token_id=ids["vision_bos_token"],
+    )
+
+
 def build_omni_config(processor: OmniAudioProcessor, *, hidden: int = 64, layers: int = 2) -> Qwen2_5OmniThinkerConfig:
     tok = processor.tokenizer
-    ids = {name: tok.convert_tokens_to_ids(token) for name, token in OMNI_TOKENS.items()}
     heads = 4
     half_head = hidden // heads // 2
     # mrope: the rotary half-dimension split over (time, height, width), as [16, 24, 24] is for 128-dim heads
@@ -82,14 +96,7 @@ def build_omni_config(processor: OmniAudioProcessor, *, hidden: int = 64, layers
             "pad_token_id": tok.pad_token_id,
             "eos_token_id": tok.eos_token_id,
         },
-        audio_token_index=ids["audio_token"],
-        image_token_index=ids["image_token"],
-        video_token_index=ids["video_token"],
-        audio_start_token_id=ids["audio_bos_token"],
-        audio_end_token_id=ids["audio_eos_token"],
-        user_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
-        # not a declared field, but read by the 3-D position code (the real config.json carries it too)
-        vision_start_token_id=ids["vision_bos_token"],
+        **omni_token_fields(tok),
         tie_word_embeddings=True,
     )
 
