@@ -275,7 +275,20 @@ def main():
     print(f"device: {torch.cuda.get_device_name()}  copy {bw / 1e9:.0f} GB/s  bf16 matmul {mm / 1e12:.0f} TFLOP/s",
           flush=True)
     for model in (list(MODELS) if args.model == "all" else [args.model]):
-        out = run_one(argparse.Namespace(**{**vars(args), "model": model}), bw, mm)
+        out, micro = None, args.micro
+        while out is None:
+            try:
+                out = run_one(argparse.Namespace(**{**vars(args), "model": model, "micro": micro}), bw, mm)
+            except torch.cuda.OutOfMemoryError:
+                pass  # handled below, outside the except block, so the failed step's tensors can be freed
+            if out is None:
+                gc.collect()
+                torch.cuda.empty_cache()
+                if micro == 1:
+                    raise SystemExit(f"{model}: out of memory even with micro-batches of 1 row")
+                print(f"{model}: micro-batches of {micro} rows did not fit in memory; again with {micro // 2}",
+                      flush=True)
+                micro //= 2
         if args.json:
             Path(str(args.json).replace("{model}", model)).write_text(json.dumps(out, indent=2))
         print(json.dumps(out), flush=True)
