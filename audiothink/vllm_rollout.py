@@ -19,22 +19,36 @@ model it would go wrong in three places, each handled here:
    which vLLM's `SamplingParams` does not take: it becomes a `logit_bias` of -100 on those tokens.
 
 `AudioVLLMGeneration` is TRL's engine with those three changes; `AudioGRPOTrainer` swaps it in when
-`use_vllm` is set. Only the colocate mode (vLLM inside the training process) can carry audio: see
-`SERVER_MODE_GAP`. This module imports without vLLM; building the engine without it raises an ImportError
-that says how to install it.
+`use_vllm` is set. Both of TRL's modes carry audio:
+
+- **colocate** (vLLM inside the training process): the rows above, `LLM.generate` expands them.
+- **server** (`trl vllm-serve` on its own GPUs), the way TRL 1.16 sends a server images: the main process
+  posts each prompt's clips as a throwaway chat of OpenAI `input_audio` parts (float WAV, so the server
+  decodes exactly the trainer's samples) to vLLM's `/v1/chat/completions/render` (`audio_features`), points
+  the returned features' `mm_placeholders["audio"]` at the `<|AUDIO|>` runs of the *expanded* training ids
+  (`place_audio_features`, which also checks each run against the length the server encodes its clip to),
+  and generates from those ids + features through TRL's `VLLMClient.generate` (`/inference/v1/generate`).
+  Weights go through TRL's `sync_weights` and the client's NCCL transfer, under the checkpoint names.
+
+This module imports without vLLM; building the engine without it raises an ImportError that says how to
+install it.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import broadcast_object_list, gather_object, is_peft_model
 from trl.generation.vllm_generation import VLLMGeneration, extract_logprobs
 
 from audiothink.audio import SAMPLE_RATE
@@ -43,12 +57,7 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install -e ".[vllm]"'
 
-SERVER_MODE_GAP = (
-    "vllm_mode='server' cannot carry audio: TRL 1.16's VLLMClient sends a server text or token ids plus "
-    "*image* features only (VLLMClient.image_features renders image parts; nothing renders audio), so the "
-    "server would generate from bare audio placeholders without hearing the audio. Use "
-    "rollout.vllm_mode=colocate (vLLM inside the training process, sharing its GPUs)."
-)
+VLLM_MODES = ("colocate", "server")
 
 # HF-style generation kwargs that vLLM's SamplingParams cannot take; the trainer sets suppress_tokens.
 _LOGIT_BIAS_BAN = -100.0  # vLLM clamps logit_bias to [-100, 100]
@@ -62,14 +71,13 @@ def check_vllm_config(args) -> None:
     """Refuse a vLLM setup that cannot work, before TRL starts an engine (or a server connection)."""
     if not getattr(args, "use_vllm", False):
         return
-    if args.vllm_mode == "server":
-        raise NotImplementedError(SERVER_MODE_GAP)
-    if args.vllm_mode != "colocate":
-        raise ValueError(f"vllm_mode must be 'colocate' (or 'server', unsupported for audio), got {args.vllm_mode!r}")
+    if args.vllm_mode not in VLLM_MODES:
+        raise ValueError(f"vllm_mode must be 'colocate' or 'server', got {args.vllm_mode!r}")
     if not vllm_installed():
         raise ImportError(
-            "use_vllm=True (rollout.engine=vllm) needs vLLM, which is not installed. On a machine with a CUDA "
-            f"GPU run `{INSTALL_HINT}` (vLLM has no CPU build); or use the default rollout.engine=hf."
+            f"use_vllm=True (rollout.engine=vllm, vllm_mode={args.vllm_mode!r}) needs vLLM, which is not installed "
+            "(server mode too: TRL's client sends the weights through vLLM's NCCL weight transfer). On a machine "
+            f"with a CUDA GPU run `{INSTALL_HINT}` (vLLM has no CPU build); or use the default rollout.engine=hf."
         )
 
 
@@ -85,10 +93,8 @@ def rollout_grpo_fields(rollout_cfg) -> dict[str, Any]:
     if rollout_cfg.get("fast"):
         raise ConfigError("rollout.fast is the HF engine's compiled decode: leave it false with rollout.engine=vllm")
     mode = rollout_cfg.get("vllm_mode", "colocate")
-    if mode == "server":
-        raise ConfigError(SERVER_MODE_GAP)
-    if mode != "colocate":
-        raise ConfigError(f"rollout.vllm_mode must be 'colocate', got {mode!r}")
+    if mode not in VLLM_MODES:
+        raise ConfigError(f"rollout.vllm_mode must be 'colocate' or 'server', got {mode!r}")
     if not vllm_installed():
         raise ConfigError(f"rollout.engine=vllm needs vLLM: `{INSTALL_HINT}` on a machine with a CUDA GPU")
     return {
@@ -332,6 +338,133 @@ def checkpoint_name_mapper(model) -> Callable[[str], str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# server mode: clips rendered by the server, their features placed on the training ids
+
+RENDER_PATH = "/v1/chat/completions/render"  # vLLM >= 0.30 with --enable-scale-out (`trl vllm-serve` adds it)
+
+
+def wav_base64(wave: np.ndarray, sampling_rate: int) -> str:
+    """`wave` as a base64 WAV file of 32-bit float samples. vLLM's audio loader reads it back (soundfile,
+    float32) to exactly these samples; 16-bit PCM would round them to 1/32768 and clip them at +-1."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(wave, dtype=np.float32), int(sampling_rate), format="WAV", subtype="FLOAT")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def audio_messages(clips: Sequence[np.ndarray], sampling_rate: int) -> list[dict]:
+    """A throwaway chat holding only `clips`, as OpenAI `input_audio` parts (vLLM's chat parser turns each
+    into a `data:audio/wav;base64,...` item of the "audio" modality)."""
+    parts = [
+        {"type": "input_audio", "input_audio": {"data": wav_base64(w, sampling_rate), "format": "wav"}} for w in clips
+    ]
+    return [{"role": "user", "content": parts}]
+
+
+def audio_features(
+    client, waves_per_prompt: Sequence[Sequence[np.ndarray]], sampling_rate: int, max_concurrent_requests: int = 64
+) -> list[dict | None]:
+    """Each prompt's clips processed by the vLLM server behind `client` (TRL's `VLLMClient`), as
+    `VLLMClient.image_features` does for images: one render request per prompt, concurrently.
+
+    Returns per prompt `{"token_ids": ..., "features": ...}` from the render response (the throwaway
+    prompt's ids and vLLM's `MultiModalFeatures`: `mm_hashes`, `mm_placeholders`, `kwargs_data`, each
+    keyed by modality, here "audio"), or None for a prompt without clips. The placeholders point into the
+    throwaway prompt: `place_audio_features` moves them onto the training prompt.
+    """
+
+    def send(clips):
+        if not len(clips):
+            return None
+        response = client.session.post(
+            f"{client.base_url}{RENDER_PATH}",
+            json={"model": client.model, "messages": audio_messages(clips, sampling_rate), "max_tokens": 1},
+        )
+        if response.status_code == 404:
+            raise RuntimeError(
+                f"The vLLM server at {client.base_url} does not serve `{RENDER_PATH}`, which audio prompts use. "
+                "From vLLM 0.30.0, restart it with `--enable-scale-out` (`trl vllm-serve` adds it)."
+            )
+        if response.status_code != 200:
+            raise RuntimeError(f"vLLM render of {len(clips)} clip(s) failed: {response.status_code}, {response.text}")
+        body = response.json()
+        features = body.get("features") or {}
+        rendered = len((features.get("mm_placeholders") or {}).get("audio", []))
+        if rendered != len(clips):
+            raise RuntimeError(
+                f"the vLLM server at {client.base_url} rendered {rendered} audio item(s) for {len(clips)} clip(s): "
+                "is it serving the audio model being trained?"
+            )
+        return {"token_ids": list(body["token_ids"]), "features": features}
+
+    if not len(waves_per_prompt):
+        return []
+    with ThreadPoolExecutor(max_workers=min(max_concurrent_requests, len(waves_per_prompt))) as executor:
+        return list(executor.map(send, waves_per_prompt))
+
+
+def audio_runs(ids: Sequence[int], audio_id: int) -> list[tuple[int, int]]:
+    """(start, length) of each run of `audio_id` in `ids`."""
+    runs: list[tuple[int, int]] = []
+    for i, t in enumerate(ids):
+        if t != audio_id:
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
+def place_audio_features(rendered: dict | None, prompt_ids: Sequence[int], audio_id: int) -> dict | None:
+    """The render's features pointed at the `<|AUDIO|>` runs of `prompt_ids` (the expanded training prompt),
+    clip i on run i, as TRL's `VLLMGeneration._place_features` does with runs of image tokens.
+
+    A placeholder's range in the throwaway prompt is its clip's `<|AUDIO|>` run, plus whatever marker tokens
+    the model's prompt update puts inside the range (some vLLM versions of Qwen2-Audio wrote
+    `<|audio_bos|>`/`<|audio_eos|>` there, with an `is_embed` mask): that same window is found around the
+    training run and every other field of the placeholder is kept. Raises when the prompt's runs and the
+    clips differ in number, or a run's length is not the number of embeddings vLLM makes of its clip (vLLM
+    would then sample from another prompt than the one trained on).
+    """
+    ids = list(prompt_ids)
+    runs = audio_runs(ids, audio_id)
+    if rendered is None:
+        if runs:
+            raise ValueError(f"Found {len(runs)} runs of audio tokens in the prompt but no clip was processed.")
+        return None
+    features, render_ids = rendered["features"], rendered["token_ids"]
+    placeholders = features["mm_placeholders"]["audio"]
+    if len(runs) != len(placeholders):
+        raise ValueError(
+            f"Found {len(runs)} runs of audio tokens in the prompt but {len(placeholders)} clips were processed. "
+            "The prompt must contain one run of audio tokens per clip."
+        )
+    placed = []
+    for i, (placeholder, (start, length)) in enumerate(zip(placeholders, runs, strict=True)):
+        window = render_ids[placeholder["offset"] : placeholder["offset"] + placeholder["length"]]
+        inside = [j for j, t in enumerate(window) if t == audio_id]
+        if len(window) != placeholder["length"] or not inside or inside != list(range(inside[0], inside[-1] + 1)):
+            raise RuntimeError(
+                f"clip {i}: the server's placeholder range {placeholder} is not one run of audio tokens in the "
+                "prompt it rendered"
+            )
+        lead, embedded = inside[0], len(inside)
+        if length != embedded:
+            raise ValueError(
+                f"clip {i}: the training prompt has a run of {length} audio tokens, the vLLM server encodes the "
+                f"clip to {embedded}: the rollout prompt would differ from the trained one"
+            )
+        offset = start - lead
+        if offset < 0 or ids[offset : offset + len(window)] != window:
+            raise ValueError(
+                f"clip {i}: the server's placeholder range holds {window[:lead]} + audio tokens + "
+                f"{window[lead + embedded :]}, which the training prompt does not have around its run"
+            )
+        placed.append({**placeholder, "offset": offset})
+    return {**features, "mm_placeholders": {**features["mm_placeholders"], "audio": placed}}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # the engine
 
 
@@ -346,11 +479,14 @@ def _vllm_generation_kwargs(generation_kwargs: dict | None) -> dict:
 
 
 class AudioVLLMGeneration(VLLMGeneration):
-    """TRL's `VLLMGeneration` for audio prompts (colocate mode).
+    """TRL's `VLLMGeneration` for audio prompts, in either of TRL's modes.
 
-    `generate` sends vLLM the unexpanded ids plus each row's clips, and checks that vLLM's expanded prompt
-    is the training prompt; `sync_weights` (TRL's: PEFT merge, DeepSpeed/FSDP gathers) pushes every tensor
-    under its checkpoint name. Build it with `adopt` from the engine TRL made: the vLLM instance is kept.
+    colocate: `generate` sends vLLM the unexpanded ids plus each row's clips, and checks that vLLM's expanded
+    prompt is the training prompt. server: `generate` is TRL's server branch with the clips rendered by the
+    server (`audio_features`) where TRL renders images, placed on the expanded ids (`place_audio_features`).
+    `sync_weights` (TRL's: PEFT merge, DeepSpeed/FSDP gathers; the client's NCCL transfer in server mode)
+    pushes every tensor under its checkpoint name. Build it with `adopt` from the engine TRL made: the vLLM
+    instance (or server client) is kept.
     """
 
     audio_processor: Any
@@ -360,10 +496,10 @@ class AudioVLLMGeneration(VLLMGeneration):
     def adopt(
         cls, engine: VLLMGeneration, processor, *, waves: Callable[[], Sequence[Sequence[np.ndarray]] | None]
     ) -> AudioVLLMGeneration:
-        """This engine over `engine`'s vLLM instance. `waves()` returns the clips of the rows being generated
-        (per row, in order), as the trainer loaded them."""
-        if engine.mode != "colocate":
-            raise NotImplementedError(SERVER_MODE_GAP)
+        """This engine over `engine`'s vLLM instance or server client. `waves()` returns the clips of the rows
+        being generated (per row, in order), as the trainer loaded them."""
+        if engine.mode not in VLLM_MODES:
+            raise ValueError(f"vllm_mode must be 'colocate' or 'server', got {engine.mode!r}")
         new = cls.__new__(cls)
         new.__dict__.update(vars(engine))
         new.audio_processor = processor
@@ -395,14 +531,16 @@ class AudioVLLMGeneration(VLLMGeneration):
         return SamplingParams(**kwargs)
 
     def generate(self, prompts, images, num_generations, profiler=None, *, waves=None):
-        """TRL's colocate `generate` for audio rows: `prompts` are the expanded training ids, `waves` (by
-        default the trainer's) each row's clips. Returns TRL's tuple; the prompt ids returned are `prompts`."""
+        """TRL's `generate` for audio rows: `prompts` are the expanded training ids, `waves` (by default the
+        trainer's) each row's clips. Returns TRL's tuple; the prompt ids returned are `prompts`."""
         if images is not None and any(i is not None for i in images):
             raise ValueError("AudioVLLMGeneration does not take images")
         waves = self._waves() if waves is None else waves
         if waves is None or len(waves) != len(prompts):
             raise RuntimeError("vLLM rollout without the batch's audio: the trainer must load it before generating")
         profiler = profiler or nullcontext()
+        if self.mode == "server":
+            return self._generate_server([list(p) for p in prompts], waves, num_generations, profiler)
         if self.enable_sleep_mode and self._llm_weights_sleeping:
             self.sync_weights()  # level-2 sleep dropped the weights
 
@@ -455,6 +593,66 @@ class AudioVLLMGeneration(VLLMGeneration):
             self.llm.sleep(level=2)
             self._llm_weights_sleeping = True
         return prompts, completion_ids, logprobs, logprob_token_ids
+
+    def _generate_server(self, prompts: list[list[int]], waves, num_generations: int, profiler):
+        """TRL's server branch of `generate`, with audio where it has images: every process's rows gathered,
+        the main process renders each distinct prompt's clips, places the features on its expanded ids and
+        asks for `num_generations` completions; the results are broadcast and each process keeps its rows."""
+        accelerator = self.accelerator
+        all_prompts = gather_object(prompts)
+        all_waves = gather_object([list(clips) for clips in waves])  # G copies share arrays: pickled once
+        if accelerator.is_main_process:
+            try:
+                # the G copies of a prompt are consecutive (TRL's sampler): one request per distinct prompt
+                unique_prompts = all_prompts[::num_generations]
+                rendered = audio_features(self.vllm_client, all_waves[::num_generations], SAMPLE_RATE)
+                audio_id = audio_token_ids(self.audio_processor)[0]
+                features = [
+                    place_audio_features(r, ids, audio_id) for r, ids in zip(rendered, unique_prompts, strict=True)
+                ]
+                sampling_params = {
+                    "n": num_generations,
+                    "repetition_penalty": self.repetition_penalty,
+                    "temperature": self.temperature,
+                    "top_p": self.top_p,
+                    "top_k": self.top_k,
+                    "min_p": 0.0 if self.min_p is None else self.min_p,
+                    "max_tokens": self.max_completion_length,
+                    "logprobs": self.logprobs,
+                    "structured_outputs_regex": self.structured_outputs_regex,
+                    "generation_kwargs": self.generation_kwargs,
+                }
+                with profiler:
+                    output = self.vllm_client.generate(
+                        prompts=unique_prompts,
+                        features=None if all(f is None for f in features) else features,
+                        **sampling_params,
+                    )
+                payload = (
+                    output["prompt_ids"],
+                    output["completion_ids"],
+                    output["logprobs"],
+                    output.get("logprob_token_ids"),
+                )
+            except Exception as exc:  # the other processes wait in the broadcast below: tell them, then raise
+                broadcast_object_list([f"{type(exc).__name__}: {exc}"], from_process=0)
+                raise
+        else:
+            payload = None
+        received = [payload]
+        broadcast_object_list(received, from_process=0)
+        if isinstance(received[0], str):
+            raise RuntimeError(f"vLLM server rollout failed on the main process: {received[0]}")
+        all_prompt_ids, all_completion_ids, all_logprobs, all_logprob_token_ids = received[0]
+
+        all_prompt_ids = [ids for ids in all_prompt_ids for _ in range(num_generations)]
+        part = slice(accelerator.process_index * len(prompts), (accelerator.process_index + 1) * len(prompts))
+        return (
+            all_prompt_ids[part],
+            all_completion_ids[part],
+            all_logprobs[part] if all_logprobs is not None else None,
+            all_logprob_token_ids[part] if all_logprob_token_ids is not None else None,
+        )
 
     def _check_expansion(self, expected: list[list[int]], rows: list[dict], outputs) -> bool:
         """True when vLLM's expanded prompts are the training prompts (or it echoed what it was sent).

@@ -133,8 +133,12 @@ def test_errors_before_an_engine_starts(monkeypatch, toy_model_dir, toy_files, t
     monkeypatch.setattr(vr, "vllm_installed", lambda: False)
     with pytest.raises(ImportError, match=re.escape('pip install -e ".[vllm]"')):
         check_vllm_config(_args(tmp_path, use_vllm=True))
-    with pytest.raises(NotImplementedError, match="colocate"):
-        check_vllm_config(_args(tmp_path, use_vllm=True, vllm_mode="server"))
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[vllm]"')):
+        check_vllm_config(_args(tmp_path, use_vllm=True, vllm_mode="server"))  # server mode carries audio now
+    bad = _args(tmp_path, use_vllm=True)
+    bad.vllm_mode = "remote"
+    with pytest.raises(ValueError, match="'colocate' or 'server', got 'remote'"):
+        check_vllm_config(bad)
     check_vllm_config(_args(tmp_path))  # the HF engine: nothing to check
     # the trainer says it before TRL tries to start vLLM (TRL's own message would say `pip install trl[vllm]`)
     model, processor = load_toy(toy_model_dir)
@@ -157,8 +161,12 @@ def test_rollout_config_maps_to_grpo_fields(monkeypatch, tmp_path):
                       "vllm_server_host": "0.0.0.0", "vllm_server_port": 8000}
     args = _args(tmp_path, **fields)
     assert args.use_vllm and args.vllm_gpu_memory_utilization == 0.45
-    with pytest.raises(ConfigError, match="cannot carry audio"):
-        rollout_grpo_fields(cfg(engine="vllm", vllm_mode="server"))
+    server = rollout_grpo_fields(cfg(engine="vllm", vllm_mode="server", server_host="10.0.0.1", server_port=8001))
+    assert server == {"use_vllm": True, "vllm_mode": "server", "vllm_gpu_memory_utilization": 0.3,
+                      "vllm_server_host": "10.0.0.1", "vllm_server_port": 8001}
+    assert _args(tmp_path, **server).vllm_mode == "server"
+    with pytest.raises(ConfigError, match="'colocate' or 'server', got 'remote'"):
+        rollout_grpo_fields(cfg(engine="vllm", vllm_mode="remote"))
     with pytest.raises(ConfigError, match="rollout.fast"):
         rollout_grpo_fields(cfg(engine="vllm", fast=True))
     with pytest.raises(ConfigError, match="'hf' or 'vllm'"):
