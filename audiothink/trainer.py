@@ -275,7 +275,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         banned = sorted({tokenizer.convert_tokens_to_ids(t) for t in audio_tokens if t})
         args.generation_kwargs = {**(args.generation_kwargs or {}), "suppress_tokens": banned}
         self.banned_token_ids = banned
-        # rollout.engine=vllm: vLLM missing, or server mode (cannot carry audio), fails here, before TRL starts it
+        # rollout.engine=vllm without vLLM installed, or an unknown vllm_mode, fails here, before TRL starts anything
         check_vllm_config(args)
 
         # Batch-wide rewards are replaced by placeholders for TRL's per-rank pass (see _calculate_rewards);
