@@ -21,6 +21,11 @@ What is overridden, and why (each signature is pinned by tests/test_trainer_sign
   (length, NaN, non-numbers: an error naming the reward); a row whose optimised rewards are all None is
   left out of the step; think-rate and think-length metrics are logged; a sample of completions is written.
 
+Also, outside those overrides: each distinct clip of a batch goes through the audio encoder once, not
+once per completion (`audiothink.models.share_audio_encoder_passes`, exact); with `use_vllm` TRL's engine
+is replaced by `audiothink.vllm_rollout.AudioVLLMGeneration` (unexpanded prompt ids + the audio for vLLM,
+weights synced under checkpoint names).
+
 Rows are TRL's: `prompt` is the user text; the `audio` column holds the clip paths of each row. Audio
 tensors are stored per row as `(rows, max_clips, ...)` plus a clip count, so TRL's row shuffling and
 splitting keep them aligned with the token ids whatever the number of clips per prompt.
