@@ -520,6 +520,18 @@ class AudioVLLMGeneration(VLLMGeneration):
             self.audio_processor, prompt_ids, waves, SAMPLE_RATE, keep_markers=self.keep_markers
         )
 
+    def _sampling_fields(self) -> dict:
+        """The sampling settings both modes send (as TRL's generate builds them)."""
+        return {
+            "repetition_penalty": self.repetition_penalty,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": 0.0 if self.min_p is None else self.min_p,
+            "max_tokens": self.max_completion_length,
+            "logprobs": self.logprobs,
+        }
+
     def _sampling_params(self, kwargs: dict):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
@@ -555,17 +567,7 @@ class AudioVLLMGeneration(VLLMGeneration):
         all_prompts = [p for p, _ in everything]
         all_waves = [w for _, w in everything]
 
-        kwargs = {
-            "n": 1,
-            "repetition_penalty": self.repetition_penalty,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": 0.0 if self.min_p is None else self.min_p,
-            "max_tokens": self.max_completion_length,
-            "logprobs": self.logprobs,
-            **self.generation_kwargs,
-        }
+        kwargs = {"n": 1, **self._sampling_fields(), **self.generation_kwargs}
         sampling_params = self._sampling_params(kwargs)
         if self.enable_sleep_mode:
             self.llm.wake_up(tags=["kv_cache"])
@@ -612,13 +614,7 @@ class AudioVLLMGeneration(VLLMGeneration):
                 ]
                 sampling_params = {
                     "n": num_generations,
-                    "repetition_penalty": self.repetition_penalty,
-                    "temperature": self.temperature,
-                    "top_p": self.top_p,
-                    "top_k": self.top_k,
-                    "min_p": 0.0 if self.min_p is None else self.min_p,
-                    "max_tokens": self.max_completion_length,
-                    "logprobs": self.logprobs,
+                    **self._sampling_fields(),
                     "structured_outputs_regex": self.structured_outputs_regex,
                     "generation_kwargs": self.generation_kwargs,
                 }
