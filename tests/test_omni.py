@@ -19,7 +19,7 @@ from audiothink.toy.omni import build_omni_processor, build_omni_thinker, save_t
 from audiothink.trainer import AudioGRPOTrainer
 from rewards import Accuracy, AdaptiveThink, Format
 from tests.conftest import toy_grpo_args
-from tests.test_trainer import _dataset, _full_passes, spy_audio_forwards
+from tests.test_trainer import _dataset, _full_passes, assert_audio_in_every_pass, spy_audio_forwards
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -112,12 +112,8 @@ def test_omni_grpo_step_gets_audio_in_every_forward(omni_dir, toy_files, tmp_pat
     trainer = _omni_trainer(omni_dir, toy_files, tmp_path, lora=lora)
     with spy_audio_forwards(trainer.model, trainer.ref_model, backbone=Qwen2_5OmniThinkerModel) as calls:
         trainer.train()
-    passes = _full_passes(calls)
-    missing = [c for c in passes if not (c["features"] and c["mask"])]
-    assert not missing, f"forward passes without audio features: {missing}"
     # generation prefill, old and reference log-probs, 2 policy passes (num_iterations = 2)
-    assert len(passes) == 5, passes
-    assert all(c["audio_tokens"] > 0 for c in passes)
+    assert_audio_in_every_pass(calls, expected=5)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
     # G = 4 copies of each prompt: the encoder ran once per distinct clip, not once per copy

@@ -82,18 +82,24 @@ def _full_passes(calls):
     return [c for c in calls if c["seq_len"] > 1]
 
 
+def assert_audio_in_every_pass(calls, expected: int = 5):
+    """Every full forward had features, mask and placeholders; by default (num_iterations = 2, beta > 0)
+    5 of them: generation prefill, old and reference log-probs, 2 policy passes."""
+    passes = _full_passes(calls)
+    missing = [c for c in passes if not (c["features"] and c["mask"])]
+    assert not missing, f"forward passes without audio features: {missing}"
+    assert len(passes) == expected, passes
+    assert all(c["audio_tokens"] > 0 for c in passes)
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_every_forward_gets_audio(toy_model_dir, toy_files, tmp_path, lora):
     trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=lora, beta=0.04, num_iterations=2)
     assert (trainer.ref_model is None) == lora  # LoRA: reference = adapter disabled; full: a separate copy
     with spy_audio_forwards(trainer.model, trainer.ref_model) as calls:
         trainer.train()
-    passes = _full_passes(calls)
-    missing = [c for c in passes if not (c["features"] and c["mask"])]
-    assert not missing, f"forward passes without audio features: {missing}"
     # One generation (num_iterations=2 reuses it), then old + reference log-probs, then 2 policy passes.
-    assert len(passes) == 5, passes
-    assert all(c["audio_tokens"] > 0 for c in passes)
+    assert_audio_in_every_pass(calls, expected=5)
 
 
 def test_spy_catches_a_text_only_logprob_pass(toy_model_dir, toy_files, tmp_path, monkeypatch):
