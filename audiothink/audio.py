@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from audiothink.errors import AudioError
+
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "check_audio", "write_wav"]
 
 SAMPLE_RATE = 16_000
@@ -29,10 +31,6 @@ _RESAMPLE_MARGIN_SECONDS = 0.05
 _FLOAT_SUBTYPES = frozenset(("FLOAT", "DOUBLE"))
 # Frames decoded at a time while scanning a float file for non-finite samples (bounded memory).
 _SCAN_BLOCK_FRAMES = 1 << 20
-
-
-class AudioError(ValueError):
-    """A file that cannot be used as audio; the message names the file (and row id)."""
 
 
 def _fail(path: str | os.PathLike, reason: str, row_id: str | None) -> AudioError:

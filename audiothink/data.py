@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from audiothink.audio import AudioError, check_audio as _check_audio_file
+from audiothink.audio import check_audio as _check_audio_file
+from audiothink.errors import AudioError, DataError
 
 __all__ = [
     "Sample",
@@ -62,10 +63,6 @@ class Sample:
     # Row fields the schema does not know (e.g. the toy set's "rationale"); kept rather than
     # dropped so dataset-specific extras survive without widening the schema.
     extra: dict = field(default_factory=dict, compare=False, hash=False)
-
-
-class DataError(ValueError):
-    """A metadata file or row that does not match the schema."""
 
 
 @dataclass

@@ -12,13 +12,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
+from audiothink.errors import ConfigError
+
 log = logging.getLogger("audiothink")
 
 TOY_MODEL_DIR = Path(__file__).parent / "toy" / "assets" / "model"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work, reported before anything expensive starts."""
 
 
 def register_resolvers() -> None:
@@ -225,6 +223,41 @@ class JsonlMetrics(TrainerCallback):
         if state.is_world_process_zero and logs:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def drop_replayed(run_dir: Path, checkpoint: str | os.PathLike) -> dict[str, int]:
+    """Before a resume from ``checkpoint``: drop the run's metric and completion records of later steps.
+
+    The interrupted run logged steps after its last checkpoint; the resumed run logs them again. Records
+    are keyed by the optimizer step they belong to (``step``); those after the checkpoint's step are removed
+    from ``metrics.jsonl`` and ``completions.jsonl`` (rewritten atomically). Returns the counts dropped.
+    """
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    step = int(state["global_step"])
+    dropped = {}
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        kept, n = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record_step = json.loads(line).get("step")
+            except ValueError:
+                n += 1  # a line cut by the kill
+                continue
+            if isinstance(record_step, int) and record_step > step:
+                n += 1
+            else:
+                kept.append(line)
+        if n:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            os.replace(tmp, path)
+            log.info("resume from step %d: dropped %d record(s) of later steps from %s (they run again)",
+                     step, n, name)
+        dropped[name] = n
+    return dropped
 
 
 class SaveProcessor(TrainerCallback):

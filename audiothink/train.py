@@ -28,6 +28,7 @@ from audiothink.setup import (
     build_peft_config,
     build_rewards,
     check_model_path,
+    drop_replayed,
     load_model_and_processor,
     register_resolvers,
     summarise,
@@ -61,13 +62,11 @@ if not OmegaConf.has_resolver("launch_time"):
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from audiothink.audio import AudioError
-    from audiothink.data import DataError
-    from audiothink.setup import ConfigError
+    from audiothink.errors import USER_ERRORS
 
     try:
         return train(cfg)
-    except (ConfigError, DataError, AudioError) as e:
+    except USER_ERRORS as e:
         # a problem with the user's input: the message says what and where, a traceback would bury it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -77,10 +76,16 @@ def train(cfg: DictConfig) -> dict:
     import torch
     from transformers import set_seed
 
+    from audiothink.checkpoints import resume_checkpoint
+    from audiothink.rundir import claim
     from audiothink.trainer import AudioGRPOTrainer
+    from audiothink.validate import check_dataset_size, check_train_config
 
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Every value that can be judged alone, in seconds: nothing is loaded before this passes.
+    check_train_config(cfg)
+    resume = cfg.resume not in (None, False)
+    run_dir = claim(Path(cfg.output_dir), resume=resume)  # refuses a folder that holds another run
+    resume_from = resume_checkpoint(run_dir, cfg.resume)  # resume=true without a checkpoint fails here
     if int(os.environ.get("RANK", "0")) == 0:
         # First, so that a run stopped by its own config still leaves the config behind; one writer under a
         # multi-process launch (the launchers set RANK before torch.distributed exists).
@@ -103,6 +108,7 @@ def train(cfg: DictConfig) -> dict:
     _check_one_run_dir(run_dir)
 
     train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds)
+    check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
     model, processor = load_model_and_processor(cfg.model)
     log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
@@ -124,8 +130,10 @@ def train(cfg: DictConfig) -> dict:
         fast_generation=cfg.rollout.fast,
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl"), SaveProcessor(processor)],
     )
-    resume = cfg.resume if isinstance(cfg.resume, str) else bool(cfg.resume) or None
-    trainer.train(resume_from_checkpoint=resume)
+    if resume_from and args.should_save:
+        # The steps after the checkpoint run again: their records of the interrupted run go.
+        drop_replayed(run_dir, resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
 
     final_dir = run_dir / "final"
     trainer.save_model(str(final_dir))  # all ranks call it (sharded weights are gathered); rank 0 writes
@@ -145,7 +153,7 @@ def _check_one_run_dir(run_dir: Path) -> None:
     """All processes of a run must write into one directory (checkpoints, resume, metrics)."""
     from accelerate.utils import gather_object
 
-    from audiothink.setup import ConfigError
+    from audiothink.errors import ConfigError
 
     dirs = sorted(set(gather_object([str(run_dir.resolve())])))
     if len(dirs) > 1:

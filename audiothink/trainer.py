@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import is_async_callable, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
+from trl.trainer.utils import RepeatSampler, is_async_callable, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
@@ -232,6 +232,34 @@ async def _awaited(awaitable):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# resume
+
+
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler, plus ``set_epoch``: epoch e draws the order an uninterrupted run draws in epoch e.
+
+    TRL's sampler shuffles with one generator that advances pass after pass, so a resume in epoch e (a fresh
+    sampler) would replay epoch 0's order. ``set_epoch`` (the Trainer calls it every epoch) re-seeds the
+    generator and advances it by e permutations, exactly what e earlier passes consumed: an uninterrupted
+    run is unchanged, a resumed one sees the same prompts.
+    """
+
+    @classmethod
+    def like(cls, sampler: RepeatSampler) -> "EpochRepeatSampler":
+        return cls(data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
+                   batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
+                   seed=sampler.seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.seed is None or not self.shuffle:
+            return
+        self.generator.manual_seed(self.seed)
+        if self.shuffle:
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 
 class AudioGRPOTrainer(GRPOTrainer):
@@ -311,6 +339,31 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._audio_rows: dict[str, torch.Tensor] | None = None
         self._pending_waves: list[list[np.ndarray]] | None = None
         self._clipped_paths: set[str] = set()
+
+    # -- resume -----------------------------------------------------------------------------------------
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resume's weight loading, strict and under the right names (see audiothink/checkpoints.py).
+
+        Full fine-tuning: the Trainer would load hub-named tensors into in-memory names with strict=False,
+        i.e. nothing, with a warning. LoRA: the adapter's tensors must match the model's exactly. Sharded
+        engines (FSDP, DeepSpeed) keep their own loaders.
+        """
+        from audiothink.checkpoints import check_adapter_checkpoint, load_full_checkpoint
+
+        model = self.model if model is None else model
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if is_peft_model(model):
+            check_adapter_checkpoint(model, resume_from_checkpoint)
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        n = load_full_checkpoint(model, resume_from_checkpoint)
+        logger.info("resume: loaded %d tensors from %s", n, resume_from_checkpoint)
+
+    def _get_train_sampler(self, dataset=None):
+        # a sampler whose epoch order survives a resume (EpochRepeatSampler)
+        sampler = super()._get_train_sampler(dataset)
+        return EpochRepeatSampler.like(sampler) if isinstance(sampler, RepeatSampler) else sampler
 
     def enable_fast_generation(self, bucket: int = 64) -> None:
         """Static KV cache + torch.compile'd decode step for the HF rollout (GPU).
@@ -524,7 +577,8 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _write_completion_sample(self, completions: list, columns: dict[str, list], rewards: torch.Tensor) -> None:
         if not self.accelerator.is_main_process or self.completion_sample_size <= 0:
             return
-        step = self.state.global_step
+        # Rolled out at global step k for optimizer step k + 1: labelled k + 1, as its metrics are.
+        step = self.state.global_step + 1
         if self.args.logging_steps and step % int(self.args.logging_steps) != 0:
             return
         path = os.path.join(self.args.output_dir, "completions.jsonl")
