@@ -48,6 +48,9 @@ def _check_is_file(path: str | os.PathLike, row_id: str | None) -> None:
         raise _fail(path, "file not found", row_id)
     if p.is_dir():
         raise _fail(path, "is a directory, expected an audio file", row_id)
+    if not p.is_file():
+        # a named pipe, socket or device: opening it can block forever (a FIFO waits for a writer)
+        raise _fail(path, "not a regular file (a pipe, socket or device), expected an audio file", row_id)
 
 
 def audio_info(path: str | os.PathLike, row_id: str | None = None) -> tuple[float, int, int]:

@@ -66,15 +66,12 @@ def evaluate(cfg: DictConfig) -> dict:
     from audiothink.benchmarks.runner import GenerationSettings, predict, replace_audio
     from audiothink.benchmarks.store import PredictionStore
 
+    check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
     listen = cfg.eval.listen_check
-    if listen not in (None, "noise", "silence"):
-        raise ConfigError(f"eval.listen_check must be null, noise or silence, got {listen!r}")
-    if cfg.eval.limit is not None and cfg.eval.limit < 1:
-        raise ConfigError(f"eval.limit must be null (all items) or at least 1, got {cfg.eval.limit}")
     check_model_path(cfg.model.path)
     if cfg.adapter:
         check_adapter(cfg.adapter, cfg.prompt)
@@ -142,6 +139,26 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 # -- steps -------------------------------------------------------------------------------------------------
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """The eval.* values and the audio window: one ConfigError line, before the benchmark or model loads."""
+    from audiothink.validate import check_audio_window, check_eval_settings
+
+    e = cfg.eval
+    check_eval_settings("eval", e.batch_size, max_new_tokens=e.max_new_tokens)
+    if e.listen_check not in (None, "noise", "silence"):
+        raise ConfigError(f"eval.listen_check={e.listen_check!r}: must be null, noise or silence")
+    if e.limit is not None and (isinstance(e.limit, bool) or not isinstance(e.limit, int) or e.limit < 1):
+        raise ConfigError(f"eval.limit={e.limit!r}: must be null (all items) or a whole number >= 1")
+    if isinstance(e.kl_micro_batch, bool) or not isinstance(e.kl_micro_batch, int) or e.kl_micro_batch < 1:
+        raise ConfigError(f"eval.kl_micro_batch={e.kl_micro_batch!r}: must be a whole number >= 1")
+    if isinstance(e.max_failures, bool) or not isinstance(e.max_failures, int) or e.max_failures < 0:
+        raise ConfigError(f"eval.max_failures={e.max_failures!r}: must be a whole number >= 0")
+    if e.do_sample and not (isinstance(e.temperature, (int, float)) and e.temperature > 0):
+        raise ConfigError(f"eval.temperature={e.temperature!r}: must be > 0 when eval.do_sample=true")
+    check_audio_window(cfg.model)
+
 
 
 def load_bench(b: DictConfig):

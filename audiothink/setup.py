@@ -63,9 +63,18 @@ def resolve_attention(name: str) -> str:
     return "sdpa"
 
 
-def load_model_and_processor(model_cfg: DictConfig):
-    import torch
+def load_processor(model_cfg: DictConfig):
+    """The checkpoint's processor (tokenizer + feature extractor): cheap, so loaded before the data is read."""
     from transformers import AutoProcessor
+
+    check_model_path(model_cfg.path)
+    processor_cls = _import(model_cfg.processor) if model_cfg.get("processor") else AutoProcessor
+    return processor_cls.from_pretrained(model_cfg.path)
+
+
+def load_model_and_processor(model_cfg: DictConfig, processor=None):
+    """The model (``model.cls`` from ``model.path``, dtype, attention kernel) and its processor."""
+    import torch
 
     check_model_path(model_cfg.path)
     if model_cfg.get("liger_kernels"):
@@ -78,9 +87,7 @@ def load_model_and_processor(model_cfg: DictConfig):
         dtype=getattr(torch, model_cfg.dtype),
         attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
-    processor_cls = _import(model_cfg.processor) if model_cfg.get("processor") else AutoProcessor
-    processor = processor_cls.from_pretrained(model_cfg.path)
-    return model, processor
+    return model, processor if processor is not None else load_processor(model_cfg)
 
 
 def build_peft_config(lora_cfg: DictConfig | None):
@@ -274,11 +281,51 @@ class SaveProcessor(TrainerCallback):
 # -- data --------------------------------------------------------------------------------------------------
 
 
-def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None):
+def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_audio_seconds: float | None):
+    """The model's row checks (:class:`audiothink.data.RowChecks`), from its processor.
+
+    The audio-token count of a clip follows the processor's own rule: mel frames = ceil(samples / hop), at most
+    the feature extractor's window, then Qwen2-Audio's / Qwen2.5-Omni's encoder output length
+    (``audiothink.vllm_rollout.feat_extract_output_length``); ``tests/test_data.py`` checks it against the
+    processor. The shortest clip that gets one audio token is ``min_audio_samples``.
+    """
+    import math
+
+    from audiothink.audio import SAMPLE_RATE
+    from audiothink.data import RowChecks, render_prompt
+    from audiothink.vllm_rollout import feat_extract_output_length
+
+    tok = processor.tokenizer
+    fe = processor.feature_extractor
+    window = int(fe.n_samples)
+    if max_audio_seconds:
+        window = min(window, int(round(max_audio_seconds * SAMPLE_RATE)))
+
+    def audio_tokens(samples: int) -> int:
+        return feat_extract_output_length(math.ceil(min(samples, window) / fe.hop_length))
+
+    min_samples = next((n for n in range(1, window + 1) if audio_tokens(n) >= 1), window + 1)
+    markers = [getattr(processor, n, None) for n in ("audio_token", "audio_bos_token", "audio_eos_token")]
+    control = tuple(sorted({t for t in [*tok.all_special_tokens, *markers] if t and len(t) > 1}))
+
+    def prompt_tokens(sample, durations) -> int:
+        content = [{"type": "audio"}] * len(sample.audio) + [{"type": "text", "text": render_prompt(sample, prompt)}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        n_text = len(tok(text, add_special_tokens=False)["input_ids"]) - len(sample.audio)  # one placeholder a clip
+        return n_text + sum(audio_tokens(int(d * SAMPLE_RATE)) for d in durations)
+
+    return RowChecks(min_audio_samples=min_samples, control_tokens=control, prompt_tokens=prompt_tokens,
+                     max_prompt_tokens=max_prompt_tokens)
+
+
+def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None, processor=None):
     """Training rows as a `datasets.Dataset`, plus the held-out samples (possibly empty).
 
     `data.format` picks the reader (unified, avqa, hf; audiothink/sources/), which validates every row,
     logs skips, clipped clips and rewrites, and applies the optional abstention transform (data.abstain).
+    With the model's ``processor``, rows are also checked against the model (:func:`row_checks`): audio too
+    short for one audio token, control tokens in the text, prompts over ``data.max_prompt_tokens``.
     """
     from audiothink.audio import AudioError
     from audiothink.data import DataError, to_dataset
@@ -288,8 +335,13 @@ def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float
         from audiothink.toy.data import ensure_toy
 
         ensure_toy(Path(data_cfg.root))
+    checks = None
+    if processor is not None:
+        checks = row_checks(processor, prompt, max_prompt_tokens=data_cfg.get("max_prompt_tokens"),
+                            max_audio_seconds=max_audio_seconds)
     try:
-        train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds)
+        train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds,
+                                                         checks=checks)
     except (DataError, AudioError):
         raise
     except ValueError as e:  # a data.* setting that cannot work (unknown format, field, share out of range)

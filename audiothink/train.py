@@ -30,6 +30,7 @@ from audiothink.setup import (
     check_model_path,
     drop_replayed,
     load_model_and_processor,
+    load_processor,
     register_resolvers,
     summarise,
 )
@@ -107,10 +108,14 @@ def train(cfg: DictConfig) -> dict:
     # and the files of the run (config, final processor, summary) are written by the main process alone.
     _check_one_run_dir(run_dir)
 
-    train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds)
+    # The processor first (seconds): rows are checked against it (audio long enough for an audio token, prompt
+    # length in tokens, no control tokens in text) before the model is loaded.
+    processor = load_processor(cfg.model)
+    train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds,
+                                            processor=processor)
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
-    model, processor = load_model_and_processor(cfg.model)
+    model, processor = load_model_and_processor(cfg.model, processor)
     log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
              sum(p.numel() for p in model.parameters()) / 1e6)
 
