@@ -54,6 +54,7 @@ from trl.trainer.utils import RepeatSampler, is_async_callable, shutdown_event_l
 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
+from audiothink.health import HealthMonitor
 from audiothink.models import share_audio_encoder_passes
 from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
 
@@ -332,6 +333,10 @@ class AudioGRPOTrainer(GRPOTrainer):
             )
         if fast_generation:
             self.enable_fast_generation()
+        # health/* metrics and warnings for steps without a learning signal; placed before the loggers so that
+        # TensorBoard and metrics.jsonl get them (audiothink.health)
+        self.health = HealthMonitor()
+        self.callback_handler.callbacks.insert(1, self.health)
         # Each prompt comes G times per batch: encode each distinct clip once (exact; see audiothink.models).
         self.encoder_passes = share_audio_encoder_passes(self.model) if share_encoder_passes else None
         if share_encoder_passes and self.ref_model is not None:
@@ -527,6 +532,10 @@ class AudioGRPOTrainer(GRPOTrainer):
             for index, values in scored.items():
                 rewards_per_func[:, index] = torch.tensor(values, dtype=rewards_per_func.dtype)
         self._drop_rows_without_optimised_reward(rewards_per_func)
+        # the share of completions with at least one optimised reward (0: nothing to learn from; audiothink.health)
+        optimised = rewards_per_func[:, (self.reward_weights != 0).to(rewards_per_func.device)]
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["health/scored"].append((~torch.isnan(optimised)).any(dim=1).float().mean().item())
         # One count per step: the step's judge calls (consistency, think_quality, ...) add up.
         if self._pending_metrics.get("judge/failures"):
             self._pending_metrics["judge/failures"] = [sum(self._pending_metrics["judge/failures"])]
