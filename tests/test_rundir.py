@@ -56,7 +56,7 @@ def test_a_run_started_in_a_taken_second_gets_a_suffix(tmp_path):
         taken.mkdir(parents=True)
         (taken / "config.yaml").write_text("another run\n")
     out = _train(["trainer.max_steps=1", "trainer.per_device_train_batch_size=16", "trainer.max_completion_length=8",
-                  "trainer.report_to=[]", "eval.num_samples=0", "trainer.save_strategy=no"], tmp_path, tmp_path)
+                  "trainer.report_to=[]", "eval.num_samples=0", "+trainer.save_strategy=no"], tmp_path, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     suffixed = sorted(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("_2"))
     assert len(suffixed) == 1 and (suffixed[0] / "final").is_dir() and (suffixed[0] / "summary.json").is_file()
