@@ -82,6 +82,15 @@ def load_model_and_processor(model_cfg: DictConfig):
     )
     processor_cls = _import(model_cfg.processor) if model_cfg.get("processor") else AutoProcessor
     processor = processor_cls.from_pretrained(model_cfg.path)
+    if model_cfg.get("freeze_audio_encoder"):
+        from audiothink.models import freeze_audio_encoder
+
+        try:
+            frozen, trainable = freeze_audio_encoder(model)
+        except ValueError as e:
+            raise ConfigError(f"model.freeze_audio_encoder=true: {e}") from e
+        log.info("model.freeze_audio_encoder: %d audio-encoder parameters frozen (%.1f M); %.1f M parameters "
+                 "left to train", frozen, frozen / 1e6, trainable / 1e6)
     return model, processor
 
 
