@@ -61,8 +61,9 @@ def evaluate(cfg: DictConfig) -> dict:
     import torch
 
     from audiothink.benchmarks import write_submission
-    from audiothink.benchmarks.report import (breakdown_lines, forgetting_summary, listen_summary, summarise,
-                                              write_charts, write_report)
+    from audiothink.benchmarks.base import quirk_summary
+    from audiothink.benchmarks.report import (breakdown_lines, forgetting_summary, listen_summary, quirk_lines,
+                                              summarise, write_charts, write_report)
     from audiothink.benchmarks.runner import GenerationSettings, predict, replace_audio
     from audiothink.benchmarks.store import PredictionStore
 
@@ -84,6 +85,9 @@ def evaluate(cfg: DictConfig) -> dict:
     order = sorted(range(len(bench)), key=lambda i: (-durations[i], i))  # longest first: OOM shows at once
     log.info("%s (%s): %d items, %d clips longer than %s s (clipped), %d unreadable", bench.name, bench.version,
              len(bench), clipped, max_seconds, len(unreadable))
+    quirks = quirk_summary(bench)
+    for line in quirk_lines(quirks):  # accepted as the official scorer accepts them; named, never silent
+        log.info("metadata quirk %s", line)
 
     model, processor, device = load_model(cfg)
     settings = GenerationSettings(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
@@ -114,7 +118,7 @@ def evaluate(cfg: DictConfig) -> dict:
     results = {
         "benchmark": {"name": bench.name, "kind": bench.kind, "version": bench.version,
                       "meta": str(bench.meta_path), "items": len(bench), "scored_items": sum(bench.scored),
-                      "limited_to": cfg.eval.limit},
+                      "limited_to": cfg.eval.limit, "quirks": quirks},
         "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter},
         "prompt": cfg.prompt,
         "generation": {"greedy": not cfg.eval.do_sample, "do_sample": cfg.eval.do_sample,
@@ -247,10 +251,14 @@ def fingerprint(cfg: DictConfig, bench, settings, *, audio: str) -> dict:
 
 
 def _print(results: dict) -> None:
+    from audiothink.benchmarks.report import quirk_lines
+
     b, s = results["benchmark"], results["summary"]["overall"]
     print(f"\n{b['name']} ({b['version']}), {b['items']} items"
           + (f" (limited to the first {b['limited_to']})" if b["limited_to"] else ""))
     print("\n".join(results["lines"]))
+    for line in quirk_lines(b.get("quirks") or {}):
+        print(f"metadata quirk (accepted, as by the official scorer) {line}")
 
     def pct(x):
         return "–" if x is None else f"{100 * x:.2f}%"

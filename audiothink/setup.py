@@ -87,6 +87,15 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
         dtype=getattr(torch, model_cfg.dtype),
         attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
+    if model_cfg.get("freeze_audio_encoder"):
+        from audiothink.models import freeze_audio_encoder
+
+        try:
+            frozen, trainable = freeze_audio_encoder(model)
+        except ValueError as e:
+            raise ConfigError(f"model.freeze_audio_encoder=true: {e}") from e
+        log.info("model.freeze_audio_encoder: %d audio-encoder parameters frozen (%.1f M); %.1f M parameters "
+                 "left to train", frozen, frozen / 1e6, trainable / 1e6)
     return model, processor if processor is not None else load_processor(model_cfg)
 
 

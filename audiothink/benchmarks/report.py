@@ -11,7 +11,7 @@ from audiothink.benchmarks.mmar import CATEGORIES, MODALITIES
 from audiothink.benchmarks.mmau import DIFFICULTIES, TASKS
 from audiothink.benchmarks.scoring import format_line, string_match
 
-__all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forgetting_summary",
+__all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forgetting_summary", "quirk_lines",
            "write_report", "write_charts"]
 
 # Canonical order of known labels; anything else follows alphabetically.
@@ -138,6 +138,15 @@ def forgetting_summary(bench: Benchmark, records: dict[str, dict]) -> dict | Non
     }
 
 
+def quirk_lines(quirks: dict[str, dict]) -> list[str]:
+    """One line per tolerated metadata quirk (``base.quirk_summary``): kind, item count, what, first ids."""
+    lines = []
+    for kind, q in quirks.items():
+        more = ", …" if q["items"] > len(q["ids"]) else ""
+        lines.append(f"{kind}: {q['items']} item(s): {q['what']} (ids: {', '.join(map(str, q['ids']))}{more})")
+    return lines
+
+
 # --------------------------------------------------------------------------- report.md
 
 
@@ -171,6 +180,17 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
         "```",
         *results["lines"],
         "```",
+        "",
+    ]
+    quirks = results["benchmark"].get("quirks") or {}
+    lines += ["## Quirks of the metadata", ""]
+    if quirks:
+        lines += ["Accepted as the official scorer accepts them, and scored by the official rule on the released "
+                  "item (answer and choices as released):", ""]
+        lines += [f"- {line}" for line in quirk_lines(quirks)]
+    else:
+        lines.append("None of the known quirks (`audiothink/benchmarks/base.py: QUIRKS`).")
+    lines += [
         "",
         "## Breakdowns with think statistics",
         "",
