@@ -125,6 +125,15 @@ def check_eval_settings(section: str, batch_size: Any, *, num_samples: Any = 0, 
         raise ConfigError(f"{section}.max_new_tokens={max_new_tokens!r}: must be a whole number >= 1")
 
 
+def check_model(model: DictConfig) -> None:
+    """model.*: the audio window, and the switches that must be true or false."""
+    check_audio_window(model)
+    for key in ("freeze_audio_encoder", "liger_kernels"):
+        value = model.get(key, False)
+        if not isinstance(value, bool):
+            raise ConfigError(f"model.{key}={value!r}: must be true or false")
+
+
 def check_audio_window(model: DictConfig) -> None:
     seconds = model.get("max_audio_seconds")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
@@ -146,7 +155,7 @@ def check_reward_weights(reward: DictConfig) -> None:
 def check_train_config(cfg: DictConfig) -> None:
     """Everything in a training config that can be judged without data or a model."""
     check_trainer(cfg.trainer)
-    check_audio_window(cfg.model)
+    check_model(cfg.model)
     check_eval_settings("eval", cfg.eval.batch_size, num_samples=cfg.eval.num_samples,
                         max_new_tokens=cfg.eval.max_new_tokens)
     check_reward_weights(cfg.reward)

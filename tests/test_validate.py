@@ -45,6 +45,7 @@ BAD = [
     ("trainer.num_generations=1", "GRPO needs at least 2 completions"),
     ("model.max_audio_seconds=0", "model.max_audio_seconds=0: must be > 0"),
     ("model.max_audio_seconds=-2", "model.max_audio_seconds=-2: must be > 0"),
+    ("model.freeze_audio_encoder=yes", "model.freeze_audio_encoder='yes': must be true or false"),
     ("eval.batch_size=0", "eval.batch_size=0: must be a whole number >= 1"),
     ("eval.num_samples=-5", "eval.num_samples=-5: must be a whole number >= 0"),
     ("trainer.num_iterations=2 trainer.save_steps=25", "trainer.save_steps=25: must be a multiple of 2"),
