@@ -27,7 +27,7 @@ from audiothink.errors import ConfigError
 
 log = logging.getLogger("audiothink")
 
-__all__ = ["CheckpointError", "complete_checkpoints", "resume_checkpoint", "checkpoint_key_map",
+__all__ = ["CheckpointError", "complete_checkpoints", "resume_checkpoint", "checkpoint_step", "checkpoint_key_map",
            "load_full_checkpoint", "check_adapter_checkpoint"]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -82,6 +82,11 @@ def resume_checkpoint(run_dir: str | os.PathLike, resume) -> str | None:
     if not (path / TRAINER_STATE).is_file():
         raise ConfigError(f"resume={resume!r}: not a complete checkpoint (no {TRAINER_STATE})")
     return str(path)
+
+
+def checkpoint_step(folder: str | os.PathLike) -> int:
+    """The optimizer step a complete checkpoint was saved at (its trainer_state.json's global_step)."""
+    return int(json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))["global_step"])
 
 
 # -- full-model weights ----------------------------------------------------------------------------------

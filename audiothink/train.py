@@ -77,20 +77,25 @@ def train(cfg: DictConfig) -> dict:
     import torch
     from transformers import set_seed
 
-    from audiothink.checkpoints import resume_checkpoint
+    from audiothink import runfiles
+    from audiothink.checkpoints import checkpoint_step, resume_checkpoint
+    from audiothink.console import setup_console
     from audiothink.rundir import claim
     from audiothink.trainer import AudioGRPOTrainer
     from audiothink.validate import check_dataset_size, check_train_config
 
+    setup_console()
     # Every value that can be judged alone, in seconds: nothing is loaded before this passes.
     check_train_config(cfg)
     resume = cfg.resume not in (None, False)
     run_dir = claim(Path(cfg.output_dir), resume=resume)  # refuses a folder that holds another run
     resume_from = resume_checkpoint(run_dir, cfg.resume)  # resume=true without a checkpoint fails here
-    if int(os.environ.get("RANK", "0")) == 0:
-        # First, so that a run stopped by its own config still leaves the config behind; one writer under a
-        # multi-process launch (the launchers set RANK before torch.distributed exists).
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    resumed_step = checkpoint_step(resume_from) if resume_from else None
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the launchers set RANK before torch.distributed exists
+    if main_process:
+        # First, so that a run stopped by its own config still leaves the config behind; a resume keeps the
+        # first start's config.yaml and writes its own beside it.
+        runfiles.write_config(run_dir, cfg, resumed_step)
     set_seed(cfg.seed)
 
     # Fail on a wrong model path now, not after the data set and trainer are built.
@@ -120,9 +125,15 @@ def train(cfg: DictConfig) -> dict:
              sum(p.numel() for p in model.parameters()) / 1e6)
 
     eval_samples = eval_samples[: cfg.eval.num_samples]
-    # Every rank scores the held-out set (the same items, greedy): with sharded weights (ZeRO-3, FSDP) a
-    # forward pass needs all ranks; only the main process writes the result.
-    before = summarise(model, processor, eval_samples, cfg) if eval_samples else None
+    # The starting weights' held-out figures; a resume reuses the recorded ones (it starts from a checkpoint).
+    # Every rank scores (greedy, the same items): sharded weights (ZeRO-3, FSDP) need all ranks for a forward.
+    settings = runfiles.heldout_settings(cfg, len(eval_samples))
+    before = runfiles.load_before(run_dir, settings) if resume_from else None
+    if before is None and eval_samples:
+        log.info("held-out: scoring %d items with the starting weights", len(eval_samples))
+        before = summarise(model, processor, eval_samples, cfg)
+        if main_process:
+            runfiles.save_before(run_dir, settings, before)
 
     trainer = AudioGRPOTrainer(
         model=model,
@@ -133,12 +144,19 @@ def train(cfg: DictConfig) -> dict:
         peft_config=build_peft_config(cfg.model.lora),
         max_audio_seconds=cfg.model.max_audio_seconds,
         fast_generation=cfg.rollout.fast,
+        completion_prompts=cfg.log.completion_prompts,
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl"), SaveProcessor(processor)],
     )
-    if resume_from and args.should_save:
-        # The steps after the checkpoint run again: their records of the interrupted run go.
-        drop_replayed(run_dir, resume_from)
-    trainer.train(resume_from_checkpoint=resume_from)
+    if resume_from and resumed_step >= args.max_steps:
+        # The Trainer would train one more step; there is nothing left to train.
+        log.info("run complete: %s is at step %d of trainer.max_steps=%d; nothing to train (raise "
+                 "trainer.max_steps to train on)", Path(resume_from).name, resumed_step, args.max_steps)
+        trainer.load_checkpoint_weights(resume_from)
+    else:
+        if resume_from and args.should_save:
+            # The steps after the checkpoint run again: their records of the interrupted run go.
+            drop_replayed(run_dir, resume_from)
+        trainer.train(resume_from_checkpoint=resume_from)
 
     final_dir = run_dir / "final"
     trainer.save_model(str(final_dir))  # all ranks call it (sharded weights are gathered); rank 0 writes
@@ -147,10 +165,19 @@ def train(cfg: DictConfig) -> dict:
 
     summary = {"run_dir": str(run_dir), "steps": trainer.state.global_step, "before": before}
     if eval_samples:
+        log.info("held-out: scoring %d items with the trained weights", len(eval_samples))
         summary["after"] = summarise(trainer.model, processor, eval_samples, cfg)
     if args.should_save:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _print_summary(summary)
+        if "tensorboard" in (args.report_to or []):
+            # into the training curves' event folder, so that TensorBoard shows them side by side
+            tb = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TensorBoardCallback"), None)
+            runfiles.log_heldout_to_tensorboard(getattr(tb, "logging_dir", None) or str(run_dir / "runs"), summary)
+        if cfg.log.plots:
+            from audiothink.plot import plot_run
+
+            log.info("plots: %s", ", ".join(p.name for p in plot_run(run_dir)))
+        log.info("\n".join(["", *runfiles.summary_lines(summary)]))
     return summary
 
 
@@ -166,18 +193,6 @@ def _check_one_run_dir(run_dir: Path) -> None:
             f"the processes of this run resolved different run directories {dirs}: "
             "pass the same hydra.run.dir=... to every node"
         )
-
-
-def _print_summary(summary: dict) -> None:
-    before, after = summary.get("before"), summary.get("after")
-    print(f"\nrun: {summary['run_dir']}  ({summary['steps']} steps)")
-    if not (before and after):
-        return
-    print(f"{'held-out':<16}{'accuracy':>18}{'think rate':>20}")
-    rows = [("overall", before["overall"], after["overall"])]
-    rows += [(k, before["by_difficulty"][k], v) for k, v in after["by_difficulty"].items()]
-    for name, b, a in rows:
-        print(f"{name:<16}{b['accuracy']:>8.1%} -> {a['accuracy']:<7.1%}{b['think_rate']:>10.1%} -> {a['think_rate']:.1%}")
 
 
 if __name__ == "__main__":
