@@ -69,6 +69,8 @@ def load_model_and_processor(model_cfg: DictConfig):
     import torch
     from transformers import AutoProcessor
 
+    from audiothink.sharding import keep_used_weight_renamings
+
     check_model_path(model_cfg.path)
     if model_cfg.get("liger_kernels"):
         from audiothink.models import use_liger_kernels
@@ -80,6 +82,7 @@ def load_model_and_processor(model_cfg: DictConfig):
         dtype=getattr(torch, model_cfg.dtype),
         attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
+    keep_used_weight_renamings(model)  # saves under the hub names after a DeepSpeed ZeRO-3 load too
     processor_cls = _import(model_cfg.processor) if model_cfg.get("processor") else AutoProcessor
     processor = processor_cls.from_pretrained(model_cfg.path)
     return model, processor
@@ -189,7 +192,10 @@ def build_grpo_config(
     seed: int,
     reward_weights: list[float],
     rollout: DictConfig | None = None,
+    engine: dict[str, Any] | None = None,
 ):
+    """TRL's GRPOConfig from the trainer group, plus the fields the rollout block and the launched engine
+    set (`engine`: audiothink.sharding.cpu_process_settings)."""
     import dataclasses
 
     import torch
@@ -207,6 +213,10 @@ def build_grpo_config(
         if clash := sorted(set(fields) & set(kwargs)):
             raise ConfigError(f"trainer: {clash} are set by the rollout: block (rollout.engine, ...), not trainer.*")
         kwargs.update(fields)
+    if engine:
+        if clash := sorted(set(engine) & set(kwargs)):
+            raise ConfigError(f"trainer: {clash} are set for the launched engine (audiothink/sharding.py), not trainer.*")
+        kwargs.update(engine)
     if not torch.cuda.is_available() and kwargs.get("bf16", True) is not False:
         # TRL turns bf16 on when unset, which transformers then refuses on a CPU-only machine.
         if kwargs.get("bf16"):

@@ -32,6 +32,7 @@ from audiothink.setup import (
     register_resolvers,
     summarise,
 )
+from audiothink.sharding import cpu_process_settings, save_full_model, whole_weights
 
 log = logging.getLogger("audiothink.train")
 register_resolvers()
@@ -74,7 +75,6 @@ def main(cfg: DictConfig) -> dict:
 
 
 def train(cfg: DictConfig) -> dict:
-    import torch
     from transformers import set_seed
 
     from audiothink.trainer import AudioGRPOTrainer
@@ -90,13 +90,12 @@ def train(cfg: DictConfig) -> dict:
     # Fail on a wrong model path now, not after the data set and trainer are built.
     check_model_path(cfg.model.path)
     rewards, weights = build_rewards(cfg.reward)
-    if not torch.cuda.is_available():
-        # Without CUDA, accelerate sets up a (gloo) process group only for a run marked as a CPU run (what
-        # `accelerate launch --cpu` exports): each process of `torchrun --nproc_per_node N` or
-        # `accelerate launch --multi_gpu --num_processes N` would otherwise train alone, with world size 1.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
+    # group and train with the engine the launcher asked for (audiothink/sharding.py); a no-op on GPUs.
+    engine_fields = cpu_process_settings()
     args = build_grpo_config(
-        cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights, rollout=cfg.rollout
+        cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights, rollout=cfg.rollout,
+        engine=engine_fields,
     )
     # Building `args` set up torch.distributed: under a multi-process launch every process runs this function,
     # and the files of the run (config, final processor, summary) are written by the main process alone.
@@ -105,13 +104,17 @@ def train(cfg: DictConfig) -> dict:
     train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
     model, processor = load_model_and_processor(cfg.model)
+    # ds_numel: under DeepSpeed ZeRO-3 the weights are partitioned as they load (each process holds a part)
     log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+             sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) / 1e6)
 
     eval_samples = eval_samples[: cfg.eval.num_samples]
     # Every rank scores the held-out set (the same items, greedy): with sharded weights (ZeRO-3, FSDP) a
     # forward pass needs all ranks; only the main process writes the result.
-    before = summarise(model, processor, eval_samples, cfg) if eval_samples else None
+    before = None
+    if eval_samples:
+        with whole_weights(model):  # ZeRO-3 partitions the weights as they load
+            before = summarise(model, processor, eval_samples, cfg)
 
     trainer = AudioGRPOTrainer(
         model=model,
@@ -128,7 +131,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.train(resume_from_checkpoint=resume)
 
     final_dir = run_dir / "final"
-    trainer.save_model(str(final_dir))  # all ranks call it (sharded weights are gathered); rank 0 writes
+    save_full_model(trainer, str(final_dir))  # all ranks call it (sharded weights are gathered); rank 0 writes
     if args.should_save:
         processor.save_pretrained(final_dir)
 

@@ -55,6 +55,7 @@ from trl.trainer.utils import is_async_callable, shutdown_event_loop_in_daemon, 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
 from audiothink.models import share_audio_encoder_passes
+from audiothink.sharding import check_engine, fsdp_on_cpu_processes
 from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
 
 logger = logging.getLogger(__name__)
@@ -311,6 +312,13 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._audio_rows: dict[str, torch.Tensor] | None = None
         self._pending_waves: list[list[np.ndarray]] | None = None
         self._clipped_paths: set[str] = set()
+
+    def create_accelerator_and_postprocess(self) -> None:
+        # FSDP on CPU process groups, and a stop when the launched engine is not the one that would train
+        # (accelerate 1.15 falls back to DDP without a word; audiothink/sharding.py)
+        with fsdp_on_cpu_processes():
+            super().create_accelerator_and_postprocess()
+        check_engine(self.accelerator)
 
     def enable_fast_generation(self, bucket: int = 64) -> None:
         """Static KV cache + torch.compile'd decode step for the HF rollout (GPU).
