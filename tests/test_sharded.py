@@ -76,7 +76,10 @@ def toy_cache(tmp_path_factory) -> Path:
 
 
 def _launch(config: str, run_dir: Path, cache: Path, *overrides: str) -> Run:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", AUDIOTHINK_CACHE=str(cache),
+    # what the launcher exports, and nothing that earlier in-process runs of the suite left behind (such as
+    # ACCELERATE_USE_CPU, which audiothink.train sets on a CPU machine, and which DeepSpeed must not see)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_", "DS_"))}
+    env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", AUDIOTHINK_CACHE=str(cache),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
