@@ -76,6 +76,8 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
     """The model (``model.cls`` from ``model.path``, dtype, attention kernel) and its processor."""
     import torch
 
+    from audiothink.sharding import keep_used_weight_renamings
+
     check_model_path(model_cfg.path)
     if model_cfg.get("liger_kernels"):
         from audiothink.models import use_liger_kernels
@@ -87,6 +89,7 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
         dtype=getattr(torch, model_cfg.dtype),
         attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
+    keep_used_weight_renamings(model)  # saves under the hub names after a DeepSpeed ZeRO-3 load too
     if model_cfg.get("freeze_audio_encoder"):
         from audiothink.models import freeze_audio_encoder
 
@@ -203,7 +206,10 @@ def build_grpo_config(
     seed: int,
     reward_weights: list[float],
     rollout: DictConfig | None = None,
+    engine: dict[str, Any] | None = None,
 ):
+    """TRL's GRPOConfig from the trainer group, plus the fields the rollout block and the launched engine
+    set (`engine`: audiothink.sharding.cpu_process_settings)."""
     import dataclasses
 
     import torch
@@ -221,6 +227,10 @@ def build_grpo_config(
         if clash := sorted(set(fields) & set(kwargs)):
             raise ConfigError(f"trainer: {clash} are set by the rollout: block (rollout.engine, ...), not trainer.*")
         kwargs.update(fields)
+    if engine:
+        if clash := sorted(set(engine) & set(kwargs)):
+            raise ConfigError(f"trainer: {clash} are set for the launched engine (audiothink/sharding.py), not trainer.*")
+        kwargs.update(engine)
     if not torch.cuda.is_available() and kwargs.get("bf16", True) is not False:
         # TRL turns bf16 on when unset, which transformers then refuses on a CPU-only machine.
         if kwargs.get("bf16"):

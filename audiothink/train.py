@@ -34,6 +34,7 @@ from audiothink.setup import (
     register_resolvers,
     summarise,
 )
+from audiothink.sharding import cpu_process_settings, save_full_model, whole_weights
 
 log = logging.getLogger("audiothink.train")
 register_resolvers()
@@ -74,7 +75,6 @@ def main(cfg: DictConfig) -> dict:
 
 
 def train(cfg: DictConfig) -> dict:
-    import torch
     from transformers import set_seed
 
     from audiothink import runfiles
@@ -101,13 +101,12 @@ def train(cfg: DictConfig) -> dict:
     # Fail on a wrong model path now, not after the data set and trainer are built.
     check_model_path(cfg.model.path)
     rewards, weights = build_rewards(cfg.reward)
-    if not torch.cuda.is_available():
-        # Without CUDA, accelerate sets up a (gloo) process group only for a run marked as a CPU run (what
-        # `accelerate launch --cpu` exports): each process of `torchrun --nproc_per_node N` or
-        # `accelerate launch --multi_gpu --num_processes N` would otherwise train alone, with world size 1.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
+    # group and train with the engine the launcher asked for (audiothink/sharding.py); a no-op on GPUs.
+    engine_fields = cpu_process_settings()
     args = build_grpo_config(
-        cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights, rollout=cfg.rollout
+        cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights, rollout=cfg.rollout,
+        engine=engine_fields,
     )
     # Building `args` set up torch.distributed: under a multi-process launch every process runs this function,
     # and the files of the run (config, final processor, summary) are written by the main process alone.
@@ -121,8 +120,9 @@ def train(cfg: DictConfig) -> dict:
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
     model, processor = load_model_and_processor(cfg.model, processor)
+    # ds_numel: under DeepSpeed ZeRO-3 the weights are partitioned as they load (each process holds a part)
     log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+             sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) / 1e6)
 
     eval_samples = eval_samples[: cfg.eval.num_samples]
     # The starting weights' held-out figures; a resume reuses the recorded ones (it starts from a checkpoint).
@@ -131,7 +131,8 @@ def train(cfg: DictConfig) -> dict:
     before = runfiles.load_before(run_dir, settings) if resume_from else None
     if before is None and eval_samples:
         log.info("held-out: scoring %d items with the starting weights", len(eval_samples))
-        before = summarise(model, processor, eval_samples, cfg)
+        with whole_weights(model):  # ZeRO-3 partitions the weights as they load
+            before = summarise(model, processor, eval_samples, cfg)
         if main_process:
             runfiles.save_before(run_dir, settings, before)
 
@@ -159,7 +160,7 @@ def train(cfg: DictConfig) -> dict:
         trainer.train(resume_from_checkpoint=resume_from)
 
     final_dir = run_dir / "final"
-    trainer.save_model(str(final_dir))  # all ranks call it (sharded weights are gathered); rank 0 writes
+    save_full_model(trainer, str(final_dir))  # all ranks call it (sharded weights are gathered); rank 0 writes
     if args.should_save:
         processor.save_pretrained(final_dir)
 

@@ -58,8 +58,9 @@ from audiothink.formats import completion_text, parse
 from audiothink.console import ProgressLine
 from audiothink.health import HealthMonitor
 from audiothink.models import share_audio_encoder_passes
-from rewards.accuracy import is_correct
+from audiothink.sharding import check_engine, fsdp_on_cpu_processes
 from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
+from rewards.accuracy import is_correct
 
 logger = logging.getLogger(__name__)
 
@@ -383,6 +384,13 @@ class AudioGRPOTrainer(GRPOTrainer):
         # a sampler whose epoch order survives a resume (EpochRepeatSampler)
         sampler = super()._get_train_sampler(dataset)
         return EpochRepeatSampler.like(sampler) if isinstance(sampler, RepeatSampler) else sampler
+
+    def create_accelerator_and_postprocess(self) -> None:
+        # FSDP on CPU process groups, and a stop when the launched engine is not the one that would train
+        # (accelerate 1.15 falls back to DDP without a word; audiothink/sharding.py)
+        with fsdp_on_cpu_processes():
+            super().create_accelerator_and_postprocess()
+        check_engine(self.accelerator)
 
     def enable_fast_generation(self, bucket: int = 64) -> None:
         """Static KV cache + torch.compile'd decode step for the HF rollout (GPU).
