@@ -51,7 +51,15 @@ def setup_console() -> None:
     """One console for the whole run: library records through the run's handlers, no bars, no known noise."""
     import transformers
 
+    import os
+
+    import torch
+
     quiet_known_warnings()
+    if not torch.cuda.is_available():
+        # DeepSpeed (installed with the deepspeed extra) picks its CPU accelerator on a machine without CUDA
+        # anyway; naming it skips the "Setting accelerator to CPU" warning it prints to stdout on every run
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # transformers' records (e.g. a checkpoint warning) reach the root handlers: the console and train.log
     transformers.utils.logging.disable_default_handler()
     transformers.utils.logging.enable_propagation()

@@ -34,10 +34,36 @@ def training_prompt() -> str:
     return yaml.safe_load((CONFIG_DIR / "train.yaml").read_text(encoding="utf-8"))["prompt"]
 
 
+def model_tag(path: str, adapter: str | None = None) -> str:
+    """A folder-name-safe tag for what is evaluated: the model's short name, plus the adapter's.
+
+    >>> model_tag("/models/Qwen2-Audio-7B-Instruct", "runs/2026-11-30_10-00-00/final")
+    'Qwen2-Audio-7B-Instruct+2026-11-30_10-00-00-final'
+    """
+    import re
+
+    from audiothink.plot import model_name
+
+    tag = model_name(str(path)) + (f"+{model_name(str(adapter))}" if adapter else "")
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", tag).strip("-")[:80] or "model"
+
+
+def describe_model(path: str, adapter: str | None) -> str:
+    """What is evaluated, in words: a base checkpoint, base + adapter, or a fully fine-tuned training output."""
+    p = Path(str(path)).expanduser()
+    trained = (p / "trainer_state.json").is_file() or (p.parent / "summary.json").is_file() or (
+        p.name == "final" and (p.parent / "config.yaml").is_file())
+    if adapter:
+        return f"{path} + LoRA adapter {adapter}"
+    return f"{path} (fully fine-tuned: training run {p.parent})" if trained else f"{path} (base model)"
+
+
 def register_eval_resolvers() -> None:
     register_resolvers()
     if not OmegaConf.has_resolver("train_prompt"):
         OmegaConf.register_new_resolver("train_prompt", training_prompt)
+    if not OmegaConf.has_resolver("model_tag"):
+        OmegaConf.register_new_resolver("model_tag", lambda path, adapter=None: model_tag(path, adapter))
 
 
 register_eval_resolvers()
@@ -54,7 +80,23 @@ def main(cfg: DictConfig) -> dict:
         return evaluate(cfg)
     except (ConfigError, DataError, AudioError, StoreMismatch, EvaluationAborted) as e:
         print(f"error: {e}", file=sys.stderr)
+        _remove_if_empty(Path(cfg.output_dir))
         sys.exit(2)
+    except BaseException:
+        _remove_if_empty(Path(cfg.output_dir))
+        raise
+
+
+def _remove_if_empty(out: Path) -> None:
+    """A failed evaluation leaves no folder behind when it made the folder and wrote no prediction into it."""
+    import shutil
+
+    from audiothink.rundir import CREATED
+
+    if str(out.resolve()) not in CREATED or any(out.glob("predictions*.jsonl")):
+        return
+    logging.shutdown()  # closes evaluate.log, which is in the folder
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -119,7 +161,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "benchmark": {"name": bench.name, "kind": bench.kind, "version": bench.version,
                       "meta": str(bench.meta_path), "items": len(bench), "scored_items": sum(bench.scored),
                       "limited_to": cfg.eval.limit, "quirks": quirks},
-        "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter},
+        "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter,
+                  "name": model_tag(cfg.model.path, cfg.adapter), "description": describe_model(cfg.model.path, cfg.adapter)},
         "prompt": cfg.prompt,
         "generation": {"greedy": not cfg.eval.do_sample, "do_sample": cfg.eval.do_sample,
                        "temperature": cfg.eval.temperature, "max_new_tokens": cfg.eval.max_new_tokens,
@@ -255,7 +298,8 @@ def _print(results: dict) -> None:
 
     b, s = results["benchmark"], results["summary"]["overall"]
     print(f"\n{b['name']} ({b['version']}), {b['items']} items"
-          + (f" (limited to the first {b['limited_to']})" if b["limited_to"] else ""))
+          + (f" (limited to the first {b['limited_to']})" if b["limited_to"] else "")
+          + f"; model {results['model']['description']}")
     print("\n".join(results["lines"]))
     for line in quirk_lines(b.get("quirks") or {}):
         print(f"metadata quirk (accepted, as by the official scorer) {line}")
@@ -272,11 +316,13 @@ def _print(results: dict) -> None:
               f"{pct(lc['accuracy_replaced'])}, drop {lc['drop_points']:.2f} points over {lc['n']} items")
     fg = results["forgetting"]
     if fg:
-        print(f"forgetting monitor: KL(tuned || base) {fg['kl_per_token']:.5f} nats/token over {fg['tokens']} tokens")
+        print(f"forgetting monitor: KL(tuned || base) {fg['kl_per_token']:.3g} nats/token over {fg['tokens']} tokens")
     r = results["run"]
     print(f"predicted {r['predicted']} items this run ({r['items_per_s']:.2f} items/s), resumed {r['resumed']}; "
           f"submission: {results['submission']}")
 
 
 if __name__ == "__main__":
-    main()
+    from audiothink.cli import run_checked
+
+    run_checked("evaluate", main)  # unknown keys and options: one line, a suggestion, exit 2

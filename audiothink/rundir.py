@@ -29,6 +29,8 @@ from audiothink.errors import ConfigError
 __all__ = ["MARKER", "launch_key", "previous_run", "claim", "claim_unique", "RunDirCallback"]
 
 MARKER = ".audiothink-run"
+# Run folders this process created (a failed evaluation removes its own, empty one; audiothink.evaluate).
+CREATED: set[str] = set()
 # What hydra itself writes into a run folder before the job starts: not a sign of an earlier run.
 _HYDRA_OWN = (".hydra", MARKER)
 # How long a non-main process waits for the main process to claim the launch's folder.
@@ -148,6 +150,7 @@ def claim_unique(base: str | os.PathLike) -> Path:
             if _ours(folder, launch["key"], since):
                 return folder
             continue
+        CREATED.add(str(folder.resolve()))
         _write_marker(folder, launch["key"])
         return folder
     raise ConfigError(f"run folder {base}: no free name among {base.name}, {base.name}_2 … _999")
@@ -186,6 +189,8 @@ class RunDirCallback(_HydraCallback):
                 target = OmegaConf.select(config, "output_dir") if any(
                     str(o).split("=", 1)[0].lstrip("+") == "output_dir"
                     for o in OmegaConf.select(config, "hydra.overrides.task") or []) else config.hydra.run.dir
+                if not Path(str(target)).exists():
+                    CREATED.add(str(Path(str(target)).resolve()))
                 if self.refuse_existing:
                     resume = OmegaConf.select(config, "resume")
                     claim(str(target), resume=resume not in (None, False, "false", ""))

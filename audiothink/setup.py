@@ -236,7 +236,12 @@ def build_grpo_config(
         if kwargs.get("bf16"):
             log.warning("trainer.bf16=true without a GPU: turned off")
         kwargs["bf16"] = False
-    return GRPOConfig(output_dir=str(output_dir), seed=seed, reward_weights=reward_weights, **kwargs)
+    # the run folder's name names the run in W&B and other trackers, unless trainer.run_name says otherwise
+    kwargs.setdefault("run_name", Path(output_dir).name)
+    try:
+        return GRPOConfig(output_dir=str(output_dir), seed=seed, reward_weights=reward_weights, **kwargs)
+    except ValueError as e:  # TRL's own checks (audiothink.validate catches the known ones before)
+        raise ConfigError(f"trainer: {str(e).splitlines()[0]}") from e
 
 
 class JsonlMetrics(TrainerCallback):

@@ -104,6 +104,11 @@ def train(cfg: DictConfig) -> dict:
     # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
     # group and train with the engine the launcher asked for (audiothink/sharding.py); a no-op on GPUs.
     engine_fields = cpu_process_settings()
+    if "wandb" in (cfg.trainer.get("report_to") or []):
+        # W&B through transformers' integration: its files in the run folder, one project for audiothink runs
+        # (WANDB_MODE=offline works without a network; `wandb sync <run>/wandb/offline-run-*` uploads later)
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        os.environ.setdefault("WANDB_PROJECT", "audiothink")
     args = build_grpo_config(
         cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights, rollout=cfg.rollout,
         engine=engine_fields,
@@ -197,4 +202,6 @@ def _check_one_run_dir(run_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from audiothink.cli import run_checked
+
+    run_checked("train", main)  # unknown keys and options: one line, a suggestion, exit 2

@@ -161,13 +161,13 @@ def _num(x, fmt="{:.1f}") -> str:
 def write_report(path: Path, results: dict, charts: list[str]) -> Path:
     s = results["summary"]
     lines = [
-        f"# {results['benchmark']['name']} — evaluation report",
+        f"# {results['benchmark']['name']} ({results['benchmark']['version']}) — "
+        f"{results['model'].get('name') or Path(str(results['model']['path'])).name}",
         "",
         f"- benchmark: `{results['benchmark']['name']}` ({results['benchmark']['kind']}), version "
         f"**{results['benchmark']['version']}**, metadata `{results['benchmark']['meta']}`, "
         f"{results['benchmark']['items']} items",
-        f"- model: `{results['model']['path']}`" + (f" + adapter `{results['model']['adapter']}`"
-                                                    if results["model"]["adapter"] else " (base)"),
+        f"- model: {results['model'].get('description') or results['model']['path']}",
         f"- decoding: {'sampling, T=' + str(results['generation']['temperature']) if results['generation']['do_sample'] else 'greedy'}, "
         f"max {results['generation']['max_new_tokens']} new tokens, audio clipped at "
         f"{results['generation']['max_audio_seconds']} s ({results['audio']['clips_clipped']} clips were longer)",
@@ -229,10 +229,10 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
     fg = results.get("forgetting")
     if fg:
         lines += ["## Forgetting monitor", "",
-                  f"Mean per-token KL(tuned ‖ base): **{fg['kl_per_token']:.5f} nats** over {fg['tokens']} tokens "
+                  f"Mean per-token KL(tuned ‖ base): **{fg['kl_per_token']:.3g} nats** over {fg['tokens']} tokens "
                   f"of {fg['items']} items. Method: {fg['method']}.", ""]
         for dim, groups in fg["by"].items():
-            lines.append(f"- by {dim}: " + ", ".join(f"{v} {_num(x, '{:.5f}')}" for v, x in groups.items()))
+            lines.append(f"- by {dim}: " + ", ".join(f"{v} {_num(x, '{:.3g}')}" for v, x in groups.items()))
         lines.append("")
     if charts:
         lines += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
@@ -277,7 +277,8 @@ def write_charts(out_dir: Path, results: dict) -> list[str]:
 
     names = []
     s = results["summary"]
-    title = f"{results['benchmark']['name']} ({results['benchmark']['version']})"
+    title = (f"{results['benchmark']['name']} ({results['benchmark']['version']}) - "
+             f"{results['model'].get('name') or Path(str(results['model']['path'])).name}")
     for dim, groups in s["by"].items():
         acc = [100 * (g["accuracy"] or 0) for g in groups.values()]
         think = [100 * (g["think_rate"] or 0) for g in groups.values()]
