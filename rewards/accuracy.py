@@ -27,7 +27,7 @@ def is_correct(completion: Any, answer: str, choices: Sequence[str], *, letters:
     None when ``answer`` is not one of ``choices``: guessing would pay or punish the model for a data
     error. Default: the official MMAU/MMAR rule on the extracted answer. ``letters=True``: the first answer
     block names the gold option (letter or text, :func:`audiothink.choices.match_choice`). ``completion`` is
-    the text (or conversational completion); a :class:`Parsed` works too, scored on its answer block.
+    the text (or conversational completion); with ``letters=True`` a :class:`Parsed` works too.
 
     >>> is_correct("<think>not violin</think><answer>cello</answer>", "cello", ["violin", "cello"])
     True
@@ -44,8 +44,11 @@ def is_correct(completion: Any, answer: str, choices: Sequence[str], *, letters:
     if letters:
         parsed = completion if isinstance(completion, Parsed) else parse(completion)
         return match_choice(parsed.answer, options) == gold
-    text = (completion.answer or "") if isinstance(completion, Parsed) else extract_answer(completion)
-    return string_match(answer, text, [str(c) for c in options])
+    if isinstance(completion, Parsed):
+        # a Parsed lost the raw text, which the benchmarks' rule scores when there is no answer block
+        raise TypeError("is_correct: pass the completion text (letters=False scores the raw output without an "
+                        "answer block), not a Parsed")
+    return string_match(answer, extract_answer(completion), [str(c) for c in options])
 
 
 class Accuracy:

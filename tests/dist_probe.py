@@ -68,8 +68,8 @@ def _rank_local_lambda(self, completions, answer, choices, trainer_state):
     self.last_think_share = lam
     progress = _progress(trainer_state) if self.balance else 1.0
     out = []
-    for p, gold, options in zip(parsed, answer, choices):
-        correct = is_correct(p, gold, options)
+    for c, p, gold, options in zip(completions, parsed, answer, choices):
+        correct = is_correct(c, gold, options)
         out.append(None if correct is None else adaptive_value(p.thinks, correct, lam, progress, base=self.base))
     return out
 

@@ -39,7 +39,7 @@ def _adaptive(call: dict, lam: float) -> list[float | None]:
     out = []
     for text, gold, options in zip(call["completions"], call["answer"], call["choices"]):
         p = parse(text)
-        correct = is_correct(p, gold, options)
+        correct = is_correct(text, gold, options)
         out.append(None if correct is None else adaptive_value(p.thinks, correct, lam, call["progress"]))
     return out
 

@@ -237,8 +237,9 @@ def test_training_step_completes_with_a_failing_judge(toy_model_dir, toy_files, 
     assert log["judge/failures"] == judge.failures
     judged = judge.calls
     assert judged == 2  # one consistency call, one think_quality call
-    sample = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
-    thinks = [r for r in sample if r["completion"].lstrip().startswith("<think>") and "</think>" in r["completion"]]
+    records = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    sample = [c for record in records for c in record["completions"]]
+    thinks = [r for r in sample if r["text"].lstrip().startswith("<think>") and "</think>" in r["text"]]
     assert thinks  # the toy thinks in about a third of its completions; seed 0 gives some here
     if fault == "none":
         assert judge.failures == 0 and math.isfinite(log["rewards/total/mean"])
