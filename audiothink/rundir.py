@@ -193,7 +193,12 @@ class RunDirCallback(_HydraCallback):
                     CREATED.add(str(Path(str(target)).resolve()))
                 if self.refuse_existing:
                     resume = OmegaConf.select(config, "resume")
-                    claim(str(target), resume=resume not in (None, False, "false", ""))
+                    resumed = resume not in (None, False, "false", "")
+                    claim(str(target), resume=resumed)
+                    if resumed and (Path(str(target)) / ".hydra").is_dir():
+                        # hydra would overwrite the first start's record (.hydra/config.yaml, overrides.yaml)
+                        with read_write(config.hydra), open_dict(config.hydra):
+                            config.hydra.output_subdir = f".hydra/resumed-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
                 return
             folder = claim_unique(str(config.hydra.run.dir))
         except ConfigError as e:

@@ -133,6 +133,7 @@ def test_plots_are_written(run):
 def test_a_resume_of_a_finished_run_trains_nothing_and_keeps_the_first_config(run):
     tmp, run_dir, _ = run
     first_config = (run_dir / "config.yaml").read_text()
+    first_hydra = (run_dir / ".hydra" / "overrides.yaml").read_text()
     metrics_before = (run_dir / "metrics.jsonl").read_text()
     out = _cli("audiothink.train", [*RUN_ARGS, f"hydra.run.dir={run_dir}", "resume=true"], tmp)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -141,6 +142,9 @@ def test_a_resume_of_a_finished_run_trains_nothing_and_keeps_the_first_config(ru
     assert (run_dir / "metrics.jsonl").read_text() == metrics_before  # no extra step
     assert (run_dir / "config.yaml").read_text() == first_config
     assert (run_dir / "config.resumed-2.yaml").is_file()
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == first_hydra  # hydra's record of the first start
+    (resumed_record,) = (run_dir / ".hydra").glob("resumed-*/overrides.yaml")
+    assert "resume=true" in resumed_record.read_text()
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
 
 
