@@ -43,7 +43,7 @@ def _grpo_fields() -> list[str]:
 
 
 def _check_key(cfg, key: str, adding: bool) -> None:
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
 
     parts = key.split(".")
     node: Any = cfg
@@ -55,7 +55,7 @@ def _check_key(cfg, key: str, adding: bool) -> None:
                               "defines it")
         if not isinstance(node, DictConfig):
             raise ConfigError(f"{key}: {'.'.join(parts[:depth])} is a value, not a mapping")
-        if part not in node:
+        if part not in node.keys():  # `in` says False for a key whose value is missing (???)
             if adding and path.startswith("trainer.") and depth == 1:
                 fields = _grpo_fields()
                 if part not in fields:
@@ -70,7 +70,9 @@ def _check_key(cfg, key: str, adding: bool) -> None:
                 raise ConfigError(f"unknown key {key}{hint}; '+' adds keys only under reward.* (a new reward), "
                                   "trainer.* (a GRPOConfig field) and hydra.*")
             raise ConfigError(f"unknown key {key}{hint}")
-        node = node[part]
+        if depth == len(parts) - 1:
+            return
+        node = node[part] if not OmegaConf.is_missing(node, part) else None
 
 
 def check_overrides(entry: str, overrides: list[str]) -> None:

@@ -171,6 +171,7 @@ def test_unknown_keys_and_options_are_errors(overrides, message):
     ["+reward.brevity.weight=0.2", "+reward.brevity.fn._target_=my.brevity"],
     ["+trainer.save_strategy=no"], ["~reward.format"], ["model=toy_lora", "model.lora.r=4"],
     ["hydra.run.dir=/tmp/x"], ["reward=full", "judge=openai", "judge.base_url=http://x/v1"],
+    ["data=jsonl", "data.train=/d/train.jsonl"],  # a mandatory (???) key is a key
 ])
 def test_known_keys_pass(overrides):
     check_overrides("train", overrides)
