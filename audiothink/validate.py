@@ -159,6 +159,9 @@ def check_train_config(cfg: DictConfig) -> None:
     check_eval_settings("eval", cfg.eval.batch_size, num_samples=cfg.eval.num_samples,
                         max_new_tokens=cfg.eval.max_new_tokens)
     check_reward_weights(cfg.reward)
+    cache = cfg.get("rollout", {}).get("compile_cache_dir")
+    if cache is not None and (not isinstance(cache, str) or not cache.strip()):
+        raise ConfigError(f"rollout.compile_cache_dir={cache!r}: must be a folder path (or null: the default cache)")
     limit = cfg.data.get("max_prompt_tokens")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"data.max_prompt_tokens={limit!r}: must be a whole number >= 1 (or null: no limit)")
