@@ -82,6 +82,7 @@ import tempfile
 import time
 import traceback
 import types
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -129,6 +130,7 @@ MODEL_CLASSES = {"qwen2_audio_7b": "Qwen2AudioForConditionalGeneration",
                  "qwen2_5_omni_7b": "Qwen2_5OmniThinkerForConditionalGeneration"}
 
 CUDA = torch.cuda.is_available()  # the benchmark is for a GPU; tests run its code paths on CPU at toy size
+LIVE_TRAINERS = weakref.WeakSet()  # trainers not yet freed: one model at a time on the GPU
 
 # Seconds each part takes on one H100 at the default shape (8 prompts x G = 8, 10 s audio, 256 new tokens),
 # for the budget guard. Measured ones are from bench/RESULTS.md (issue 5's runs); the others are stated guesses.
@@ -694,10 +696,9 @@ class ModelRun:
                 torch.cuda.empty_cache()
             return False
         finally:
-            seconds = time.perf_counter() - t0
-            self.out["phase_s"][name] = seconds
-            self.budget.done(name, seconds)
+            self.out["phase_s"][name] = time.perf_counter() - t0
             self.save()
+        self.budget.done(name, self.out["phase_s"][name])  # a failed part's time says nothing of the next one's
         return True
 
     def run(self):
@@ -734,7 +735,12 @@ class ModelRun:
     def build(self):
         work = Path(tempfile.mkdtemp(prefix="gpu_step_"))
         self.work = work
+        gc.collect()
+        # the model before must be gone (its ~17 GB would sit in this model's peak memory)
+        self.out["trainers_alive_before_build"] = len(LIVE_TRAINERS)
         self.trainer, self.cfg = build(self.args, self.name, work)
+        LIVE_TRAINERS.add(self.trainer)
+        self.out["allocated_after_build_GiB"] = gib(torch.cuda.memory_allocated()) if CUDA else 0.0
         base = self.trainer.model.get_base_model()
         self.out["params_total"] = sum(p.numel() for p in base.parameters())
         self.out["params_lm"] = sum(p.numel() for n, p in base.named_parameters()
@@ -819,13 +825,15 @@ class ModelRun:
                                       "pct_of_floor": 100 * floor / fast["rollout"],
                                       "x_plain": plain["rollout"] / fast["rollout"]}
             compiled = graphs[p + 1]["graphs"] > graphs[p]["graphs"]
+            inductor_config = importlib.import_module("torch._inductor.config")
+            dynamo_config = importlib.import_module("torch._dynamo.config")
             out["fast_path"] = {
                 "mode": ("static KV cache + torch.compile'd decode (inductor, mode reduce-overhead)" if compiled else
                          "static KV cache, eager: nothing was compiled (transformers compiles generate only on "
                          "GPU-class devices; on CPU the fast path is an eager static cache)"),
                 "compiled": compiled, "bucket_size": self.fast_bucket_size, "cache_dir": str(self.cache_dir),
-                "fx_graph_cache": bool(torch._inductor.config.fx_graph_cache),
-                "recompile_limit": int(torch._dynamo.config.recompile_limit),
+                "fx_graph_cache": bool(inductor_config.fx_graph_cache),
+                "recompile_limit": int(dynamo_config.recompile_limit),
                 # graphs compiled after the first fast step: 0 = the compiled decode is reused across steps
                 "graphs_after_first_fast_step": graphs[p + f]["graphs"] - graphs[p + 1]["graphs"],
                 "buckets": [{"bucket": bucket_of(prompt_len, self.fast_bucket_size), "where": "training loop",
@@ -1001,8 +1009,11 @@ class ModelRun:
             e = self.out["encoder"]
             print(f"audio encoder (training loop): {e['clips_encoded']} clip passes for {e['clips_requested']} clips "
                   "requested", flush=True)
-        self.trainer = None
-        self.update_batches = None
+        self.release()
+
+    def release(self):
+        """Drop every reference to the model (the timers' step counter reads the trainer)."""
+        self.trainer = self.timers = self.update_batches = self.cfg = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1115,7 +1126,10 @@ def main(argv=None, *, floors: tuple[float, float] | None = None) -> dict:
             run.out["error"] = f"{type(e).__name__}: {e}"[:4000]
             errors.append(m)
         finally:
-            run.trainer = None
+            run.release()
+            # compiled code and CUDA graphs are global state and may hold the model's memory: drop them too (the
+            # next model compiles from scratch, as a cold run would)
+            torch._dynamo.reset()
             gc.collect()
             if CUDA:
                 torch.cuda.empty_cache()

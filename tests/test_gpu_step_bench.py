@@ -137,8 +137,11 @@ def check_required_figures(model: dict, rows: int, new_tokens: int) -> None:
         assert STEP_KEYS <= set(step), kind
         parts = step["rollout"] + step["reference"] + step["rewards"] + step["update"] + step["other"]
         assert parts == pytest.approx(step["s"]) and step["rollout"] > 0 and step["update"] > 0
+        assert step["other"] >= 0, step  # "other" is the rest: negative means a part was counted twice
         assert step["reference"] > 0  # beta > 0: the reference pass runs every step
         assert step["completion_tokens"] == rows * new_tokens
+        # real tokens only: the fast step's prompts are padded to the bucket, and that padding is not counted
+        assert step["prompt_tokens"] == rows * model["shape"]["prompt_tokens"]
         assert step["tokens_per_s_per_gpu"] == pytest.approx(
             (step["prompt_tokens"] + step["completion_tokens"]) / step["s"])
         assert step["completion_tokens_per_s_per_gpu"] == pytest.approx(step["completion_tokens"] / step["s"])
@@ -181,6 +184,8 @@ def test_toy_run_writes_every_figure_for_both_models(bench, fake_liger, tmp_path
         # G = 2 copies of each clip in the training loop: half the clip passes
         assert model["encoder"]["clips_encoded"] * 2 == model["encoder"]["clips_requested"]
         assert set(model["phase_s"]) == {"build", "train", "liger", "exactness", "bucket_b", "bucket_c", "warm_cache"}
+        # one model at a time: the first one's trainer is freed before the second is built
+        assert model["trainers_alive_before_build"] == 0
     # the swapped-in modules really ran (norm, MLP and RoPE)
     assert {"norm", "mlp", "rope"} <= set(SWAPPED_FORWARDS)
     assert on_disk["avqa_buckets"]["recipe"]["estimate"] is True
@@ -326,6 +331,12 @@ def test_expected_buckets():
     # a spread of 32 tokens straddles a boundary at half of the offsets
     half = bench.expected_buckets(bench.uniform_pmf(0, 32), 64, prompts_per_rollout=2, rollouts=1000)
     assert half["p_more_than_one"] == pytest.approx(32 / 64) and 1 < half["expected"] < 2
+    # worked by hand: lengths 0 or 1 (each 1/2), buckets of 2. At offset 0 both are in one bucket; at offset 1
+    # they straddle a boundary, and a rollout of 2 prompts is in the lower bucket only if both are short (1/4):
+    # over 3 rollouts that bucket is hit with 1 - (3/4)^3, the upper one with 1 - (1/4)^3
+    worked = bench.expected_buckets(np.array([0.5, 0.5]), 2, prompts_per_rollout=2, rollouts=3)
+    assert worked["expected"] == pytest.approx((1 + (1 - 0.75**3) + (1 - 0.25**3)) / 2)
+    assert (worked["min"], worked["max"], worked["p_more_than_one"]) == (1, 2, 0.5)
     # a lower bucket is reached only when every prompt of a rollout is short: fewer hits with more prompts,
     # and with few rollouts
     many = bench.expected_buckets(bench.uniform_pmf(0, 32), 64, prompts_per_rollout=64, rollouts=3)
