@@ -59,7 +59,8 @@ Figures, per model (JSON "models".<model>; all measured in this run):
   CPU the fast path is an eager static cache), the compile-cache folder, and per bucket: the first call's
   and a steady call's seconds, compile_s = first - steady, and the graphs dynamo compiled and inductor's FX
   graph cache hits / misses during the first call.
-- exactness, encoder (clip passes asked vs run), skipped, phase_s (seconds per part), build_s.
+- exactness; encoder (clip passes asked vs run in the training loop); skipped; phase_s (seconds per part);
+  allocated_after_build_GiB and trainers_alive_before_build (0: the model before was freed).
 
 Top level: device, versions, copy bandwidth and matmul rate, the AVQA bucket estimate (avqa_buckets:
 how many 64-token prompt buckets a 1,000-step AVQA run hits; an estimate, see avqa_bucket_estimate), args,
@@ -74,8 +75,6 @@ import datetime
 import gc
 import importlib
 import json
-import math
-import os
 import re
 import sys
 import tempfile
@@ -712,7 +711,8 @@ class ModelRun:
                 break
             except torch.cuda.OutOfMemoryError:
                 pass  # handled outside the except block, so the failed step's tensors can be freed
-            self.trainer = None
+            self.release()
+            torch._dynamo.reset()  # compiled graphs and CUDA graphs may hold the failed model's memory
             gc.collect()
             if CUDA:
                 torch.cuda.empty_cache()

@@ -292,8 +292,6 @@ def test_greedy_comparison_reports_where_tokens_part():
 
 def test_audio_tokens_match_both_processors(bench):
     """The AVQA estimate's audio-token count is the processors' own, for 10 s and odd lengths."""
-    import soundfile  # noqa: F401  (the processors read arrays; this only checks the count)
-
     _, qwen, _ = bench.build_qwen2_audio()
     for name, processor in (("qwen2_audio", qwen), ("omni", None)):
         if processor is None:
@@ -355,3 +353,24 @@ def test_avqa_estimate():
     assert wide["expected"] > typical["expected"] and wide["max"] >= 2
     # shorter clips spread the lengths further
     assert bench.avqa_bucket_estimate(clip_seconds=(5.0, 10.0))["typical"]["expected"] > typical["expected"]
+
+
+def test_out_of_memory_retries_with_half_the_micro_batch(bench, no_liger, tmp_path, monkeypatch):
+    """A training loop that runs out of GPU memory is rebuilt and rerun with micro-batches half as large."""
+    real = bench.ModelRun.train_loop
+    calls = []
+
+    def train_loop(self):
+        calls.append(self.args.micro)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self)
+
+    monkeypatch.setattr(bench.ModelRun, "train_loop", train_loop)
+    out = tmp_path / "r.json"
+    bench.main([*TOY_ARGS, "--model", "qwen2_audio_7b", "--out", str(out), "--budget-s", "1"], floors=(1e11, 1e12))
+    model = json.loads(out.read_text())["models"]["qwen2_audio_7b"]
+    assert calls == [2, 1] and model["out_of_memory_at_micro"] == [2]
+    assert model["micro"] == model["shape"]["micro"] == 1
+    assert model["trainers_alive_before_build"] == 0  # the failed attempt's model was freed first
+    check_required_figures(model, rows=4, new_tokens=4)
