@@ -435,8 +435,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         prompts are padded to multiples of `bucket` tokens (unless the config already set a multiple).
 
         What is compiled, and when (transformers 5.23 + torch 2.13, checked on CPU in
-        tests/test_compile_cache.py): the compiled forward lives on the model, so later steps, and other
-        trainers on the same model, reuse it. The first bucket compiles a graph for its exact shapes; the
+        tests/test_compile_cache.py): later steps reuse the compiled forward, and so does another trainer in
+        the same process, even on another model object of the same architecture (dynamo's guards are on
+        shapes and types). The first bucket compiles a graph for its exact shapes; the
         second compiles once more with the changed sizes made symbolic (dynamo's automatic dynamic shapes),
         and that graph then serves every later bucket without compiling. Between processes, torch.compile's
         on-disk caches (inductor's FX graph cache, the compiled kernels) are reused from `compile_cache_dir`

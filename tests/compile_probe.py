@@ -1,13 +1,14 @@
 """One process of tests/test_compile_cache.py: the toy trainer's fast rollout, compiled on CPU.
 
-    python -m tests.compile_probe CACHE_DIR WORK_DIR BUCKETS
+    python -m tests.compile_probe CACHE_DIR WORK_DIR BUCKETS [--second-trainer]
 
 Builds an AudioGRPOTrainer on the embedded toy with `fast_generation=True, compile_cache_dir=CACHE_DIR` (the
 product's switch), makes transformers compile generate on CPU too (it compiles only on GPU-class devices
 unless told), then rolls out: the first prompt bucket twice, then one rollout in each of the next BUCKETS - 1
-buckets. After each rollout it prints one JSON line: the padded prompt length (the bucket) and torch.compile's
-running totals (graphs dynamo compiled, inductor FX graph cache hits and misses). The last line names the
-cache folder inductor used.
+buckets; with --second-trainer, a second trainer on a second model (same process) then rolls out in the first
+bucket. After each rollout it prints one JSON line: the padded prompt length (the bucket), which trainer, and
+torch.compile's running totals (graphs dynamo compiled, inductor FX graph cache hits and misses). The last
+line names the cache folder inductor used.
 """
 
 from __future__ import annotations
@@ -32,16 +33,9 @@ from rewards import Format
 PROMPT = "{question}\n{choices}\nAnswer inside <answer></answer>."
 
 
-def main(cache_dir: str, work: str, buckets: int) -> None:
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+def fast_trainer(cache_dir: str, work: Path, samples: list[Sample]) -> AudioGRPOTrainer:
     model = Qwen2AudioForConditionalGeneration.from_pretrained(TOY_MODEL_DIR)
     processor = AutoProcessor.from_pretrained(TOY_MODEL_DIR)
-    clip = work / "clip.wav"
-    write_wav(clip, 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000))
-    samples = [Sample(id=str(i), audio=(str(clip),), question="high or low?", choices=("low", "high"), answer="low")
-               for i in range(2)]
     args = GRPOConfig(output_dir=str(work / "run"), num_generations=2, per_device_train_batch_size=4, max_steps=1,
                       max_completion_length=4, report_to=[], save_strategy="no", bf16=False, seed=0,
                       generation_kwargs={"min_new_tokens": 4})
@@ -51,27 +45,51 @@ def main(cache_dir: str, work: str, buckets: int) -> None:
     compile_config = CompileConfig(mode="default")  # reduce-overhead's CUDA graphs have no CPU counterpart
     compile_config._compile_all_devices = True
     trainer.generation_config.compile_config = compile_config
+    return trainer
 
+
+def rollout(trainer: AudioGRPOTrainer, batch: list[dict], *, generate: bool = True) -> int:
+    """The trainer's own tokenizing (and HF rollout, if `generate`); returns the padded prompt length."""
+    trainer._pending_waves = trainer._load_waves(batch)
+    with trainer._audio({}):
+        prompt_ids, _, fields = trainer._tokenize_prompts([r["prompt"] for r in batch])
+    trainer._pending_waves = None
+    if generate:
+        trainer._generate_single_turn(prompt_ids, None, fields, 2)
     bucket = trainer.pad_to_multiple_of
+    return -(-max(len(p) for p in prompt_ids) // bucket) * bucket
+
+
+def report(bucket: int, instance: int) -> None:
+    print(json.dumps({"bucket": bucket, "trainer": instance, "graphs": counters["stats"].get("unique_graphs", 0),
+                      "fx_hits": counters["inductor"].get("fxgraph_cache_hit", 0),
+                      "fx_misses": counters["inductor"].get("fxgraph_cache_miss", 0)}), flush=True)
+
+
+def main(cache_dir: str, work: str, buckets: int, second_trainer: bool) -> None:
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    clip = work / "clip.wav"
+    write_wav(clip, 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000))
+    samples = [Sample(id=str(i), audio=(str(clip),), question="high or low?", choices=("low", "high"), answer="low")
+               for i in range(2)]
+    trainer = fast_trainer(cache_dir, work / "1", samples)
     rows = [dict(to_dataset(samples, PROMPT)[0]) for _ in range(4)]
     filler, done, last_bucket = "", 0, None
     while done < buckets + 1:
         batch = [dict(r, prompt=r["prompt"].replace("?", "?" + filler, 1)) for r in rows]
-        trainer._pending_waves = trainer._load_waves(batch)
-        with trainer._audio({}):
-            prompt_ids, _, fields = trainer._tokenize_prompts([r["prompt"] for r in batch])
-        trainer._pending_waves = None
-        padded = -(-max(len(p) for p in prompt_ids) // bucket) * bucket
-        if padded == last_bucket and done > 1:
+        if done > 1 and rollout(trainer, batch, generate=False) == last_bucket:
             filler += " please listen"  # longer prompts until the next bucket
             continue
-        trainer._generate_single_turn(prompt_ids, None, fields, 2)
-        print(json.dumps({"bucket": padded, "graphs": counters["stats"].get("unique_graphs", 0),
-                          "fx_hits": counters["inductor"].get("fxgraph_cache_hit", 0),
-                          "fx_misses": counters["inductor"].get("fxgraph_cache_miss", 0)}), flush=True)
-        done, last_bucket = done + 1, padded
+        last_bucket = rollout(trainer, batch)
+        report(last_bucket, 1)
+        done += 1
+    if second_trainer:
+        other = fast_trainer(cache_dir, work / "2", samples)
+        report(rollout(other, rows), 2)
     print(json.dumps({"cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), "--second-trainer" in sys.argv[4:])
