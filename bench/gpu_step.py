@@ -76,6 +76,7 @@ import gc
 import importlib
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -1012,8 +1013,12 @@ class ModelRun:
         self.release()
 
     def release(self):
-        """Drop every reference to the model (the timers' step counter reads the trainer)."""
+        """Drop every reference to the model (the timers' step counter reads the trainer), and the work folder
+        (clips, the run folder, the default per-model compile cache)."""
         self.trainer = self.timers = self.update_batches = self.cfg = None
+        if getattr(self, "work", None) is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
 
 
 # ----------------------------------------------------------------------------------------------------------

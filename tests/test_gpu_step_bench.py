@@ -221,7 +221,8 @@ def test_liger_swap_puts_the_originals_back_and_keeps_the_numbers(bench, fake_li
     assert modeling_qwen2.apply_rotary_pos_emb is not fake_liger_rope
 
 
-def test_budget_skips_optional_parts_and_says_why(bench, no_liger, tmp_path, capsys):
+def test_budget_skips_optional_parts_and_says_why(bench, no_liger, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))  # the work folders go here
     out = tmp_path / "r.json"
     report = bench.main([*TOY_ARGS, "--model", "qwen2_5_omni_7b", "--out", str(out), "--budget-s", "1"],
                         floors=(1e11, 1e12))
@@ -236,6 +237,7 @@ def test_budget_skips_optional_parts_and_says_why(bench, no_liger, tmp_path, cap
     assert skipped["bucket_c"] == "needs bucket_b"
     assert "liger_on" not in model["update"]
     assert "warning: the required parts alone" in capsys.readouterr().out
+    assert not list(tmp_path.glob("gpu_step_*"))  # the model's work folder is gone once it is done
 
 
 def test_liger_not_installed_is_recorded(bench, no_liger, tmp_path):
