@@ -439,7 +439,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         the same process, even on another model object of the same architecture (dynamo's guards are on
         shapes and types). The first bucket compiles a graph for its exact shapes; the
         second compiles once more with the changed sizes made symbolic (dynamo's automatic dynamic shapes),
-        and that graph then serves every later bucket without compiling. Between processes, torch.compile's
+        and that graph then serves every later bucket without compiling. transformers never shrinks a model's
+        static cache (`_previous_max_cache_length`): after a longer bucket, every rollout decodes with the
+        longest cache seen so far. Between processes, torch.compile's
         on-disk caches (inductor's FX graph cache, the compiled kernels) are reused from `compile_cache_dir`
         (see :func:`use_compile_cache`): the next run of the same model shape skips code generation and
         kernel compilation, though dynamo still traces the model once.

@@ -56,9 +56,10 @@ Figures, per model (JSON "models".<model>; all measured in this run):
   excluded) / step seconds / GPUs: the whole-step throughput that RL trainers usually report per GPU;
   completion_tokens_per_s_per_gpu counts the generated tokens only.
 - fast_path: mode (compiled or eager static cache: transformers compiles only on GPU-class devices, so on
-  CPU the fast path is an eager static cache), the compile-cache folder, and per bucket: the first call's
-  and a steady call's seconds, compile_s = first - steady, and the graphs dynamo compiled and inductor's FX
-  graph cache hits / misses during the first call.
+  CPU the fast path is an eager static cache), the compile-cache folder, and per bucket: the static cache
+  length used (it never shrinks: a later bucket's rollouts decode with the longest cache seen so far), the
+  first call's and a steady call's seconds, compile_s = first - steady, and the graphs dynamo compiled and
+  inductor's FX graph cache hits / misses during the first call.
 - exactness; encoder (clip passes asked vs run in the training loop); skipped; phase_s (seconds per part);
   allocated_after_build_GiB and trainers_alive_before_build (0: the model before was freed).
 
@@ -480,6 +481,20 @@ def generation_settings(trainer, *, plain: bool, greedy: bool):
         trainer.generation_config, trainer.pad_to_multiple_of = saved
 
 
+def static_cache_len(model) -> int | None:
+    """The static KV cache length transformers gives the next generate: it never shrinks (transformers 5.23,
+    `_previous_max_cache_length`, to avoid recompiles), so after a longer bucket every rollout decodes with
+    the longer cache."""
+    return next((m.__dict__["_previous_max_cache_length"] for m in model.modules()
+                 if "_previous_max_cache_length" in m.__dict__), None)
+
+
+def set_static_cache_len(model, length: int) -> None:
+    for m in model.modules():
+        if "_previous_max_cache_length" in m.__dict__:
+            m._previous_max_cache_length = length
+
+
 def bucket_of(length: int, bucket: int) -> int:
     return -(-length // bucket) * bucket
 
@@ -838,6 +853,7 @@ class ModelRun:
                 # graphs compiled after the first fast step: 0 = the compiled decode is reused across steps
                 "graphs_after_first_fast_step": graphs[p + f]["graphs"] - graphs[p + 1]["graphs"],
                 "buckets": [{"bucket": bucket_of(prompt_len, self.fast_bucket_size), "where": "training loop",
+                             "cache_len": static_cache_len(trainer.model),
                              "first_s": compile_step["rollout"], "steady_s": fast["rollout"],
                              "compile_s": compile_step["rollout"] - fast["rollout"],
                              **counter_delta(graphs[p], graphs[p + 1])}],
@@ -976,7 +992,8 @@ class ModelRun:
             if len(times) == 1:
                 first_counters = counter_delta(before, compile_counters())
         self.out["fast_path"]["buckets"].append({
-            "bucket": target, "where": "extra rollout", "first_s": times[0], "steady_s": times[1],
+            "bucket": target, "where": "extra rollout", "cache_len": static_cache_len(trainer.model),
+            "first_s": times[0], "steady_s": times[1],
             "compile_s": times[0] - times[1], **first_counters})
         print(f"fast rollout, bucket {target}: first call {times[0]:.2f} s, steady {times[1]:.2f} s, "
               f"graphs compiled {first_counters['graphs']}", flush=True)
@@ -988,6 +1005,8 @@ class ModelRun:
         if "fast_path" not in self.out:
             raise RuntimeError("the fast path did not run (--fast-steps 0)")
         batch = [dict(trainer.train_dataset[i]) for i in range(self.args.prompts) for _ in range(self.args.G)]
+        # the training loop's cache length again (the extra buckets grew it), so the shapes are the loop's
+        set_static_cache_len(trainer.model, self.out["fast_path"]["buckets"][0]["cache_len"])
         torch._dynamo.reset()
         before = compile_counters()
         times = []
@@ -1000,7 +1019,8 @@ class ModelRun:
             if len(times) == 1:
                 first_counters = counter_delta(before, compile_counters())
         self.out["fast_path"]["warm_cache"] = {
-            "bucket": bucket_of(self.prompt_len, self.fast_bucket_size), "first_s": times[0], "steady_s": times[1],
+            "bucket": bucket_of(self.prompt_len, self.fast_bucket_size), "cache_len": static_cache_len(trainer.model),
+            "first_s": times[0], "steady_s": times[1],
             "compile_s": times[0] - times[1], **first_counters}
         print(f"fast rollout after torch._dynamo.reset (warm on-disk cache): first call {times[0]:.2f} s, steady "
               f"{times[1]:.2f} s, FX graph cache hits {first_counters['fx_cache_hits']}", flush=True)

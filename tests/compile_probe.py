@@ -5,10 +5,11 @@
 Builds an AudioGRPOTrainer on the embedded toy with `fast_generation=True, compile_cache_dir=CACHE_DIR` (the
 product's switch), makes transformers compile generate on CPU too (it compiles only on GPU-class devices
 unless told), then rolls out: the first prompt bucket twice, then one rollout in each of the next BUCKETS - 1
-buckets; with --second-trainer, a second trainer on a second model (same process) then rolls out in the first
-bucket. After each rollout it prints one JSON line: the padded prompt length (the bucket), which trainer, and
-torch.compile's running totals (graphs dynamo compiled, inductor FX graph cache hits and misses). The last
-line names the cache folder inductor used.
+buckets; with --second-trainer, the first trainer then rolls out in the first bucket again, and a second
+trainer on a second model (same process) does too. After each rollout it prints one JSON line: the padded prompt
+length (the bucket), which trainer, the static KV cache length transformers will use next
+(`_previous_max_cache_length`) and torch.compile's running totals (graphs dynamo compiled, inductor FX graph
+cache hits and misses). The last line names the cache folder inductor used.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def rollout(trainer: AudioGRPOTrainer, batch: list[dict], *, generate: bool = Tr
     return -(-max(len(p) for p in prompt_ids) // bucket) * bucket
 
 
-def report(bucket: int, instance: int) -> None:
-    print(json.dumps({"bucket": bucket, "trainer": instance, "graphs": counters["stats"].get("unique_graphs", 0),
+def report(bucket: int, instance: int, trainer: AudioGRPOTrainer) -> None:
+    cache_len = getattr(trainer.model, "_previous_max_cache_length", None)
+    print(json.dumps({"bucket": bucket, "trainer": instance, "cache_len": cache_len,
+                      "graphs": counters["stats"].get("unique_graphs", 0),
                       "fx_hits": counters["inductor"].get("fxgraph_cache_hit", 0),
                       "fx_misses": counters["inductor"].get("fxgraph_cache_miss", 0)}), flush=True)
 
@@ -83,11 +86,12 @@ def main(cache_dir: str, work: str, buckets: int, second_trainer: bool) -> None:
             filler += " please listen"  # longer prompts until the next bucket
             continue
         last_bucket = rollout(trainer, batch)
-        report(last_bucket, 1)
+        report(last_bucket, 1, trainer)
         done += 1
     if second_trainer:
+        report(rollout(trainer, rows), 1, trainer)  # back to the first bucket
         other = fast_trainer(cache_dir, work / "2", samples)
-        report(rollout(other, rows), 2)
+        report(rollout(other, rows), 2, other)
     print(json.dumps({"cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}), flush=True)
 
 
