@@ -416,8 +416,11 @@ def _validate_row(
                 too_long += 1
             samples = int((duration or 0.0) * SAMPLE_RATE)
             if samples < checks.min_audio_samples:
-                problems.add("audio", f"audio {path}: audio too short: {samples} samples at {SAMPLE_RATE} Hz; the model "
-                                      f"needs at least {checks.min_audio_samples} (shorter clips get no audio token)")
+                need = checks.min_audio_samples
+                problems.add("audio", f"audio {path}: audio too short: {1000 * (duration or 0.0):.3g} ms ({samples} "
+                                      f"samples once resampled to the model's {SAMPLE_RATE} Hz); the model needs at "
+                                      f"least {need} samples ({1000 * need / SAMPLE_RATE:.3g} ms): shorter clips get "
+                                      "no audio token")
 
     if problems.items:
         return None, problems, 0

@@ -245,15 +245,42 @@ def build_grpo_config(
 
 
 class JsonlMetrics(TrainerCallback):
-    """Every logged metric, one JSON object per line: greppable, and readable without TensorBoard."""
+    """Every logged metric, one JSON object per line: greppable, and readable without TensorBoard.
 
-    def __init__(self, path: Path):
+    ``resumed``: the run continues from a checkpoint. transformers' end-of-run ``train_loss`` then divides the
+    losses of this process's steps by *all* steps (``_total_loss_scalar / global_step``), a wrong mean; the
+    record written here holds the mean over every step of the run instead, from the ``loss`` records in the
+    file (each the mean of its logging window, weighted by the window's steps).
+    """
+
+    def __init__(self, path: Path, resumed: bool = False):
         self.path = Path(path)
+        self.resumed = resumed
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
+            if self.resumed and "train_loss" in logs:
+                mean = self._mean_step_loss()
+                logs = {**logs, "train_loss": mean} if mean is not None else logs
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    def _mean_step_loss(self) -> float | None:
+        if not self.path.is_file():
+            return None
+        losses = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record.get("step"), int) and isinstance(record.get("loss"), (int, float)):
+                losses[record["step"]] = float(record["loss"])
+        total, previous = 0.0, 0
+        for step in sorted(losses):
+            total += losses[step] * (step - previous)
+            previous = step
+        return total / previous if previous else None
 
 
 def drop_replayed(run_dir: Path, checkpoint: str | os.PathLike) -> dict[str, int]:
@@ -336,7 +363,8 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
         content = [{"type": "audio"}] * len(sample.audio) + [{"type": "text", "text": render_prompt(sample, prompt)}]
         text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                              add_generation_prompt=True)
-        n_text = len(tok(text, add_special_tokens=False)["input_ids"]) - len(sample.audio)  # one placeholder a clip
+        # verbose=False: no "sequence length is longer than the maximum" warning; the limit is checked here
+        n_text = len(tok(text, add_special_tokens=False, verbose=False)["input_ids"]) - len(sample.audio)  # one placeholder a clip
         return n_text + sum(audio_tokens(int(d * SAMPLE_RATE)) for d in durations)
 
     return RowChecks(min_audio_samples=min_samples, control_tokens=control, prompt_tokens=prompt_tokens,

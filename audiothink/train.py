@@ -71,7 +71,24 @@ def main(cfg: DictConfig) -> dict:
     except USER_ERRORS as e:
         # a problem with the user's input: the message says what and where, a traceback would bury it
         print(f"error: {e}", file=sys.stderr)
+        _remove_if_unused(Path(cfg.output_dir))
         sys.exit(2)
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A run stopped by a user error leaves no folder behind when this launch made the folder and nothing was
+    trained in it (no checkpoint, no metrics, no final/): a typo in a key does not leave a stub run. A crash
+    (not a user error) keeps its folder and train.log for the traceback."""
+    import shutil
+
+    from audiothink.rundir import CREATED
+
+    if int(os.environ.get("RANK", "0")) != 0 or str(run_dir.resolve()) not in CREATED:
+        return
+    if any(run_dir.glob("checkpoint-*")) or (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists():
+        return
+    logging.shutdown()  # closes train.log, which is in the folder
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -93,7 +110,8 @@ def train(cfg: DictConfig) -> dict:
     resumed_step = checkpoint_step(resume_from) if resume_from else None
     main_process = int(os.environ.get("RANK", "0")) == 0  # the launchers set RANK before torch.distributed exists
     if main_process:
-        # First, so that a run stopped by its own config still leaves the config behind; a resume keeps the
+        # First, so that the config is on disk before anything can fail (a run stopped by a user error before it
+        # trained removes its new folder again: main()); a resume keeps the
         # first start's config.yaml and writes its own beside it.
         runfiles.write_config(run_dir, cfg, resumed_step)
     set_seed(cfg.seed)
@@ -152,7 +170,7 @@ def train(cfg: DictConfig) -> dict:
         fast_generation=cfg.rollout.fast,
         compile_cache_dir=cfg.rollout.get("compile_cache_dir"),
         completion_prompts=cfg.log.completion_prompts,
-        callbacks=[JsonlMetrics(run_dir / "metrics.jsonl"), SaveProcessor(processor)],
+        callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor)],
     )
     if resume_from and resumed_step >= args.max_steps:
         # The Trainer would train one more step; there is nothing left to train.

@@ -15,6 +15,7 @@ Hugging Face (parquet) readers, whose messages name the source's own fields.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,11 +197,12 @@ CASES = [
          "choices", "text is not valid UTF-8 (byte 0xff"),
     # rows that validated but could not train (issue 9): the model's own limits, the scoring rule, the prompt
     Case("audio too short", "row", _with_bad_audio(_short(1 / SAMPLE_RATE, SAMPLE_RATE)), "audio",
-         "audio too short: 1 samples at 16000 Hz; the model needs at least 321"),
+         "audio too short: 0.0625 ms (1 samples once resampled to the model's 16000 Hz); the model needs at least "
+         "321 samples (20.1 ms)"),
     Case("audio too short (1 sample at 48 kHz)", "row", _with_bad_audio(_short(1 / 48_000, 48_000)), "audio",
-         "audio too short: 0 samples"),
+         "audio too short: 0.0208 ms (0 samples once resampled"),
     Case("audio too short (10 ms at 8 kHz)", "row", _with_bad_audio(_short(0.01, 8000)), "audio",
-         "audio too short: 160 samples"),
+         "audio too short: 10 ms (160 samples once resampled"),
     Case("control token in text", "row", _with_bad_row(_row("bad", question="what is heard? <|AUDIO|>")), "question",
          "contains the control token '<|AUDIO|>'"),
     Case("control token in text (a fake assistant turn)", "row",
@@ -447,3 +449,28 @@ def test_unreadable_hf_data_is_a_file_problem(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="neither a saved dataset"):
         load_hf(tmp_path / "empty", cache_dir=tmp_path / "cache")
+
+
+def test_a_long_prompt_is_reported_without_the_tokenizer_warning(tmp_path):
+    """The prompt-length check tokenizes the whole prompt: transformers' "Token indices sequence length is
+    longer than the specified maximum" line must not print before the row problem (a fresh tokenizer: it
+    warns once per instance)."""
+    from transformers import AutoProcessor
+
+    from audiothink.setup import TOY_MODEL_DIR, row_checks
+    from audiothink.toy.warmstart import default_prompt
+
+    checks = row_checks(AutoProcessor.from_pretrained(TOY_MODEL_DIR), default_prompt(), max_prompt_tokens=2048,
+                        max_audio_seconds=2.0)
+    case = next(c for c in CASES if c.kind == "20,000-character question")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library = logging.getLogger("transformers")  # its modules' records stop here (the library does not propagate)
+    library.addHandler(handler)
+    try:
+        with pytest.raises(DataError, match="over data.max_prompt_tokens=2048"):
+            load_samples(case.build(tmp_path), max_seconds=WINDOW, checks=checks)
+    finally:
+        library.removeHandler(handler)
+    assert not [r for r in records if "Token indices sequence length" in r.getMessage()]

@@ -139,3 +139,29 @@ def test_every_epoch_draws_the_uninterrupted_order_after_a_resume(toy_model_dir,
     loader.set_epoch(1)
     per_batch = trainer.args.generation_batch_size
     assert [index_of[i] for i in ids(loader)] == uninterrupted[1][per_batch:]
+
+
+def test_train_loss_of_a_resumed_run_is_the_mean_over_all_its_steps(tmp_path):
+    """transformers' end-of-run train_loss after a resume divides only the resumed steps' losses by every
+    step; metrics.jsonl's record holds the mean over all steps instead (logging windows weighted)."""
+    import json
+    from types import SimpleNamespace
+
+    from audiothink.setup import JsonlMetrics
+
+    path = tmp_path / "metrics.jsonl"
+    # the interrupted run logged steps 2 and 4 (windows of 2 steps); the resume logs 6 and 7, then the summary
+    path.write_text(json.dumps({"step": 2, "loss": 1.0}) + "\n" + json.dumps({"step": 4, "loss": 3.0}) + "\n")
+    cb = JsonlMetrics(path, resumed=True)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=6)
+    cb.on_log(None, state, None, logs={"loss": 5.0})
+    state.global_step = 7
+    cb.on_log(None, state, None, logs={"loss": 7.0})
+    cb.on_log(None, state, None, logs={"train_loss": 1.7, "train_runtime": 3.0})  # what transformers computed
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert last["train_loss"] == (1.0 * 2 + 3.0 * 2 + 5.0 * 2 + 7.0 * 1) / 7
+    assert last["train_runtime"] == 3.0
+    # an uninterrupted run keeps transformers' own figure
+    fresh = JsonlMetrics(tmp_path / "fresh.jsonl")
+    fresh.on_log(None, state, None, logs={"train_loss": 1.7})
+    assert json.loads((tmp_path / "fresh.jsonl").read_text())["train_loss"] == 1.7

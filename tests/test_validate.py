@@ -104,6 +104,7 @@ def test_train_cli_stops_at_once_with_one_line_and_exit_2(override, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: trainer."), lines
     assert "data:" not in out.stderr + out.stdout and "model:" not in out.stderr + out.stdout  # nothing loaded
     assert not (tmp_path / "cache").exists()  # not even the toy data set was built
+    assert not (tmp_path / "run").exists()  # and no stub run folder is left behind
     assert seconds < 60
 
 
@@ -115,7 +116,7 @@ def test_train_cli_stops_on_a_data_set_too_small_for_one_step(tmp_path, toy_file
                   tmp_path)
     assert out.returncode == 2
     assert "the training set has 3 usable row(s), fewer than the 16 prompts of one step" in out.stderr
-    assert not (tmp_path / "run" / "final").exists()
+    assert not (tmp_path / "run").exists()  # nothing trained: the new folder is removed again
 
 
 @pytest.mark.parametrize("override, message", [
