@@ -28,6 +28,7 @@ from audiothink.setup import (
     build_peft_config,
     build_rewards,
     check_model_path,
+    forced_prefill,
     load_model_and_processor,
     register_resolvers,
     summarise,
@@ -89,6 +90,7 @@ def train(cfg: DictConfig) -> dict:
 
     # Fail on a wrong model path now, not after the data set and trainer are built.
     check_model_path(cfg.model.path)
+    prefill = forced_prefill(cfg)
     rewards, weights = build_rewards(cfg.reward)
     if not torch.cuda.is_available():
         # Without CUDA, accelerate sets up a (gloo) process group only for a run marked as a CPU run (what
@@ -122,6 +124,7 @@ def train(cfg: DictConfig) -> dict:
         peft_config=build_peft_config(cfg.model.lora),
         max_audio_seconds=cfg.model.max_audio_seconds,
         fast_generation=cfg.rollout.fast,
+        prefill=prefill,
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl"), SaveProcessor(processor)],
     )
     resume = cfg.resume if isinstance(cfg.resume, str) else bool(cfg.resume) or None

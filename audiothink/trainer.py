@@ -266,9 +266,14 @@ class AudioGRPOTrainer(GRPOTrainer):
         completion_sample_size: int = 8,
         fast_generation: bool = False,
         share_encoder_passes: bool = True,
+        prefill: str = "",
         **kwargs,
     ):
         self.processor = processor
+        # Text that starts every rollout's reply ("<think>" or "<answer>": a forced mode, see
+        # audiothink.inference.force_prefill). It is part of the prompt ids (never trained on) and of the
+        # completion the rewards read.
+        self.prefill = prefill
         self.max_audio_seconds = max_audio_seconds
         self.completion_sample_size = completion_sample_size
         tokenizer = processor.tokenizer
@@ -380,6 +385,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             for prompt, clips in zip(prompts, waves, strict=True)
         ]
         texts = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        texts = [t + self.prefill for t in texts]
         flat = [w for clips in waves for w in clips]
         encoded = self.processor(
             text=texts, audio=flat, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
@@ -449,6 +455,8 @@ class AudioGRPOTrainer(GRPOTrainer):
     # -- rewards -----------------------------------------------------------------------------------------
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if self.prefill:  # the rewards score the reply as a whole: prefill + what the model wrote
+            completions = [self.prefill + c if isinstance(c, str) else c for c in completions]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         all_completions = gather_object(list(completions))
         keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
