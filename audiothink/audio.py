@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from audiothink.errors import AudioError
+
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "check_audio", "write_wav"]
 
 SAMPLE_RATE = 16_000
@@ -29,10 +31,6 @@ _RESAMPLE_MARGIN_SECONDS = 0.05
 _FLOAT_SUBTYPES = frozenset(("FLOAT", "DOUBLE"))
 # Frames decoded at a time while scanning a float file for non-finite samples (bounded memory).
 _SCAN_BLOCK_FRAMES = 1 << 20
-
-
-class AudioError(ValueError):
-    """A file that cannot be used as audio; the message names the file (and row id)."""
 
 
 def _fail(path: str | os.PathLike, reason: str, row_id: str | None) -> AudioError:
@@ -50,6 +48,9 @@ def _check_is_file(path: str | os.PathLike, row_id: str | None) -> None:
         raise _fail(path, "file not found", row_id)
     if p.is_dir():
         raise _fail(path, "is a directory, expected an audio file", row_id)
+    if not p.is_file():
+        # a named pipe, socket or device: opening it can block forever (a FIFO waits for a writer)
+        raise _fail(path, "not a regular file (a pipe, socket or device), expected an audio file", row_id)
 
 
 def audio_info(path: str | os.PathLike, row_id: str | None = None) -> tuple[float, int, int]:

@@ -25,13 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from audiothink.audio import AudioError, check_audio as _check_audio_file
+from audiothink.audio import SAMPLE_RATE, check_audio as _check_audio_file
+from audiothink.errors import AudioError, DataError
 
 __all__ = [
     "Sample",
     "DataError",
     "LoadResult",
     "RawRow",
+    "RowChecks",
     "load_samples",
     "load_rows",
     "read_metadata_rows",
@@ -43,6 +45,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _OPTIONAL_STR_FIELDS = ("task", "category", "difficulty", "source")
+# Choices are lettered (A) ... (Z) in the prompt.
+MAX_CHOICES = len(string.ascii_uppercase)
+# Chat and audio control tokens of the Qwen family (<|im_start|>, <|im_end|>, <|AUDIO|>, <|audio_bos|>, ...):
+# never text in a row, whatever the tokenizer (RowChecks.control_tokens adds a tokenizer's own).
+_CONTROL_TOKEN = re.compile(r"<\|[^|<>\s]{1,64}\|>")
 _KNOWN_FIELDS = frozenset(("id", "audio", "question", "choices", "answer", *_OPTIONAL_STR_FIELDS))
 
 
@@ -64,10 +71,6 @@ class Sample:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
 
-class DataError(ValueError):
-    """A metadata file or row that does not match the schema."""
-
-
 @dataclass
 class LoadResult:
     samples: list[Sample]
@@ -78,6 +81,25 @@ class LoadResult:
     problems_by_field: dict[str, int] = field(default_factory=dict)
     # what a loader or transform did on the way, for the log: {"questions_rewritten": 12, ...}
     counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowChecks:
+    """Checks that depend on the model, added to the schema's own once its processor is known.
+
+    ``min_audio_samples``: clips shorter than this (at 16 kHz) expand to no audio token in the model's
+    processor: the row would train without audio (or crash alone in a batch). ``control_tokens``: strings the
+    tokenizer reads as chat/audio control tokens (``<|im_end|>``, ``<|AUDIO|>``…); in a question or a choice
+    they would end the user turn or add an audio placeholder with no audio behind it. ``prompt_tokens``
+    (``(Sample, clip durations in s) -> int``, the prompt's length in tokens, audio included) and
+    ``max_prompt_tokens``: a longer prompt is a row problem, found before the model loads instead of as an
+    out-of-memory at the first step.
+    """
+
+    min_audio_samples: int = 0
+    control_tokens: tuple[str, ...] = ()
+    prompt_tokens: Any = None
+    max_prompt_tokens: int | None = None
 
 
 @dataclass
@@ -254,6 +276,10 @@ def _choices(row: dict, problems: _RowProblems) -> tuple[str, ...] | None:
     if len(value) < 2:
         problems.add("choices", f"needs at least 2 choices, got {len(value)}")
         return None
+    if len(value) > MAX_CHOICES:
+        problems.add("choices", f"at most {MAX_CHOICES} choices are supported (the prompt letters them A-Z), "
+                                f"got {len(value)}")
+        return None
     bad = [c for c in value if not isinstance(c, str) or not c.strip()]
     if bad:
         problems.add("choices", f"every choice must be a non-empty string, got {bad[0]!r}")
@@ -262,6 +288,26 @@ def _choices(row: dict, problems: _RowProblems) -> tuple[str, ...] | None:
     dupes = sorted({c for c in stripped if stripped.count(c) > 1})
     if dupes:
         problems.add("choices", f"duplicate choice(s) {dupes}")
+        return None
+    broken = [c for c in stripped if "\n" in c or "\r" in c]
+    if broken:
+        problems.add("choices", f"choice {broken[0]!r} has a line break: the prompt shows one choice a line, so it "
+                                "would draw a fake option line")
+        return None
+    # The accuracy reward scores with the benchmarks' rule, which compares word sets (audiothink/benchmarks/
+    # scoring.py): a choice without words, or two choices with the same words, cannot be told apart by it.
+    from audiothink.benchmarks.scoring import tokenize  # here: audiothink.benchmarks imports this module
+
+    words = [tokenize(c) for c in stripped]
+    empty = [c for c, w in zip(stripped, words) if not w]
+    if empty:
+        problems.add("choices", f"choice {empty[0]!r} has no words: the scoring rule (words of the answer) cannot "
+                                "recognise it")
+        return None
+    same = [(a, b) for i, a in enumerate(stripped) for j, b in enumerate(stripped) if i < j and words[i] == words[j]]
+    if same:
+        problems.add("choices", f"choices {same[0][0]!r} and {same[0][1]!r} have the same words: the scoring rule "
+                                "(word sets, case-insensitive) cannot tell them apart")
         return None
     return stripped
 
@@ -322,10 +368,23 @@ class _AudioChecker:
         return self.max_seconds is not None and duration is not None and duration > self.max_seconds
 
 
+def _control_token_problems(fields: dict[str, Any], tokens: tuple[str, ...], problems: _RowProblems) -> None:
+    for name, value in fields.items():
+        texts = [value] if isinstance(value, str) else list(value or ())
+        for text in texts:
+            hit = next((t for t in tokens if t in text), None) or _CONTROL_TOKEN.search(text)
+            if hit:
+                token = hit if isinstance(hit, str) else hit.group(0)
+                problems.add(name, f"contains the control token {token!r}, which the tokenizer would read as a "
+                                   "chat/audio marker, not as text")
+                break
+
+
 def _validate_row(
     row: Any,
     audio_root: Path,
     checker: _AudioChecker | None,
+    checks: RowChecks | None = None,
 ) -> tuple[Sample | None, _RowProblems, int]:
     """Validate one parsed row; return ``(sample or None, problems, clips_too_long)``."""
     problems = _RowProblems()
@@ -340,14 +399,25 @@ def _validate_row(
     answer = _answer(row, choices, problems)
     optional = {name: _optional_str(row, name, problems) for name in _OPTIONAL_STR_FIELDS}
 
+    checks = checks or RowChecks()
+    _control_token_problems({"question": question, "choices": choices, "answer": answer}, checks.control_tokens,
+                            problems)
+
     too_long = 0
+    durations: list[float] = []
     if audio is not None and checker is not None:
         for path in audio:
             duration, error = checker.check(path)
             if error is not None:
                 problems.add("audio", error)
-            elif checker.too_long(duration):
+                continue
+            durations.append(duration or 0.0)
+            if checker.too_long(duration):
                 too_long += 1
+            samples = int((duration or 0.0) * SAMPLE_RATE)
+            if samples < checks.min_audio_samples:
+                problems.add("audio", f"audio {path}: audio too short: {samples} samples at {SAMPLE_RATE} Hz; the model "
+                                      f"needs at least {checks.min_audio_samples} (shorter clips get no audio token)")
 
     if problems.items:
         return None, problems, 0
@@ -361,6 +431,12 @@ def _validate_row(
         extra=extra,
         **optional,
     )
+    if checks.prompt_tokens is not None and checks.max_prompt_tokens is not None and checker is not None:
+        n = checks.prompt_tokens(sample, durations)
+        if n > checks.max_prompt_tokens:
+            problems.add("question", f"the prompt is {n} tokens (text and audio), over data.max_prompt_tokens="
+                                     f"{checks.max_prompt_tokens}")
+            return None, problems, 0
     return sample, problems, too_long
 
 
@@ -379,6 +455,7 @@ def load_rows(
     check_audio: bool = True,
     max_seconds: float | None = None,
     field_names: Mapping[str, str] | None = None,
+    checks: RowChecks | None = None,
 ) -> LoadResult:
     """Validate rows already in the unified schema; the validator behind every loader.
 
@@ -410,7 +487,8 @@ def load_rows(
         problems: list[tuple[str, str]] = list(raw.problems)
         sample, too_long = None, 0
         if raw.row is not None or not problems:
-            sample, found, too_long = _validate_row(raw.row, root, checker)
+            # a row already known bad (e.g. text that is not UTF-8) is not tokenized for the model's checks
+            sample, found, too_long = _validate_row(raw.row, root, checker, None if problems else checks)
             named = {f for f, _ in problems}
             problems += [(names.get(f, f), r) for f, r in found.items if names.get(f, f) not in named]
         if rid != "?":
@@ -456,6 +534,7 @@ def load_samples(
     on_error: str = "raise",
     check_audio: bool = True,
     max_seconds: float | None = None,
+    checks: RowChecks | None = None,
 ) -> LoadResult:
     """Load and validate a ``.jsonl`` or ``.json`` metadata file in the unified schema.
 
@@ -473,7 +552,7 @@ def load_samples(
     root = Path(audio_root) if audio_root is not None else meta.parent
     return load_rows(
         read_metadata_rows(meta), source=str(meta), audio_root=root, on_error=on_error,
-        check_audio=check_audio, max_seconds=max_seconds,
+        check_audio=check_audio, max_seconds=max_seconds, checks=checks,
     )
 
 

@@ -39,10 +39,36 @@ def training_prompt() -> str:
     return yaml.safe_load((CONFIG_DIR / "train.yaml").read_text(encoding="utf-8"))["prompt"]
 
 
+def model_tag(path: str, adapter: str | None = None) -> str:
+    """A folder-name-safe tag for what is evaluated: the model's short name, plus the adapter's.
+
+    >>> model_tag("/models/Qwen2-Audio-7B-Instruct", "runs/2026-11-30_10-00-00/final")
+    'Qwen2-Audio-7B-Instruct+2026-11-30_10-00-00-final'
+    """
+    import re
+
+    from audiothink.plot import model_name
+
+    tag = model_name(str(path)) + (f"+{model_name(str(adapter))}" if adapter else "")
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", tag).strip("-")[:80] or "model"
+
+
+def describe_model(path: str, adapter: str | None) -> str:
+    """What is evaluated, in words: a base checkpoint, base + adapter, or a fully fine-tuned training output."""
+    p = Path(str(path)).expanduser()
+    trained = (p / "trainer_state.json").is_file() or (p.parent / "summary.json").is_file() or (
+        p.name == "final" and (p.parent / "config.yaml").is_file())
+    if adapter:
+        return f"{path} + LoRA adapter {adapter}"
+    return f"{path} (fully fine-tuned: training run {p.parent})" if trained else f"{path} (base model)"
+
+
 def register_eval_resolvers() -> None:
     register_resolvers()
     if not OmegaConf.has_resolver("train_prompt"):
         OmegaConf.register_new_resolver("train_prompt", training_prompt)
+    if not OmegaConf.has_resolver("model_tag"):
+        OmegaConf.register_new_resolver("model_tag", lambda path, adapter=None: model_tag(path, adapter))
 
 
 register_eval_resolvers()
@@ -59,29 +85,42 @@ def main(cfg: DictConfig) -> dict:
         return evaluate(cfg)
     except (ConfigError, DataError, AudioError, StoreMismatch, EvaluationAborted) as e:
         print(f"error: {e}", file=sys.stderr)
+        _remove_if_empty(Path(cfg.output_dir))
         sys.exit(2)
+    except BaseException:
+        _remove_if_empty(Path(cfg.output_dir))
+        raise
+
+
+def _remove_if_empty(out: Path) -> None:
+    """A failed evaluation leaves no folder behind when it made the folder and wrote no prediction into it."""
+    import shutil
+
+    from audiothink.rundir import CREATED
+
+    if str(out.resolve()) not in CREATED or any(out.glob("predictions*.jsonl")):
+        return
+    logging.shutdown()  # closes evaluate.log, which is in the folder
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def evaluate(cfg: DictConfig) -> dict:
     import torch
 
     from audiothink.benchmarks import write_submission
+    from audiothink.benchmarks.base import quirk_summary
     from audiothink.benchmarks.report import (breakdown_lines, forced_summary, forgetting_summary, listen_summary,
+                                               quirk_lines,
                                               summarise, write_charts, write_report)
     from audiothink.benchmarks.runner import GenerationSettings, predict, replace_audio
     from audiothink.benchmarks.store import PredictionStore
 
+    check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
     listen = cfg.eval.listen_check
-    if listen not in (None, "noise", "silence"):
-        raise ConfigError(f"eval.listen_check must be null, noise or silence, got {listen!r}")
-    if cfg.eval.force_mode not in FORCED_MODES:
-        raise ConfigError(f"eval.force_mode must be null, think, direct or both, got {cfg.eval.force_mode!r}")
-    if cfg.eval.limit is not None and cfg.eval.limit < 1:
-        raise ConfigError(f"eval.limit must be null (all items) or at least 1, got {cfg.eval.limit}")
     check_model_path(cfg.model.path)
     if cfg.adapter:
         check_adapter(cfg.adapter, cfg.prompt)
@@ -94,6 +133,9 @@ def evaluate(cfg: DictConfig) -> dict:
     order = sorted(range(len(bench)), key=lambda i: (-durations[i], i))  # longest first: OOM shows at once
     log.info("%s (%s): %d items, %d clips longer than %s s (clipped), %d unreadable", bench.name, bench.version,
              len(bench), clipped, max_seconds, len(unreadable))
+    quirks = quirk_summary(bench)
+    for line in quirk_lines(quirks):  # accepted as the official scorer accepts them; named, never silent
+        log.info("metadata quirk %s", line)
 
     model, processor, device = load_model(cfg)
     settings = GenerationSettings(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
@@ -132,8 +174,9 @@ def evaluate(cfg: DictConfig) -> dict:
     results = {
         "benchmark": {"name": bench.name, "kind": bench.kind, "version": bench.version,
                       "meta": str(bench.meta_path), "items": len(bench), "scored_items": sum(bench.scored),
-                      "limited_to": cfg.eval.limit},
-        "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter},
+                      "limited_to": cfg.eval.limit, "quirks": quirks},
+        "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter,
+                  "name": model_tag(cfg.model.path, cfg.adapter), "description": describe_model(cfg.model.path, cfg.adapter)},
         "prompt": cfg.prompt,
         "generation": {"greedy": not cfg.eval.do_sample, "do_sample": cfg.eval.do_sample,
                        "temperature": cfg.eval.temperature, "max_new_tokens": cfg.eval.max_new_tokens,
@@ -159,6 +202,28 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 # -- steps -------------------------------------------------------------------------------------------------
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """The eval.* values and the audio window: one ConfigError line, before the benchmark or model loads."""
+    from audiothink.validate import check_audio_window, check_eval_settings
+
+    e = cfg.eval
+    check_eval_settings("eval", e.batch_size, max_new_tokens=e.max_new_tokens)
+    if e.listen_check not in (None, "noise", "silence"):
+        raise ConfigError(f"eval.listen_check={e.listen_check!r}: must be null, noise or silence")
+    if e.force_mode not in FORCED_MODES:
+        raise ConfigError(f"eval.force_mode={e.force_mode!r}: must be null (the model chooses), think, direct or both")
+    if e.limit is not None and (isinstance(e.limit, bool) or not isinstance(e.limit, int) or e.limit < 1):
+        raise ConfigError(f"eval.limit={e.limit!r}: must be null (all items) or a whole number >= 1")
+    if isinstance(e.kl_micro_batch, bool) or not isinstance(e.kl_micro_batch, int) or e.kl_micro_batch < 1:
+        raise ConfigError(f"eval.kl_micro_batch={e.kl_micro_batch!r}: must be a whole number >= 1")
+    if isinstance(e.max_failures, bool) or not isinstance(e.max_failures, int) or e.max_failures < 0:
+        raise ConfigError(f"eval.max_failures={e.max_failures!r}: must be a whole number >= 0")
+    if e.do_sample and not (isinstance(e.temperature, (int, float)) and e.temperature > 0):
+        raise ConfigError(f"eval.temperature={e.temperature!r}: must be > 0 when eval.do_sample=true")
+    check_audio_window(cfg.model)
+
 
 
 def load_bench(b: DictConfig):
@@ -247,10 +312,15 @@ def fingerprint(cfg: DictConfig, bench, settings, *, audio: str) -> dict:
 
 
 def _print(results: dict) -> None:
+    from audiothink.benchmarks.report import quirk_lines
+
     b, s = results["benchmark"], results["summary"]["overall"]
     print(f"\n{b['name']} ({b['version']}), {b['items']} items"
-          + (f" (limited to the first {b['limited_to']})" if b["limited_to"] else ""))
+          + (f" (limited to the first {b['limited_to']})" if b["limited_to"] else "")
+          + f"; model {results['model']['description']}")
     print("\n".join(results["lines"]))
+    for line in quirk_lines(b.get("quirks") or {}):
+        print(f"metadata quirk (accepted, as by the official scorer) {line}")
 
     def pct(x):
         return "–" if x is None else f"{100 * x:.2f}%"
@@ -270,11 +340,13 @@ def _print(results: dict) -> None:
         print("\n".join(forced_lines(fm)))
     fg = results["forgetting"]
     if fg:
-        print(f"forgetting monitor: KL(tuned || base) {fg['kl_per_token']:.5f} nats/token over {fg['tokens']} tokens")
+        print(f"forgetting monitor: KL(tuned || base) {fg['kl_per_token']:.3g} nats/token over {fg['tokens']} tokens")
     r = results["run"]
     print(f"predicted {r['predicted']} items this run ({r['items_per_s']:.2f} items/s), resumed {r['resumed']}; "
           f"submission: {results['submission']}")
 
 
 if __name__ == "__main__":
-    main()
+    from audiothink.cli import run_checked
+
+    run_checked("evaluate", main)  # unknown keys and options: one line, a suggestion, exit 2

@@ -25,7 +25,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from audiothink.setup import ConfigError
+from audiothink.errors import ConfigError
 
 _BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -49,7 +49,7 @@ class Formula:
     >>> Formula("accuracy + open('x')")
     Traceback (most recent call last):
     ...
-    audiothink.setup.ConfigError: reward.formula: "accuracy + open('x')": function calls are not allowed (only reward names, numbers, + - * / and parentheses)
+    audiothink.errors.ConfigError: reward.formula: "accuracy + open('x')": function calls are not allowed (only reward names, numbers, + - * / and parentheses)
     """
 
     __name__ = "total"

@@ -43,6 +43,30 @@ def banned_audio_token_ids(processor) -> list[int]:
     return sorted({tok.convert_tokens_to_ids(t) for t in names if t})
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a completion: the very list TRL's GRPOTrainer rollouts stop on (trl 1.16,
+    ``GRPOTrainer.__init__``: ``eos_token_ids``), so evaluation and the held-out summary stop where
+    training stops.
+
+    Every eos id of the model's ``generation_config`` (Qwen checkpoints list ``<|endoftext|>`` and
+    ``<|im_end|>``), with the tokenizer's eos first when it is not among them. Passing only
+    ``tokenizer.eos_token_id`` to ``generate`` would override the checkpoint's list: a model that ends its
+    turn with ``<|im_end|>`` while its tokenizer's eos is ``<|endoftext|>`` would run every answer to
+    ``max_new_tokens``.
+    """
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    if ids is None:
+        ids = []
+    elif isinstance(ids, int):
+        ids = [ids]
+    else:
+        ids = [int(i) for i in ids]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids = [tokenizer.eos_token_id, *ids]
+    return ids
+
+
 # (wave, sample, clip index) -> the wave the model hears instead; e.g. the listening check's noise
 AudioTransform = Callable[[np.ndarray, Sample, int], np.ndarray]
 
@@ -116,9 +140,16 @@ class GeneratedBatch:
 
     texts: list[str]  # decoded completions, special tokens removed, each starting with the prefill (if any)
     inputs: dict  # the processor's tensors (prompt ids + prefill, masks, audio features) on the model's device
-    completion_ids: torch.Tensor  # [batch, new tokens]; padded after the end-of-sequence token
-    completion_mask: torch.Tensor  # [batch, new tokens]; 1 up to and including the first end-of-sequence token
+    completion_ids: torch.Tensor  # [batch, new tokens]; padded after the first stop token
+    completion_mask: torch.Tensor  # [batch, new tokens]; 1 up to and including the first stop token
+    stop_ids: tuple[int, ...] = ()  # the ids that ended a completion (stop_token_ids)
     prefill: str = ""  # text put after the prompt and generated from (part of `texts`, not of completion_ids)
+
+    @property
+    def ended(self) -> list[bool]:
+        """Per completion: whether it ended with a stop token (False: cut at max_new_tokens)."""
+        stops = torch.tensor(list(self.stop_ids), dtype=self.completion_ids.dtype, device=self.completion_ids.device)
+        return torch.isin(self.completion_ids, stops).any(1).tolist()
 
 
 @torch.no_grad()
@@ -144,6 +175,7 @@ def generate_batch(
     tok = processor.tokenizer
     enc = build_inputs(processor, samples, template, max_audio_seconds, audio_transform, prefill)
     enc = {k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in enc.items()}
+    stops = stop_token_ids(model, tok)  # training's stop ids, not only the tokenizer's eos
     gen = model.generate(
         **enc,
         max_new_tokens=max_new_tokens,
@@ -153,17 +185,18 @@ def generate_batch(
         top_k=None,
         suppress_tokens=banned_audio_token_ids(processor),
         pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
+        eos_token_id=stops or None,
     )
     new = gen[:, enc["input_ids"].size(1) :]
-    is_eos = new == tok.eos_token_id
-    # positions after the first end-of-sequence token are padding
+    is_eos = torch.isin(new, torch.tensor(stops, dtype=new.dtype, device=new.device))
+    # positions after the first stop token are padding
     mask = (is_eos.cumsum(dim=1) - is_eos.long()) == 0
     return GeneratedBatch(
         texts=[prefill + t for t in tok.batch_decode(new, skip_special_tokens=True)],
         inputs=enc,
         completion_ids=new,
         completion_mask=mask.long(),
+        stop_ids=tuple(stops),
         prefill=prefill,
     )
 

@@ -192,6 +192,28 @@ def share_audio_encoder_passes(model: torch.nn.Module) -> _SharedPasses:
     return stats
 
 
+def freeze_audio_encoder(model: torch.nn.Module) -> tuple[int, int]:
+    """Stop training `model`'s audio encoder: ``requires_grad=False`` on each of its parameters.
+
+    The encoder is the architecture's audio tower: Qwen2-Audio's Whisper encoder (its
+    ``multi_modal_projector``, outside the tower, keeps training) or the Omni thinker's audio encoder (its
+    output projection ``proj`` is part of it and is frozen too). Returns (parameters frozen, parameters
+    still trainable in the whole model). Other models: a ValueError naming the class.
+    """
+    towers = [m for m in model.modules() if type(m).__name__ in _TOWERS]
+    if not towers:
+        raise ValueError(
+            f"freeze_audio_encoder: no Qwen2-Audio or Qwen2.5-Omni audio encoder in {type(model).__name__}"
+        )
+    frozen = 0
+    for tower in towers:
+        for p in tower.parameters():
+            if p.requires_grad:
+                p.requires_grad_(False)
+                frozen += p.numel()
+    return frozen, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 # -- optional fused kernels for the update step ------------------------------------------------------------
 
 # The language model's modules that Liger's Triton kernels replace, per model class: in eager PyTorch the

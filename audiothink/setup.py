@@ -12,13 +12,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
+from audiothink.errors import ConfigError
+
 log = logging.getLogger("audiothink")
 
 TOY_MODEL_DIR = Path(__file__).parent / "toy" / "assets" / "model"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work, reported before anything expensive starts."""
 
 
 def register_resolvers() -> None:
@@ -65,9 +63,20 @@ def resolve_attention(name: str) -> str:
     return "sdpa"
 
 
-def load_model_and_processor(model_cfg: DictConfig):
-    import torch
+def load_processor(model_cfg: DictConfig):
+    """The checkpoint's processor (tokenizer + feature extractor): cheap, so loaded before the data is read."""
     from transformers import AutoProcessor
+
+    check_model_path(model_cfg.path)
+    processor_cls = _import(model_cfg.processor) if model_cfg.get("processor") else AutoProcessor
+    return processor_cls.from_pretrained(model_cfg.path)
+
+
+def load_model_and_processor(model_cfg: DictConfig, processor=None):
+    """The model (``model.cls`` from ``model.path``, dtype, attention kernel) and its processor."""
+    import torch
+
+    from audiothink.sharding import keep_used_weight_renamings
 
     check_model_path(model_cfg.path)
     if model_cfg.get("liger_kernels"):
@@ -80,9 +89,17 @@ def load_model_and_processor(model_cfg: DictConfig):
         dtype=getattr(torch, model_cfg.dtype),
         attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
-    processor_cls = _import(model_cfg.processor) if model_cfg.get("processor") else AutoProcessor
-    processor = processor_cls.from_pretrained(model_cfg.path)
-    return model, processor
+    keep_used_weight_renamings(model)  # saves under the hub names after a DeepSpeed ZeRO-3 load too
+    if model_cfg.get("freeze_audio_encoder"):
+        from audiothink.models import freeze_audio_encoder
+
+        try:
+            frozen, trainable = freeze_audio_encoder(model)
+        except ValueError as e:
+            raise ConfigError(f"model.freeze_audio_encoder=true: {e}") from e
+        log.info("model.freeze_audio_encoder: %d audio-encoder parameters frozen (%.1f M); %.1f M parameters "
+                 "left to train", frozen, frozen / 1e6, trainable / 1e6)
+    return model, processor if processor is not None else load_processor(model_cfg)
 
 
 def build_peft_config(lora_cfg: DictConfig | None):
@@ -189,7 +206,10 @@ def build_grpo_config(
     seed: int,
     reward_weights: list[float],
     rollout: DictConfig | None = None,
+    engine: dict[str, Any] | None = None,
 ):
+    """TRL's GRPOConfig from the trainer group, plus the fields the rollout block and the launched engine
+    set (`engine`: audiothink.sharding.cpu_process_settings)."""
     import dataclasses
 
     import torch
@@ -207,12 +227,21 @@ def build_grpo_config(
         if clash := sorted(set(fields) & set(kwargs)):
             raise ConfigError(f"trainer: {clash} are set by the rollout: block (rollout.engine, ...), not trainer.*")
         kwargs.update(fields)
+    if engine:
+        if clash := sorted(set(engine) & set(kwargs)):
+            raise ConfigError(f"trainer: {clash} are set for the launched engine (audiothink/sharding.py), not trainer.*")
+        kwargs.update(engine)
     if not torch.cuda.is_available() and kwargs.get("bf16", True) is not False:
         # TRL turns bf16 on when unset, which transformers then refuses on a CPU-only machine.
         if kwargs.get("bf16"):
             log.warning("trainer.bf16=true without a GPU: turned off")
         kwargs["bf16"] = False
-    return GRPOConfig(output_dir=str(output_dir), seed=seed, reward_weights=reward_weights, **kwargs)
+    # the run folder's name names the run in W&B and other trackers, unless trainer.run_name says otherwise
+    kwargs.setdefault("run_name", Path(output_dir).name)
+    try:
+        return GRPOConfig(output_dir=str(output_dir), seed=seed, reward_weights=reward_weights, **kwargs)
+    except ValueError as e:  # TRL's own checks (audiothink.validate catches the known ones before)
+        raise ConfigError(f"trainer: {str(e).splitlines()[0]}") from e
 
 
 class JsonlMetrics(TrainerCallback):
@@ -225,6 +254,41 @@ class JsonlMetrics(TrainerCallback):
         if state.is_world_process_zero and logs:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def drop_replayed(run_dir: Path, checkpoint: str | os.PathLike) -> dict[str, int]:
+    """Before a resume from ``checkpoint``: drop the run's metric and completion records of later steps.
+
+    The interrupted run logged steps after its last checkpoint; the resumed run logs them again. Records
+    are keyed by the optimizer step they belong to (``step``); those after the checkpoint's step are removed
+    from ``metrics.jsonl`` and ``completions.jsonl`` (rewritten atomically). Returns the counts dropped.
+    """
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    step = int(state["global_step"])
+    dropped = {}
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        kept, n = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record_step = json.loads(line).get("step")
+            except ValueError:
+                n += 1  # a line cut by the kill
+                continue
+            if isinstance(record_step, int) and record_step > step:
+                n += 1
+            else:
+                kept.append(line)
+        if n:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            os.replace(tmp, path)
+            log.info("resume from step %d: dropped %d record(s) of later steps from %s (they run again)",
+                     step, n, name)
+        dropped[name] = n
+    return dropped
 
 
 class SaveProcessor(TrainerCallback):
@@ -241,11 +305,51 @@ class SaveProcessor(TrainerCallback):
 # -- data --------------------------------------------------------------------------------------------------
 
 
-def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None):
+def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_audio_seconds: float | None):
+    """The model's row checks (:class:`audiothink.data.RowChecks`), from its processor.
+
+    The audio-token count of a clip follows the processor's own rule: mel frames = ceil(samples / hop), at most
+    the feature extractor's window, then Qwen2-Audio's / Qwen2.5-Omni's encoder output length
+    (``audiothink.vllm_rollout.feat_extract_output_length``); ``tests/test_data.py`` checks it against the
+    processor. The shortest clip that gets one audio token is ``min_audio_samples``.
+    """
+    import math
+
+    from audiothink.audio import SAMPLE_RATE
+    from audiothink.data import RowChecks, render_prompt
+    from audiothink.vllm_rollout import feat_extract_output_length
+
+    tok = processor.tokenizer
+    fe = processor.feature_extractor
+    window = int(fe.n_samples)
+    if max_audio_seconds:
+        window = min(window, int(round(max_audio_seconds * SAMPLE_RATE)))
+
+    def audio_tokens(samples: int) -> int:
+        return feat_extract_output_length(math.ceil(min(samples, window) / fe.hop_length))
+
+    min_samples = next((n for n in range(1, window + 1) if audio_tokens(n) >= 1), window + 1)
+    markers = [getattr(processor, n, None) for n in ("audio_token", "audio_bos_token", "audio_eos_token")]
+    control = tuple(sorted({t for t in [*tok.all_special_tokens, *markers] if t and len(t) > 1}))
+
+    def prompt_tokens(sample, durations) -> int:
+        content = [{"type": "audio"}] * len(sample.audio) + [{"type": "text", "text": render_prompt(sample, prompt)}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        n_text = len(tok(text, add_special_tokens=False)["input_ids"]) - len(sample.audio)  # one placeholder a clip
+        return n_text + sum(audio_tokens(int(d * SAMPLE_RATE)) for d in durations)
+
+    return RowChecks(min_audio_samples=min_samples, control_tokens=control, prompt_tokens=prompt_tokens,
+                     max_prompt_tokens=max_prompt_tokens)
+
+
+def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None, processor=None):
     """Training rows as a `datasets.Dataset`, plus the held-out samples (possibly empty).
 
     `data.format` picks the reader (unified, avqa, hf; audiothink/sources/), which validates every row,
     logs skips, clipped clips and rewrites, and applies the optional abstention transform (data.abstain).
+    With the model's ``processor``, rows are also checked against the model (:func:`row_checks`): audio too
+    short for one audio token, control tokens in the text, prompts over ``data.max_prompt_tokens``.
     """
     from audiothink.audio import AudioError
     from audiothink.data import DataError, to_dataset
@@ -255,8 +359,13 @@ def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float
         from audiothink.toy.data import ensure_toy
 
         ensure_toy(Path(data_cfg.root))
+    checks = None
+    if processor is not None:
+        checks = row_checks(processor, prompt, max_prompt_tokens=data_cfg.get("max_prompt_tokens"),
+                            max_audio_seconds=max_audio_seconds)
     try:
-        train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds)
+        train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds,
+                                                         checks=checks)
     except (DataError, AudioError):
         raise
     except ValueError as e:  # a data.* setting that cannot work (unknown format, field, share out of range)

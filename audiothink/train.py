@@ -28,11 +28,14 @@ from audiothink.setup import (
     build_peft_config,
     build_rewards,
     check_model_path,
+    drop_replayed,
     forced_prefill,
     load_model_and_processor,
+    load_processor,
     register_resolvers,
     summarise,
 )
+from audiothink.sharding import cpu_process_settings, save_full_model, whole_weights
 
 log = logging.getLogger("audiothink.train")
 register_resolvers()
@@ -62,58 +65,87 @@ if not OmegaConf.has_resolver("launch_time"):
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from audiothink.audio import AudioError
-    from audiothink.data import DataError
-    from audiothink.setup import ConfigError
+    from audiothink.errors import USER_ERRORS
 
     try:
         return train(cfg)
-    except (ConfigError, DataError, AudioError) as e:
+    except USER_ERRORS as e:
         # a problem with the user's input: the message says what and where, a traceback would bury it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 def train(cfg: DictConfig) -> dict:
-    import torch
     from transformers import set_seed
 
+    from audiothink import runfiles
+    from audiothink.checkpoints import checkpoint_step, resume_checkpoint
+    from audiothink.console import setup_console
+    from audiothink.rundir import claim
     from audiothink.trainer import AudioGRPOTrainer
+    from audiothink.validate import check_dataset_size, check_train_config
 
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        # First, so that a run stopped by its own config still leaves the config behind; one writer under a
-        # multi-process launch (the launchers set RANK before torch.distributed exists).
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    setup_console()
+    # Every value that can be judged alone, in seconds: nothing is loaded before this passes.
+    check_train_config(cfg)
+    resume = cfg.resume not in (None, False)
+    run_dir = claim(Path(cfg.output_dir), resume=resume)  # refuses a folder that holds another run
+    resume_from = resume_checkpoint(run_dir, cfg.resume)  # resume=true without a checkpoint fails here
+    resumed_step = checkpoint_step(resume_from) if resume_from else None
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the launchers set RANK before torch.distributed exists
+    if main_process:
+        # First, so that a run stopped by its own config still leaves the config behind; a resume keeps the
+        # first start's config.yaml and writes its own beside it.
+        runfiles.write_config(run_dir, cfg, resumed_step)
     set_seed(cfg.seed)
+    if cfg.cpu_threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.cpu_threads)
 
     # Fail on a wrong model path now, not after the data set and trainer are built.
     check_model_path(cfg.model.path)
     prefill = forced_prefill(cfg)
     rewards, weights = build_rewards(cfg.reward)
-    if not torch.cuda.is_available():
-        # Without CUDA, accelerate sets up a (gloo) process group only for a run marked as a CPU run (what
-        # `accelerate launch --cpu` exports): each process of `torchrun --nproc_per_node N` or
-        # `accelerate launch --multi_gpu --num_processes N` would otherwise train alone, with world size 1.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
+    # group and train with the engine the launcher asked for (audiothink/sharding.py); a no-op on GPUs.
+    engine_fields = cpu_process_settings()
+    if "wandb" in (cfg.trainer.get("report_to") or []):
+        # W&B through transformers' integration: its files in the run folder, one project for audiothink runs
+        # (WANDB_MODE=offline works without a network; `wandb sync <run>/wandb/offline-run-*` uploads later)
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        os.environ.setdefault("WANDB_PROJECT", "audiothink")
     args = build_grpo_config(
-        cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights, rollout=cfg.rollout
+        cfg.trainer, output_dir=run_dir, seed=cfg.seed, reward_weights=weights, rollout=cfg.rollout,
+        engine=engine_fields,
     )
     # Building `args` set up torch.distributed: under a multi-process launch every process runs this function,
     # and the files of the run (config, final processor, summary) are written by the main process alone.
     _check_one_run_dir(run_dir)
 
-    train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds)
+    # The processor first (seconds): rows are checked against it (audio long enough for an audio token, prompt
+    # length in tokens, no control tokens in text) before the model is loaded.
+    processor = load_processor(cfg.model)
+    train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds,
+                                            processor=processor)
+    check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
-    model, processor = load_model_and_processor(cfg.model)
+    model, processor = load_model_and_processor(cfg.model, processor)
+    # ds_numel: under DeepSpeed ZeRO-3 the weights are partitioned as they load (each process holds a part)
     log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+             sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) / 1e6)
 
     eval_samples = eval_samples[: cfg.eval.num_samples]
-    # Every rank scores the held-out set (the same items, greedy): with sharded weights (ZeRO-3, FSDP) a
-    # forward pass needs all ranks; only the main process writes the result.
-    before = summarise(model, processor, eval_samples, cfg) if eval_samples else None
+    # The starting weights' held-out figures; a resume reuses the recorded ones (it starts from a checkpoint).
+    # Every rank scores (greedy, the same items): sharded weights (ZeRO-3, FSDP) need all ranks for a forward.
+    settings = runfiles.heldout_settings(cfg, len(eval_samples))
+    before = runfiles.load_before(run_dir, settings) if resume_from else None
+    if before is None and eval_samples:
+        log.info("held-out: scoring %d items with the starting weights", len(eval_samples))
+        with whole_weights(model):  # ZeRO-3 partitions the weights as they load
+            before = summarise(model, processor, eval_samples, cfg)
+        if main_process:
+            runfiles.save_before(run_dir, settings, before)
 
     trainer = AudioGRPOTrainer(
         model=model,
@@ -125,22 +157,40 @@ def train(cfg: DictConfig) -> dict:
         max_audio_seconds=cfg.model.max_audio_seconds,
         fast_generation=cfg.rollout.fast,
         prefill=prefill,
+        completion_prompts=cfg.log.completion_prompts,
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl"), SaveProcessor(processor)],
     )
-    resume = cfg.resume if isinstance(cfg.resume, str) else bool(cfg.resume) or None
-    trainer.train(resume_from_checkpoint=resume)
+    if resume_from and resumed_step >= args.max_steps:
+        # The Trainer would train one more step; there is nothing left to train.
+        log.info("run complete: %s is at step %d of trainer.max_steps=%d; nothing to train (raise "
+                 "trainer.max_steps to train on)", Path(resume_from).name, resumed_step, args.max_steps)
+        trainer.load_checkpoint_weights(resume_from)
+    else:
+        if resume_from and args.should_save:
+            # The steps after the checkpoint run again: their records of the interrupted run go.
+            drop_replayed(run_dir, resume_from)
+        trainer.train(resume_from_checkpoint=resume_from)
 
     final_dir = run_dir / "final"
-    trainer.save_model(str(final_dir))  # all ranks call it (sharded weights are gathered); rank 0 writes
+    save_full_model(trainer, str(final_dir))  # all ranks call it (sharded weights are gathered); rank 0 writes
     if args.should_save:
         processor.save_pretrained(final_dir)
 
     summary = {"run_dir": str(run_dir), "steps": trainer.state.global_step, "before": before}
     if eval_samples:
+        log.info("held-out: scoring %d items with the trained weights", len(eval_samples))
         summary["after"] = summarise(trainer.model, processor, eval_samples, cfg)
     if args.should_save:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _print_summary(summary)
+        if "tensorboard" in (args.report_to or []):
+            # into the training curves' event folder, so that TensorBoard shows them side by side
+            tb = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TensorBoardCallback"), None)
+            runfiles.log_heldout_to_tensorboard(getattr(tb, "logging_dir", None) or str(run_dir / "runs"), summary)
+        if cfg.log.plots:
+            from audiothink.plot import plot_run
+
+            log.info("plots: %s", ", ".join(p.name for p in plot_run(run_dir)))
+        log.info("\n".join(["", *runfiles.summary_lines(summary)]))
     return summary
 
 
@@ -148,7 +198,7 @@ def _check_one_run_dir(run_dir: Path) -> None:
     """All processes of a run must write into one directory (checkpoints, resume, metrics)."""
     from accelerate.utils import gather_object
 
-    from audiothink.setup import ConfigError
+    from audiothink.errors import ConfigError
 
     dirs = sorted(set(gather_object([str(run_dir.resolve())])))
     if len(dirs) > 1:
@@ -158,17 +208,7 @@ def _check_one_run_dir(run_dir: Path) -> None:
         )
 
 
-def _print_summary(summary: dict) -> None:
-    before, after = summary.get("before"), summary.get("after")
-    print(f"\nrun: {summary['run_dir']}  ({summary['steps']} steps)")
-    if not (before and after):
-        return
-    print(f"{'held-out':<16}{'accuracy':>18}{'think rate':>20}")
-    rows = [("overall", before["overall"], after["overall"])]
-    rows += [(k, before["by_difficulty"][k], v) for k, v in after["by_difficulty"].items()]
-    for name, b, a in rows:
-        print(f"{name:<16}{b['accuracy']:>8.1%} -> {a['accuracy']:<7.1%}{b['think_rate']:>10.1%} -> {a['think_rate']:.1%}")
-
-
 if __name__ == "__main__":
-    main()
+    from audiothink.cli import run_checked
+
+    run_checked("train", main)  # unknown keys and options: one line, a suggestion, exit 2

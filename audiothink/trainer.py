@@ -48,14 +48,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, is_peft_model
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import is_async_callable, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
+from trl.trainer.utils import RepeatSampler, is_async_callable, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
+from audiothink.console import ProgressLine
+from audiothink.health import HealthMonitor
 from audiothink.models import share_audio_encoder_passes
+from audiothink.sharding import check_engine, fsdp_on_cpu_processes
 from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
+from rewards.accuracy import is_correct
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +237,34 @@ async def _awaited(awaitable):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# resume
+
+
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler, plus ``set_epoch``: epoch e draws the order an uninterrupted run draws in epoch e.
+
+    TRL's sampler shuffles with one generator that advances pass after pass, so a resume in epoch e (a fresh
+    sampler) would replay epoch 0's order. ``set_epoch`` (the Trainer calls it every epoch) re-seeds the
+    generator and advances it by e permutations, exactly what e earlier passes consumed: an uninterrupted
+    run is unchanged, a resumed one sees the same prompts.
+    """
+
+    @classmethod
+    def like(cls, sampler: RepeatSampler) -> "EpochRepeatSampler":
+        return cls(data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
+                   batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
+                   seed=sampler.seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.seed is None or not self.shuffle:
+            return
+        self.generator.manual_seed(self.seed)
+        if self.shuffle:
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 
 class AudioGRPOTrainer(GRPOTrainer):
@@ -263,7 +296,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         processor,
         *,
         max_audio_seconds: float | None = None,
-        completion_sample_size: int = 8,
+        completion_prompts: int = 2,
         fast_generation: bool = False,
         share_encoder_passes: bool = True,
         prefill: str = "",
@@ -275,7 +308,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         # completion the rewards read.
         self.prefill = prefill
         self.max_audio_seconds = max_audio_seconds
-        self.completion_sample_size = completion_sample_size
+        self.completion_prompts = completion_prompts
         tokenizer = processor.tokenizer
         # A sampled placeholder token would have no audio feature behind it: the next forward fails (or,
         # worse, the legacy merge path silently shifts features). Ban every audio marker from sampling.
@@ -309,13 +342,60 @@ class AudioGRPOTrainer(GRPOTrainer):
             )
         if fast_generation:
             self.enable_fast_generation()
+        # health/* metrics and warnings for steps without a learning signal; placed before the loggers so that
+        # TensorBoard and metrics.jsonl get them (audiothink.health)
+        self.health = HealthMonitor()
+        self.callback_handler.callbacks.insert(1, self.health)
+        # one compact line per logging step instead of the progress bar and the printed metrics dict
+        for cb in (ProgressCallback, PrinterCallback):
+            self.remove_callback(cb)
+        self.add_callback(ProgressLine(self.health))
         # Each prompt comes G times per batch: encode each distinct clip once (exact; see audiothink.models).
         self.encoder_passes = share_audio_encoder_passes(self.model) if share_encoder_passes else None
         if share_encoder_passes and self.ref_model is not None:
             share_audio_encoder_passes(self.ref_model)
         self._audio_rows: dict[str, torch.Tensor] | None = None
         self._pending_waves: list[list[np.ndarray]] | None = None
-        self._clipped_paths: set[str] = set()
+        self._clipped_in_batch = 0
+
+    # -- resume -----------------------------------------------------------------------------------------
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resume's weight loading, strict and under the right names (see audiothink/checkpoints.py).
+
+        Full fine-tuning: the Trainer would load hub-named tensors into in-memory names with strict=False,
+        i.e. nothing, with a warning. LoRA: the adapter's tensors must match the model's exactly. Sharded
+        engines (FSDP, DeepSpeed) keep their own loaders.
+        """
+        from audiothink.checkpoints import check_adapter_checkpoint, load_full_checkpoint
+
+        model = self.model if model is None else model
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if is_peft_model(model):
+            check_adapter_checkpoint(model, resume_from_checkpoint)
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        n = load_full_checkpoint(model, resume_from_checkpoint)
+        logger.info("resume: loaded %d tensors from %s", n, resume_from_checkpoint)
+
+    def load_checkpoint_weights(self, checkpoint: str) -> None:
+        """The weights and trainer state of ``checkpoint``, without training (a resume with nothing left to do)."""
+        from transformers import TrainerState
+
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+
+    def _get_train_sampler(self, dataset=None):
+        # a sampler whose epoch order survives a resume (EpochRepeatSampler)
+        sampler = super()._get_train_sampler(dataset)
+        return EpochRepeatSampler.like(sampler) if isinstance(sampler, RepeatSampler) else sampler
+
+    def create_accelerator_and_postprocess(self) -> None:
+        # FSDP on CPU process groups, and a stop when the launched engine is not the one that would train
+        # (accelerate 1.15 falls back to DDP without a word; audiothink/sharding.py)
+        with fsdp_on_cpu_processes():
+            super().create_accelerator_and_postprocess()
+        check_engine(self.accelerator)
 
     def enable_fast_generation(self, bucket: int = 64) -> None:
         """Static KV cache + torch.compile'd decode step for the HF rollout (GPU).
@@ -340,6 +420,7 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def _load_waves(self, inputs: list[dict]) -> list[list[np.ndarray]]:
         waves = []
+        self._clipped_in_batch = 0
         for row in inputs:
             paths = row["audio"]
             if isinstance(paths, str):
@@ -352,8 +433,7 @@ class AudioGRPOTrainer(GRPOTrainer):
                     # validated at load time, so the file changed since: name the row and fail
                     load_audio(path, max_seconds=self.max_audio_seconds, row_id=str(row.get("id", "?")))
                     raise
-                if clipped:
-                    self._clipped_paths.add(str(path))
+                self._clipped_in_batch += bool(clipped)
                 clips.append(wave)
             waves.append(clips)
         return waves
@@ -373,7 +453,10 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._pending_waves = None
         output.update({k: v.to(self.accelerator.device) for k, v in rows.items()})
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["audio/clipped_clips"] = [float(len(self._clipped_paths))]
+        # clips of this batch cut to the audio window (per step: a resumed run logs what an uninterrupted one does)
+        self._metrics[mode]["audio/clipped_clips"].append(float(self._clipped_in_batch))
+        if mode == "train":
+            self._write_completion_sample()
         return output
 
     def _tokenize_prompts(self, prompts: list):
@@ -482,11 +565,15 @@ class AudioGRPOTrainer(GRPOTrainer):
             for index, values in scored.items():
                 rewards_per_func[:, index] = torch.tensor(values, dtype=rewards_per_func.dtype)
         self._drop_rows_without_optimised_reward(rewards_per_func)
+        # the share of completions with at least one optimised reward (0: nothing to learn from; audiothink.health)
+        optimised = rewards_per_func[:, (self.reward_weights != 0).to(rewards_per_func.device)]
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["health/scored"].append((~torch.isnan(optimised)).any(dim=1).float().mean().item())
         # One count per step: the step's judge calls (consistency, think_quality, ...) add up.
         if self._pending_metrics.get("judge/failures"):
             self._pending_metrics["judge/failures"] = [sum(self._pending_metrics["judge/failures"])]
-        self._log_think_metrics(all_completions)
-        self._write_completion_sample(all_completions, columns, rewards_per_func)
+        self._log_think_metrics(all_completions, columns)
+        self._sample_columns = columns  # for the completion sample, written once the advantages are known
         return rewards_per_func
 
     def _drop_rows_without_optimised_reward(self, rewards_per_func: torch.Tensor) -> None:
@@ -517,11 +604,30 @@ class AudioGRPOTrainer(GRPOTrainer):
         g = self.num_generations if self.model.training else self.num_generations_eval
         return [i // g for i in range(n)]
 
-    def _log_think_metrics(self, completions: list) -> None:
+    def _log_think_metrics(self, completions: list, columns: dict[str, list] | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         parsed = [parse(c) for c in completions]
         thinks = [p for p in parsed if p.thinks]
         self._metrics[mode]["think/rate"].append(len(thinks) / max(len(parsed), 1))
+        columns = columns or {}
+        correct = None
+        if "answer" in columns and "choices" in columns:
+            # correct by the benchmarks' rule (rewards.Accuracy's default), whatever the configured rewards
+            correct = [is_correct(c, a, ch) for c, a, ch in zip(completions, columns["answer"], columns["choices"])]
+            scored = [bool(x) for x in correct if x is not None]
+            if scored:
+                self._metrics[mode]["accuracy/rate"].append(sum(scored) / len(scored))
+        # per difficulty (the toy's easy / hard, MMAU's easy / medium / hard): when to think is the point
+        by: dict[str, list[int]] = {}
+        for i, d in enumerate(columns.get("difficulty") or []):
+            if d:
+                by.setdefault(str(d), []).append(i)
+        for d, idx in sorted(by.items()):
+            self._metrics[mode][f"think/rate/{d}"].append(sum(parsed[i].thinks for i in idx) / len(idx))
+            if correct is not None:
+                flags = [bool(correct[i]) for i in idx if correct[i] is not None]
+                if flags:
+                    self._metrics[mode][f"accuracy/rate/{d}"].append(sum(flags) / len(flags))
         self._metrics[mode]["format/malformed_rate"].append(
             sum(not p.well_formed for p in parsed) / max(len(parsed), 1)
         )
@@ -529,24 +635,40 @@ class AudioGRPOTrainer(GRPOTrainer):
             lengths = [len(self._tokenizer(p.think or "", add_special_tokens=False)["input_ids"]) for p in thinks]
             self._metrics[mode]["think/mean_tokens"].append(float(np.mean(lengths)))
 
-    def _write_completion_sample(self, completions: list, columns: dict[str, list], rewards: torch.Tensor) -> None:
-        if not self.accelerator.is_main_process or self.completion_sample_size <= 0:
+    def _write_completion_sample(self) -> None:
+        """``completions.jsonl``: every logging step, ``completion_prompts`` prompts with all their completions.
+
+        One record per prompt: its question, choices, gold answer, task, difficulty and id, and for each of its
+        G completions the text, each reward's value, the weighted total and the advantage (TRL's gathered
+        copies, the ones the update used). Rolled out at global step k for optimizer step k + 1, so labelled
+        k + 1, like that step's line in metrics.jsonl.
+        """
+        columns = getattr(self, "_sample_columns", None)
+        if not self.accelerator.is_main_process or self.completion_prompts <= 0 or not columns:
             return
-        step = self.state.global_step
-        if self.args.logging_steps and step % int(self.args.logging_steps) != 0:
+        step = self.state.global_step + 1
+        every = self.state.logging_steps or self.args.logging_steps
+        if every and step % max(int(every), 1) != 0:
             return
+        texts = list(self._logs["completion"])
+        advantages = list(self._logs["advantages"])
+        rewards = {name: list(values) for name, values in self._logs["rewards"].items()}
+        weights = dict(zip(self.reward_func_names, self.reward_weights.tolist()))
+        g = self.num_generations
+        n = min(len(texts), len(advantages), len(next(iter(columns.values()))))
         path = os.path.join(self.args.output_dir, "completions.jsonl")
-        os.makedirs(self.args.output_dir, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
-            for i in range(min(self.completion_sample_size, len(completions))):
-                record = {
-                    "step": step,
-                    "id": columns.get("id", [None] * len(completions))[i],
-                    "answer": columns.get("answer", [None] * len(completions))[i],
-                    "completion": completion_text(completions[i]),
-                    "rewards": {
-                        name: (None if torch.isnan(rewards[i, j]) else round(rewards[i, j].item(), 4))
-                        for j, name in enumerate(self.reward_func_names)
-                    },
-                }
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for start in range(0, min(n, self.completion_prompts * g), g):
+                row = {k: columns[k][start] for k in ("id", "question", "choices", "answer", "task", "difficulty")
+                       if k in columns}
+                completions = []
+                for i in range(start, min(start + g, n)):
+                    values = {name: (None if v[i] != v[i] else round(v[i], 4)) for name, v in rewards.items()}
+                    scored = [weights[k] * v for k, v in values.items() if v is not None]
+                    completions.append({
+                        "text": completion_text(texts[i]),
+                        "rewards": values,
+                        "reward": round(sum(scored), 4) if scored else None,
+                        "advantage": round(advantages[i], 4),
+                    })
+                f.write(json.dumps({"step": step, **row, "completions": completions}, ensure_ascii=False) + "\n")

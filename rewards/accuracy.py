@@ -1,44 +1,76 @@
-"""Accuracy reward: does the answer block pick the gold option?"""
+"""Accuracy reward: does the answer name the gold option, by the rule the benchmarks score with?
+
+By default a completion is correct exactly when MMAU and MMAR would count it correct: the official
+string-match rule (``audiothink/benchmarks/scoring.py``) on the extracted answer (the first
+``<answer>…</answer>`` block, else the raw output; never the think block). So the training signal cannot
+drift from the benchmark: a policy that answers with letters (``B``, ``(B)``, ``Answer: B``) earns what the
+benchmark would give it, nothing.
+
+``letters=True`` (opt-in) matches the option instead, letters included (``B``, ``(B)``, ``b)``, ``B. violin``,
+``Answer: B``, the text in any case; :func:`audiothink.choices.match_choice`): for prompts that ask for a
+letter, and then evaluation must be told the same.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from audiothink.benchmarks.scoring import string_match
 from audiothink.choices import match_choice
-from audiothink.formats import Parsed, parse
+from audiothink.formats import Parsed, extract_answer, parse
 
 
-def is_correct(completion: Any, answer: str, choices: Sequence[str]) -> bool | None:
-    """Whether the completion's first answer block names the gold option.
+def is_correct(completion: Any, answer: str, choices: Sequence[str], *, letters: bool = False) -> bool | None:
+    """Whether ``completion`` answers ``answer`` (one of ``choices``); None when the row cannot be scored.
 
-    None when ``answer`` is not one of ``choices``: the row cannot be scored, and guessing would
-    pay or punish the model for a data error. A missing answer block or an unmatched answer is
-    simply wrong. ``completion`` may already be :class:`Parsed`.
+    None when ``answer`` is not one of ``choices``: guessing would pay or punish the model for a data
+    error. Default: the official MMAU/MMAR rule on the extracted answer. ``letters=True``: the first answer
+    block names the gold option (letter or text, :func:`audiothink.choices.match_choice`). ``completion`` is
+    the text (or conversational completion); with ``letters=True`` a :class:`Parsed` works too.
+
+    >>> is_correct("<think>not violin</think><answer>cello</answer>", "cello", ["violin", "cello"])
+    True
+    >>> is_correct("<answer>B</answer>", "cello", ["violin", "cello"])
+    False
+    >>> is_correct("<answer>B</answer>", "cello", ["violin", "cello"], letters=True)
+    True
     """
     try:
         options = list(choices)
         gold = options.index(answer)
     except (TypeError, ValueError):
         return None
-    parsed = completion if isinstance(completion, Parsed) else parse(completion)
-    return match_choice(parsed.answer, options) == gold
+    if letters:
+        parsed = completion if isinstance(completion, Parsed) else parse(completion)
+        return match_choice(parsed.answer, options) == gold
+    if isinstance(completion, Parsed):
+        # a Parsed lost the raw text, which the benchmarks' rule scores when there is no answer block
+        raise TypeError("is_correct: pass the completion text (letters=False scores the raw output without an "
+                        "answer block), not a Parsed")
+    return string_match(answer, extract_answer(completion), [str(c) for c in options])
 
 
 class Accuracy:
-    """Pays 1.0 when the answer block names the gold option, 0.0 otherwise, None if unscoreable.
+    """Pays 1.0 when the answer is correct (the benchmarks' rule by default), 0.0 otherwise, None if unscoreable.
 
     ``answer`` and ``choices`` are dataset columns, one entry per completion.
 
     >>> from rewards import Accuracy
-    >>> choices = [["violin", "cello"]] * 3
-    >>> Accuracy()(["<answer>(B) cello</answer>", "<answer>A</answer>", "cello"], ["cello"] * 3, choices)
-    [1.0, 0.0, 0.0]
+    >>> choices = [["violin", "cello"]] * 4
+    >>> Accuracy()(["<answer>cello</answer>", "<answer>(B) cello</answer>", "<answer>B</answer>", "cello"],
+    ...            ["cello"] * 4, choices)
+    [1.0, 1.0, 0.0, 1.0]
+    >>> Accuracy(letters=True)(["<answer>B</answer>"], ["cello"], [["violin", "cello"]])
+    [1.0]
     >>> Accuracy()(["<answer>B</answer>"], ["viola"], [["violin", "cello"]])
     [None]
     """
 
     __name__ = "accuracy"
+
+    def __init__(self, letters: bool = False):
+        self.letters = bool(letters)
 
     def __call__(
         self,
@@ -50,7 +82,7 @@ class Accuracy:
         _check_lengths(completions, answer, choices)
         scores: list[float | None] = []
         for c, gold, options in zip(completions, answer, choices):
-            correct = is_correct(c, gold, options)
+            correct = is_correct(c, gold, options, letters=self.letters)
             scores.append(None if correct is None else float(correct))
         return scores
 

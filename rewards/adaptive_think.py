@@ -59,7 +59,7 @@ class AdaptiveThink:
 
     >>> from rewards import AdaptiveThink
     >>> reward = AdaptiveThink()
-    >>> completions = ["<think>bowed</think><answer>B</answer>", "<answer>A</answer>"]
+    >>> completions = ["<think>bowed</think><answer>cello</answer>", "<answer>violin</answer>"]
     >>> [round(r, 4) for r in reward(completions, ["cello"] * 2, [["violin", "cello"]] * 2)]
     [0.6065, -1.3935]
     >>> reward.last_think_share
@@ -78,8 +78,10 @@ class AdaptiveThink:
         think_wrong: float = 0.0,
         no_think_correct: float = 2.0,
         no_think_wrong: float = -1.0,
+        letters: bool = False,
     ) -> None:
         self.balance = balance
+        self.letters = bool(letters)  # correctness as rewards.Accuracy judges it: the benchmarks' rule, or letters
         self.base: Base = (think_correct, think_wrong, no_think_correct, no_think_wrong)
         self.last_think_share: float | None = None
 
@@ -100,8 +102,8 @@ class AdaptiveThink:
         progress = _progress(trainer_state) if self.balance else 1.0
 
         scores: list[float | None] = []
-        for p, gold, options in zip(parsed, answer, choices):
-            correct = is_correct(p, gold, options)
+        for c, p, gold, options in zip(completions, parsed, answer, choices):
+            correct = is_correct(c, gold, options, letters=self.letters)
             scores.append(
                 None if correct is None else adaptive_value(p.thinks, correct, lam, progress, base=self.base)
             )

@@ -41,11 +41,12 @@ class Consistency:
 
     __name__ = "consistency"
 
-    def __init__(self, judge: Judge, only_correct: bool = True, prompt: str = "consistency"):
+    def __init__(self, judge: Judge, only_correct: bool = True, prompt: str = "consistency", letters: bool = False):
         judge.check_task(prompt, FIELDS)  # a prompt asking for a field we do not send fails at start-up
         self.judge = judge
         self.only_correct = only_correct
         self.prompt = prompt
+        self.letters = bool(letters)  # "correct" as rewards.Accuracy judges it: the benchmarks' rule, or letters
 
     async def __call__(
         self,
@@ -70,7 +71,7 @@ class Consistency:
             elif not p.answer:
                 scores[i] = 0.0
             elif self.only_correct:
-                correct = is_correct(p, answer[i], choices[i])
+                correct = is_correct(c, answer[i], choices[i], letters=self.letters)
                 if correct is None:
                     scores[i] = None
                 elif not correct:

@@ -28,6 +28,14 @@ def toy_model_dir() -> Path:
     return TOY_MODEL_DIR
 
 
+@pytest.fixture(scope="session")
+def omni_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2.5-Omni thinker checkpoint (config, weights, processor), built offline once per session."""
+    from audiothink.toy.omni import save_tiny_omni
+
+    return save_tiny_omni(tmp_path_factory.mktemp("omni") / "tiny-omni")
+
+
 def load_toy(toy_model_dir: Path):
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 

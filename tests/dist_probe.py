@@ -10,15 +10,25 @@ matrix TRL turns into advantages. The training code has no hooks for this.
 
 `DIST_PROBE_LOCAL_LAMBDA=1` swaps in the bug the test is there to catch: λ computed from the rank's own
 completions only (the rank's slice of the gathered batch). tests/test_distributed.py must then fail.
+
+At its first rollout of a run started from step 0, each rank also writes what the sharded-engine test
+(tests/test_sharded.py) checks: `probe-engine-rank<R>.json`, the engine that trains and how much of the
+model this process holds (FSDP2: its DTensor shards; ZeRO-3: its partitions), and `probe-rollout-rank<R>.pt`,
+a greedy rollout of the batch's prompts through TRL's own generation path (the model as the engine holds it:
+weights gathered for every decode step), with its inputs, to compare with an unsharded model.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 
+import torch
+
 from audiothink.formats import completion_text, parse
+from audiothink.sharding import running_engine
 from audiothink.trainer import AudioGRPOTrainer
 from rewards.accuracy import is_correct
 from rewards.adaptive_think import AdaptiveThink, _progress, adaptive_value
@@ -58,8 +68,8 @@ def _rank_local_lambda(self, completions, answer, choices, trainer_state):
     self.last_think_share = lam
     progress = _progress(trainer_state) if self.balance else 1.0
     out = []
-    for p, gold, options in zip(parsed, answer, choices):
-        correct = is_correct(p, gold, options)
+    for c, p, gold, options in zip(completions, parsed, answer, choices):
+        correct = is_correct(c, gold, options)
         out.append(None if correct is None else adaptive_value(p.thinks, correct, lam, progress, base=self.base))
     return out
 
@@ -88,7 +98,54 @@ def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
     return rewards
 
 
+_real_generate_single_turn = AudioGRPOTrainer._generate_single_turn
+_rollout_recorded = False
+
+
+def _held_parameters(model) -> dict[str, int]:
+    """Parameters this process holds, and those of the whole model (FSDP2 DTensors, ZeRO-3 partitions)."""
+    from torch.distributed.tensor import DTensor
+
+    local = total = 0
+    for p in model.parameters():
+        if isinstance(p, DTensor):
+            local, total = local + p.to_local().numel(), total + p.numel()
+        elif hasattr(p, "ds_numel"):  # DeepSpeed ZeRO-3
+            local, total = local + p.ds_tensor.numel(), total + p.ds_numel
+        else:
+            local, total = local + p.numel(), total + p.numel()
+    return {"local": local, "total": total}
+
+
+def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+    global _rollout_recorded
+    if not _rollout_recorded and self.state.global_step == 0 and self.model.training:
+        _rollout_recorded = True
+        rank = self.accelerator.process_index
+        engine = {"engine": running_engine(self.accelerator), "parameters": _held_parameters(self.model_wrapped)}
+        with open(os.path.join(self.args.output_dir, f"probe-engine-rank{rank}.json"), "w") as f:
+            json.dump(engine, f)
+        # the same call TRL makes for this batch, greedy: no sampling, so the real rollout below is unchanged
+        sampling, self.generation_config = self.generation_config, copy.deepcopy(self.generation_config)
+        self.generation_config.do_sample = False
+        try:
+            greedy, _ = _real_generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations)
+        finally:
+            greedy_config, self.generation_config = self.generation_config, sampling
+        torch.save(
+            {
+                "prompt_ids": prompt_ids,
+                "features": {k: v.detach().cpu() for k, v in multimodal_fields.items()},
+                "generation_config": greedy_config.to_dict(),
+                "completion_ids": greedy,
+            },
+            os.path.join(self.args.output_dir, f"probe-rollout-rank{rank}.pt"),
+        )
+    return _real_generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+
+
 AudioGRPOTrainer._calculate_rewards = _calculate_rewards
+AudioGRPOTrainer._generate_single_turn = _generate_single_turn
 AdaptiveThink.__call__ = _adaptive_call
 
 if __name__ == "__main__":

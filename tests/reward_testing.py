@@ -63,14 +63,15 @@ def default_reply(prompt: str) -> str:
 class FakeJudgeServer:
     """An OpenAI-compatible /v1/completions and /v1/chat/completions endpoint on 127.0.0.1.
 
-    `behave(prompt) -> (status, body: str, delay_s)` decides each response; the default answers
-    correctly. `requests` records (path, payload, authorization header) of everything received;
-    `max_in_flight` the most requests handled at once.
+    `behave(prompt) -> (status, body: str, delay_s[, headers: dict])` decides each response; the default
+    answers correctly. `requests` records (path, payload, authorization header) of everything received,
+    `arrivals` the time.monotonic() of each; `max_in_flight` the most requests handled at once.
     """
 
     def __init__(self, behave: Callable[[str], tuple[int, str, float]] | None = None):
         self.behave = behave or (lambda prompt: (200, completion_body(default_reply(prompt)), 0.0))
         self.requests: list[tuple[str, dict[str, Any], str | None]] = []
+        self.arrivals: list[float] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -86,10 +87,12 @@ class FakeJudgeServer:
                 prompt = payload.get("prompt") or payload.get("messages", [{}])[-1].get("content", "")
                 with server._lock:
                     server.requests.append((self.path, payload, self.headers.get("Authorization")))
+                    server.arrivals.append(time.monotonic())
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    status, body, delay = server.behave(prompt)
+                    status, body, delay, *rest = server.behave(prompt)
+                    headers = rest[0] if rest else {}
                     if self.path.endswith("/chat/completions") and status == 200:
                         body = chat_body(body)
                     time.sleep(min(delay, MAX_DELAY_S))
@@ -97,6 +100,8 @@ class FakeJudgeServer:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):

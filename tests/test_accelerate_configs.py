@@ -122,7 +122,7 @@ def test_launcher_environment_ddp_and_fsdp():
     assert args.use_fsdp and env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
     assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
     assert env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "Qwen2AudioEncoderLayer,Qwen2DecoderLayer"
-    assert env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+    assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"  # checkpoints sharded; final/ gathered at the end
 
 
 def test_launcher_multi_node_second_node():

@@ -78,6 +78,13 @@ def test_trainer_rewards_use_the_global_think_share(toy_model_dir, toy_files, tm
 
     monkeypatch.setattr("trl.trainer.grpo_trainer.gather", fake_gather)
     monkeypatch.setattr("audiothink.trainer.gather_object", fake_gather_object)
+    # Every process-aware object reads one shared state: make this process rank `rank` of 2, so that code
+    # which looks at its own slice of the gathered batch (PartialState().process_index) would find it.
+    from accelerate.state import PartialState
+
+    monkeypatch.setitem(PartialState._shared_state, "num_processes", 2)
+    monkeypatch.setitem(PartialState._shared_state, "process_index", rank)
+    assert (PartialState().num_processes, PartialState().process_index) == (2, rank)
     rewards = trainer._calculate_rewards(rows, [r["prompt"] for r in rows], per_rank[rank], [[1]] * 4)
 
     assert rewards.shape == (8, 3)
@@ -89,3 +96,47 @@ def test_trainer_rewards_use_the_global_think_share(toy_model_dir, toy_files, tm
     # λ = 1 (rank 0 alone) would have paid exp(-1) for a correct think: the global λ pays exp(-0.5)
     assert rewards[0, 0].item() == pytest.approx(math.exp(-0.5), abs=1e-6)
     assert trainer._metrics["train"]["think/rate"][-1] == pytest.approx(0.5)
+
+
+class _RecordingBatchWide:
+    """A batch-wide reward that records what it was called with: ids and group ids of the gathered batch."""
+
+    __name__ = "recorder"
+    batch_wide = True
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, completions, group_ids, id, **columns):
+        self.calls.append({"group_ids": list(group_ids), "ids": list(id), "n": len(completions)})
+        return [0.0] * len(completions)
+
+
+def test_each_group_is_one_prompts_g_completions_in_a_real_step(toy_model_dir, toy_files, tmp_path):
+    """A real GRPO step: the group ids a batch-wide reward receives cover each prompt's G completions, together.
+
+    (A strided numbering, `i % n_groups`, would mix prompts in every group: the advantage of a completion would
+    be measured against other prompts' completions.)"""
+    from audiothink.trainer import AudioGRPOTrainer
+    from rewards import Format
+    from tests.conftest import load_toy, toy_grpo_args
+    from tests.test_trainer import _dataset
+
+    model, processor = load_toy(toy_model_dir)
+    recorder = _RecordingBatchWide()
+    args = toy_grpo_args(tmp_path, max_steps=2, num_generations=4, per_device_train_batch_size=16)
+    trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format(), recorder], args=args,
+                               train_dataset=_dataset(toy_files), max_audio_seconds=2.0)
+    trainer.train()
+    assert len(recorder.calls) == 2
+    for call in recorder.calls:
+        assert call["n"] == 16
+        groups: dict[int, list[str]] = {}
+        for g, row_id in zip(call["group_ids"], call["ids"]):
+            groups.setdefault(g, []).append(row_id)
+        assert sorted(groups) == [0, 1, 2, 3]
+        for g, ids in groups.items():
+            assert len(ids) == 4 and len(set(ids)) == 1, f"group {g} holds {ids}"
+        assert len({ids[0] for ids in groups.values()}) == 4  # four different prompts
+        # and contiguous: the rows of a group are next to each other, as TRL's advantage computation assumes
+        assert call["group_ids"] == sorted(call["group_ids"])

@@ -13,10 +13,10 @@ import pytest
 from audiothink.audio import SAMPLE_RATE, write_wav
 from audiothink.benchmarks import load_benchmark, load_mmar, load_mmau, write_submission
 from audiothink.benchmarks.mmar import CATEGORIES, MODALITIES
-from audiothink.benchmarks.report import breakdown_lines, listen_summary, summarise
+from audiothink.benchmarks.report import breakdown_lines, listen_summary, score_items, summarise
 from audiothink.benchmarks.runner import replace_audio
 from audiothink.benchmarks.store import PredictionStore, StoreMismatch
-from audiothink.data import DataError, Sample
+from audiothink.data import DataError, Sample, render_prompt
 
 # --------------------------------------------------------------------------- official-format fixtures
 
@@ -63,8 +63,22 @@ def _tone(path: Path, freq: float, seconds: float) -> None:
     write_wav(path, 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32))
 
 
-def make_mmau_fixture(root: Path, name: str = "mmau-test-mini.json", *, with_answers: bool = True) -> Path:
-    """``root/<name>`` (a JSON list, exactly the released fields) and ``root/test-mini-audios/<id>.wav``."""
+# Quirks of the released MMAU files, by row of _MMAU_ROWS (rows 3 and 7 have `category` as a one-element list
+# in every fixture): an answer missing from the choices (one release had 147), a repeated choice and two
+# choices with the same words (the current test-mini has 27 and 17), a padded choice, a repeated id.
+_MMAU_QUIRKS = {
+    0: {"answer": "a bird"},  # not one of ["Dog", "Car", "Bird", "Rain"]
+    1: {"choices": ["Man", "Woman", "Woman", "Robot"]},
+    2: {"choices": ["from near to far", "From far to near", "a forest", "a beach"], "answer": "a forest"},
+    5: {"choices": ["jazz ", "heavy metal", "classical", "reggae"]},
+    9: {"id": str(uuid.UUID(int=1000 + 8))},  # the id of row 8 again
+}
+
+
+def make_mmau_fixture(root: Path, name: str = "mmau-test-mini.json", *, with_answers: bool = True,
+                      quirks: bool = False) -> Path:
+    """``root/<name>`` (a JSON list, exactly the released fields) and ``root/test-mini-audios/<id>.wav``;
+    with ``quirks``, the released files' quirks in the rows of ``_MMAU_QUIRKS``."""
     items = []
     for k, (task, diff, cat, sub, dataset, q, choices, answer) in enumerate(_MMAU_ROWS):
         rid = str(uuid.UUID(int=1000 + k))
@@ -75,15 +89,28 @@ def make_mmau_fixture(root: Path, name: str = "mmau-test-mini.json", *, with_ans
         if not with_answers:
             item.pop("answer")
             item["split"] = "test"
+        if quirks:
+            item.update(_MMAU_QUIRKS.get(k, {}))
         items.append(item)
     path = root / name
     path.write_text(json.dumps(items, indent=4), encoding="utf-8")
     return path
 
 
-def make_mmar_fixture(root: Path, container: str = "jsonl") -> Path:
+# Quirks of the released MMAR-meta.jsonl / .json, by item: choice lists ending in "" (4 in the release), a
+# whitespace-only choice (the same thing to the official scorer), a padded answer and choice ("Andrew ").
+_MMAR_QUIRKS = {
+    1: {"choices": ["clip one", "clip two", "the flute", ""]},
+    4: {"choices": ["clip one", "clip two", "the flute", "the bass drum", ""]},
+    6: {"choices": ["clip one", "  ", "clip two"]},
+    9: {"choices": ["clip one", "clip two "], "answer": "clip two "},
+}
+
+
+def make_mmar_fixture(root: Path, container: str = "jsonl", *, quirks: bool = False) -> Path:
     """``root/MMAR-meta.jsonl`` (or ``.json``, a list) and ``root/audio/<id>.wav``: 14 items, every modality
-    twice, every layer; the newer copies' extra fields (thinking, cue, rubric) on some items."""
+    twice, every layer; the newer copies' extra fields (thinking, cue, rubric) on some items; with
+    ``quirks``, the released file's quirks in the items of ``_MMAR_QUIRKS``."""
     items = []
     for k in range(14):
         modality = MODALITIES[k % 7]
@@ -98,6 +125,8 @@ def make_mmar_fixture(root: Path, container: str = "jsonl") -> Path:
                 "timestamp": "00:01:00-00:01:10"}
         if k % 5 == 0:
             item.update({"thinking": "a hidden rationale", "cue": "a cue", "rubric": ["step 1"]})
+        if quirks:
+            item.update(_MMAR_QUIRKS.get(k, {}))
         items.append(item)
     if container == "jsonl":
         path = root / "MMAR-meta.jsonl"
@@ -142,6 +171,89 @@ def test_mmar_loader_reads_both_metadata_files(tmp_path, container):
     assert {g["category"] for g in b.groups} == set(CATEGORIES)
     assert b.samples[0].audio == (str(tmp_path / "audio" / "0000.wav"),)
     assert "thinking" in b.items[0]  # unknown fields kept for the submission file, ignored otherwise
+
+
+# --------------------------------------------------------------------------- released files' quirks
+
+
+def test_mmar_empty_choices_load_score_and_are_counted(tmp_path):
+    """MMAR's 4 items whose choice list holds "" (the official script scores them normally) load, keep the
+    released item for scoring, leave the empty choice out of the prompt, and are counted by kind and id."""
+    b = load_mmar(make_mmar_fixture(tmp_path, quirks=True))  # a DataError before: "every choice must be ..."
+    assert len(b) == 14
+    from audiothink.benchmarks.base import quirk_summary
+
+    q = quirk_summary(b)
+    assert set(q) == {"empty_choice", "padded_text"}
+    assert q["empty_choice"]["items"] == 3 and q["empty_choice"]["ids"] == ["0001", "0004", "0006"]
+    assert q["padded_text"]["ids"] == ["0009"] and "empty" in q["empty_choice"]["what"]
+    s = b.samples[4]
+    assert s.choices == ("clip one", "clip two", "the flute", "the bass drum")  # what the model is shown
+    assert b.items[4]["choices"][-1] == ""  # the released item, untouched, is what is scored and submitted
+    assert b.samples[6].choices == ("clip one", "clip two") and b.samples[9].answer == "clip two"
+    # the prompt lists the real options, lettered in order; no empty option line
+    prompt = render_prompt(s, "{question}\n{choices}\nAnswer with the option text.")
+    assert prompt.splitlines()[1:6] == ["(A) clip one", "(B) clip two", "(C) the flute", "(D) the bass drum",
+                                        "Answer with the option text."]
+    # scored by the official rule on the released choices: the empty one changes nothing
+    preds = [s.answer for s in b.samples]
+    preds[1], preds[6] = "the flute", "clip one and clip two"
+    correct = score_items(b, _records(b, preds))
+    assert correct[4] and correct[9] and not correct[1] and not correct[6]
+    assert sum(correct) == 12
+
+
+def test_whitespace_only_choice_is_an_empty_choice_and_nonstrings_still_fail(tmp_path):
+    items = [json.loads(x) for x in make_mmar_fixture(tmp_path).read_text().splitlines()]
+    items[0]["choices"] = ["clip one", " \t"]
+    items[1]["choices"] = ["clip one", None]  # the official scorer fails on this: so do we
+    items[2]["choices"] = ["", "  "]  # nothing to choose from
+    path = tmp_path / "edited.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    with pytest.raises(DataError) as e:
+        load_mmar(path)
+    msg = str(e.value)
+    assert "2 problem(s)" in msg and "edited.jsonl:0" not in msg
+    assert "edited.jsonl:2 id=0001: choices: every choice must be a string" in msg
+    assert "edited.jsonl:3 id=0002: choices: every choice is empty" in msg
+    del items[1:3]
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    b = load_mmar(path)
+    assert b.quirks[0] == ("empty_choice",) and b.samples[0].choices == ("clip one",)
+
+
+def test_mmau_release_quirks_are_accepted_scored_and_counted(tmp_path):
+    """An answer missing from its choices, repeated and same-word choices, a padded choice, a repeated id,
+    `category` as a one-element list: each loads, scores by the official rule, and is counted."""
+    b = load_mmau(make_mmau_fixture(tmp_path, quirks=True))
+    assert len(b) == 12
+    from audiothink.benchmarks.base import quirk_summary
+
+    q = quirk_summary(b)
+    ids = [item["id"] for item in b.items]
+    assert {k: v["items"] for k, v in q.items()} == {
+        "answer_not_in_choices": 1, "duplicate_choices": 1, "same_word_choices": 2, "label_as_list": 2,
+        "padded_text": 1, "repeated_id": 1}
+    assert q["answer_not_in_choices"]["ids"] == [ids[0]]
+    assert q["same_word_choices"]["ids"] == [ids[2], ids[11]]  # row 11: "happy to sad" / "sad to happy"
+    assert q["label_as_list"]["ids"] == [ids[3], ids[7]]  # the released 13 items' shape; already tolerated
+    assert q["repeated_id"]["ids"] == [ids[9]] and b.keys[9] == f"{ids[9]}#2"
+    assert b.samples[0].answer == "a bird" and b.scored[0]
+    preds = [s.answer for s in b.samples]
+    preds[1] = "Woman"
+    preds[2] = "from far to near"  # a wrong choice (its words are not the answer's)
+    correct = score_items(b, _records(b, preds))
+    assert correct[0]  # "a bird": every answer word, no word of another choice
+    assert not score_items(b, _records(b, ["bird"] + preds[1:]))[0]  # "a" missing: wrong, as officially
+    assert not correct[1] and not correct[2] and sum(correct) == 10
+    assert b.head(2).quirks == b.quirks[:2]  # eval.limit keeps each item's quirks
+
+
+def test_official_files_without_quirks_report_none(tmp_path):
+    from audiothink.benchmarks.base import quirk_summary
+
+    b = load_mmar(make_mmar_fixture(tmp_path))
+    assert quirk_summary(b) == {}
 
 
 def test_data_root_moves_the_audio(tmp_path):
@@ -215,7 +327,8 @@ def test_mmar_submission_keeps_the_container_and_adds_thinking(tmp_path):
     out = write_submission(b, recs, tmp_path / "sub.jsonl")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["answer_prediction"] == rows[0]["model_prediction"] == "clip one"
-    assert "thinking_prediction" not in rows[0]
+    # on every item: the official rubric script skips items without it; "" for a direct answer
+    assert all("thinking_prediction" in row for row in rows) and rows[0]["thinking_prediction"] == ""
     assert rows[1]["thinking_prediction"] == "the second clip is louder"
     assert rows[0]["thinking"] == "a hidden rationale"  # newer copies' fields survive
 

@@ -315,9 +315,12 @@ def test_accuracy_reward_scores_the_abstention_target_like_any_choice(tmp_path):
     from rewards.accuracy import is_correct
 
     choices = ["rain", "wind", "thunder", DEFAULT_LABEL]
-    for said in (f"<answer>{DEFAULT_LABEL}</answer>", "<answer>(D)</answer>", "<answer>D</answer>",
+    for said in (f"<answer>{DEFAULT_LABEL}</answer>", "<answer>(D) cannot be determined from the audio</answer>",
                  "<think>only noise</think><answer>It cannot be determined from the audio.</answer>"):
         assert is_correct(said, DEFAULT_LABEL, choices) is True, said
+    for said in ("<answer>(D)</answer>", "<answer>D</answer>"):  # letters: right only when opted in
+        assert is_correct(said, DEFAULT_LABEL, choices) is False, said
+        assert is_correct(said, DEFAULT_LABEL, choices, letters=True) is True, said
     assert is_correct("<answer>wind</answer>", DEFAULT_LABEL, choices) is False
     assert is_correct(f"<answer>{DEFAULT_LABEL}</answer>", "wind", choices) is False  # abstaining on real audio
 

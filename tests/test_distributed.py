@@ -39,7 +39,7 @@ def _adaptive(call: dict, lam: float) -> list[float | None]:
     out = []
     for text, gold, options in zip(call["completions"], call["answer"], call["choices"]):
         p = parse(text)
-        correct = is_correct(p, gold, options)
+        correct = is_correct(text, gold, options)
         out.append(None if correct is None else adaptive_value(p.thinks, correct, lam, call["progress"]))
     return out
 
@@ -92,7 +92,14 @@ def test_two_processes_train_and_write_one_run(two_rank_run):
 
 def test_batch_wide_rewards_are_global_and_identical_on_both_ranks(two_rank_run):
     _, _, records = two_rank_run
-    assert len(records[0]) == len(records[1]) == STEPS
+    check_batch_wide_rewards(records, STEPS)
+
+
+def check_batch_wide_rewards(records: dict[int, list[dict]], total_steps: int) -> None:
+    """Every step of a 2-process run (tests/dist_probe.py records, per rank): both ranks computed the
+    batch-wide rewards on the whole gathered batch, with one global λ, and got the same reward matrix.
+    Also used for the sharded engines (tests/test_sharded.py)."""
+    assert len(records[0]) == len(records[1]) == total_steps
     local_lambda_differs = False
     for r0, r1 in zip(records[0], records[1], strict=True):
         step = r0["step"]
@@ -109,7 +116,7 @@ def test_batch_wide_rewards_are_global_and_identical_on_both_ranks(two_rank_run)
         assert c0["lambda"] == c1["lambda"] == pytest.approx(_think_share(gathered), abs=0), (
             f"step {step}: λ rank 0 = {c0['lambda']}, rank 1 = {c1['lambda']}, global = {_think_share(gathered)}"
         )
-        assert c0["progress"] == c1["progress"] == step / STEPS
+        assert c0["progress"] == c1["progress"] == step / total_steps
         # the gathered reward matrix and the total TRL turns into advantages: the same on both ranks
         assert r0["rewards"] == r1["rewards"] and len(r0["rewards"]) == len(gathered)
         assert r0["total"] == r1["total"]

@@ -76,10 +76,20 @@ def test_mmau_test_mini_fixture(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("container", ["jsonl", "json"])
-def test_mmar_fixture(tmp_path, container):
-    make_mmar_fixture(tmp_path / "mmar", container)
+def test_mmar_fixture(tmp_path, container, capsys):
+    """The released MMAR files' shape, quirks included: choice lists ending in "" (benchmark=mmar exited 2
+    on the real file), a whitespace-only choice, padded text. Loaded, scored as the official script
+    scores them, named in results.json, report.md and the printed output."""
+    make_mmar_fixture(tmp_path / "mmar", container, quirks=True)
     r = run_eval(tmp_path / "out", "benchmark=mmar", f"benchmark.root={tmp_path / 'mmar'}", "eval.batch_size=7",
                  "eval.max_new_tokens=24", "eval.charts=false")
+    printed = capsys.readouterr().out
+    quirks = r["benchmark"]["quirks"]
+    assert {k: v["items"] for k, v in quirks.items()} == {"empty_choice": 3, "padded_text": 1}
+    assert quirks["empty_choice"]["ids"] == ["0001", "0004", "0006"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["benchmark"]["quirks"] == quirks
+    assert "empty_choice: 3 item(s)" in (tmp_path / "out" / "report.md").read_text()
+    assert "metadata quirk (accepted, as by the official scorer) empty_choice: 3 item(s)" in printed
     assert r["benchmark"]["meta"].endswith(f"MMAR-meta.{container}")
     assert list(r["summary"]["by"]["modality"]) == list(MODALITIES)
     assert list(r["summary"]["by"]["category"]) == list(CATEGORIES)
@@ -89,6 +99,13 @@ def test_mmar_fixture(tmp_path, container):
     assert sub.name == f"submission_MMAR-meta.{container}"
     assert official_total(sub, "answer_prediction") == (r["summary"]["overall"]["correct"], 14)
     assert official_total(sub, "model_prediction") == (r["summary"]["overall"]["correct"], 14)
+    # the rubric script needs thinking_prediction on every item ("" for a direct answer)
+    text = sub.read_text()
+    rows = json.loads(text) if container == "json" else [json.loads(x) for x in text.splitlines()]
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[1:]
+    preds = {x["id"]: x for x in map(json.loads, lines)}
+    assert all(row["thinking_prediction"] == (preds[row["id"]]["think"] or "") for row in rows)
+    assert rows[4]["choices"][-1] == ""  # the released item, as released
 
 
 def test_mmau_test_without_answers_writes_the_submission(tmp_path):

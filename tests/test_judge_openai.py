@@ -149,6 +149,62 @@ def test_rate_limit_recovers_on_retry():
         assert len(server.requests) == 2 and judge.failures == 0
 
 
+def _first_refused_then_ok(status: int, retry_after: str):
+    calls = []
+
+    def behave(prompt):
+        calls.append(prompt)
+        if len(calls) == 1:
+            return status, "busy", 0.0, {"Retry-After": retry_after}
+        return 200, completion_body("0.4"), 0.0
+
+    return behave
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_seconds_is_honoured(status):
+    """The server asks for 1 s: the retry comes after it, not after the 0.01 s back-off."""
+    with FakeJudgeServer(_first_refused_then_ok(status, "1")) as server:
+        judge = _judge(server.url, retries=1, backoff_s=0.01, timeout_s=5.0)
+        assert _score(judge, "think_quality", _items(["x"]))[0] == [0.4]
+        assert len(server.requests) == 2 and judge.failures == 0
+        gap = server.arrivals[1] - server.arrivals[0]
+    assert 0.95 <= gap < 3.0, gap
+
+
+@pytest.mark.parametrize("retry_after", ["3600", "date"])
+def test_retry_after_is_capped_by_the_timeout(retry_after):
+    """An hour (in seconds or as an HTTP date) is capped at timeout_s = 0.5 s: the retry comes then."""
+    import email.utils
+
+    value = email.utils.formatdate(time.time() + 3600, usegmt=True) if retry_after == "date" else retry_after
+    with FakeJudgeServer(_first_refused_then_ok(429, value)) as server:
+        judge = _judge(server.url, retries=1, backoff_s=0.01, timeout_s=0.5)
+        start = time.perf_counter()
+        assert _score(judge, "think_quality", _items(["x"]))[0] == [0.4]
+        elapsed = time.perf_counter() - start
+        gap = server.arrivals[1] - server.arrivals[0]
+    assert 0.45 <= gap < 2.0 and elapsed < 3.0, (gap, elapsed)
+
+
+def test_retry_after_values_and_wait_rule():
+    from audiothink.judge.openai import retry_after_seconds
+
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds(" 1.5 ") == 1.5
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:05 GMT", now=now) == 5.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:05 -0000", now=now) == 5.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:27:00 GMT", now=now) == 0.0  # past: no wait
+    assert retry_after_seconds("-4") == 0.0
+    for bad in (None, "", "soon", "nan", "inf"):
+        assert retry_after_seconds(bad) is None
+    judge = _judge("http://127.0.0.1:9/v1", backoff_s=0.5, timeout_s=30.0)
+    assert [judge.retry_wait(k) for k in (1, 2, 3)] == [0.5, 1.0, 2.0]  # no header: exponential back-off
+    assert judge.retry_wait(1, 3.0) == 3.0  # the server's wait, when longer
+    assert judge.retry_wait(3, 0.2) == 2.0  # never shorter than the back-off
+    assert judge.retry_wait(1, 3600.0) == 30.0  # capped at timeout_s
+
+
 def _judged_trainer(toy_model_dir, toy_files, tmp_path, judge):
     rewards = [
         AdaptiveThink(),
@@ -181,8 +237,9 @@ def test_training_step_completes_with_a_failing_judge(toy_model_dir, toy_files, 
     assert log["judge/failures"] == judge.failures
     judged = judge.calls
     assert judged == 2  # one consistency call, one think_quality call
-    sample = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
-    thinks = [r for r in sample if r["completion"].lstrip().startswith("<think>") and "</think>" in r["completion"]]
+    records = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    sample = [c for record in records for c in record["completions"]]
+    thinks = [r for r in sample if r["text"].lstrip().startswith("<think>") and "</think>" in r["text"]]
     assert thinks  # the toy thinks in about a third of its completions; seed 0 gives some here
     if fault == "none":
         assert judge.failures == 0 and math.isfinite(log["rewards/total/mean"])

@@ -24,11 +24,6 @@ from tests.test_trainer import _dataset, _full_passes, assert_audio_in_every_pas
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def omni_dir(tmp_path_factory):
-    return save_tiny_omni(tmp_path_factory.mktemp("omni") / "tiny-omni")
-
-
 def _omni_model_cfg(path):
     from omegaconf import OmegaConf
 

@@ -49,13 +49,14 @@ def test_full_recipe_by_hand(toy_model_dir, toy_files, tmp_path):
         f"<think>{C}</think><answer>two</answer>",  # think, right, inconsistent
         "<answer>two</answer>",                     # no-think, right
         "<answer>one</answer>",                     # no-think, wrong
-        "two",                                      # malformed, no think block
+        "two",                                      # malformed, no tags: the benchmarks score the raw output
     ]
     got = _rewards(trainer, completions)
-    # Hand computation (balance off: R_a = think +1/0, no-think +2/-1; malformed counts as a wrong direct answer).
+    # Hand computation (balance off: R_a = think +1/0, no-think +2/-1; correctness by the benchmarks' rule on the
+    # extracted answer, so the tagless "two" is a correct direct answer, paid by R_a but not by the format reward).
     # mean R_t of the think samples = (0.9 + 0.2 + 0.5) / 3 = 0.533333
     mean_t = round((0.9 + 0.2 + 0.5) / 3, 6)
-    assert got["adaptive_think"] == [1.0, 0.0, 1.0, 2.0, -1.0, -1.0]
+    assert got["adaptive_think"] == [1.0, 0.0, 1.0, 2.0, -1.0, 2.0]
     assert got["consistency"] == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
     assert got["think_quality"] == [0.9, 0.2, 0.5, mean_t, mean_t, mean_t]
     assert got["format"] == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
@@ -65,9 +66,9 @@ def test_full_recipe_by_hand(toy_model_dir, toy_files, tmp_path):
         1.0 * (1 + 0.5 * 0) + 0.5 * 1 + 0.5,       # 2.0
         2.0 * (1 + 0.5 * 1) + 0.5 * 1 + mean_t,    # 3.5 + 0.533333
         -1.0 * (1 + 0.5 * 1) + 0.5 * 1 + mean_t,   # -1.0 + 0.533333
-        -1.0 * (1 + 0.5 * 1) + 0.5 * 0 + mean_t,   # -1.5 + 0.533333
+        2.0 * (1 + 0.5 * 1) + 0.5 * 0 + mean_t,    # 3.0 + 0.533333
     ]
-    assert got["total"] == pytest.approx([2.9, 0.7, 2.0, 4.033333, -0.466667, -0.966667], abs=1e-5)
+    assert got["total"] == pytest.approx([2.9, 0.7, 2.0, 4.033333, -0.466667, 3.533333], abs=1e-5)
     assert got["total"] == pytest.approx(expected_total, abs=1e-5)
     # only correct think answers went to the consistency judge, every think block to the quality judge
     assert [(t, i["think"]) for t, i in judge.seen] == [
@@ -89,7 +90,7 @@ def test_batch_without_think_samples(toy_model_dir, toy_files, tmp_path):
     """No think sample at all: R_c = 1 for all, R_t = empty_value (0) for all; balance on, λ = 0, p = 0."""
     judge = TableJudge(JUDGE)
     trainer = _full_trainer(toy_model_dir, toy_files, tmp_path, judge, balance=True)
-    got = _rewards(trainer, ["<answer>two</answer>", "<answer>one</answer>", "<answer>B</answer>"])
+    got = _rewards(trainer, ["<answer>two</answer>", "<answer>one</answer>", "<answer>(B) two</answer>"])
     g = math.exp(-1.0)  # γ_no = exp(-(1 - λ)(1 - p)) with λ = 0, p = 0
     r_a = [2 * g, -g - 2 * (1 - g), 2 * g]  # 0.735759, -1.632121, 0.735759
     assert got["adaptive_think"] == pytest.approx(r_a, abs=1e-6)

@@ -17,8 +17,8 @@ from rewards.adaptive_think import adaptive_value
 CHOICES = ["violin", "cello", "double bass", "flute"]
 GOLD = "cello"
 
-THINK_RIGHT = "<think>low and bowed</think><answer>B</answer>"
-THINK_WRONG = "<think>high and bowed</think><answer>A</answer>"
+THINK_RIGHT = "<think>low and bowed</think><answer>cello</answer>"
+THINK_WRONG = "<think>high and bowed</think><answer>violin</answer>"
 NO_THINK_RIGHT = "<answer>(B) cello</answer>"
 NO_THINK_WRONG = "<answer>flute</answer>"
 
@@ -66,31 +66,65 @@ def test_format_batch_and_kwargs():
 
 # ---------------------------------------------------------------- accuracy
 
+# (completion, the benchmarks' rule (default), letters=True). The default scores what MMAU/MMAR score: the
+# official string match on the extracted answer (first answer block, else the raw output), so letters earn 0.
 ACCURACY_CASES = [
-    (THINK_RIGHT, 1.0),
-    (NO_THINK_RIGHT, 1.0),
-    ("<answer>Cello.</answer>", 1.0),
-    ("<answer>the answer is cello</answer>", 1.0),
-    ([{"role": "assistant", "content": "<answer>B</answer>"}], 1.0),
-    ([{"role": "assistant", "content": "<think>x</think><answer>cello</answer>"}], 1.0),
-    ("<answer>B</answer><answer>A</answer>", 1.0),  # first answer block counts, format pays separately
-    (THINK_WRONG, 0.0),
-    (NO_THINK_WRONG, 0.0),
-    ("B", 0.0),  # no answer tag
-    ("<answer>B", 0.0),
-    ("<answer>trumpet</answer>", 0.0),
-    ("<answer>violin or cello</answer>", 0.0),
-    ("<answer>B. flute</answer>", 0.0),
-    ("<answer>Z</answer>", 0.0),
-    ("<answer></answer>", 0.0),
-    ("", 0.0),
-    (None, 0.0),
+    (THINK_RIGHT, 1.0, 1.0),
+    (NO_THINK_RIGHT, 1.0, 1.0),
+    ("<answer>Cello.</answer>", 1.0, 1.0),
+    ("<answer>the answer is cello</answer>", 1.0, 1.0),
+    ([{"role": "assistant", "content": "<think>x</think><answer>cello</answer>"}], 1.0, 1.0),
+    ("<answer>cello</answer><answer>violin</answer>", 1.0, 1.0),  # first answer block counts; format pays separately
+    ("<answer>B</answer>", 0.0, 1.0),
+    ("<answer>(B)</answer>", 0.0, 1.0),
+    ("<answer>b)</answer>", 0.0, 1.0),
+    ("<answer>Answer: B</answer>", 0.0, 1.0),
+    ([{"role": "assistant", "content": "<answer>B</answer>"}], 0.0, 1.0),
+    ("cello", 1.0, 0.0),  # no answer tag: the benchmarks score the raw output
+    (THINK_WRONG, 0.0, 0.0),
+    (NO_THINK_WRONG, 0.0, 0.0),
+    ("B", 0.0, 0.0),
+    ("<answer>B", 0.0, 0.0),
+    ("<answer>trumpet</answer>", 0.0, 0.0),
+    ("<answer>violin or cello</answer>", 0.0, 0.0),
+    ("<answer>cello, not violin</answer>", 0.0, 0.0),  # names another option
+    ("<answer>B. flute</answer>", 0.0, 0.0),
+    ("<answer>Z</answer>", 0.0, 0.0),
+    ("<answer></answer>", 0.0, 0.0),
+    ("", 0.0, 0.0),
+    (None, 0.0, 0.0),
 ]
 
 
-@pytest.mark.parametrize("completion, expected", ACCURACY_CASES)
-def test_accuracy(completion, expected):
-    assert Accuracy()([completion], **columns(1)) == [expected]
+@pytest.mark.parametrize("completion, official, letters", ACCURACY_CASES)
+def test_accuracy(completion, official, letters):
+    assert Accuracy()([completion], **columns(1)) == [official]
+    assert Accuracy(letters=True)([completion], **columns(1)) == [letters]
+
+
+def test_accuracy_agrees_with_the_benchmark_scorer_on_every_case():
+    from audiothink.benchmarks.scoring import string_match
+    from audiothink.formats import extract_answer
+
+    for completion, official, _ in ACCURACY_CASES:
+        assert float(string_match(GOLD, extract_answer(completion), CHOICES)) == official, completion
+
+
+def test_choices_that_differ_only_in_case():
+    """The exact gold text is correct under the benchmarks' rule; letter matching could not tell 'Two' from 'two'."""
+    cols = {"answer": ["two"], "choices": [["one", "Two", "two", "four"]]}
+    assert Accuracy()(["<answer>two</answer>"], **cols) == [1.0]
+    assert Accuracy(letters=True)(["<answer>two</answer>"], **cols) == [0.0]
+
+
+def test_the_held_out_summary_scores_like_the_benchmark():
+    from audiothink.data import Sample
+    from audiothink.inference import score
+
+    samples = [Sample(id=str(i), audio=("x.wav",), question="q", choices=tuple(CHOICES), answer=GOLD, difficulty="easy")
+               for i in range(3)]
+    result = score(samples, ["<answer>B</answer>", "<answer>Answer: B</answer>", "<answer>cello</answer>"])
+    assert result["overall"]["accuracy"] == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +219,7 @@ def test_adaptive_mixed_batch_by_hand():
     completions = [
         THINK_RIGHT,
         THINK_WRONG,
-        "<think>low</think><answer>B</answer> trailing",  # thinks, malformed, still correct
+        "<think>low</think><answer>cello</answer> trailing",  # thinks, malformed, still correct
         NO_THINK_RIGHT,
         NO_THINK_WRONG,
     ]

@@ -25,12 +25,14 @@ from audiothink.toy.data import TASKS, generate_toy
 
 @pytest.fixture(scope="module")
 def split_rows(tmp_path_factory, toy_model_dir) -> dict[str, list[dict]]:
-    """Train and held-out rows of the default eval size, each with its shortcut features."""
+    """Train rows (the default train size) and 1,200 held-out rows (300 per task: a baseline at chance lands
+    within +-5 points of it with ~93 % probability per task, where 75 per task would give only ~65 %), each
+    with its shortcut features. Generation is seeded, so the figures are fixed."""
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(toy_model_dir)
     root = tmp_path_factory.mktemp("toy_shortcuts")
-    paths = generate_toy(root, n_train=400, n_eval=300, seed=0)
+    paths = generate_toy(root, n_train=2000, n_eval=1200, seed=0)
     audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
     out = {}
     for split, path in paths.items():
@@ -51,19 +53,26 @@ def split_rows(tmp_path_factory, toy_model_dir) -> dict[str, list[dict]]:
     return out
 
 
-def _key(r: dict) -> tuple:
-    f = r["features"]
-    return (f["lengths"], f["audio_tokens"], f["clips"], f["question"])
+# What the lookup keys on, most specific first: each clip's length in audio tokens (40 ms), the prompt's
+# audio-token count, the clip count and the question; the question alone.
+_KEYS = (
+    lambda f: (tuple(n // 640 for n in f["lengths"]), f["audio_tokens"], f["clips"], f["question"]),
+    lambda f: (f["audio_tokens"], f["clips"], f["question"]),
+    lambda f: (f["question"],),
+)
 
 
 def lookup_baseline(train: list[dict], test: list[dict]) -> list[str]:
-    """The majority training answer of the test item's exact feature tuple (else of its question)."""
-    by_key: dict[tuple, Counter] = {}
-    by_question: dict[str, Counter] = {}
+    """The majority training answer of the most specific feature tuple seen in training (_KEYS)."""
+    tables: list[dict[tuple, Counter]] = [{} for _ in _KEYS]
     for r in train:
-        by_key.setdefault(_key(r), Counter())[r["answer"]] += 1
-        by_question.setdefault(r["question"], Counter())[r["answer"]] += 1
-    return [(by_key.get(_key(r)) or by_question[r["question"]]).most_common(1)[0][0] for r in test]
+        for key, table in zip(_KEYS, tables):
+            table.setdefault(key(r["features"]), Counter())[r["answer"]] += 1
+    preds = []
+    for r in test:
+        counts = next(t[k(r["features"])] for k, t in zip(_KEYS, tables) if k(r["features"]) in t)
+        preds.append(counts.most_common(1)[0][0])
+    return preds
 
 
 def nearest_neighbour_baseline(train: list[dict], test: list[dict], k: int = 5) -> list[str]:
@@ -92,26 +101,28 @@ def test_shortcut_baselines_are_at_chance_on_every_task(split_rows, baseline):
     preds = baseline(train, test)
     for task in TASKS:
         idx = [i for i, r in enumerate(test) if r["task"] == task]
-        assert len(idx) >= 70
+        assert len(idx) == 300
         accuracy = sum(preds[i] == test[i]["answer"] for i in idx) / len(idx)
         chance = 1 / len(test[idx[0]]["choices"])
         assert abs(accuracy - chance) <= 0.05, f"{baseline.__name__}: {task} {accuracy:.1%} vs chance {chance:.1%}"
 
 
 def test_the_baselines_do_find_a_shortcut_when_there_is_one(split_rows):
-    """The baselines are not blind: given one extra feature that carries the answer (the sound's total
-    energy, a stand-in for v2's clip length), they score far above chance on the tasks it reveals."""
+    """The baselines are not blind: with v2's leak put back (a count clip longer by each beep), they score far
+    above chance on counting."""
     train, test = split_rows["train"], split_rows["eval"]
     leaky = {}
     for split, rows in (("train", train), ("eval", test)):
         leaky[split] = []
         for r in rows:
             r2 = dict(r, features=dict(r["features"]))
-            # one audio token more per beep, as v2's unpadded count clips had
+            # as in v2's unpadded count clips: each beep and gap (~0.25 s, 6 audio tokens) lengthens the clip
             if r["task"] == "count":
-                r2["features"]["audio_tokens"] += ("one", "two", "three").index(r["answer"])
+                extra = ("one", "two", "three").index(r["answer"])
+                r2["features"]["lengths"] = tuple(n + 4000 * extra for n in r["features"]["lengths"])
+                r2["features"]["audio_tokens"] += 6 * extra
             leaky[split].append(r2)
     for baseline in (lookup_baseline, nearest_neighbour_baseline):
         preds = baseline(leaky["train"], leaky["eval"])
         idx = [i for i, r in enumerate(test) if r["task"] == "count"]
-        assert sum(preds[i] == test[i]["answer"] for i in idx) / len(idx) > 0.9, baseline.__name__
+        assert sum(preds[i] == test[i]["answer"] for i in idx) / len(idx) > 0.8, baseline.__name__  # chance: 1/3

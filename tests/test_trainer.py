@@ -128,7 +128,7 @@ def test_two_steps_change_weights_and_log(toy_model_dir, toy_files, tmp_path):
         assert 0.0 <= h["think/rate"] <= 1.0
     sample = (tmp_path / "run" / "completions.jsonl").read_text().splitlines()
     record = json.loads(sample[0])
-    assert set(record["rewards"]) == {"adaptive_think", "format", "accuracy"}
+    assert set(record["completions"][0]["rewards"]) == {"adaptive_think", "format", "accuracy"}
 
 
 def test_lora_stays_off_the_audio_encoder(toy_model_dir, toy_files, tmp_path):

@@ -20,6 +20,9 @@ EXPECTED = {
         "compute_aux_loss", "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask",
         "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
     ],
+    # resume: strict, name-mapped weight loading; a sampler whose epoch order survives a resume
+    "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
+    "_get_train_sampler": ["self", "dataset"],
     # not overridden, but relied on: it forwards `multimodal_fields` (our audio features) to generate()
     "_generate_single_turn": ["self", "prompt_ids", "images", "multimodal_fields", "num_generations",
                               "has_tool_images"],

@@ -76,10 +76,11 @@ def test_warm_start_items_are_not_the_train_or_eval_items(toy_files):
             row = json.loads(line)
             for p in row["audio"] if isinstance(row["audio"], list) else [row["audio"]]:
                 disk.append(sf.read(toy_files[split].parent / p, dtype="float32")[0])
-    disk = np.stack(disk)
     for item, _ in [p for b in warmstart.warmstart_batches(4, 16, 0.4, 0) for p in b]:
         for clip in item.clips:
-            assert np.abs(disk - clip).max(axis=1).min() > 1e-2
+            # clips of the same length are the only candidates (16-bit files: equal within 1e-2 is the same clip)
+            same_length = [d for d in disk if d.size == clip.size]
+            assert all(np.abs(d - clip).max() > 1e-2 for d in same_length)
 
 
 def test_committed_checkpoint_is_small_and_records_its_recipe(toy_model_dir):

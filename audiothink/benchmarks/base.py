@@ -10,7 +10,26 @@ from typing import Any
 
 from audiothink.data import DataError, Sample
 
-__all__ = ["Benchmark", "MetaProblems", "read_metadata", "write_submission"]
+__all__ = ["Benchmark", "MetaProblems", "QUIRKS", "find_quirks", "quirk_summary", "read_metadata", "write_submission"]
+
+# Quirks of the released metadata that the official scorer tolerates: each is accepted as the official
+# script treats it, counted per item (``Benchmark.quirks``) and named in results.json, report.md and the
+# printed output. Kind -> what it is and what this loader does with it.
+QUIRKS: dict[str, str] = {
+    "empty_choice": "a choice that is empty or only whitespace (MMAR has 4 items ending in \"\"): it has no "
+                    "words, so the official rule ignores it; left out of the prompt, kept in the submission",
+    "choice_without_words": "a choice with text but no word characters (e.g. \"?\"): shown in the prompt; the "
+                            "official rule can neither reward nor penalise naming it",
+    "answer_not_in_choices": "the answer is not one of the choices (an MMAU release had 147): scored by the "
+                             "official rule on its words all the same",
+    "duplicate_choices": "the same choice twice (after trimming spaces): shown as released",
+    "same_word_choices": "two different choices with the same set of words (e.g. \"from near to far\" and "
+                         "\"from far to near\"): the official rule counts naming either as correct",
+    "label_as_list": "a breakdown label (category, ...) given as a one-element list (MMAU): read as its string",
+    "padded_text": "a choice or the answer with leading or trailing spaces: trimmed for the prompt (the "
+                   "official rule reads words only)",
+    "repeated_id": "an id used by an earlier item too: every item is kept, its key made unique as id#2, ...",
+}
 
 
 @dataclass
@@ -21,7 +40,7 @@ class Benchmark:
     the item's value (e.g. ``{"task": "sound", "difficulty": "easy", "sub-category": "..."}``).
     ``keys[i]`` is the item's key in the predictions file: its id, made unique if the metadata repeats it.
     ``scored[i]`` is False for items whose answer is withheld (MMAU test): they get a prediction and a
-    submission entry but no score.
+    submission entry but no score. ``quirks[i]`` names the item's tolerated quirks (keys of ``QUIRKS``).
     """
 
     name: str
@@ -37,6 +56,7 @@ class Benchmark:
     container: str = "json"  # json (a list) or jsonl: the submission file is written the same way
     # fields added to each item in the submission file: name -> which part of the prediction
     submission_fields: dict[str, str] = field(default_factory=dict)
+    quirks: list[tuple[str, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.samples)
@@ -46,6 +66,11 @@ class Benchmark:
             self.keys = unique_keys([s.id for s in self.samples])
         if not self.scored:
             self.scored = [bool(s.answer) for s in self.samples]
+        if not self.quirks:
+            self.quirks = [() for _ in self.samples]
+        repeated = [k != s.id for k, s in zip(self.keys, self.samples)]
+        self.quirks = [tuple(q) + (("repeated_id",) if r and "repeated_id" not in q else ())
+                       for q, r in zip(self.quirks, repeated)]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,7 +83,7 @@ class Benchmark:
             name=self.name, kind=self.kind, version=self.version, meta_path=self.meta_path,
             samples=self.samples[:n], items=self.items[:n], groups=self.groups[:n], dimensions=self.dimensions,
             keys=self.keys[:n], scored=self.scored[:n], container=self.container,
-            submission_fields=self.submission_fields,
+            submission_fields=self.submission_fields, quirks=self.quirks[:n],
         )
 
 
@@ -108,6 +133,8 @@ class MetaProblems:
         return value
 
     def choices(self, loc, item: dict) -> list[str] | None:
+        """The released choice list. Empty or whitespace-only entries are accepted (a quirk the official
+        scorer tolerates: they have no words); non-strings are not (the official scorer fails on them)."""
         value = item.get("choices")
         if value is None:
             self.add(loc, item, "choices", "missing")
@@ -115,8 +142,12 @@ class MetaProblems:
         if not isinstance(value, list) or len(value) < 2:
             self.add(loc, item, "choices", f"expected a list of at least 2 strings, got {value!r}")
             return None
-        if not all(isinstance(c, str) and c.strip() for c in value):
-            self.add(loc, item, "choices", f"every choice must be a non-empty string, got {value!r}")
+        bad = [c for c in value if not isinstance(c, str)]
+        if bad:
+            self.add(loc, item, "choices", f"every choice must be a string, got {bad[0]!r} in {value!r}")
+            return None
+        if not any(c.strip() for c in value):
+            self.add(loc, item, "choices", f"every choice is empty: nothing to choose from, got {value!r}")
             return None
         return value
 
@@ -131,6 +162,42 @@ class MetaProblems:
             return value
         self.add(loc, item, name, f"expected a string or a one-element list, got {value!r}")
         return ""
+
+
+def find_quirks(item: dict, choices: list[str], answer: str, labels: tuple[str, ...]) -> tuple[str, ...]:
+    """The tolerated quirks (keys of ``QUIRKS``) of one valid item: its released ``choices``, its ``answer``
+    ('' when withheld) and the names of its breakdown ``labels``."""
+    from audiothink.benchmarks.scoring import tokenize
+
+    found = []
+    texts = [c.strip() for c in choices if c.strip()]
+    if len(texts) < len(choices):
+        found.append("empty_choice")
+    if any(not tokenize(c) for c in texts):
+        found.append("choice_without_words")
+    if answer.strip() and answer.strip() not in texts:
+        found.append("answer_not_in_choices")
+    if len(set(texts)) < len(texts):
+        found.append("duplicate_choices")
+    distinct = list(dict.fromkeys(texts))
+    words = [frozenset(tokenize(c)) for c in distinct if tokenize(c)]
+    if len(set(words)) < len(words):
+        found.append("same_word_choices")
+    if any(isinstance(item.get(name), list) for name in labels):
+        found.append("label_as_list")
+    if any(c != c.strip() for c in choices if c.strip()) or answer != answer.strip():
+        found.append("padded_text")
+    return tuple(found)
+
+
+def quirk_summary(bench: Benchmark, max_ids: int = 10) -> dict[str, dict]:
+    """``{kind: {"items": n, "ids": [first ids], "what": description}}`` for the quirks ``bench`` has."""
+    out: dict[str, dict] = {}
+    for kind in QUIRKS:
+        ids = [s.id for s, q in zip(bench.samples, bench.quirks) if kind in q]
+        if ids:
+            out[kind] = {"items": len(ids), "ids": ids[:max_ids], "what": QUIRKS[kind]}
+    return out
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[list[tuple[int, Any]], str]:
@@ -180,7 +247,9 @@ def write_submission(bench: Benchmark, records: dict[str, dict], path: str | os.
 
     ``records`` maps item keys to prediction records (``prediction``: the extracted answer text,
     ``think``: the think text or None). A missing record becomes an empty prediction, which the official
-    scripts count as wrong — an item is never left out. Written like the metadata: a JSON list, or JSONL.
+    scripts count as wrong — an item is never left out. Every field is written on every item: a direct
+    answer's think text is ``""`` (MMAR's rubric script skips an item without ``thinking_prediction``).
+    Written like the metadata: a JSON list, or JSONL.
     """
     out = []
     for key, item in zip(bench.keys, bench.items):
@@ -188,8 +257,6 @@ def write_submission(bench: Benchmark, records: dict[str, dict], path: str | os.
         row = dict(item)
         for name, part in bench.submission_fields.items():
             value = rec.get(part)
-            if value is None and part == "think":
-                continue  # optional: only items that thought carry the think text
             row[name] = value if value is not None else ""
         out.append(row)
     p = Path(path)

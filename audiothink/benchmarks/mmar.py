@@ -7,8 +7,12 @@ list). Fields: ``id``, ``audio_path`` (``./audio/<id>.wav``, joined onto the dat
 ``rubric``. Unknown fields are kept in the submission file and otherwise ignored.
 
 Breakdowns: modality, category, sub-category and the total. Submission: the items plus
-``answer_prediction`` (current script), ``model_prediction`` (older) and, for items that thought,
-``thinking_prediction``.
+``answer_prediction`` (current script), ``model_prediction`` (older) and ``thinking_prediction`` on every
+item (the think text; ``""`` for a direct answer: the official rubric script skips items without it).
+
+Quirks of the release that the official scorer tolerates are accepted and counted (``base.QUIRKS``): the
+current file has 4 items whose choice list holds an empty string, and a few choices and answers with
+trailing spaces.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from audiothink.benchmarks.base import Benchmark, MetaProblems, join_audio, read_metadata
+from audiothink.benchmarks.base import Benchmark, MetaProblems, find_quirks, join_audio, read_metadata
 from audiothink.data import Sample
 
 __all__ = ["load_mmar", "MODALITIES", "CATEGORIES", "DIMENSIONS", "SUBMISSION_FIELDS"]
@@ -27,6 +31,8 @@ CATEGORIES = ("Signal Layer", "Perception Layer", "Semantic Layer", "Cultural La
 DIMENSIONS = ("modality", "category", "sub-category")
 SUBMISSION_FIELDS = {"answer_prediction": "prediction", "model_prediction": "prediction",
                      "thinking_prediction": "think"}
+# breakdown labels: a one-element list is read as its string (a counted quirk)
+_LABELS = ("modality", "category", "sub-category")
 
 
 def load_mmar(
@@ -41,7 +47,7 @@ def load_mmar(
     root = Path(os.path.abspath(data_root if data_root is not None else meta.parent))
     rows, container = read_metadata(meta)
     problems = MetaProblems(meta)
-    samples, items, groups = [], [], []
+    samples, items, groups, quirks = [], [], [], []
     for loc, item in rows:
         if not isinstance(item, dict):
             problems.add(loc, item, "item", f"expected a JSON object, got {type(item).__name__}")
@@ -59,17 +65,20 @@ def load_mmar(
         samples.append(
             Sample(
                 id=rid, audio=(join_audio(root, audio),), question=question.strip(),
-                choices=tuple(c.strip() for c in choices), answer=answer.strip(), task=modality or None,
+                # an empty choice (a tolerated quirk) has nothing to show: it is left out of the prompt
+                choices=tuple(c.strip() for c in choices if c.strip()), answer=answer.strip(),
+                task=modality or None,
                 category=category or None, source=item.get("source") or None,
                 extra={"sub-category": sub, "language": item.get("language")},
             )
         )
         items.append(item)
+        quirks.append(find_quirks(item, choices, answer, _LABELS))
         groups.append({"modality": modality or "unknown", "category": category or "unknown",
                        "sub-category": sub or "unknown"})
     problems.raise_if_any()
     return Benchmark(
         name=name, kind="mmar", version=version or "MMAR (1,000 items)", meta_path=meta, samples=samples,
         items=items, groups=groups, dimensions=DIMENSIONS, container=container,
-        submission_fields=dict(SUBMISSION_FIELDS),
+        submission_fields=dict(SUBMISSION_FIELDS), quirks=quirks,
     )

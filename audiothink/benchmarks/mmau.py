@@ -10,6 +10,10 @@ Breakdowns: task, difficulty, sub-category and the total. Submission: the items 
 under ``model_output`` (what the current official script reads) and ``model_prediction`` (what its
 README and older scripts read).
 
+Quirks of the releases that the official scorer tolerates are accepted and counted (``base.QUIRKS``):
+``category`` as a one-element list, answers that are not among the choices (147 in one release),
+repeated and same-word choices.
+
 Two releases exist (the original and ``v05.15.25``, with about a quarter of the questions revised);
 their numbers are not comparable, so every report names the version.
 """
@@ -20,7 +24,7 @@ import os
 import re
 from pathlib import Path
 
-from audiothink.benchmarks.base import Benchmark, MetaProblems, join_audio, read_metadata
+from audiothink.benchmarks.base import Benchmark, MetaProblems, find_quirks, join_audio, read_metadata
 from audiothink.data import Sample
 
 __all__ = ["load_mmau", "TASKS", "DIFFICULTIES", "DIMENSIONS", "SUBMISSION_FIELDS"]
@@ -29,6 +33,8 @@ TASKS = ("sound", "music", "speech")
 DIFFICULTIES = ("easy", "medium", "hard")
 DIMENSIONS = ("task", "difficulty", "sub-category")
 SUBMISSION_FIELDS = {"model_output": "prediction", "model_prediction": "prediction"}
+# breakdown labels: a one-element list is read as its string (a counted quirk)
+_LABELS = ("task", "difficulty", "category", "sub-category")
 _KNOWN = ("id", "audio_id", "question", "choices", "answer", "dataset", "task", "split", "category",
           "sub-category", "difficulty")
 
@@ -51,7 +57,7 @@ def load_mmau(
     root = Path(os.path.abspath(data_root if data_root is not None else meta.parent))
     rows, container = read_metadata(meta)
     problems = MetaProblems(meta)
-    samples, items, groups = [], [], []
+    samples, items, groups, quirks = [], [], [], []
     for loc, item in rows:
         if not isinstance(item, dict):
             problems.add(loc, item, "item", f"expected a JSON object, got {type(item).__name__}")
@@ -70,17 +76,20 @@ def load_mmau(
         samples.append(
             Sample(
                 id=rid, audio=(join_audio(root, audio),), question=question.strip(),
-                choices=tuple(c.strip() for c in choices), answer=answer.strip(), task=task or None,
+                # an empty choice (a tolerated quirk) has nothing to show: it is left out of the prompt
+                choices=tuple(c.strip() for c in choices if c.strip()), answer=answer.strip(),
+                task=task or None,
                 category=category or None, difficulty=difficulty or None, source=item.get("dataset") or None,
                 extra={"sub-category": sub},
             )
         )
         items.append(item)
+        quirks.append(find_quirks(item, choices, answer, _LABELS))
         groups.append({"task": task or "unknown", "difficulty": difficulty or "unknown",
                        "sub-category": sub or "unknown"})
     problems.raise_if_any()
     return Benchmark(
         name=name, kind="mmau", version=version or guess_version(meta), meta_path=meta, samples=samples,
         items=items, groups=groups, dimensions=DIMENSIONS, container=container,
-        submission_fields=dict(SUBMISSION_FIELDS),
+        submission_fields=dict(SUBMISSION_FIELDS), quirks=quirks,
     )

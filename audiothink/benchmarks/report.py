@@ -12,7 +12,7 @@ from audiothink.benchmarks.mmau import DIFFICULTIES, TASKS
 from audiothink.benchmarks.scoring import format_line, string_match
 
 __all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forced_summary", "forced_lines",
-           "forgetting_summary", "write_report", "write_charts"]
+           "forgetting_summary", "quirk_lines", "write_report", "write_charts"]
 
 # Canonical order of known labels; anything else follows alphabetically.
 _ORDER = {v: i for i, v in enumerate((*TASKS, *DIFFICULTIES, *MODALITIES, *CATEGORIES))}
@@ -185,6 +185,15 @@ def forgetting_summary(bench: Benchmark, records: dict[str, dict]) -> dict | Non
     }
 
 
+def quirk_lines(quirks: dict[str, dict]) -> list[str]:
+    """One line per tolerated metadata quirk (``base.quirk_summary``): kind, item count, what, first ids."""
+    lines = []
+    for kind, q in quirks.items():
+        more = ", …" if q["items"] > len(q["ids"]) else ""
+        lines.append(f"{kind}: {q['items']} item(s): {q['what']} (ids: {', '.join(map(str, q['ids']))}{more})")
+    return lines
+
+
 # --------------------------------------------------------------------------- report.md
 
 
@@ -199,13 +208,13 @@ def _num(x, fmt="{:.1f}") -> str:
 def write_report(path: Path, results: dict, charts: list[str]) -> Path:
     s = results["summary"]
     lines = [
-        f"# {results['benchmark']['name']} — evaluation report",
+        f"# {results['benchmark']['name']} ({results['benchmark']['version']}) — "
+        f"{results['model'].get('name') or Path(str(results['model']['path'])).name}",
         "",
         f"- benchmark: `{results['benchmark']['name']}` ({results['benchmark']['kind']}), version "
         f"**{results['benchmark']['version']}**, metadata `{results['benchmark']['meta']}`, "
         f"{results['benchmark']['items']} items",
-        f"- model: `{results['model']['path']}`" + (f" + adapter `{results['model']['adapter']}`"
-                                                    if results["model"]["adapter"] else " (base)"),
+        f"- model: {results['model'].get('description') or results['model']['path']}",
         f"- decoding: {'sampling, T=' + str(results['generation']['temperature']) if results['generation']['do_sample'] else 'greedy'}, "
         f"max {results['generation']['max_new_tokens']} new tokens, audio clipped at "
         f"{results['generation']['max_audio_seconds']} s ({results['audio']['clips_clipped']} clips were longer)",
@@ -218,6 +227,17 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
         "```",
         *results["lines"],
         "```",
+        "",
+    ]
+    quirks = results["benchmark"].get("quirks") or {}
+    lines += ["## Quirks of the metadata", ""]
+    if quirks:
+        lines += ["Accepted as the official scorer accepts them, and scored by the official rule on the released "
+                  "item (answer and choices as released):", ""]
+        lines += [f"- {line}" for line in quirk_lines(quirks)]
+    else:
+        lines.append("None of the known quirks (`audiothink/benchmarks/base.py: QUIRKS`).")
+    lines += [
         "",
         "## Breakdowns with think statistics",
         "",
@@ -275,10 +295,10 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
     fg = results.get("forgetting")
     if fg:
         lines += ["## Forgetting monitor", "",
-                  f"Mean per-token KL(tuned ‖ base): **{fg['kl_per_token']:.5f} nats** over {fg['tokens']} tokens "
+                  f"Mean per-token KL(tuned ‖ base): **{fg['kl_per_token']:.3g} nats** over {fg['tokens']} tokens "
                   f"of {fg['items']} items. Method: {fg['method']}.", ""]
         for dim, groups in fg["by"].items():
-            lines.append(f"- by {dim}: " + ", ".join(f"{v} {_num(x, '{:.5f}')}" for v, x in groups.items()))
+            lines.append(f"- by {dim}: " + ", ".join(f"{v} {_num(x, '{:.3g}')}" for v, x in groups.items()))
         lines.append("")
     if charts:
         lines += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
@@ -323,7 +343,8 @@ def write_charts(out_dir: Path, results: dict) -> list[str]:
 
     names = []
     s = results["summary"]
-    title = f"{results['benchmark']['name']} ({results['benchmark']['version']})"
+    title = (f"{results['benchmark']['name']} ({results['benchmark']['version']}) - "
+             f"{results['model'].get('name') or Path(str(results['model']['path'])).name}")
     for dim, groups in s["by"].items():
         acc = [100 * (g["accuracy"] or 0) for g in groups.values()]
         think = [100 * (g["think_rate"] or 0) for g in groups.values()]

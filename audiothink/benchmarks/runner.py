@@ -135,7 +135,7 @@ def completion_kl(model, batch: GeneratedBatch, clips_per_sample: Sequence[int],
     ``model`` is a PEFT model: the base distribution is the same forward with the adapter disabled. Both
     passes use the positions generate() used (from the attention mask), so the tuned pass reproduces the
     distributions greedy decoding picked from. The KL is summed over completion tokens up to and
-    including the first end-of-sequence token, in float32.
+    including the first stop token (training's stop ids), in float32.
     """
     n = batch.completion_ids.size(0)
     out: list[tuple[float, int]] = []
@@ -260,8 +260,7 @@ def _generate_records(model, processor, bench, template, idx, settings, audio_tr
     # a forced mode's prefill is part of the completion: its tokens count as output tokens
     prefill_tokens = len(processor.tokenizer(prefill, add_special_tokens=False)["input_ids"]) if prefill else 0
     lengths = (batch.completion_mask.sum(1) + prefill_tokens).tolist()
-    eos = processor.tokenizer.eos_token_id
-    ended = (batch.completion_ids == eos).any(1).tolist()
+    ended = batch.ended  # any of training's stop ids, not only the tokenizer's eos
     return [
         make_record(bench.keys[i], bench.samples[i], text, processor.tokenizer, output_tokens=int(n),
                     truncated=not e, kl=None if kls is None else kls[j])

@@ -2,7 +2,7 @@
 
 Rows are validated by :func:`audiothink.data.load_samples` (audio is checked later, for every benchmark
 alike). Breakdowns: task and difficulty (and category when rows have one). Submission: the rows plus
-``model_prediction`` and, for items that thought, ``thinking_prediction``.
+``model_prediction`` and ``thinking_prediction`` (``""`` for a direct answer).
 """
 
 from __future__ import annotations

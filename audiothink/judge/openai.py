@@ -3,7 +3,9 @@
 Per ``score`` call (one reward, one step): identical prompts are sent once; at most ``max_concurrency``
 requests are in flight; each request has ``timeout_s`` in all; a request that times out, cannot connect,
 gets HTTP 408/429/5xx or a malformed body is retried up to ``retries`` times, after
-``backoff_s * 2**k`` seconds (k = 0, 1, ...). Other HTTP errors (401, 404, ...) are not retried: they
+``backoff_s * 2**k`` seconds (k = 0, 1, ...) — or, when the server's reply says ``Retry-After`` (seconds
+or an HTTP date; typical of 429 and 503), after the longer of that back-off and the wait the server asked
+for, the latter capped at ``timeout_s`` (a retry inside the server's wait is wasted). Other HTTP errors (401, 404, ...) are not retried: they
 will not heal. A reply whose text does not parse is retried only with ``retry_unparsable`` (at
 temperature 0 the same prompt gives the same text). What still fails gets ``None``, is counted and
 logged once per call.
@@ -15,8 +17,12 @@ logs and error messages; the config holds only the variable's name.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import logging
+import math
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -28,13 +34,42 @@ log = logging.getLogger("audiothink.judge")
 _RETRY_STATUS = frozenset({408, 429})
 
 
-class _Failure(Exception):
-    """One failed attempt: ``reason`` is what gets logged (never headers, never the key)."""
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The wait a ``Retry-After`` header asks for, in seconds (>= 0), or None when absent or unreadable.
 
-    def __init__(self, reason: str, retryable: bool):
+    RFC 9110: either delay-seconds (``"3"``; a decimal is accepted too) or an HTTP date
+    (``"Wed, 21 Oct 2015 07:28:00 GMT"``), read against ``now`` (default: the wall clock). A date in the past
+    asks for no wait.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:  # "-0000": an HTTP date is GMT all the same
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+class _Failure(Exception):
+    """One failed attempt: ``reason`` is what gets logged (never headers, never the key); ``retry_after``
+    the wait the server asked for (seconds), if it said."""
+
+    def __init__(self, reason: str, retryable: bool, retry_after: float | None = None):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class OpenAIJudge(Judge):
@@ -47,9 +82,11 @@ class OpenAIJudge(Judge):
         endpoint: ``completions`` (plain text, for base models) or ``chat`` (``/chat/completions``).
         api_key_env: name of the environment variable holding the API key; unset or empty = no key.
         max_concurrency: requests in flight at once, per call.
-        timeout_s: seconds one request may take, connect to last byte.
+        timeout_s: seconds one request may take, connect to last byte; also the longest ``Retry-After``
+            wait honoured.
         retries: extra attempts after a retryable failure.
-        backoff_s: wait before the first retry; doubles for each further one.
+        backoff_s: wait before the first retry; doubles for each further one. A longer ``Retry-After``
+            from the server wins (capped at ``timeout_s``).
         retry_unparsable: also retry replies whose text does not parse.
         max_tokens: reply length; the score must be on the reply's first line.
     """
@@ -133,9 +170,10 @@ class OpenAIJudge(Judge):
     async def _ask(self, client, semaphore: asyncio.Semaphore, text: str, prompt: Prompt,
                    reasons: Counter[str]) -> float | None:
         path, payload = self._payload(text)
+        asked: float | None = None  # the previous reply's Retry-After, seconds
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                await asyncio.sleep(self.retry_wait(attempt, asked))
             try:
                 async with semaphore:
                     reply = await self._post(client, path, payload)
@@ -147,10 +185,19 @@ class OpenAIJudge(Judge):
                 reasons[failure.reason] += 1
                 if not failure.retryable:
                     return None
+                asked = failure.retry_after
             except Exception as e:  # noqa: BLE001 - whatever happens, this sample scores None, training goes on
                 reasons[f"unexpected {type(e).__name__}"] += 1
                 return None
         return None
+
+    def retry_wait(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (1, 2, ...): the exponential back-off, or the
+        server's ``Retry-After`` (capped at ``timeout_s``) when that is longer."""
+        wait = self.backoff_s * 2 ** (attempt - 1)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.timeout_s))
+        return wait
 
     async def _post(self, client, path: str, payload: dict[str, Any]) -> str:
         """The reply text of one request, or _Failure."""
@@ -168,7 +215,8 @@ class OpenAIJudge(Judge):
             status = response.status_code
             retryable = status in _RETRY_STATUS or status >= 500
             hint = " (is the API key set?)" if status in (401, 403) else ""
-            raise _Failure(f"HTTP {status}{hint}", retryable)
+            asked = retry_after_seconds(response.headers.get("retry-after")) if retryable else None
+            raise _Failure(f"HTTP {status}{hint}", retryable, retry_after=asked)
         try:
             body = response.json()
             choice = body["choices"][0]

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from audiothink.data import LoadResult, Sample, load_samples
+from audiothink.data import LoadResult, RowChecks, Sample, load_samples
 from audiothink.sources.mapping import FieldMap
 
 __all__ = ["FORMATS", "load_split", "load_training_data"]
@@ -41,14 +41,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_split(data_cfg: Any, which: str, *, max_seconds: float | None) -> LoadResult | None:
-    """Load ``data_cfg[which]`` (``"train"`` or ``"eval"``) with the config's reader; None if unset."""
+def load_split(data_cfg: Any, which: str, *, max_seconds: float | None,
+               checks: RowChecks | None = None) -> LoadResult | None:
+    """Load ``data_cfg[which]`` (``"train"`` or ``"eval"``) with the config's reader; None if unset.
+
+    ``checks``: the model's own row checks (audio long enough to give an audio token, no control tokens in
+    text, the prompt length), see :class:`audiothink.data.RowChecks`.
+    """
     path = data_cfg.get(which)
     if not path:
         return None
     fmt = data_cfg.get("format", "unified")
     common = dict(audio_root=data_cfg.get("audio_root"), on_error=data_cfg.get("on_error", "raise"),
-                  max_seconds=max_seconds)
+                  max_seconds=max_seconds, checks=checks)
     if fmt == "unified":
         return load_samples(path, **common)
     if fmt == "avqa":
@@ -89,9 +94,10 @@ def _log_loaded(which: str, result: LoadResult, max_seconds: float | None) -> No
         log.info("data: %s: question_rewrite changed %d questions", which, result.counts["questions_rewritten"])
 
 
-def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None) -> tuple[list[Sample], list[Sample]]:
+def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None,
+                       checks: RowChecks | None = None) -> tuple[list[Sample], list[Sample]]:
     """``(training samples, held-out samples)`` for a ``data=`` config, logged and transformed."""
-    train = load_split(data_cfg, "train", max_seconds=max_audio_seconds)
+    train = load_split(data_cfg, "train", max_seconds=max_audio_seconds, checks=checks)
     if train is None:
         raise ValueError("data.train is not set")
     _log_loaded("train", train, max_audio_seconds)
@@ -112,7 +118,7 @@ def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None) -> tup
         log.info("data: abstention: %d of %d training items now hear noise and must answer %r; "
                  "that choice was added to every training item", n, len(samples), label)
 
-    held_out = load_split(data_cfg, "eval", max_seconds=max_audio_seconds)
+    held_out = load_split(data_cfg, "eval", max_seconds=max_audio_seconds, checks=checks)
     if held_out is not None:
         _log_loaded("eval", held_out, max_audio_seconds)
     return samples, held_out.samples if held_out is not None else []

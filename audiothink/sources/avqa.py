@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from audiothink.data import LoadResult, RawRow, load_rows, read_metadata_rows
+from audiothink.data import LoadResult, RawRow, RowChecks, load_rows, read_metadata_rows
 from audiothink.sources.mapping import FieldMap, RowMapping, map_row
 
 __all__ = ["AVQA_FIELDS", "DEFAULT_REWRITE", "load_avqa"]
@@ -52,6 +52,7 @@ def load_avqa(
     on_error: str = "raise",
     check_audio: bool = True,
     max_seconds: float | None = None,
+    checks: RowChecks | None = None,
     question_rewrite: Mapping[str, str] | None = DEFAULT_REWRITE,
     audio_template: str | None = None,
     audio_basename: bool = True,
@@ -94,7 +95,7 @@ def load_avqa(
     root = Path(audio_root) if audio_root is not None else meta.parent
     result = load_rows(
         mapped(), source=str(meta), audio_root=root, on_error=on_error, check_audio=check_audio,
-        max_seconds=max_seconds, field_names=fields.display_names(),
+        max_seconds=max_seconds, field_names=fields.display_names(), checks=checks,
     )
     result.counts["questions_rewritten"] = rewritten
     return result

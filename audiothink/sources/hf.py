@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import soundfile as sf
 
-from audiothink.data import DataError, LoadResult, RawRow, load_rows
+from audiothink.data import DataError, LoadResult, RawRow, RowChecks, load_rows
 from audiothink.sources.mapping import FieldMap, RowMapping, map_row
 
 __all__ = ["load_hf"]
@@ -253,6 +253,7 @@ def load_hf(
     on_error: str = "raise",
     check_audio: bool = True,
     max_seconds: float | None = None,
+    checks: RowChecks | None = None,
     fields: FieldMap = FieldMap(),
     answer_format: str = "auto",
     question_rewrite: Mapping[str, str] | None = None,
@@ -295,7 +296,7 @@ def load_hf(
     source = str(path) if not split else f"{path} (split {split})"
     result = load_rows(
         rows(), source=source, audio_root=root, on_error=on_error, check_audio=check_audio,
-        max_seconds=max_seconds, field_names=fields.display_names(),
+        max_seconds=max_seconds, field_names=fields.display_names(), checks=checks,
     )
     result.counts.update(
         questions_rewritten=rewritten, audio_files_written=cache.written, audio_files_reused=cache.reused

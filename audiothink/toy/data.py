@@ -18,9 +18,11 @@ Every item carries its correct stepwise thought (``rationale``): the first clip'
 that clip's fact, the conclusion; and the facts themselves (``facts``, one per clip), from which
 :func:`answer_from_facts` derives the answer.
 
-No shortcuts: every clip is exactly ``WINDOW_SECONDS`` long (the sound sits at a random offset in silence),
-so clip length and audio-token count are the same for every clip; the question and the number of clips are
-fixed per task and answers are balanced within each task. Only the audio decides the answer.
+No shortcuts: every clip's length is drawn from one range (``_CLIP_SECONDS``, within ``WINDOW_SECONDS``)
+whatever it holds, and the sound sits at a random offset in silence, so clip length and audio-token count
+say nothing about the answer; the question and the number of clips are fixed per task and answers are
+balanced within each task. Only the audio decides the answer (``tests/test_toy_shortcuts.py``: a lookup on
+those features scores chance).
 
 Generation is deterministic: item ``i`` of a split draws from its own random stream seeded by
 ``(seed, split, i)``, so the same seed gives byte-identical files, the splits never share a stream, and
@@ -47,7 +49,7 @@ from audiothink.audio import SAMPLE_RATE, write_wav
 __all__ = ["TOY_VERSION", "WINDOW_SECONDS", "TASKS", "DIFFICULTY", "ToyItem", "toy_items", "answer_from_facts",
            "generate_toy", "ensure_toy"]
 
-# v3: one-second clips of fixed length (no length shortcut); easy one-step items and hard four-clip items
+# v3: clips of content-independent length (no length shortcut); easy one-step items and hard four-clip items
 # with stepwise rationales. v2: absolute judgments of unpadded single tones; v1: first-vs-second comparisons.
 TOY_VERSION = "v3"
 # The tiny model's encoder window, in whole seconds (the feature extractor's chunk length); every clip is

@@ -1,0 +1,158 @@
+"""What a training run shows: one compact line per logging step, the same lines in ``train.log``, no noise.
+
+TRL's default console prints a 37-key dict of quoted numbers every logging step, a progress bar whose
+escape codes end up in any redirected log, and the same harmless warnings on every run; ``train.log`` got
+only audiothink's own four lines. Here:
+
+* :class:`ProgressLine` replaces the Trainer's progress bar and dict printer with one line per logging step::
+
+    step 10/250 | reward 0.804 | adaptive_think 0.333 format 0.943 | think 32.7% | accuracy 66.1% | kl 0.0012 \
+| entropy 0.376 | clipped 0.0% | 1.13 s/step | ETA 4m31s
+
+  (and the causes of a step without learning signal, from :mod:`audiothink.health`). Every metric still goes to
+  ``metrics.jsonl`` and TensorBoard.
+* :func:`setup_console` routes transformers' and TRL's log records through the run's handlers (so
+  ``train.log`` holds what the console showed, without progress-bar control codes), turns off the library
+  progress bars, and filters the known-harmless warnings, once, here, each with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+
+from transformers import TrainerCallback
+
+__all__ = ["setup_console", "ProgressLine", "ConsoleFormatter", "format_duration"]
+
+log = logging.getLogger("audiothink.progress")
+
+# (category, message regex, why it is harmless). Matched with warnings.filterwarnings, i.e. at the start of
+# the message.
+KNOWN_HARMLESS = [
+    (UserWarning, r"'pin_memory' argument is set as true but no accelerator is found",
+     "torch's DataLoader on a CPU-only machine: the Trainer asks for pinned memory, which only matters with a GPU"),
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated",
+     "raised inside TRL 1.16's GRPOTrainer (it still calls the old name); nothing in audiothink calls it"),
+    (FutureWarning, r"`gradient_checkpointing` is deprecated and will be removed in v6",
+     "TRL 1.16's GRPOConfig reads the old field name; audiothink's configs set activation_checkpointing"),
+]
+
+
+def quiet_known_warnings() -> None:
+    """Filter the warnings listed in KNOWN_HARMLESS (and nothing else)."""
+    for category, message, _why in KNOWN_HARMLESS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def setup_console() -> None:
+    """One console for the whole run: library records through the run's handlers, no bars, no known noise."""
+    import transformers
+
+    import os
+
+    import torch
+
+    quiet_known_warnings()
+    if not torch.cuda.is_available():
+        # DeepSpeed (installed with the deepspeed extra) picks its CPU accelerator on a machine without CUDA
+        # anyway; naming it skips the "Setting accelerator to CPU" warning it prints to stdout on every run
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # transformers' records (e.g. a checkpoint warning) reach the root handlers: the console and train.log
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    # "Loading weights" / "Writing model shards" bars: carriage returns and cursor codes in every captured log
+    transformers.utils.logging.disable_progress_bar()
+    logging.captureWarnings(True)  # warnings.warn(...) that remain are logged, not printed raw to stderr
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``message`` for audiothink's progress and summary lines; ``level name: message`` for everything else.
+
+    ``timestamps=True`` (train.log) prefixes the time of day.
+    """
+
+    def __init__(self, timestamps: bool = False):
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if not (record.levelno == logging.INFO and record.name.startswith("audiothink")):
+            message = f"{record.levelname.lower()}: {record.name}: {message}"
+        if self.timestamps:
+            message = f"[{time.strftime('%H:%M:%S', time.localtime(record.created))}] {message}"
+        return message
+
+
+def format_duration(seconds: float) -> str:
+    """``4m31s``, ``1h02m``, ``12s``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def _num(x) -> str:
+    return "–" if not isinstance(x, (int, float)) or x != x else f"{x:.3g}"
+
+
+def _pct(x) -> str:
+    return "–" if not isinstance(x, (int, float)) or x != x else f"{100 * x:.1f}%"
+
+
+class ProgressLine(TrainerCallback):
+    """One line per logging step (and a start and an end line), through the ``audiothink.progress`` logger.
+
+    ``health``: an :class:`audiothink.health.HealthMonitor`; its lasting causes are appended to the line.
+    """
+
+    def __init__(self, health=None):
+        self.health = health
+        self.started: float | None = None
+        self.start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.start_step = time.time(), state.global_step
+        if state.is_world_process_zero:
+            where = f" (resumed at step {state.global_step})" if state.global_step else ""
+            log.info("training: %d steps of %d completions (G = %d) per device%s", state.max_steps,
+                     args.per_device_train_batch_size * args.gradient_accumulation_steps, args.num_generations,
+                     where)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "reward" not in logs:
+            return
+        log.info(self.line(state.global_step, state.max_steps, logs))
+
+    def line(self, step: int, total: int, logs: dict) -> str:
+        parts = [f"step {step}/{total}", f"reward {_num(logs.get('reward'))}"]
+        means = [(k[len("rewards/"):-len("/mean")], v) for k, v in logs.items()
+                 if k.startswith("rewards/") and k.endswith("/mean")]
+        if means:
+            parts.append(" ".join(f"{name} {_num(v)}" for name, v in means))
+        parts.append(f"think {_pct(logs.get('think/rate'))}")
+        if "accuracy/rate" in logs:
+            parts.append(f"accuracy {_pct(logs['accuracy/rate'])}")
+        if "kl" in logs:
+            parts.append(f"kl {_num(logs['kl'])}")
+        parts += [f"entropy {_num(logs.get('entropy'))}", f"clipped {_pct(logs.get('completions/clipped_ratio'))}"]
+        if self.started is not None and step > self.start_step:
+            per_step = (time.time() - self.started) / (step - self.start_step)
+            parts += [f"{per_step:.3g} s/step", f"ETA {format_duration(per_step * max(total - step, 0))}"]
+        if self.health is not None and self.health.active:
+            parts.append("NO LEARNING SIGNAL: " + ", ".join(self.health.active))
+        return " | ".join(parts)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.started is not None:
+            log.info("training: %d steps in %s", state.global_step - self.start_step,
+                     format_duration(time.time() - self.started))

@@ -1,0 +1,104 @@
+"""The files a training run writes about itself, besides metrics and checkpoints.
+
+* ``config.yaml``: the resolved config of the run's first start. A resume writes its own config beside it,
+  ``config.resumed-<step>.yaml``, and leaves the first one alone.
+* ``heldout_before.json``: the held-out figures of the starting weights, written as soon as they are known.
+  A resume with the same held-out settings reuses them instead of scoring the starting weights again (it
+  could not: the model it starts from is the checkpoint's).
+* TensorBoard: held-out accuracy and think rate before (at step 0) and after (at the last step), overall, per
+  difficulty and per task, under ``heldout/…``, next to the training curves.
+* The printed summary: overall, per difficulty and per task, before -> after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("audiothink.train")
+
+__all__ = ["write_config", "heldout_settings", "load_before", "save_before", "log_heldout_to_tensorboard",
+           "summary_lines"]
+
+
+def write_config(run_dir: Path, cfg: DictConfig, resumed_step: int | None) -> Path:
+    """``config.yaml`` on a first start; ``config.resumed-<step>.yaml`` on a resume (the first is kept)."""
+    name = "config.yaml" if resumed_step is None or not (run_dir / "config.yaml").is_file() \
+        else f"config.resumed-{resumed_step}.yaml"
+    path = run_dir / name
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def heldout_settings(cfg: DictConfig, n_items: int) -> dict:
+    """Everything that decides the held-out figures: reused figures must have been made the same way."""
+    return {"items": n_items, "eval": OmegaConf.to_container(cfg.eval, resolve=True), "prompt": cfg.prompt,
+            "data_eval": str(cfg.data.get("eval")), "model": str(cfg.model.path),
+            "max_audio_seconds": cfg.model.max_audio_seconds}
+
+
+def load_before(run_dir: Path, settings: dict) -> dict | None:
+    """The recorded "before" figures of this run, if they were made with ``settings``."""
+    path = run_dir / "heldout_before.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if record.get("settings") != settings:
+        log.info("held-out: the recorded 'before' figures were made with other settings; scoring again")
+        return None
+    return record["before"]
+
+
+def save_before(run_dir: Path, settings: dict, before: dict) -> None:
+    (run_dir / "heldout_before.json").write_text(json.dumps({"settings": settings, "before": before}, indent=2) + "\n")
+
+
+def _flat(result: dict) -> dict[str, dict]:
+    """{"overall": stats, "difficulty=easy": stats, "task=count": stats, ...}"""
+    out = {"overall": result["overall"]}
+    for key in ("by_difficulty", "by_task"):
+        for name, stats in result.get(key, {}).items():
+            out[f"{key[3:]}={name}"] = stats
+    return out
+
+
+def log_heldout_to_tensorboard(logging_dir: str, summary: dict) -> Path | None:
+    """``heldout/accuracy/<slice>`` and ``heldout/think_rate/<slice>``: before at step 0, after at the last step."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; only a trimmed install lacks it
+        return None
+    writer = SummaryWriter(log_dir=logging_dir)
+    for when, step in (("before", 0), ("after", summary["steps"])):
+        result = summary.get(when)
+        if not result:
+            continue
+        for name, stats in _flat(result).items():
+            writer.add_scalar(f"heldout/accuracy/{name}", stats["accuracy"], step)
+            writer.add_scalar(f"heldout/think_rate/{name}", stats["think_rate"], step)
+    writer.close()
+    return Path(logging_dir)
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The end-of-run table: accuracy and think rate before -> after, overall, per difficulty, per task."""
+    before, after = summary.get("before"), summary.get("after")
+    lines = [f"run: {summary['run_dir']}  ({summary['steps']} steps)"]
+    if not (before and after):
+        return lines
+    lines.append(f"{'held-out':<22}{'n':>5}{'accuracy':>20}{'think rate':>22}")
+    b_flat, a_flat = _flat(before), _flat(after)
+    for name, a in a_flat.items():
+        b = b_flat.get(name)
+        if b is None:
+            continue
+        label = name.replace("difficulty=", "").replace("task=", "task ")
+        lines.append(f"{label:<22}{a['n']:>5}{b['accuracy']:>12.1%} -> {a['accuracy']:<7.1%}"
+                     f"{b['think_rate']:>12.1%} -> {a['think_rate']:.1%}")
+    return lines
