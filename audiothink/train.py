@@ -181,7 +181,9 @@ def train(cfg: DictConfig) -> dict:
         log.info("held-out: scoring %d items with the trained weights", len(eval_samples))
         summary["after"] = summarise(trainer.model, processor, eval_samples, cfg)
     if args.should_save:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # Figures only, no path and no time: two runs with the same seed and config write identical files.
+        figures = {k: v for k, v in summary.items() if k != "run_dir"}
+        (run_dir / "summary.json").write_text(json.dumps(figures, indent=2) + "\n")
         if "tensorboard" in (args.report_to or []):
             # into the training curves' event folder, so that TensorBoard shows them side by side
             tb = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TensorBoardCallback"), None)

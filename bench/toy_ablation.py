@@ -2,6 +2,7 @@
 
     python bench/toy_ablation.py                 # six rows, ~45 min on 2 cores
     python bench/toy_ablation.py --rows before c # a subset
+    python bench/toy_ablation.py --jobs 2         # two training runs at a time
     python bench/toy_ablation.py -- trainer.max_steps=100   # overrides after -- go to every training run
 
 Rows, all from the same warm start (the committed toy checkpoint), same seed, same GRPO settings and steps:
@@ -42,13 +43,18 @@ ROWS = {
 }
 
 
-def train(row: str, overrides: list[str], root: Path) -> tuple[Path, float]:
-    """Run the training entry point for `row`; returns its run folder and wall time (seconds)."""
+def train(row: str, overrides: list[str], root: Path, quiet: bool = False) -> tuple[Path, float]:
+    """Run the training entry point for `row`; returns its run folder and wall time (seconds). ``quiet``: the
+    run's console output goes to ``<root>/row_<row>.log`` (rows side by side)."""
     run_dir = root / f"row_{row}"
     cmd = [sys.executable, "-m", "audiothink.train", f"hydra.run.dir={run_dir}", *ROWS[row][1], *overrides]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
-    subprocess.run(cmd, check=True)
+    if quiet:
+        with open(root / f"row_{row}.log", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        subprocess.run(cmd, check=True)
     return run_dir, time.time() - t0
 
 
@@ -119,6 +125,8 @@ def main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--jobs", type=int, default=1, help="training runs at a time (each uses cpu_threads=1 by "
+                    "default, so 2 on a 2-core machine; the figures do not depend on it, the wall times do)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a new temp folder)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every training run (after --)")
     args = ap.parse_args(argv)
@@ -129,15 +137,29 @@ def main(argv: list[str]) -> int:
     data_root = Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "toy"
     eval_path = ensure_toy(data_root)["eval"]
     results: dict[str, dict] = {}
-    for row in args.rows:
-        if row == "before":
+
+    def record(row: str, run: tuple[Path, float] | None) -> None:
+        if run is None:
             results[row] = {**score_heldout(TOY_MODEL_DIR, None, eval_path), "wall_s": None}
         else:
-            run_dir, wall = train(row, args.overrides, root)
-            results[row] = {**score_heldout(run_dir / "final", ROWS[row][2], eval_path), "wall_s": wall,
-                            "run_dir": str(run_dir)}
-        print_table(results)
+            results[row] = {**score_heldout(run[0] / "final", ROWS[row][2], eval_path), "wall_s": run[1],
+                            "run_dir": str(run[0])}
+        print_table({r: results[r] for r in args.rows if r in results})
         (root / "toy_ablation.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    trained = [r for r in args.rows if r != "before"]
+    if "before" in args.rows:
+        record("before", None)
+    if args.jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            runs = dict(zip(trained, pool.map(lambda r: train(r, args.overrides, root, quiet=True), trained)))
+        for row in trained:
+            record(row, runs[row])
+    else:
+        for row in trained:
+            record(row, train(row, args.overrides, root))
     print(f"\nrows scored on the {results[args.rows[0]]['n']} held-out toy items (greedy); runs in {root}")
     return 0
 

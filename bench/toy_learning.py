@@ -1,7 +1,8 @@
 """Does the default job learn *when* to think? Held-out toy figures before and after `python -m audiothink.train`.
 
-    python bench/toy_learning.py                   # the default run (reward=adaptive, seed 0), ~8 min on 2 cores
+    python bench/toy_learning.py                   # the default run (reward=adaptive, seed 0), ~7 min on 2 cores
     python bench/toy_learning.py --seeds 0 1 2     # three runs, one per seed, and the spread
+    python bench/toy_learning.py --seeds 0 1 2 --jobs 2   # two runs at a time (one CPU thread each)
     python bench/toy_learning.py -- reward=accuracy   # overrides after -- are passed to every training run
 
 Runs the training entry point exactly as the README's first command does (plus `seed=<s>` and the overrides
@@ -27,13 +28,18 @@ GAP_POINTS = 40.0  # think rate hard - easy, after training
 GAP_BEFORE_POINTS = 10.0  # the same gap before training stays under this
 
 
-def run(seed: int, overrides: list[str], root: Path) -> dict:
-    """One training run of the default job with `seed`; returns its figures (points) and wall time."""
+def run(seed: int, overrides: list[str], root: Path, quiet: bool = False) -> dict:
+    """One training run of the default job with `seed`; returns its figures (points) and wall time. ``quiet``:
+    the run's console output goes to ``<root>/seed<seed>.log`` (runs side by side)."""
     run_dir = root / f"seed{seed}"
     cmd = [sys.executable, "-m", "audiothink.train", f"hydra.run.dir={run_dir}", f"seed={seed}", *overrides]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
-    subprocess.run(cmd, check=True)
+    if quiet:
+        with open(root / f"seed{seed}.log", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        subprocess.run(cmd, check=True)
     wall = time.time() - t0
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"seed": seed, "wall_s": wall, "steps": summary["steps"], "run_dir": str(run_dir),
@@ -87,12 +93,20 @@ def print_table(results: list[dict]) -> None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each uses cpu_threads=1 by default, so "
+                    "2 on a 2-core machine; the figures do not depend on it)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a new temp folder)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run (after --)")
     args = ap.parse_args(argv)
     root = args.out or Path(tempfile.mkdtemp(prefix="toy_learning_"))
     root.mkdir(parents=True, exist_ok=True)
-    results = [run(seed, args.overrides, root) for seed in args.seeds]
+    if args.jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda s: run(s, args.overrides, root, quiet=True), args.seeds))
+    else:
+        results = [run(seed, args.overrides, root) for seed in args.seeds]
     print(f"\ntoy learning ({results[0]['steps']} GRPO steps per run, runs in {root})")
     print_table(results)
     (root / "toy_learning.json").write_text(json.dumps(results, indent=2) + "\n")
