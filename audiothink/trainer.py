@@ -666,7 +666,7 @@ class AudioGRPOTrainer(GRPOTrainer):
                     values = {name: (None if v[i] != v[i] else round(v[i], 4)) for name, v in rewards.items()}
                     scored = [weights[k] * v for k, v in values.items() if v is not None]
                     completions.append({
-                        "text": completion_text(texts[i]),
+                        "text": self.prefill + completion_text(texts[i]),  # what the rewards read
                         "rewards": values,
                         "reward": round(sum(scored), 4) if scored else None,
                         "advantage": round(advantages[i], 4),

@@ -109,3 +109,27 @@ def test_bad_force_mode_is_a_config_error(tmp_path, toy_files):
     with pytest.raises(ConfigError, match="force_mode"):
         run_eval(tmp_path / "out", "benchmark=toy", f"benchmark.root={toy_files['eval'].parent}",
                  "benchmark.generate_toy=false", "eval.force_mode=always")
+
+
+def test_training_rollouts_start_with_the_forced_tag_and_are_scored_whole(tmp_path, toy_files):
+    """`force_mode=think` in training: every rollout's reply starts with <think>, the rewards read the prefill
+    (a thought-out completion is well formed), and the held-out scoring is forced the same way."""
+    from tests.test_console import _cli
+
+    run_dir = tmp_path / "run"
+    out = _cli("audiothink.train", [
+        "force_mode=think", "trainer.max_steps=1", "trainer.per_device_train_batch_size=16",
+        "trainer.logging_steps=1", "trainer.save_steps=1", "eval.num_samples=8", "log.completion_prompts=2",
+        "log.plots=false", "data.generate_toy=false", f"data.train={toy_files['train']}",
+        f"data.eval={toy_files['eval']}", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    completions = [c for r in records for c in r["completions"]]
+    assert len(completions) == 16
+    assert all(c["text"].startswith(THINK_OPEN) for c in completions)
+    for c in completions:  # the format reward saw the whole reply: prefill + the model's continuation
+        assert c["rewards"]["format"] == (1.0 if parse(c["text"]).mode == "think" else 0.0), c
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["think/rate"] >= 0.9
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["before"]["overall"]["think_rate"] >= 0.9

@@ -306,10 +306,11 @@ def test_ensure_toy_does_not_regenerate_when_done(tmp_path, small_generate):
     assert (root / "train.jsonl").stat().st_mtime_ns == mtime
 
 
-def test_ensure_toy_replaces_an_older_version(tmp_path, small_generate):
+@pytest.mark.parametrize("old", ["v1", "v2"])
+def test_ensure_toy_replaces_an_older_version(tmp_path, small_generate, old):
     root = tmp_path / "toy"
     root.mkdir()
-    (root / "DONE").write_text("v0\n")
+    (root / "DONE").write_text(f"{old}\n")
     (root / "stale.txt").write_text("old")
     ensure_toy(root)
     assert len(small_generate) == 1
