@@ -157,6 +157,7 @@ def train(cfg: DictConfig) -> dict:
         max_audio_seconds=cfg.model.max_audio_seconds,
         fast_generation=cfg.rollout.fast,
         prefill=prefill,
+        compile_cache_dir=cfg.rollout.get("compile_cache_dir"),
         completion_prompts=cfg.log.completion_prompts,
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl"), SaveProcessor(processor)],
     )

@@ -164,6 +164,9 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"cpu_threads={threads!r}: must be a whole number >= 1 (or null: torch's default)")
     if cfg.get("force_mode") not in (None, "think", "direct"):
         raise ConfigError(f"force_mode={cfg.get('force_mode')!r}: must be null (the model chooses), think or direct")
+    cache = cfg.get("rollout", {}).get("compile_cache_dir")
+    if cache is not None and (not isinstance(cache, str) or not cache.strip()):
+        raise ConfigError(f"rollout.compile_cache_dir={cache!r}: must be a folder path (or null: the default cache)")
     limit = cfg.data.get("max_prompt_tokens")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"data.max_prompt_tokens={limit!r}: must be a whole number >= 1 (or null: no limit)")

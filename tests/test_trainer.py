@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from contextlib import contextmanager
 
 import pytest
@@ -176,9 +177,24 @@ def test_pack_unpack_keeps_clip_order():
     assert torch.equal(unpack_clips(shuffled, 0, 1)["input_features"], feats[3:6])
 
 
-def test_fast_generation_sets_static_cache_and_buckets(toy_model_dir, toy_files, tmp_path):
+def test_fast_generation_sets_static_cache_and_buckets(toy_model_dir, toy_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # put back after the test
     trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=False, max_steps=1)
     assert trainer.generation_config.cache_implementation is None and trainer.pad_to_multiple_of is None
-    trainer.enable_fast_generation(bucket=32)
+    assert trainer.enable_fast_generation(bucket=32, compile_cache_dir=tmp_path / "compiled") == str(
+        tmp_path / "compiled")
     gc = trainer.generation_config
     assert (gc.cache_implementation, gc.disable_compile, trainer.pad_to_multiple_of) == ("static", False, 32)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compiled")
+
+
+def test_fast_generation_from_the_constructor_uses_the_configured_cache(toy_model_dir, toy_files, tmp_path,
+                                                                       monkeypatch):
+    """rollout.fast + rollout.compile_cache_dir, as audiothink.train passes them."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    model, processor = load_toy(toy_model_dir)
+    trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format()],
+                               args=toy_grpo_args(tmp_path), train_dataset=_dataset(toy_files),
+                               fast_generation=True, compile_cache_dir=str(tmp_path / "compiled"))
+    assert trainer.generation_config.cache_implementation == "static" and trainer.pad_to_multiple_of == 64
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compiled") and (tmp_path / "compiled").is_dir()
