@@ -1,18 +1,21 @@
 """Evaluate a model — the base, or the base plus a trained LoRA adapter — on MMAU, MMAR or the toy.
 
     python -m audiothink.evaluate benchmark=toy eval.listen_check=noise         # CPU, under a minute
+    python -m audiothink.evaluate benchmark=toy model.path=runs/<run>/final eval.force_mode=think   # what thinking is worth
     python -m audiothink.evaluate benchmark=mmau_test_mini model=qwen2_audio_7b model.path=/models/Qwen2-Audio-7B-Instruct
     python -m audiothink.evaluate benchmark=mmar model=qwen2_audio_7b adapter=runs/<run>/final
     python -m audiothink.evaluate benchmark=mmar ... hydra.run.dir=runs/eval/mmar/<folder>   # resume
 
 Reads top to bottom: config -> benchmark metadata -> audio check -> model (+ adapter) -> predictions
 (batched, greedy, appended to predictions.jsonl as they are made, finished items skipped on a rerun) ->
-listening check (same items, audio replaced) -> official scores, breakdowns, think statistics, KL to the
-base -> submission file, results.json, report.md, charts. The prompt is training's (configs/train.yaml).
+listening check (same items, audio replaced) -> forced modes (same items, the reply prefilled with <think>
+or <answer>) -> official scores, breakdowns, think statistics, KL to the base -> submission file,
+results.json, report.md, charts. The prompt is training's (configs/train.yaml).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -27,6 +30,8 @@ from audiothink.setup import ConfigError, check_model_path, load_model_and_proce
 
 log = logging.getLogger("audiothink.evaluate")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# eval.force_mode -> the forced modes evaluated next to the model's own choice
+FORCED_MODES = {None: (), "think": ("think",), "direct": ("direct",), "both": ("think", "direct")}
 
 
 def training_prompt() -> str:
@@ -104,7 +109,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
     from audiothink.benchmarks import write_submission
     from audiothink.benchmarks.base import quirk_summary
-    from audiothink.benchmarks.report import (breakdown_lines, forgetting_summary, listen_summary, quirk_lines,
+    from audiothink.benchmarks.report import (breakdown_lines, forced_summary, forgetting_summary, listen_summary,
+                                               quirk_lines,
                                               summarise, write_charts, write_report)
     from audiothink.benchmarks.runner import GenerationSettings, predict, replace_audio
     from audiothink.benchmarks.store import PredictionStore
@@ -151,6 +157,14 @@ def evaluate(cfg: DictConfig) -> dict:
         runs.append(predict(model, processor, bench, cfg.prompt, listen_store, settings,
                             audio_transform=replace_audio(listen, cfg.seed), desc=f"{bench.name} ({listen})",
                             **common))
+    forced_stores = {}
+    for mode in FORCED_MODES[cfg.eval.force_mode]:
+        forced_settings = dataclasses.replace(settings, force_mode=mode)
+        forced_stores[mode] = PredictionStore(out / f"predictions_force_{mode}.jsonl",
+                                              {**fingerprint(cfg, bench, forced_settings, audio="real"),
+                                               "force_mode": mode}, restart=cfg.eval.restart)
+        runs.append(predict(model, processor, bench, cfg.prompt, forced_stores[mode], forced_settings,
+                            desc=f"{bench.name} (forced {mode})", **common))
 
     summary = summarise(bench, store.records)
     suffix = ".jsonl" if bench.container == "jsonl" else ".json"
@@ -171,6 +185,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "summary": summary,
         "lines": breakdown_lines(bench, summary),
         "listen_check": listen_summary(bench, store.records, listen_store.records, listen) if listen else None,
+        "forced_modes": (forced_summary(bench, store.records, {m: st.records for m, st in forced_stores.items()})
+                         if forced_stores else None),
         "forgetting": forgetting_summary(bench, store.records) if cfg.adapter else None,
         "submission": str(submission),
         "run": {"predicted": predicted, "resumed": sum(r.skipped for r in runs),
@@ -196,6 +212,8 @@ def check_eval_config(cfg: DictConfig) -> None:
     check_eval_settings("eval", e.batch_size, max_new_tokens=e.max_new_tokens)
     if e.listen_check not in (None, "noise", "silence"):
         raise ConfigError(f"eval.listen_check={e.listen_check!r}: must be null, noise or silence")
+    if e.force_mode not in FORCED_MODES:
+        raise ConfigError(f"eval.force_mode={e.force_mode!r}: must be null (the model chooses), think, direct or both")
     if e.limit is not None and (isinstance(e.limit, bool) or not isinstance(e.limit, int) or e.limit < 1):
         raise ConfigError(f"eval.limit={e.limit!r}: must be null (all items) or a whole number >= 1")
     if isinstance(e.kl_micro_batch, bool) or not isinstance(e.kl_micro_batch, int) or e.kl_micro_batch < 1:
@@ -314,6 +332,12 @@ def _print(results: dict) -> None:
     if lc:
         print(f"listening check ({lc['audio']}): real {pct(lc['accuracy_real'])} -> {lc['audio']} "
               f"{pct(lc['accuracy_replaced'])}, drop {lc['drop_points']:.2f} points over {lc['n']} items")
+    fm = results["forced_modes"]
+    if fm:
+        from audiothink.benchmarks.report import forced_lines
+
+        print("forced mode (reply prefilled with <think> / <answer>): accuracy by slice, next to the free choice")
+        print("\n".join(forced_lines(fm)))
     fg = results["forgetting"]
     if fg:
         print(f"forgetting monitor: KL(tuned || base) {fg['kl_per_token']:.3g} nats/token over {fg['tokens']} tokens")

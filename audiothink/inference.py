@@ -15,8 +15,25 @@ import torch
 
 from audiothink.audio import SAMPLE_RATE, load_audio
 from audiothink.data import Sample, render_prompt
-from audiothink.formats import parse
+from audiothink.formats import ANSWER_OPEN, THINK_OPEN, parse
 from rewards.accuracy import is_correct
+
+# eval.force_mode -> the text put at the start of the assistant turn, after the prompt: the model then
+# continues a think block (think) or an answer block (direct) instead of choosing. null: no prefill.
+FORCE_PREFILLS = {"think": THINK_OPEN, "direct": ANSWER_OPEN}
+
+
+def force_prefill(mode: str | None) -> str:
+    """The prefill of a forced mode (``think`` -> ``<think>``, ``direct`` -> ``<answer>``); ``""`` for None.
+
+    >>> force_prefill("direct"), force_prefill(None)
+    ('<answer>', '')
+    """
+    if mode is None:
+        return ""
+    if mode not in FORCE_PREFILLS:
+        raise ValueError(f"force_mode must be null, {' or '.join(FORCE_PREFILLS)}, got {mode!r}")
+    return FORCE_PREFILLS[mode]
 
 
 def banned_audio_token_ids(processor) -> list[int]:
@@ -60,7 +77,10 @@ def build_inputs(
     template: str,
     max_audio_seconds: float | None,
     audio_transform: AudioTransform | None = None,
+    prefill: str = "",
 ):
+    """The processor's tensors for ``samples``: chat-rendered prompts (plus ``prefill`` after the generation
+    prompt, the start of the assistant's reply) and the clips' features."""
     waves, messages = [], []
     for s in samples:
         clips = [load_audio(p, max_seconds=max_audio_seconds, row_id=s.id)[0] for p in s.audio]
@@ -70,6 +90,7 @@ def build_inputs(
         content = [{"type": "audio"}] * len(clips) + [{"type": "text", "text": render_prompt(s, template)}]
         messages.append([{"role": "user", "content": content}])
     texts = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    texts = [t + prefill for t in texts]
     return processor(text=texts, audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
 
 
@@ -85,8 +106,10 @@ def generate_answers(
     max_audio_seconds: float | None = None,
     do_sample: bool = False,
     temperature: float = 1.0,
+    prefill: str = "",
 ) -> list[str]:
-    """Decode one completion per sample (greedy by default), special tokens removed."""
+    """Decode one completion per sample (greedy by default), special tokens removed; ``prefill`` (e.g.
+    :func:`force_prefill`) starts each reply and is part of the returned completion."""
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -103,6 +126,7 @@ def generate_answers(
                     max_audio_seconds=max_audio_seconds,
                     do_sample=do_sample,
                     temperature=temperature,
+                    prefill=prefill,
                 ).texts
             )
     finally:
@@ -114,11 +138,12 @@ def generate_answers(
 class GeneratedBatch:
     """One generate() call: decoded completions plus what a teacher-forced pass over them needs."""
 
-    texts: list[str]  # decoded completions, special tokens removed
-    inputs: dict  # the processor's tensors (prompt ids, masks, audio features) on the model's device
+    texts: list[str]  # decoded completions, special tokens removed, each starting with the prefill (if any)
+    inputs: dict  # the processor's tensors (prompt ids + prefill, masks, audio features) on the model's device
     completion_ids: torch.Tensor  # [batch, new tokens]; padded after the first stop token
     completion_mask: torch.Tensor  # [batch, new tokens]; 1 up to and including the first stop token
     stop_ids: tuple[int, ...] = ()  # the ids that ended a completion (stop_token_ids)
+    prefill: str = ""  # text put after the prompt and generated from (part of `texts`, not of completion_ids)
 
     @property
     def ended(self) -> list[bool]:
@@ -139,10 +164,16 @@ def generate_batch(
     do_sample: bool = False,
     temperature: float = 1.0,
     audio_transform: AudioTransform | None = None,
+    prefill: str = "",
 ) -> GeneratedBatch:
-    """One batched generate() call on ``samples`` (the caller puts the model in eval mode)."""
+    """One batched generate() call on ``samples`` (the caller puts the model in eval mode).
+
+    ``prefill``: text that starts the assistant's reply (``<think>`` or ``<answer>`` to force a mode, see
+    :func:`force_prefill`); the model continues it, and each returned text is the prefill plus the
+    continuation, so it is parsed and scored like a completion the model wrote whole.
+    """
     tok = processor.tokenizer
-    enc = build_inputs(processor, samples, template, max_audio_seconds, audio_transform)
+    enc = build_inputs(processor, samples, template, max_audio_seconds, audio_transform, prefill)
     enc = {k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in enc.items()}
     stops = stop_token_ids(model, tok)  # training's stop ids, not only the tokenizer's eos
     gen = model.generate(
@@ -161,11 +192,12 @@ def generate_batch(
     # positions after the first stop token are padding
     mask = (is_eos.cumsum(dim=1) - is_eos.long()) == 0
     return GeneratedBatch(
-        texts=tok.batch_decode(new, skip_special_tokens=True),
+        texts=[prefill + t for t in tok.batch_decode(new, skip_special_tokens=True)],
         inputs=enc,
         completion_ids=new,
         completion_mask=mask.long(),
         stop_ids=tuple(stops),
+        prefill=prefill,
     )
 
 

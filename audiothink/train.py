@@ -29,6 +29,7 @@ from audiothink.setup import (
     build_rewards,
     check_model_path,
     drop_replayed,
+    forced_prefill,
     load_model_and_processor,
     load_processor,
     register_resolvers,
@@ -115,9 +116,14 @@ def train(cfg: DictConfig) -> dict:
         # first start's config.yaml and writes its own beside it.
         runfiles.write_config(run_dir, cfg, resumed_step)
     set_seed(cfg.seed)
+    if cfg.cpu_threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.cpu_threads)
 
     # Fail on a wrong model path now, not after the data set and trainer are built.
     check_model_path(cfg.model.path)
+    prefill = forced_prefill(cfg)
     rewards, weights = build_rewards(cfg.reward)
     # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
     # group and train with the engine the launcher asked for (audiothink/sharding.py); a no-op on GPUs.
@@ -168,6 +174,7 @@ def train(cfg: DictConfig) -> dict:
         peft_config=build_peft_config(cfg.model.lora),
         max_audio_seconds=cfg.model.max_audio_seconds,
         fast_generation=cfg.rollout.fast,
+        prefill=prefill,
         compile_cache_dir=cfg.rollout.get("compile_cache_dir"),
         completion_prompts=cfg.log.completion_prompts,
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor)],
@@ -193,7 +200,9 @@ def train(cfg: DictConfig) -> dict:
         log.info("held-out: scoring %d items with the trained weights", len(eval_samples))
         summary["after"] = summarise(trainer.model, processor, eval_samples, cfg)
     if args.should_save:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # Figures only, no path and no time: two runs with the same seed and config write identical files.
+        figures = {k: v for k, v in summary.items() if k != "run_dir"}
+        (run_dir / "summary.json").write_text(json.dumps(figures, indent=2) + "\n")
         if "tensorboard" in (args.report_to or []):
             # into the training curves' event folder, so that TensorBoard shows them side by side
             tb = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TensorBoardCallback"), None)

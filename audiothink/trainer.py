@@ -334,9 +334,14 @@ class AudioGRPOTrainer(GRPOTrainer):
         fast_generation: bool = False,
         compile_cache_dir: str | os.PathLike | None = None,
         share_encoder_passes: bool = True,
+        prefill: str = "",
         **kwargs,
     ):
         self.processor = processor
+        # Text that starts every rollout's reply ("<think>" or "<answer>": a forced mode, see
+        # audiothink.inference.force_prefill). It is part of the prompt ids (never trained on) and of the
+        # completion the rewards read.
+        self.prefill = prefill
         self.max_audio_seconds = max_audio_seconds
         self.completion_prompts = completion_prompts
         tokenizer = processor.tokenizer
@@ -511,6 +516,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             for prompt, clips in zip(prompts, waves, strict=True)
         ]
         texts = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        texts = [t + self.prefill for t in texts]
         flat = [w for clips in waves for w in clips]
         encoded = self.processor(
             text=texts, audio=flat, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
@@ -580,6 +586,8 @@ class AudioGRPOTrainer(GRPOTrainer):
     # -- rewards -----------------------------------------------------------------------------------------
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if self.prefill:  # the rewards score the reply as a whole: prefill + what the model wrote
+            completions = [self.prefill + c if isinstance(c, str) else c for c in completions]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         all_completions = gather_object(list(completions))
         keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
@@ -706,7 +714,7 @@ class AudioGRPOTrainer(GRPOTrainer):
                     values = {name: (None if v[i] != v[i] else round(v[i], 4)) for name, v in rewards.items()}
                     scored = [weights[k] * v for k, v in values.items() if v is not None]
                     completions.append({
-                        "text": completion_text(texts[i]),
+                        "text": self.prefill + completion_text(texts[i]),  # what the rewards read
                         "rewards": values,
                         "reward": round(sum(scored), 4) if scored else None,
                         "advantage": round(advantages[i], 4),

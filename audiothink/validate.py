@@ -159,6 +159,11 @@ def check_train_config(cfg: DictConfig) -> None:
     check_eval_settings("eval", cfg.eval.batch_size, num_samples=cfg.eval.num_samples,
                         max_new_tokens=cfg.eval.max_new_tokens)
     check_reward_weights(cfg.reward)
+    threads = cfg.get("cpu_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"cpu_threads={threads!r}: must be a whole number >= 1 (or null: torch's default)")
+    if cfg.get("force_mode") not in (None, "think", "direct"):
+        raise ConfigError(f"force_mode={cfg.get('force_mode')!r}: must be null (the model chooses), think or direct")
     cache = cfg.get("rollout", {}).get("compile_cache_dir")
     if cache is not None and (not isinstance(cache, str) or not cache.strip()):
         raise ConfigError(f"rollout.compile_cache_dir={cache!r}: must be a folder path (or null: the default cache)")

@@ -11,6 +11,13 @@ mode that dominates, early in training most:
 * no-think+wrong   = γ_no · no_think_wrong − (1 − γ_no) · no_think_correct
 
 At p = 1 every γ is 1 and the base values come back.
+
+Only a well-formed direct answer (``<answer>…</answer>`` alone) is paid at the no-think rates; every other
+completion, malformed ones included, is paid at the think rates. A reply out of format must never out-earn
+the well-formed reply it stands for: on the toy, GRPO with the no-think rates for malformed replies learnt
+to drop ``</think>`` ("<think>first high, … <answer>low</answer>"), which made its thought-out answers count
+as direct ones and collect the no-think bonus (bench/RESULTS.md). Paid as thoughts, such replies earn what a
+well-formed thought earns minus the format reward.
 """
 
 from __future__ import annotations
@@ -104,8 +111,10 @@ class AdaptiveThink:
         scores: list[float | None] = []
         for c, p, gold, options in zip(completions, parsed, answer, choices):
             correct = is_correct(c, gold, options, letters=self.letters)
+            # the no-think rates are for well-formed direct answers only (module docstring)
+            thought = p.thinks or not p.well_formed
             scores.append(
-                None if correct is None else adaptive_value(p.thinks, correct, lam, progress, base=self.base)
+                None if correct is None else adaptive_value(thought, correct, lam, progress, base=self.base)
             )
         return scores
 

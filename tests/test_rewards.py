@@ -231,6 +231,26 @@ def test_adaptive_mixed_batch_by_hand():
     assert reward.last_think_share == pytest.approx(0.6)
 
 
+def test_adaptive_pays_malformed_replies_at_the_think_rates():
+    """Only a well-formed direct answer earns the no-think rates: a thought without its closing tag (the hack
+    GRPO found on the toy), a direct answer with trailing text, a reply with no tags are paid as thoughts,
+    right or wrong, so none out-earns the well-formed reply it stands for."""
+    completions = [
+        "<think>first high, so fourth, fourth low<answer>cello</answer>",  # no </think>: thinks, malformed
+        "<answer>cello</answer> and more",  # direct, malformed
+        "cello",  # no tags
+        "<think>first high<answer>violin</answer>",  # wrong
+        NO_THINK_RIGHT,
+    ]
+    scores = AdaptiveThink(balance=False)(completions, **columns(5))
+    assert scores == [1.0, 1.0, 1.0, 0.0, 2.0]
+    reward = AdaptiveThink()  # with the balance term: the think rates of the batch's λ
+    lam, rest = 0 / 5, 1.0  # no well-formed think block in the batch
+    scores = reward(completions, **columns(5), trainer_state=state(0, 100))
+    assert scores[:4] == pytest.approx([E(-lam * rest), E(-lam * rest), E(-lam * rest), -(1 - E(-lam * rest))])
+    assert scores[4] == pytest.approx(2 * E(-(1 - lam) * rest))
+
+
 def test_adaptive_balance_off_gives_base_values():
     completions = [THINK_RIGHT, THINK_WRONG, NO_THINK_RIGHT, NO_THINK_WRONG]
     assert AdaptiveThink(balance=False)(completions, **columns(4), trainer_state=state(0, 100)) == [

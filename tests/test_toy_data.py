@@ -1,4 +1,5 @@
-"""Tests for the synthetic toy set: schema, determinism, clip lengths and that answers are audible."""
+"""Tests for the synthetic toy set: schema, determinism, fixed clip lengths, rationales that reach the gold
+answer, and that the facts are audible."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import json
 import re
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from audiothink.audio import SAMPLE_RATE
+from audiothink.benchmarks.scoring import string_match, tokenize
 from audiothink.data import load_samples
 from audiothink.toy import data as toy
 from audiothink.toy.data import TOY_VERSION, WINDOW_SECONDS, ensure_toy, generate_toy
@@ -71,68 +74,152 @@ def test_rows_load_cleanly_and_fit_the_window(toy_set):
             assert s.answer in s.choices
             assert s.source and s.category
             assert s.extra["rationale"] == s.extra["rationale"].lower() and s.extra["rationale"]
+            assert len(s.extra["facts"]) == len(s.audio)
             for clip in s.audio:
                 info = sf.info(clip)
                 assert (info.samplerate, info.channels) == (SAMPLE_RATE, 1)
-                assert info.frames <= WINDOW_SECONDS * SAMPLE_RATE
+                # every clip's length is drawn from one range whatever it holds (tests/test_toy_shortcuts.py
+                # checks that it says nothing), and fits the window
+                lo, hi = toy._CLIP_SECONDS
+                assert round(lo * SAMPLE_RATE) <= info.frames <= round(hi * SAMPLE_RATE) <= WINDOW_SECONDS * SAMPLE_RATE
 
 
 def test_tasks_difficulties_and_answers_are_balanced(toy_set):
     rows = _rows(toy_set["train"])
     tasks = Counter(r["task"] for r in rows)
-    assert set(tasks) == {"count", "pitch", "duration", "compare_clips"}
+    assert set(tasks) == set(toy.TASKS)
     assert set(tasks.values()) == {N_TRAIN // 4}
+    assert Counter(r["difficulty"] for r in rows) == {"easy": N_TRAIN // 2, "hard": N_TRAIN // 2}
     for task in tasks:
         of_task = [r for r in rows if r["task"] == task]
-        difficulties = Counter(r["difficulty"] for r in of_task)
-        assert difficulties == {"easy": len(of_task) // 2, "hard": len(of_task) // 2}
+        assert {r["difficulty"] for r in of_task} == {toy.DIFFICULTY[task]}
         answers = Counter(r["answer"] for r in of_task)
         assert set(answers) == set(of_task[0]["choices"])
-        assert max(answers.values()) - min(answers.values()) <= 1
+        assert max(answers.values()) - min(answers.values()) <= 2
     eval_rows = _rows(toy_set["eval"])
     assert {r["task"] for r in eval_rows} == set(tasks)
     assert {r["difficulty"] for r in eval_rows} == {"easy", "hard"}
 
 
 CHOICES = {
-    "count": ["one", "two", "three", "four"],
-    "pitch": ["low", "high"],
-    "duration": ["short", "long"],
-    "compare_clips": ["clip one", "clip two"],
+    "pitch": ["low", "middle", "high"],
+    "count": ["one", "two", "three"],
+    "pitch_hop": ["low", "middle", "high"],
+    "count_hop": ["one", "two", "three"],
 }
-CATEGORIES = {"count": "counting", "pitch": "pitch", "duration": "timing", "compare_clips": "pitch"}
+CATEGORIES = {"pitch": "pitch", "count": "counting", "pitch_hop": "pitch", "count_hop": "counting"}
+CLIPS = {"pitch": 1, "count": 1, "pitch_hop": 4, "count_hop": 4}
 
 
-def test_choices_and_categories_are_fixed_per_task(toy_set):
+def test_choices_categories_and_clips_are_fixed_per_task(toy_set):
     for r in _rows(toy_set["train"]) + _rows(toy_set["eval"]):
         assert r["choices"] == CHOICES[r["task"]]
         assert r["category"] == CATEGORIES[r["task"]]
         assert r["source"] == f"audiothink-toy-{TOY_VERSION}"
+        audio = r["audio"] if isinstance(r["audio"], list) else [r["audio"]]
+        assert len(audio) == CLIPS[r["task"]]
 
 
-def test_compare_clips_items_have_two_clips(toy_set):
-    rows = _rows(toy_set["train"])
-    for r in rows:
-        if r["task"] == "compare_clips":
-            assert isinstance(r["audio"], list) and len(r["audio"]) == 2
-        else:
-            assert isinstance(r["audio"], str)
+def test_choices_score_apart_under_the_official_rule(toy_set):
+    """Each choice's word set differs from the others', so the official string match tells them apart: the
+    gold text alone scores, every other choice fails."""
+    for r in _rows(toy_set["train"]):
+        words = [frozenset(tokenize(c)) for c in r["choices"]]
+        assert len(set(words)) == len(words)
+        assert string_match(r["answer"], r["answer"], r["choices"])
+        assert not any(string_match(r["answer"], c, r["choices"]) for c in r["choices"] if c != r["answer"])
 
 
 def test_vocabulary_is_small_and_lowercase(toy_set):
     rows = _rows(toy_set["train"]) + _rows(toy_set["eval"])
     for r in rows:
-        for text in (r["question"], r["answer"], r["rationale"], *r["choices"]):
+        for text in (r["question"], r["answer"], r["rationale"], *r["choices"], *r["facts"]):
             assert text == text.lower()
     assert len({r["question"] for r in rows}) == 4
 
 
+# --------------------------------------------------------------------------- rationales
+
+
+def test_every_rationale_reaches_the_gold_answer(toy_set):
+    """The stepwise thought of every item: its facts are the item's facts, the total it writes is their sum,
+    and what it concludes is the gold answer, also as the rule judge reads the conclusion."""
+    from audiothink.judge.rule import stated_option
+
+    rows = _rows(toy_set["train"]) + _rows(toy_set["eval"])
+    for r in rows:
+        facts, thought = r["facts"], r["rationale"]
+        assert toy.answer_from_facts(r["task"], facts) == r["answer"], r["id"]
+        assert thought == toy.rationale(r["task"], facts)
+        if r["difficulty"] == "hard":
+            # "first two, so third, third three, so three": the pointer, where it points, that clip, the answer
+            steps = re.fullmatch(r"first (\w+), so (\w+), (\w+) (\w+), so (\w+)", thought)
+            assert steps, thought
+            pointer, target, target_again, fact, answer = steps.groups()
+            values = CHOICES[r["task"]]
+            assert pointer == facts[0] and target == target_again
+            assert toy.ORDINALS.index(target) == 1 + values.index(pointer)  # low/one -> second, ...
+            assert fact == facts[toy.ORDINALS.index(target)]  # the fact of the clip pointed to
+            assert answer == fact == r["answer"]
+        else:
+            assert thought == f"first {facts[0]}, so {r['answer']}" and facts[0] == r["answer"]
+        # the rule judge (reward=full's consistency) finds the gold option as the thought's conclusion
+        assert stated_option(thought, r["choices"]) == r["choices"].index(r["answer"]), thought
+
+
+def test_answer_from_facts_rejects_what_is_not_an_item():
+    with pytest.raises(ValueError):
+        toy.answer_from_facts("count_hop", ["two", "one"])
+    with pytest.raises(ValueError):
+        toy.answer_from_facts("count_hop", ["two", "one", "one", "three"])  # clips 2-4 hold each value once
+    with pytest.raises(ValueError):
+        toy.answer_from_facts("pitch_hop", ["two", "low", "middle", "high"])
+    with pytest.raises(ValueError):
+        toy.answer_from_facts("duration", ["long"])
+
+
+def _conditional_answers(task: str, view) -> dict:
+    """P(answer | view(facts)) over the planned combinations (answers equally likely, combinations of an
+    answer equally likely), as Fraction counts per view value."""
+    groups = toy._BY_ANSWER[task]
+    out: dict = {}
+    for group in groups:
+        for combo in group:
+            facts = toy._facts(task, combo)
+            out.setdefault(view(facts), Counter())[toy.answer_from_facts(task, facts)] += Fraction(1, len(group))
+    return out
+
+
+@pytest.mark.parametrize("task", ["pitch_hop", "count_hop"])
+def test_only_following_the_pointer_tells_a_hard_answer(task):
+    """Whatever a single forward pass could pool (the bag of facts over all clips, the pointer clip alone, the
+    three target clips without the pointer, the pointer with the bag) leaves every answer equally likely;
+    the pointer and the target clips in order decide it."""
+    views = {
+        "bag": lambda f: tuple(sorted(f)),
+        "pointer": lambda f: f[0],
+        "targets in order": lambda f: f[1:],
+        "pointer and bag": lambda f: (f[0], tuple(sorted(f))),
+        "one target clip": lambda f: f[2],
+    }
+    for name, view in views.items():
+        for value, answers in _conditional_answers(task, view).items():
+            assert len(answers) == 3 and len(set(answers.values())) == 1, (task, name, value, answers)
+    for value, answers in _conditional_answers(task, lambda f: f).items():
+        assert len(answers) == 1
+
+
+def test_generated_hard_items_are_planned_and_balanced():
+    items = [it for it in toy.toy_items("train", 1200) if it.difficulty == "hard"]
+    for task in ("pitch_hop", "count_hop"):
+        of_task = [it for it in items if it.task == task]
+        assert {it.facts for it in of_task} == {toy._facts(task, c) for c in range(len(toy._HOP_COMBOS))}
+        answers = Counter(it.answer for it in of_task)
+        assert max(answers.values()) - min(answers.values()) <= 1
+
+
 # --------------------------------------------------------------------------- the answer is in the audio
-# Simple signal "oracles" recover every answer, which shows the labels match the audio.
-
-
-HIGH_LOW_SPLIT_HZ = 800.0  # every "low" band is below it and every "high" band above
-SHORT_LONG_SPLIT_S = 0.5  # every "short" range is below it and every "long" range above
+# Simple signal "oracles" recover every fact, which shows the labels match the audio.
 
 
 def _segments(wave: np.ndarray) -> list[tuple[int, int]]:
@@ -148,81 +235,36 @@ def _freq(wave: np.ndarray) -> float:
     return float(np.argmax(spectrum)) * SAMPLE_RATE / (1 << 16)
 
 
-def _tone_seconds(wave: np.ndarray) -> float:
-    segs = _segments(wave)
-    assert len(segs) == 1, segs
-    (start, end), = segs
-    return (end - start) / SAMPLE_RATE
-
-
 def _waves(row: dict, root: Path) -> list[np.ndarray]:
     paths = row["audio"] if isinstance(row["audio"], list) else [row["audio"]]
     return [sf.read(root / p, dtype="float32")[0] for p in paths]
 
 
-def _oracle(row: dict, root: Path) -> str:
-    waves = _waves(row, root)
-    task = row["task"]
-    if task == "count":
-        return ("one", "two", "three", "four")[len(_segments(waves[0])) - 1]
-    if task == "pitch":
-        return "high" if _freq(waves[0]) > HIGH_LOW_SPLIT_HZ else "low"
-    if task == "duration":
-        return "long" if _tone_seconds(waves[0]) > SHORT_LONG_SPLIT_S else "short"
-    if task == "compare_clips":
-        assert len(waves) == 2
-        high = [_freq(w) > HIGH_LOW_SPLIT_HZ for w in waves]
-        assert high[0] != high[1], "one clip must be high and the other low"
-        return "clip one" if high[0] else "clip two"
-    raise AssertionError(f"unknown task {task}")
+def _heard_fact(task: str, wave: np.ndarray) -> str:
+    if task.startswith("pitch"):
+        f = _freq(wave)
+        return next(name for name, (lo, hi) in toy.PITCH_BANDS.items() if lo - 2 <= f <= hi + 2)
+    return toy.COUNTS[len(_segments(wave)) - 1]
 
 
-def test_answers_are_recoverable_from_audio(toy_set):
+def test_facts_are_recoverable_from_audio(toy_set):
     root = toy_set["train"].parent
-    rows = _rows(toy_set["train"]) + _rows(toy_set["eval"])
-    wrong = [r["id"] for r in rows if _oracle(r, root) != r["answer"]]
-    assert wrong == []
+    for r in _rows(toy_set["train"]) + _rows(toy_set["eval"]):
+        heard = [_heard_fact(r["task"], w) for w in _waves(r, root)]
+        assert heard == r["facts"], r["id"]
+        assert toy.answer_from_facts(r["task"], heard) == r["answer"]
 
 
-# The measured values fall in the bands the data card documents (with a small tolerance
-# for FFT bins and the 10 ms energy frames / fades).
-_PITCH_BANDS = {"easy": ((250, 400), (1600, 2500)), "hard": ((600, 720), (880, 1000))}
-_DURATION_BANDS = {"easy": ((0.10, 0.20), (0.9, 1.4)), "hard": ((0.35, 0.45), (0.55, 0.70))}
-
-
-def test_measured_pitch_and_length_match_the_documented_bands(toy_set):
+def test_sounds_sit_at_random_offsets_in_silence(toy_set):
     root = toy_set["train"].parent
-    for r in _rows(toy_set["train"]):
-        waves = _waves(r, root)
-        if r["task"] in ("pitch", "compare_clips"):
-            for w in waves:
-                f = _freq(w)
-                bands = _PITCH_BANDS[r["difficulty"]]
-                assert any(lo - 2 <= f <= hi + 2 for lo, hi in bands), (r["id"], f)
-                assert 0.28 <= _tone_seconds(w) <= 0.62, r["id"]
-        elif r["task"] == "duration":
-            lo, hi = _DURATION_BANDS[r["difficulty"]][r["choices"].index(r["answer"])]
-            assert lo - 0.03 <= _tone_seconds(waves[0]) <= hi + 0.03, r["id"]
-            assert 395 <= _freq(waves[0]) <= 1005, r["id"]
-
-
-def test_hard_items_are_noisy_and_easy_items_clean(toy_set):
-    root = toy_set["train"].parent
-    lead = int(0.04 * SAMPLE_RATE)  # every clip starts with at least 0.05 s of "silence"
+    starts = []
     for r in _rows(toy_set["train"]):
         for w in _waves(r, root):
-            if r["difficulty"] == "easy":
-                assert np.all(w[:lead] == 0), r["id"]
-            else:
-                assert np.std(w[:lead]) > 1e-3, r["id"]
-
-
-def test_rationale_matches_answer(toy_set):
-    for r in _rows(toy_set["train"]):
-        assert r["answer"] in r["rationale"]
-        # No other choice appears in it, so the rationale never names a wrong answer.
-        others = [c for c in r["choices"] if c != r["answer"] and re.search(rf"\b{c}\b", r["rationale"])]
-        assert others == [], r
+            segs = _segments(w)
+            starts.append(segs[0][0] / SAMPLE_RATE)
+            edge = int(0.04 * SAMPLE_RATE)
+            assert np.all(w[:edge] == 0) and np.all(w[-edge:] == 0), r["id"]
+    assert min(starts) < 0.15 and max(starts) > 0.3  # not one fixed position
 
 
 # --------------------------------------------------------------------------- ensure_toy
@@ -264,10 +306,11 @@ def test_ensure_toy_does_not_regenerate_when_done(tmp_path, small_generate):
     assert (root / "train.jsonl").stat().st_mtime_ns == mtime
 
 
-def test_ensure_toy_replaces_an_older_version(tmp_path, small_generate):
+@pytest.mark.parametrize("old", ["v1", "v2"])
+def test_ensure_toy_replaces_an_older_version(tmp_path, small_generate, old):
     root = tmp_path / "toy"
     root.mkdir()
-    (root / "DONE").write_text("v0\n")
+    (root / "DONE").write_text(f"{old}\n")
     (root / "stale.txt").write_text("old")
     ensure_toy(root)
     assert len(small_generate) == 1

@@ -52,6 +52,8 @@ BAD = [
     ("eval.batch_size=0", "eval.batch_size=0: must be a whole number >= 1"),
     ("eval.num_samples=-5", "eval.num_samples=-5: must be a whole number >= 0"),
     ("trainer.num_iterations=2 trainer.save_steps=25", "trainer.save_steps=25: must be a multiple of 2"),
+    ("cpu_threads=0", "cpu_threads=0: must be a whole number >= 1"),
+    ("force_mode=always", "force_mode='always': must be null (the model chooses), think or direct"),
     ("reward.adaptive_think.weight=0", None),  # with format at 0.5: still fine
 ]
 
@@ -122,6 +124,7 @@ def test_train_cli_stops_on_a_data_set_too_small_for_one_step(tmp_path, toy_file
 @pytest.mark.parametrize("override, message", [
     ("eval.batch_size=0", "eval.batch_size=0: must be a whole number >= 1"),
     ("eval.listen_check=loud", "eval.listen_check='loud': must be null, noise or silence"),
+    ("eval.force_mode=always", "eval.force_mode='always': must be null (the model chooses), think, direct or both"),
 ])
 def test_evaluate_cli_stops_at_once(override, message, tmp_path):
     out, _ = _cli("audiothink.evaluate", [override, f"hydra.run.dir={tmp_path / 'ev'}"], tmp_path)

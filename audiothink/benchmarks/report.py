@@ -11,8 +11,8 @@ from audiothink.benchmarks.mmar import CATEGORIES, MODALITIES
 from audiothink.benchmarks.mmau import DIFFICULTIES, TASKS
 from audiothink.benchmarks.scoring import format_line, string_match
 
-__all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forgetting_summary", "quirk_lines",
-           "write_report", "write_charts"]
+__all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forced_summary", "forced_lines",
+           "forgetting_summary", "quirk_lines", "write_report", "write_charts"]
 
 # Canonical order of known labels; anything else follows alphabetically.
 _ORDER = {v: i for i, v in enumerate((*TASKS, *DIFFICULTIES, *MODALITIES, *CATEGORIES))}
@@ -109,6 +109,53 @@ def listen_summary(bench: Benchmark, real: dict[str, dict], replaced: dict[str, 
             groups.setdefault(bench.groups[i][dim], []).append(i)
         out["by"][dim] = {v: block(groups[v]) for v in sorted(groups, key=_SORT_KEY)}
     return out
+
+
+def forced_summary(bench: Benchmark, free: dict[str, dict], forced: dict[str, dict[str, dict]]) -> dict:
+    """Accuracy per slice with each forced mode (``forced``: mode -> its records) next to the free choice.
+
+    Per slice: ``n``, ``free`` (accuracy of the model's own choice), ``free_think_rate``, and for each mode
+    its accuracy and mean output tokens (prefill included). What thinking is worth on a slice is the think
+    column minus the direct one.
+    """
+    c_free = score_items(bench, free)
+    c_forced = {m: score_items(bench, r) for m, r in forced.items()}
+    idx = [i for i, c in enumerate(c_free) if c is not None]
+
+    def block(ix):
+        def acc(flags):
+            return sum(bool(flags[i]) for i in ix) / len(ix) if ix else None
+
+        out = {"n": len(ix), "free": acc(c_free),
+               "free_think_rate": acc([bool(free.get(k, {}).get("thinks")) for k in bench.keys])}
+        for m, recs in forced.items():
+            out[m] = acc(c_forced[m])
+            tokens = [recs.get(bench.keys[i], {}).get("output_tokens", 0) for i in ix]
+            out[f"{m}_mean_output_tokens"] = sum(tokens) / len(tokens) if tokens else None
+        return out
+
+    out = {"modes": list(forced), **block(idx), "by": {}}
+    for dim in bench.dimensions:
+        groups: dict[str, list[int]] = {}
+        for i in idx:
+            groups.setdefault(bench.groups[i][dim], []).append(i)
+        out["by"][dim] = {v: block(groups[v]) for v in sorted(groups, key=_SORT_KEY)}
+    return out
+
+
+def forced_lines(fs: dict) -> list[str]:
+    """The forced-mode table as text lines: one row per slice, free choice first, then each forced mode."""
+    modes = fs["modes"]
+    head = f"{'slice':<24}{'n':>5}{'free choice':>14}{'(thinks)':>10}" + "".join(f"{'forced ' + m:>16}" for m in modes)
+
+    def row(name, b):
+        return (f"{name:<24}{b['n']:>5}{_pct(b['free']):>14}{_pct(b['free_think_rate']):>10}"
+                + "".join(f"{_pct(b[m]):>16}" for m in modes))
+
+    lines = [head, row("overall", fs)]
+    for dim, groups in fs["by"].items():
+        lines += [row(f"{dim}={v}", b) for v, b in groups.items()]
+    return lines
 
 
 def forgetting_summary(bench: Benchmark, records: dict[str, dict]) -> dict | None:
@@ -225,6 +272,25 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
             lines += [f"| *{dim}* | | | | |"] + [
                 f"| {v} | {b['n']} | {_pct(b['accuracy_real'])} | {_pct(b['accuracy_replaced'])} | "
                 f"{_num(b['drop_points'], '{:.2f}')} |" for v, b in groups.items()]
+        lines.append("")
+    fm = results.get("forced_modes")
+    if fm:
+        lines += [
+            "## Forced mode", "",
+            "Same items, the reply prefilled with `<think>` (forced think) or `<answer>` (forced direct) after the "
+            "prompt; the completion, prefill included, is parsed and scored like any other. Next to them, the "
+            "model's own choice and how often it chose to think.", "",
+            "| slice | n | free choice | thinks | " + " | ".join(f"forced {m} | {m} tokens" for m in fm["modes"]) + " |",
+            "|---|---:|---:|---:|" + "---:|---:|" * len(fm["modes"]),
+        ]
+
+        def frow(name, b):
+            return (f"| {name} | {b['n']} | {_pct(b['free'])} | {_pct(b['free_think_rate'])} | "
+                    + " | ".join(f"{_pct(b[m])} | {_num(b[m + '_mean_output_tokens'])}" for m in fm["modes"]) + " |")
+
+        lines.append(frow("**overall**", fm))
+        for dim, groups in fm["by"].items():
+            lines += [f"| *{dim}* | | | |" + " | |" * len(fm["modes"])] + [frow(v, b) for v, b in groups.items()]
         lines.append("")
     fg = results.get("forgetting")
     if fg:

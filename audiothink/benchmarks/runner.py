@@ -22,7 +22,7 @@ from audiothink.benchmarks.base import Benchmark
 from audiothink.benchmarks.store import PredictionStore
 from audiothink.data import Sample
 from audiothink.formats import extract_answer, parse
-from audiothink.inference import AudioTransform, GeneratedBatch, generate_batch
+from audiothink.inference import AudioTransform, GeneratedBatch, force_prefill, generate_batch
 
 __all__ = ["GenerationSettings", "RunStats", "EvaluationAborted", "predict", "make_record", "replace_audio",
            "completion_kl", "teacher_forced_logprobs"]
@@ -41,6 +41,8 @@ class GenerationSettings:
     max_audio_seconds: float | None = None
     do_sample: bool = False
     temperature: float = 1.0
+    # null: the model chooses its mode; think / direct: the reply is prefilled with <think> / <answer>
+    force_mode: str | None = None
 
 
 @dataclass
@@ -247,13 +249,17 @@ def _generate_records(model, processor, bench, template, idx, settings, audio_tr
                       stats) -> list[dict]:
     samples = [bench.samples[i] for i in idx]
     stats.model_calls += 1
+    prefill = force_prefill(settings.force_mode)
     batch = generate_batch(
         model, processor, samples, template,
         max_new_tokens=settings.max_new_tokens, max_audio_seconds=settings.max_audio_seconds,
         do_sample=settings.do_sample, temperature=settings.temperature, audio_transform=audio_transform,
+        prefill=prefill,
     )
     kls = completion_kl(model, batch, [len(s.audio) for s in samples], kl_micro_batch) if kl else None
-    lengths = batch.completion_mask.sum(1).tolist()
+    # a forced mode's prefill is part of the completion: its tokens count as output tokens
+    prefill_tokens = len(processor.tokenizer(prefill, add_special_tokens=False)["input_ids"]) if prefill else 0
+    lengths = (batch.completion_mask.sum(1) + prefill_tokens).tolist()
     ended = batch.ended  # any of training's stop ids, not only the tokenizer's eos
     return [
         make_record(bench.keys[i], bench.samples[i], text, processor.tokenizer, output_tokens=int(n),

@@ -1,21 +1,43 @@
-"""The embedded synthetic audio QA set ("toy").
+"""The embedded synthetic audio QA set ("toy"), version 3: easy one-step items, hard two-step items.
 
-A few thousand short tone clips with multiple-choice questions, generated with numpy so
-the whole pipeline (data -> prompts -> rollouts -> rewards) can be exercised on a CPU
-with no downloads. Each item has a known-correct ``rationale`` ("i count three beeps")
-used to build warm-start "think" text.
+Sine tones and beeps generated with numpy, so the whole pipeline (data -> prompts -> rollouts -> rewards)
+runs on a CPU with no downloads, and so that thinking pays where, and only where, it helps:
 
-Generation is deterministic: item ``i`` of a split draws from its own random stream
-seeded by ``(seed, split, i)``, so the same seed gives byte-identical files, train and
-eval never share a stream, and changing ``n_train`` does not change the eval set.
+* **easy** items ask for one perceptual fact about one clip: ``pitch`` (is the tone low, middle or high?)
+  and ``count`` (how many beeps, one to three?). One look answers them; a thought only repeats the fact.
+* **hard** items play four clips and ask a two-step question: the first clip names another clip, and the
+  answer is that clip's fact. ``pitch_hop``: the first tone's class points to the second, third or fourth
+  clip (low, middle, high); is that clip's tone low, middle or high? ``count_hop``: count the first clip's
+  beeps and go that many clips on; how many beeps does that clip have? The other three clips hold each
+  value once, in a random order, so nothing pooled over the clips says anything about the answer: only
+  following the pointer does. Each step is an easy item, and written down the chain is easy ("first two,
+  so third, third three, so three"); in one forward pass the toy model does not learn it (see
+  ``data_cards/toy.md``).
+
+Every item carries its correct stepwise thought (``rationale``): the first clip's fact, where it points,
+that clip's fact, the conclusion; and the facts themselves (``facts``, one per clip), from which
+:func:`answer_from_facts` derives the answer.
+
+No shortcuts: every clip's length is drawn from one range (``_CLIP_SECONDS``, within ``WINDOW_SECONDS``)
+whatever it holds, and the sound sits at a random offset in silence, so clip length and audio-token count
+say nothing about the answer; the question and the number of clips are fixed per task and answers are
+balanced within each task. Only the audio decides the answer (``tests/test_toy_shortcuts.py``: a lookup on
+those features scores chance).
+
+Generation is deterministic: item ``i`` of a split draws from its own random stream seeded by
+``(seed, split, i)``, so the same seed gives byte-identical files, the splits never share a stream, and
+changing ``n_train`` does not change the eval set. :func:`toy_items` yields items in memory (the warm start
+draws its own stream, ``split="warmstart"``); :func:`generate_toy` writes WAVs and metadata.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,31 +46,57 @@ import numpy as np
 
 from audiothink.audio import SAMPLE_RATE, write_wav
 
-__all__ = ["TOY_VERSION", "WINDOW_SECONDS", "TASKS", "generate_toy", "ensure_toy"]
+__all__ = ["TOY_VERSION", "WINDOW_SECONDS", "TASKS", "DIFFICULTY", "ToyItem", "toy_items", "answer_from_facts",
+           "generate_toy", "ensure_toy"]
 
-TOY_VERSION = "v2"  # v2: absolute judgments (high/low, short/long) instead of first-vs-second
-# The tiny test model's encoder sees 2 s; longer clips would be silently cut at load time.
-WINDOW_SECONDS = 2.0
-TASKS = ("count", "pitch", "duration", "compare_clips")
-DIFFICULTIES = ("easy", "hard")
+# v3: clips of content-independent length (no length shortcut); easy one-step items and hard four-clip items
+# with stepwise rationales. v2: absolute judgments of unpadded single tones; v1: first-vs-second comparisons.
+TOY_VERSION = "v3"
+# The tiny model's encoder window, in whole seconds (the feature extractor's chunk length); every clip is
+# exactly this long: 100 mel frames, 25 audio tokens.
+WINDOW_SECONDS = 1.0
+TASKS = ("pitch", "count", "pitch_hop", "count_hop")
+# Difficulty is a property of the task: one perceptual step (easy), or a pointer and a second look (hard).
+DIFFICULTY = {"pitch": "easy", "count": "easy", "pitch_hop": "hard", "count_hop": "hard"}
 SOURCE = f"audiothink-toy-{TOY_VERSION}"
 
-_SPLIT_CODES = {"train": 0, "eval": 1}  # part of the seed: keeps the splits' streams disjoint
-_NUMBERS = ("one", "two", "three", "four")
+PITCH_CLASSES = ("low", "middle", "high")
+# Pitch classes in Hz, far apart (a factor of 2.3 or more between bands): one clip's class is unambiguous.
+PITCH_BANDS = {"low": (200.0, 300.0), "middle": (700.0, 1000.0), "high": (2300.0, 3200.0)}
+COUNTS = ("one", "two", "three")
+HARD_CLIPS = 4  # clips of a hard item: the pointer, then the three clips it can point to
+ORDINALS = ("first", "second", "third", "fourth")  # clip names in thoughts: no word shared with a fact
+
+_SPLIT_CODES = {"train": 0, "eval": 1, "warmstart": 2}  # part of the seed: keeps the splits' streams disjoint
 _FADE_SECONDS = 0.01  # raised-cosine ramps so tone edges do not click (clicks are extra "beeps")
-_HARD_SNR_DB = 10.0
+# Every clip's length is drawn from this range, independently of everything else: a clip's length (and its
+# audio-token count) says nothing about its content, and the clips of a prompt do not sit at fixed positions,
+# so a model must find a clip by its "Audio k:" marker, not by a fixed distance.
+_CLIP_SECONDS = (0.7, 1.0)
+_EDGE_SECONDS = 0.05  # the sound starts and ends at least this far from the clip's edges
+_TONE_SECONDS = (0.2, 0.4)  # a pitch tone's length
+_BEEP_SECONDS = 0.08  # every beep is this long, so the count is the only thing that differs
+_GAP_SECONDS = (0.1, 0.18)  # silence between beeps (2.5 to 4.5 audio tokens)
+_BEEP_HZ = (500.0, 1500.0)  # a count clip's beeps share one random pitch in this range
+_LEVEL = (0.3, 0.6)  # peak level of the sound
 
 
 @dataclass(frozen=True)
-class _Item:
-    """One generated question before it is written: clips plus the metadata row fields."""
+class ToyItem:
+    """One generated question: its clips (float32 at 16 kHz, each exactly ``WINDOW_SECONDS``) and fields."""
 
+    task: str
     clips: tuple[np.ndarray, ...]
     question: str
     choices: tuple[str, ...]
     answer: str
-    rationale: str
+    facts: tuple[str, ...]  # one perceptual fact per clip: a pitch class or a count word
+    rationale: str  # the correct stepwise thought: the facts, then the conclusion
     category: str
+
+    @property
+    def difficulty(self) -> str:
+        return DIFFICULTY[self.task]
 
 
 # --------------------------------------------------------------------------- signal helpers
@@ -70,172 +118,169 @@ def _silence(seconds: float) -> np.ndarray:
     return np.zeros(int(round(seconds * SAMPLE_RATE)), dtype=np.float64)
 
 
-def _sequence(rng: np.random.Generator, tones: list[tuple[float, float]], gaps: list[float]) -> np.ndarray:
-    """Concatenate ``(freq, seconds)`` tones separated by ``gaps``, with random lead/tail silence."""
-    parts = [_silence(rng.uniform(0.05, 0.15))]
-    for k, (freq, seconds) in enumerate(tones):
-        if k:
-            parts.append(_silence(gaps[k - 1]))
-        parts.append(_tone(rng, freq, seconds))
-    parts.append(_silence(rng.uniform(0.05, 0.15)))
-    return np.concatenate(parts)
-
-
-def _finish(rng: np.random.Generator, wave: np.ndarray, snr_db: float | None) -> np.ndarray:
-    """Scale to a random level and optionally add white noise at ``snr_db`` relative to the tones."""
-    wave = wave * rng.uniform(0.3, 0.6)
-    if snr_db is not None:
-        active = wave[np.abs(wave) > 1e-6]
-        signal_rms = float(np.sqrt(np.mean(active**2))) if active.size else 0.0
-        noise_rms = signal_rms / (10 ** (snr_db / 20))
-        wave = wave + rng.normal(0.0, noise_rms, size=wave.shape)
-    peak = float(np.max(np.abs(wave)))
-    if peak > 0.99:
-        wave = wave * (0.99 / peak)
-    if wave.size > int(WINDOW_SECONDS * SAMPLE_RATE):
-        raise AssertionError(f"toy clip is {wave.size / SAMPLE_RATE:.3f} s, over the {WINDOW_SECONDS} s window")
+def _place(rng: np.random.Generator, sound: np.ndarray) -> np.ndarray:
+    """``sound`` at a random offset in a clip of random length (``_CLIP_SECONDS``), at a random level."""
+    total = int(round(rng.uniform(*_CLIP_SECONDS) * SAMPLE_RATE))
+    edge = int(round(_EDGE_SECONDS * SAMPLE_RATE))
+    room = total - 2 * edge - sound.size
+    if room < 0:
+        raise AssertionError(f"toy sound of {sound.size / SAMPLE_RATE:.3f} s does not fit the {WINDOW_SECONDS} s window")
+    start = edge + int(rng.integers(0, room + 1))
+    wave = np.zeros(total, dtype=np.float64)
+    wave[start : start + sound.size] = sound * rng.uniform(*_LEVEL)
     return wave.astype(np.float32)
 
 
-# Absolute pitch bands, (low band, high band) in Hz. Easy bands are far apart; hard bands
-# sit either side of ~800 Hz with ~20 % between them. Shared by `pitch` and `compare_clips`.
-_PITCH_BANDS = {
-    "easy": ((250.0, 400.0), (1600.0, 2500.0)),
-    "hard": ((600.0, 720.0), (880.0, 1000.0)),
-}
-# Absolute tone lengths, (short range, long range) in seconds.
-_DURATION_BANDS = {
-    "easy": ((0.10, 0.20), (0.9, 1.4)),
-    "hard": ((0.35, 0.45), (0.55, 0.70)),
-}
+def _pitch_clip(rng: np.random.Generator, pitch_class: str) -> np.ndarray:
+    freq = rng.uniform(*PITCH_BANDS[pitch_class])
+    return _place(rng, _tone(rng, freq, rng.uniform(*_TONE_SECONDS)))
 
 
-def _snr(difficulty: str) -> float | None:
-    return None if difficulty == "easy" else _HARD_SNR_DB
+def _count_clip(rng: np.random.Generator, count_word: str) -> np.ndarray:
+    freq = rng.uniform(*_BEEP_HZ)
+    parts = []
+    for k in range(COUNTS.index(count_word) + 1):
+        if k:
+            parts.append(_silence(rng.uniform(*_GAP_SECONDS)))
+        parts.append(_tone(rng, freq, _BEEP_SECONDS))
+    return _place(rng, np.concatenate(parts))
 
 
-def _band_freq(rng: np.random.Generator, difficulty: str, high: bool) -> float:
-    lo, hi = _PITCH_BANDS[difficulty][int(high)]
-    return rng.uniform(lo, hi)
+# --------------------------------------------------------------------------- answers and thoughts
 
 
-def _single_tone(rng: np.random.Generator, freq: float, seconds: float, difficulty: str) -> np.ndarray:
-    return _finish(rng, _sequence(rng, [(freq, seconds)], []), _snr(difficulty))
+def _values(task: str) -> tuple[str, ...]:
+    return PITCH_CLASSES if task.startswith("pitch") else COUNTS
+
+
+def answer_from_facts(task: str, facts: tuple[str, ...] | list[str]) -> str:
+    """The gold answer of a ``task`` item whose clips have these facts (what a correct thought concludes).
+
+    >>> answer_from_facts("count_hop", ["two", "one", "three", "two"])  # two beeps: two clips on, the third
+    'three'
+    >>> answer_from_facts("pitch_hop", ["low", "high", "middle", "low"])  # low points to the second clip
+    'high'
+    >>> answer_from_facts("pitch", ["low"])
+    'low'
+    """
+    facts = tuple(facts)
+    if task not in DIFFICULTY:
+        raise ValueError(f"unknown toy task {task!r}")
+    values = _values(task)
+    if DIFFICULTY[task] == "easy":
+        if len(facts) != 1 or facts[0] not in values:
+            raise ValueError(f"{task}: expected one of {values}, got {facts}")
+        return facts[0]
+    if len(facts) != HARD_CLIPS or facts[0] not in values or sorted(facts[1:]) != sorted(values):
+        raise ValueError(f"{task}: expected a pointer and the {len(values)} values once each, got {facts}")
+    return facts[1 + values.index(facts[0])]
+
+
+def rationale(task: str, facts: tuple[str, ...] | list[str]) -> str:
+    """The correct stepwise thought for an item with these facts, ending "so <answer>".
+
+    >>> rationale("count_hop", ["two", "one", "three", "two"])
+    'first two, so third, third three, so three'
+    >>> rationale("count", ["one"])
+    'first one, so one'
+    """
+    facts = tuple(facts)
+    answer = answer_from_facts(task, facts)
+    if DIFFICULTY[task] == "easy":
+        return f"first {facts[0]}, so {answer}"
+    target = ORDINALS[1 + _values(task).index(facts[0])]
+    return f"first {facts[0]}, so {target}, {target} {answer}, so {answer}"
 
 
 # --------------------------------------------------------------------------- tasks
-# Each task gets the rng, the difficulty and the index of the (balanced) answer to produce.
-# Only `count` is relational within a clip; the others are absolute judgments of one tone
-# (or of one tone per clip), which small audio models learn far more easily than
-# "first vs second tone" comparisons.
+# Each task gets the rng and the index of the (balanced) combination of facts to produce.
 
+# The hard items' combinations: (pointer value, order of the three values in clips two to four) -> 3 * 6.
+_HOP_COMBOS = [(p, perm) for p in range(3) for perm in itertools.permutations(range(3))]
 
-def _make_count(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _Item:
-    n = answer_idx + 1
-    freq = rng.uniform(400.0, 1200.0)
-    beeps = [(freq, rng.uniform(0.1, 0.14)) for _ in range(n)]
-    lo, hi = (0.15, 0.3) if difficulty == "easy" else (0.05, 0.1)
-    gaps = [rng.uniform(lo, hi) for _ in range(n - 1)]
-    word = _NUMBERS[answer_idx]
-    return _Item(
-        clips=(_finish(rng, _sequence(rng, beeps, gaps), _snr(difficulty)),),
-        question="how many beeps do you hear?",
-        choices=_NUMBERS,
-        answer=word,
-        rationale=f"i count {word} beep" + ("" if n == 1 else "s"),
-        category="counting",
-    )
-
-
-def _make_pitch(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _Item:
-    choices = ("low", "high")
-    freq = _band_freq(rng, difficulty, high=answer_idx == 1)
-    choice = choices[answer_idx]
-    return _Item(
-        clips=(_single_tone(rng, freq, rng.uniform(0.3, 0.6), difficulty),),
-        question="is the tone high or low?",
-        choices=choices,
-        answer=choice,
-        rationale=f"the tone sounds {choice}",
-        category="pitch",
-    )
-
-
-def _make_duration(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _Item:
-    choices = ("short", "long")
-    lo, hi = _DURATION_BANDS[difficulty][answer_idx]
-    seconds = rng.uniform(lo, hi)
-    freq = rng.uniform(400.0, 1000.0)
-    choice = choices[answer_idx]
-    return _Item(
-        clips=(_single_tone(rng, freq, seconds, difficulty),),
-        question="is the tone short or long?",
-        choices=choices,
-        answer=choice,
-        rationale=f"the tone is {choice}",
-        category="timing",
-    )
-
-
-def _make_compare_clips(rng: np.random.Generator, difficulty: str, answer_idx: int) -> _Item:
-    choices = ("clip one", "clip two")
-    highs = (True, False) if answer_idx == 0 else (False, True)
-    freqs = [_band_freq(rng, difficulty, high=h) for h in highs]
-    clips = tuple(_single_tone(rng, f, rng.uniform(0.3, 0.6), difficulty) for f in freqs)
-    choice = choices[answer_idx]
-    return _Item(
-        clips=clips,
-        question="which clip has the higher tone, clip one or clip two?",
-        choices=choices,
-        answer=choice,
-        rationale=f"{choice} sounds higher",
-        category="pitch",
-    )
-
-
-_MAKERS: dict[str, tuple[Callable[[np.random.Generator, str, int], _Item], int]] = {
-    "count": (_make_count, len(_NUMBERS)),
-    "pitch": (_make_pitch, 2),
-    "duration": (_make_duration, 2),
-    "compare_clips": (_make_compare_clips, 2),
+_QUESTIONS = {
+    "pitch": "is the tone low, middle or high?",
+    "count": "how many beeps are there?",
+    "pitch_hop": "the first tone points to a clip (low: second, middle: third, high: fourth). "
+                 "is that clip's tone low, middle or high?",
+    "count_hop": "count the first clip's beeps and go that many clips on. how many beeps does that clip have?",
 }
+_CHOICES = {"pitch": PITCH_CLASSES, "count": COUNTS, "pitch_hop": PITCH_CLASSES, "count_hop": COUNTS}
+_CATEGORIES = {"pitch": "pitch", "count": "counting", "pitch_hop": "pitch", "count_hop": "counting"}
+
+
+def _facts(task: str, combo: int) -> tuple[str, ...]:
+    values = _values(task)
+    if DIFFICULTY[task] == "easy":
+        return (values[combo],)
+    pointer, perm = _HOP_COMBOS[combo]
+    return (values[pointer], *(values[k] for k in perm))
+
+
+def _make_item(task: str, rng: np.random.Generator, combo: int) -> ToyItem:
+    facts = _facts(task, combo)
+    clip = _pitch_clip if task.startswith("pitch") else _count_clip
+    return ToyItem(task=task, clips=tuple(clip(rng, f) for f in facts), question=_QUESTIONS[task],
+                   choices=_CHOICES[task], answer=answer_from_facts(task, facts), facts=facts,
+                   rationale=rationale(task, facts), category=_CATEGORIES[task])
+
+
+def _combo_answer(task: str, combo: int) -> str:
+    return answer_from_facts(task, _facts(task, combo))
+
+
+_N_COMBOS = {"pitch": len(PITCH_CLASSES), "count": len(COUNTS), "pitch_hop": len(_HOP_COMBOS),
+             "count_hop": len(_HOP_COMBOS)}
+# task -> one list of combinations per answer
+_BY_ANSWER = {task: [[c for c in range(n) if _combo_answer(task, c) == a] for a in _CHOICES[task]]
+              for task, n in _N_COMBOS.items()}
 
 
 # --------------------------------------------------------------------------- planning & writing
 
 
-def _plan(n: int, rng: np.random.Generator) -> list[tuple[str, str, int]]:
-    """Choose ``(task, difficulty, answer_idx)`` for ``n`` items.
+def _plan(n: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """Choose ``(task, combination)`` for ``n`` items.
 
-    Tasks take turns and each task cycles through every (difficulty, answer) pair before
-    repeating, so answers and difficulties are balanced even for small ``n``; the final
-    shuffle removes the order pattern.
+    Tasks take turns; within a task every answer comes once per round, in a random order, and each answer
+    cycles through all of its combinations (shuffled) before repeating one, so answers are balanced even
+    for small ``n`` and the facts behind an answer are uniform. The final shuffle removes the order.
     """
-    per_task: dict[str, list[tuple[str, int]]] = {}
-    for task, (_, n_answers) in _MAKERS.items():
-        combos = [(d, a) for d in DIFFICULTIES for a in range(n_answers)]
-        cycles = -(-n // len(TASKS) // len(combos)) + 1
-        pool = []
-        for _ in range(cycles):
-            pool.extend(combos[j] for j in rng.permutation(len(combos)))
-        per_task[task] = pool
+    per_task: dict[str, list[int]] = {}
+    for task in TASKS:
+        groups = _BY_ANSWER[task]
+        pools: list[list[int]] = [[] for _ in groups]
+        seq: list[int] = []
+        while len(seq) < -(-n // len(TASKS)):
+            for a in rng.permutation(len(groups)):
+                if not pools[a]:
+                    pools[a] = [int(c) for c in rng.permutation(groups[a])]
+                seq.append(pools[a].pop())
+        per_task[task] = seq
     counters = dict.fromkeys(TASKS, 0)
     plan = []
     for i in range(n):
         task = TASKS[i % len(TASKS)]
-        difficulty, answer_idx = per_task[task][counters[task]]
+        plan.append((task, per_task[task][counters[task]]))
         counters[task] += 1
-        plan.append((task, difficulty, answer_idx))
     return [plan[j] for j in rng.permutation(n)]
 
 
-def _write_split(out_dir: Path, split: str, n: int, seed: int) -> Path:
+def toy_items(split: str, n: int, seed: int = 0) -> Iterator[ToyItem]:
+    """Items ``0 .. n-1`` of ``split`` (``train``, ``eval`` or ``warmstart``), generated in memory, in order.
+
+    Which task and facts item ``i`` has comes from the split's plan for ``n`` items (balanced tasks and
+    answers); its audio comes from its own stream ``(seed, split, i)``.
+    """
     code = _SPLIT_CODES[split]
     plan = _plan(n, np.random.default_rng([seed, code, 2**31]))  # plan stream != item streams
+    for i, (task, combo) in enumerate(plan):
+        yield _make_item(task, np.random.default_rng([seed, code, i]), combo)
+
+
+def _write_split(out_dir: Path, split: str, n: int, seed: int) -> Path:
     rows = []
-    for i, (task, difficulty, answer_idx) in enumerate(plan):
-        rng = np.random.default_rng([seed, code, i])
-        item = _MAKERS[task][0](rng, difficulty, answer_idx)
+    for i, item in enumerate(toy_items(split, n, seed)):
         item_id = f"toy-{split}-{i:05d}"
         names = [f"{item_id}.wav"] if len(item.clips) == 1 else [f"{item_id}-{k + 1}.wav" for k in range(len(item.clips))]
         for name, clip in zip(names, item.clips):
@@ -248,10 +293,11 @@ def _write_split(out_dir: Path, split: str, n: int, seed: int) -> Path:
                 "question": item.question,
                 "choices": list(item.choices),
                 "answer": item.answer,
-                "task": task,
+                "task": item.task,
                 "category": item.category,
-                "difficulty": difficulty,
+                "difficulty": item.difficulty,
                 "source": SOURCE,
+                "facts": list(item.facts),
                 "rationale": item.rationale,
             }
         )

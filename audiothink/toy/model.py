@@ -85,7 +85,8 @@ def build_processor(tokenizer: PreTrainedTokenizerFast) -> Qwen2AudioProcessor:
     return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 128, layers: int = 2) -> Qwen2AudioConfig:
+def build_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 128, layers: int = 2, heads: int = 4
+                 ) -> Qwen2AudioConfig:
     frames = int(WINDOW_SECONDS * SAMPLE_RATE / 160)
     return Qwen2AudioConfig(
         audio_config={
@@ -105,8 +106,8 @@ def build_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 128, layer
             "hidden_size": hidden,
             "intermediate_size": hidden * 2,
             "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads // 2),
             "max_position_embeddings": 1024,
             "tie_word_embeddings": True,
             "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),

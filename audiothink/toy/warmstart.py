@@ -1,34 +1,48 @@
-"""Build the embedded toy checkpoint: tokenizer, processor, and a short supervised warm start.
+"""Build the embedded toy checkpoint: tokenizer, processor, and a supervised warm start.
 
-    python -m audiothink.toy.warmstart            # writes audiothink/toy/assets/model (a few MB)
+    python -m audiothink.toy.warmstart            # writes audiothink/toy/assets/model (2.2 MB, ~8 min on 1 core)
 
 Why a warm start: GRPO only reinforces what the policy already samples. A random model never emits
-`<answer>…</answer>`, so every reward is equal and there is no gradient. The warm start teaches the two
-output formats (half the targets think, half answer directly) and gives the model *some* ear for the
-tasks, on purpose briefly: it must start above chance but far from perfect, so that the default GRPO run
-has something to improve and `bench/toy_learning.py` can show it.
+`<answer>…</answer>`, so every reward is equal and there is no gradient.
 
-Deterministic for a given seed on a given torch build; the committed checkpoint is the output of the
-defaults below.
+What it teaches (toy v3, `audiothink/toy/data.py`): both output formats on every task, the think targets
+being each item's correct stepwise thought ("first two, so third, third three, so three"). A fixed share of
+targets (`--think-share`, 0.4) is thought out, decided by a random stream of its own, independent of the
+item: task, difficulty and answer do not enter the choice (`think_flags`), so whatever link between
+difficulty and mode the model shows after GRPO is GRPO's doing. The share is below one half, so greedy
+decoding answers directly everywhere before GRPO, while sampled rollouts still think often enough to
+explore. With the defaults the warm start perceives each clip near perfectly and its thoughts reach the
+answer (forced to think: ~100 % held-out), but its direct answers to the hard items stay near chance (43 %;
+chance 33 %): the pointer-following is not learnt in one forward pass within this budget, while written
+down it is two easy steps.
+
+The training items (a fixed set of `--items` 2,000, cycled) come from the toy generator's own `warmstart`
+stream, never the train or eval split, so the warm start does not memorise the items GRPO trains on.
+
+Deterministic: single-threaded float32 on CPU, seeded; the committed checkpoint is the output of the
+defaults below (`warmstart.json` records them and the torch version).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from audiothink.audio import SAMPLE_RATE, load_audio
-from audiothink.data import Sample, load_samples, render_prompt
+from audiothink.audio import SAMPLE_RATE
+from audiothink.data import Sample, render_prompt
 from audiothink.formats import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
-from audiothink.toy.data import WINDOW_SECONDS, ensure_toy
+from audiothink.toy.data import ToyItem, toy_items
 from audiothink.toy.model import CHAT_TEMPLATE, build_model, build_processor, build_tokenizer
 
 ASSETS = Path(__file__).parent / "assets" / "model"
+# Items whose prompts and targets train the tokenizer (enough to contain every word the generator uses).
+TOKENIZER_ITEMS = 2000
 
 
 def default_prompt() -> str:
@@ -39,96 +53,160 @@ def default_prompt() -> str:
     return cfg["prompt"]
 
 
-def target(sample: Sample, think: bool) -> str:
-    answer = f"{ANSWER_OPEN}{sample.answer}{ANSWER_CLOSE}"
+def as_sample(item: ToyItem, index: int = 0) -> Sample:
+    """The project's Sample for an in-memory item (clips stay in memory: ``audio`` only names them)."""
+    return Sample(id=f"toy-warmstart-{index:06d}", audio=tuple(f"<clip {k}>" for k in range(len(item.clips))),
+                  question=item.question, choices=item.choices, answer=item.answer, task=item.task,
+                  category=item.category, difficulty=item.difficulty, extra={"rationale": item.rationale})
+
+
+def target(item: ToyItem | Sample, think: bool) -> str:
+    """The supervised reply: ``<think>rationale</think><answer>gold</answer>`` or ``<answer>gold</answer>``."""
+    answer = f"{ANSWER_OPEN}{item.answer}{ANSWER_CLOSE}"
     if not think:
         return answer
-    return f"{THINK_OPEN}{sample.extra.get('rationale', '')}{THINK_CLOSE}{answer}"
+    rationale = item.rationale if isinstance(item, ToyItem) else item.extra.get("rationale", "")
+    return f"{THINK_OPEN}{rationale}{THINK_CLOSE}{answer}"
+
+
+def think_flags(n: int, share: float, seed: int) -> list[bool]:
+    """Which of ``n`` targets are thought out: a Bernoulli(``share``) stream of its own, seeded by ``seed``.
+
+    It sees no item: the mode of a target is independent of its task, difficulty and answer by construction.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"think share must be in [0, 1], got {share}")
+    return (np.random.default_rng([seed, 0x7417]).random(n) < share).tolist()
+
+
+def warmstart_batches(steps: int, batch_size: int, think_share: float, seed: int, items: int = 0
+                      ) -> Iterator[list[tuple[ToyItem, bool]]]:
+    """The warm start's training batches: ``steps`` lists of ``batch_size`` (item, think) pairs.
+
+    Items come from the toy generator's ``warmstart`` stream: with ``items=0`` each target gets a new item;
+    otherwise the first ``items`` items of the stream form a fixed set, visited in a fresh random order each
+    epoch. Think flags are :func:`think_flags`, zipped on by position.
+    """
+    n = steps * batch_size
+    flags = think_flags(n, think_share, seed)
+    if items:
+        pool = list(toy_items("warmstart", items, seed))
+        order = np.random.default_rng([seed, 0x17E5])
+        stream = (pool[int(i)] for _ in range(-(-n // items)) for i in order.permutation(items))
+    else:
+        stream = toy_items("warmstart", n, seed)
+    for step in range(steps):
+        yield [(next(stream), flags[step * batch_size + j]) for j in range(batch_size)]
 
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ASSETS)
-    ap.add_argument("--data", type=Path, default=Path.home() / ".cache" / "audiothink" / "toy")
-    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, constant, linear decay)")
+    ap.add_argument("--decay-from", type=float, default=0.75, help="share of the steps after which lr decays to 0")
+    ap.add_argument("--think-share", type=float, default=0.4, help="share of thought-out targets")
+    ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4, help="attention heads per decoder layer")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-every", type=int, default=0, help="print held-out greedy accuracy every N steps")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="every N steps, print held-out greedy accuracy with each mode forced (toy eval split)")
     args = ap.parse_args(argv)
 
+    torch.set_num_threads(1)  # one thread: the same float32 sums on any machine
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    paths = ensure_toy(args.data)
-    samples = load_samples(paths["train"]).samples
     prompt = default_prompt()
-
-    corpus = [render_prompt(s, prompt) for s in samples] + [target(s, True) for s in samples]
+    vocab_items = [as_sample(it) for it in toy_items("warmstart", TOKENIZER_ITEMS, args.seed + 1)]
+    corpus = [render_prompt(s, prompt) for s in vocab_items] + [target(s, True) for s in vocab_items]
     corpus += [CHAT_TEMPLATE] * 4
     tokenizer = build_tokenizer(corpus)
     processor = build_processor(tokenizer)
-    model = build_model(tokenizer, seed=args.seed, hidden=args.hidden, layers=args.layers)
+    model = build_model(tokenizer, seed=args.seed, hidden=args.hidden, layers=args.layers, heads=args.heads)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"toy model: {n_params / 1e6:.2f} M parameters, vocab {len(tokenizer)}")
+    print(f"toy model: {n_params / 1e6:.2f} M parameters, vocab {len(tokenizer)}", flush=True)
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    decay_start = int(args.decay_from * args.steps)
+
+    def lr_factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / 50)
+        if step < decay_start:
+            return warm
+        return warm * max(0.0, 1.0 - (step - decay_start) / max(1, args.steps - decay_start))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     model.train()
     t0 = time.time()
-    for step in range(args.steps):
-        batch = rng.sample(samples, args.batch_size)
-        think = [rng.random() < 0.5 for _ in batch]
-        loss = _sft_loss(model, processor, batch, prompt, think)
+    losses: list[float] = []
+    for step, batch in enumerate(warmstart_batches(args.steps, args.batch_size, args.think_share, args.seed, args.items)):
+        loss = sft_loss(model, processor, [it for it, _ in batch], prompt, [t for _, t in batch])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad()
-        if step % 25 == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  loss {loss.item():.3f}  ({time.time() - t0:.0f}s)")
+        losses.append(loss.item())
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {np.mean(losses[-100:]):.3f}  ({time.time() - t0:.0f}s)", flush=True)
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
-            print(f"step {step + 1:4d}  held-out {_heldout(model, processor, paths['eval'], prompt)}")
+            print(f"step {step + 1:5d}  held-out {heldout(model, processor, prompt)}", flush=True)
             model.train()
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
-    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "data", "eval_every")}
+    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "eval_every")}
     recipe["torch"] = torch.__version__
     (args.out / "warmstart.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    print(f"saved toy checkpoint to {args.out}")
+    print(f"saved toy checkpoint to {args.out} ({time.time() - t0:.0f}s)")
     return args.out
 
 
-def _heldout(model, processor, eval_path: Path, prompt: str, n: int = 200) -> str:
-    from audiothink.inference import generate_answers, score
+def heldout(model, processor, prompt: str, n: int = 300) -> str:
+    """Greedy accuracy on the toy eval split with each mode forced, by difficulty (the default data root)."""
+    import os
 
-    samples = load_samples(eval_path).samples[:n]
-    outputs = generate_answers(model, processor, samples, prompt, batch_size=50, max_new_tokens=48,
-                               max_audio_seconds=WINDOW_SECONDS)
-    result = score(samples, outputs)
-    tasks = " ".join(f"{k} {v['accuracy']:.0%}" for k, v in result["by_task"].items())
-    o = result["overall"]
-    return f"accuracy {o['accuracy']:.1%} ({tasks}) think {o['think_rate']:.0%} malformed {o['format_failure_rate']:.0%}"
+    from audiothink.benchmarks.scoring import string_match
+    from audiothink.data import load_samples
+    from audiothink.formats import extract_answer
+    from audiothink.inference import force_prefill, generate_answers
+    from audiothink.toy.data import TASKS, WINDOW_SECONDS, ensure_toy
+
+    root = Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "toy"
+    samples = load_samples(ensure_toy(root)["eval"]).samples[:n]
+    parts = []
+    for mode in ("direct", "think"):
+        outputs = generate_answers(model, processor, samples, prompt, batch_size=50, max_new_tokens=48,
+                                   max_audio_seconds=WINDOW_SECONDS, prefill=force_prefill(mode))
+        by: dict[str, list[bool]] = {}
+        for s, o in zip(samples, outputs):
+            ok = string_match(s.answer, extract_answer(o), s.choices)
+            by.setdefault(s.difficulty, []).append(ok)
+            by.setdefault(s.task, []).append(ok)
+        order = ["easy", "hard", *TASKS]
+        parts.append(f"{mode}: " + " ".join(f"{k} {np.mean(by[k]):.1%}" for k in order if k in by))
+    return "; ".join(parts)
 
 
-def _sft_loss(model, processor, batch: list[Sample], prompt: str, think: list[bool]) -> torch.Tensor:
+def sft_loss(model, processor, items: Sequence[ToyItem], prompt: str, think: Sequence[bool]) -> torch.Tensor:
+    """Cross-entropy of the targets (only) given the chat-rendered prompts and the items' clips."""
     tok = processor.tokenizer
     waves, texts, targets = [], [], []
-    for s, t in zip(batch, think, strict=True):
-        waves.extend(load_audio(p, max_seconds=WINDOW_SECONDS)[0] for p in s.audio)
-        content = [{"type": "audio"}] * len(s.audio) + [{"type": "text", "text": render_prompt(s, prompt)}]
+    for item, t in zip(items, think, strict=True):
+        waves.extend(item.clips)
+        content = [{"type": "audio"}] * len(item.clips) + [{"type": "text", "text": render_prompt(as_sample(item), prompt)}]
         texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                    add_generation_prompt=True))
-        targets.append(target(s, t) + tok.eos_token)
+        targets.append(target(item, t) + tok.eos_token)
     enc = processor(text=texts, audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
     # Append targets on the right of the (left-padded) prompts; supervise the target tokens only.
     tgt = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
     width = max(len(t) for t in tgt)
-    ids = torch.full((len(batch), width), tok.pad_token_id)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    ids = torch.full((len(items), width), tok.pad_token_id)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
     for i, t in enumerate(tgt):
         ids[i, : len(t)] = torch.tensor(t)
         mask[i, : len(t)] = 1
