@@ -236,7 +236,7 @@ def test_tiny_kl_keeps_its_digits(capsys):
                "model": {"description": "m"}, "lines": [],
                "summary": {"overall": {"think_rate": 0.0, "mean_think_tokens": None, "format_failure_rate": 0.0,
                                        "failures": 0}},
-               "listen_check": None, "forgetting": {"kl_per_token": 9.7e-7, "tokens": 10},
+               "listen_check": None, "forced_modes": None, "forgetting": {"kl_per_token": 9.7e-7, "tokens": 10},
                "run": {"predicted": 1, "items_per_s": 1.0, "resumed": 0}, "submission": "s"}
     _print(results)
     assert "KL(tuned || base) 9.7e-07 nats/token" in capsys.readouterr().out
