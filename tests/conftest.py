@@ -17,7 +17,7 @@ PROMPT = "{question}\n{choices}\nThink inside <think></think> if needed, then an
 
 @pytest.fixture(scope="session")
 def toy_files(tmp_path_factory) -> dict[str, Path]:
-    """A small toy set (all four tasks, one- and two-clip items), generated once per session."""
+    """A small toy set (all four tasks, one- and four-clip items), generated once per session."""
     return generate_toy(tmp_path_factory.mktemp("toy"), n_train=48, n_eval=16, seed=0)
 
 

@@ -70,7 +70,8 @@ def _rank_local_lambda(self, completions, answer, choices, trainer_state):
     out = []
     for c, p, gold, options in zip(completions, parsed, answer, choices):
         correct = is_correct(c, gold, options)
-        out.append(None if correct is None else adaptive_value(p.thinks, correct, lam, progress, base=self.base))
+        thought = p.thinks or not p.well_formed  # as the real reward pays
+        out.append(None if correct is None else adaptive_value(thought, correct, lam, progress, base=self.base))
     return out
 
 

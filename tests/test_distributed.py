@@ -40,7 +40,9 @@ def _adaptive(call: dict, lam: float) -> list[float | None]:
     for text, gold, options in zip(call["completions"], call["answer"], call["choices"]):
         p = parse(text)
         correct = is_correct(text, gold, options)
-        out.append(None if correct is None else adaptive_value(p.thinks, correct, lam, call["progress"]))
+        # paid as a thought unless a well-formed direct answer (rewards/adaptive_think.py)
+        thought = p.thinks or not p.well_formed
+        out.append(None if correct is None else adaptive_value(thought, correct, lam, call["progress"]))
     return out
 
 

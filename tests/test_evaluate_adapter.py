@@ -59,13 +59,13 @@ def test_adapter_evaluation_reports_kl(tmp_path, toy_files, adapters):
 
 def test_teacher_forcing_reproduces_greedy_decoding(toy_model_dir, toy_files, adapters):
     """Same positions and masks as generate(): the argmax of the teacher-forced pass is the decoded token,
-    also in a left-padded batch with two-clip items."""
+    also in a left-padded batch with multi-clip items."""
     from peft import PeftModel
 
     model, processor = load_toy(toy_model_dir)
     model = PeftModel.from_pretrained(model, str(adapters["moved"])).eval()
     samples = load_samples(toy_files["eval"]).samples[:8]
-    assert any(len(s.audio) == 2 for s in samples)
+    assert any(len(s.audio) > 1 for s in samples)
     batch = generate_batch(model, processor, samples, "{question}\n{choices}\nAnswer inside <answer></answer>.",
                            max_new_tokens=12)
     clips = [len(s.audio) for s in samples]

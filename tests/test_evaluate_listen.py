@@ -1,5 +1,5 @@
 """The listening check on the committed toy checkpoint: `benchmark=toy eval.listen_check=noise` over the
-toy's 300 held-out items. The warm start answers count and duration from the audio, so noise must cost
+toy's 300 held-out items. The warm start answers pitch and count from the audio, so noise must cost
 accuracy; the figure is recorded in bench/RESULTS.md."""
 
 from __future__ import annotations

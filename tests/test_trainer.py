@@ -22,9 +22,10 @@ LM_ONLY = r"^model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|u
 
 def _dataset(toy_files, n=8):
     samples = load_samples(toy_files["train"]).samples
-    # both one-clip and two-clip prompts in every batch
-    two = [s for s in samples if len(s.audio) == 2][: n // 2]
+    # both one-clip and multi-clip (toy v3: four-clip) prompts in every batch
+    two = [s for s in samples if len(s.audio) > 1][: n // 2]
     one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
+    assert two and one
     return to_dataset(two + one, PROMPT)
 
 
