@@ -53,10 +53,11 @@ def test_full_recipe_by_hand(toy_model_dir, toy_files, tmp_path):
     ]
     got = _rewards(trainer, completions)
     # Hand computation (balance off: R_a = think +1/0, no-think +2/-1; correctness by the benchmarks' rule on the
-    # extracted answer, so the tagless "two" is a correct direct answer, paid by R_a but not by the format reward).
+    # extracted answer, so the tagless "two" is correct; being malformed it is paid at the think rate, +1, and
+    # gets no format reward: it earns less than the well-formed replies, right or thought out).
     # mean R_t of the think samples = (0.9 + 0.2 + 0.5) / 3 = 0.533333
     mean_t = round((0.9 + 0.2 + 0.5) / 3, 6)
-    assert got["adaptive_think"] == [1.0, 0.0, 1.0, 2.0, -1.0, 2.0]
+    assert got["adaptive_think"] == [1.0, 0.0, 1.0, 2.0, -1.0, 1.0]
     assert got["consistency"] == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
     assert got["think_quality"] == [0.9, 0.2, 0.5, mean_t, mean_t, mean_t]
     assert got["format"] == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
@@ -66,9 +67,9 @@ def test_full_recipe_by_hand(toy_model_dir, toy_files, tmp_path):
         1.0 * (1 + 0.5 * 0) + 0.5 * 1 + 0.5,       # 2.0
         2.0 * (1 + 0.5 * 1) + 0.5 * 1 + mean_t,    # 3.5 + 0.533333
         -1.0 * (1 + 0.5 * 1) + 0.5 * 1 + mean_t,   # -1.0 + 0.533333
-        2.0 * (1 + 0.5 * 1) + 0.5 * 0 + mean_t,    # 3.0 + 0.533333
+        1.0 * (1 + 0.5 * 1) + 0.5 * 0 + mean_t,    # 1.5 + 0.533333
     ]
-    assert got["total"] == pytest.approx([2.9, 0.7, 2.0, 4.033333, -0.466667, 3.533333], abs=1e-5)
+    assert got["total"] == pytest.approx([2.9, 0.7, 2.0, 4.033333, -0.466667, 2.033333], abs=1e-5)
     assert got["total"] == pytest.approx(expected_total, abs=1e-5)
     # only correct think answers went to the consistency judge, every think block to the quality judge
     assert [(t, i["think"]) for t, i in judge.seen] == [
