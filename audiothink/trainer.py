@@ -395,6 +395,12 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     # -- resume -----------------------------------------------------------------------------------------
 
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """No model card: TRL's draft is written for hub models, and for a local checkpoint (the toy, or
+        ``model.path=/models/...``) it calls the run "a fine-tuned version of [None]" with a ``model="None"``
+        usage snippet. The run folder's config.yaml and summary.json say what was trained."""
+        return None
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume's weight loading, strict and under the right names (see audiothink/checkpoints.py).
 

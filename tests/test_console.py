@@ -65,6 +65,12 @@ def test_the_final_table_has_the_task_rows(run):
         assert any(ln.startswith(f"{d} ") for ln in out.stdout.splitlines()), d
 
 
+def test_no_model_card_in_the_run_folder(run):
+    """TRL's hub-oriented model card would call the local base model "None"; the run folder has none."""
+    _, run_dir, _ = run
+    assert any(run_dir.glob("checkpoint-*")) and not (run_dir / "README.md").exists()
+
+
 def test_train_log_holds_what_the_console_showed(run):
     _, run_dir, out = run
     log = (run_dir / "train.log").read_text()

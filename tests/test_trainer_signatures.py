@@ -23,6 +23,8 @@ EXPECTED = {
     # resume: strict, name-mapped weight loading; a sampler whose epoch order survives a resume
     "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
     "_get_train_sampler": ["self", "dataset"],
+    # no model card (TRL's names a local base model "None")
+    "create_model_card": ["self", "model_name", "dataset_name", "tags"],
     # not overridden, but relied on: it forwards `multimodal_fields` (our audio features) to generate()
     "_generate_single_turn": ["self", "prompt_ids", "images", "multimodal_fields", "num_generations",
                               "has_tool_images"],

@@ -350,6 +350,11 @@ def ensure_toy(root: str | os.PathLike) -> dict[str, Path]:
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+    import logging
+
+    logging.getLogger("audiothink").info(
+        "data: building the toy set %s in %s (%s; about 20 s on 2 cores, once)", TOY_VERSION, root,
+        "replacing an older version" if old_toy else "first use")
     try:
         generate_toy(tmp)
         (tmp / "DONE").write_text(TOY_VERSION + "\n", encoding="utf-8")
