@@ -19,7 +19,11 @@ from audiothink.formats import parse
 from audiothink.inference import generate_answers, generate_batch, score
 from audiothink.trainer import AudioGRPOTrainer
 from rewards import Format
-from tests.conftest import PROMPT, toy_grpo_args
+from audiothink.toy.warmstart import default_prompt
+from tests.conftest import toy_grpo_args
+
+# the prompt the toy was warm-started with: its replies are then well-formed, so only a wrong stop breaks them
+PROMPT = default_prompt()
 
 MAX_NEW = 40
 

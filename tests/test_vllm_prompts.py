@@ -91,9 +91,10 @@ def _check_prompt(processor, seconds, seed=0):
 def test_toy_prompts_expand_to_the_training_ids(toy_processor, seconds):
     counts = _check_prompt(toy_processor, seconds)
     window = toy_processor.feature_extractor.chunk_length
-    # clipped clips all get the full window's count: 2 s -> 200 mel frames -> 100 -> 50
-    assert all(c == 50 for c, s in zip(counts, seconds, strict=True) if s >= window)
-    assert all(0 < c < 50 for c, s in zip(counts, seconds, strict=True) if s < window * 0.99)
+    # clipped clips all get the full window's count, one token per 40 ms: 1 s -> 100 mel frames -> 50 -> 25
+    full = round(window * 25)
+    assert all(c == full for c, s in zip(counts, seconds, strict=True) if s >= window)
+    assert all(0 < c < full for c, s in zip(counts, seconds, strict=True) if s < window * 0.99)
 
 
 @pytest.mark.parametrize("seconds", LONG_PROMPTS, ids=lambda s: "+".join(f"{x}s" for x in s))
