@@ -115,6 +115,9 @@ def evaluate(cfg: DictConfig) -> dict:
     from audiothink.benchmarks.runner import GenerationSettings, predict, replace_audio
     from audiothink.benchmarks.store import PredictionStore
 
+    from audiothink.console import setup_console
+
+    setup_console()  # as in training: library records through the run's handlers, no loading bars
     check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,11 @@ def _env(tmp_path, **extra):
 
 
 def _cli(module, args, tmp_path, **extra):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=_env(tmp_path, **extra),
-                          capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=_env(tmp_path, **extra),
+                         capture_output=True, timeout=600)
+    # decoded by hand: text=True would turn every carriage return into a newline, hiding progress bars
+    out.stdout, out.stderr = out.stdout.decode("utf-8", "replace"), out.stderr.decode("utf-8", "replace")
+    return out
 
 
 RUN_ARGS = ["trainer.max_steps=2", "trainer.per_device_train_batch_size=16", "trainer.logging_steps=1",
@@ -222,6 +225,8 @@ def test_evaluation_says_what_was_evaluated_and_leaves_no_empty_folder(run):
     out = _cli("audiothink.evaluate", [f"model.path={run_dir / 'final'}", "eval.limit=4", "eval.max_new_tokens=16",
                                        "eval.charts=false"], tmp)
     assert out.returncode == 0, out.stderr[-3000:]
+    # redirected output: no progress-bar carriage returns, no loading bars
+    assert "\r" not in out.stdout + out.stderr and "Loading weights" not in out.stdout + out.stderr
     folders = list((tmp / "runs" / "eval" / "toy").iterdir())
     assert len(folders) == 1 and folders[0].name.endswith("_run-final"), folders
     results = json.loads((folders[0] / "results.json").read_text())

@@ -10,6 +10,7 @@ retried on the next run. ``KeyboardInterrupt`` and kills stop the run: every fin
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -190,8 +191,10 @@ def predict(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    bar = tqdm(total=len(order), initial=stats.skipped, unit="item", desc=desc, disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    # a bar on a terminal only: redirected to a file, its carriage returns would litter the log (the run's
+    # figures and items/s are printed at the end either way)
+    bar = tqdm(total=len(order), initial=stats.skipped, unit="item", desc=desc,
+               disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True, smoothing=0.1)
     try:
         for chunk in _batches(order, settings.batch_size):
             todo = [i for i in chunk if not store.done(bench.keys[i], retry_failed=retry_failed)]
