@@ -60,8 +60,15 @@ def _heldout(run: Path) -> tuple[dict | None, dict | None]:
 
 def model_name(path: str) -> str:
     """A short name for a checkpoint path: its folder, with the parent's when the folder's name says little
-    (``toy/assets/model`` -> ``assets/model``; ``runs/x/final`` -> ``x/final``)."""
+    (``runs/x/final`` -> ``x/final``); the embedded toy checkpoint is ``toy-warmstart``."""
     p = Path(path)
+    try:
+        from audiothink.setup import TOY_MODEL_DIR
+
+        if p.resolve() == Path(TOY_MODEL_DIR).resolve():
+            return "toy-warmstart"
+    except (ImportError, OSError):
+        pass
     if p.name in ("model", "final", "") or p.name.startswith("checkpoint-"):
         return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
     return p.name

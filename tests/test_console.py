@@ -273,3 +273,16 @@ def test_summary_lines_have_every_slice():
     result = {"overall": stats, "by_difficulty": {"easy": stats, "hard": stats}, "by_task": {"count": stats}}
     lines = summary_lines({"run_dir": "r", "steps": 3, "before": result, "after": result})
     assert [ln.split()[0] for ln in lines[2:]] == ["overall", "easy", "hard", "task"]
+
+
+def test_model_names_in_titles_and_folders():
+    from audiothink.evaluate import model_tag
+    from audiothink.plot import model_name
+    from audiothink.setup import TOY_MODEL_DIR
+
+    assert model_name(str(TOY_MODEL_DIR)) == "toy-warmstart"  # not "assets/model"
+    assert model_tag(str(TOY_MODEL_DIR)) == "toy-warmstart"
+    assert model_name("runs/x/final") == "x/final" and model_name("/models/Qwen2-Audio-7B-Instruct") == \
+        "Qwen2-Audio-7B-Instruct"
+    assert model_tag("/models/Qwen2-Audio-7B-Instruct", "runs/2026-11-30_10-00-00/final") == \
+        "Qwen2-Audio-7B-Instruct+2026-11-30_10-00-00-final"
