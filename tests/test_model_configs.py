@@ -51,6 +51,19 @@ def test_7b_config_lora_wraps_the_language_model_only(config, toy_model_dir):
     assert any(n.startswith("model.audio_tower.layers.") and n.endswith("q_proj") for n in names)
 
 
+def test_toy_lora_example_wraps_the_language_model_only(toy_model_dir):
+    """configs/model/toy_lora.yaml, the README's LoRA-on-the-toy example: its regex wraps every projection of
+    the toy's language model and nothing under the audio encoder or projector."""
+    model = load_toy(toy_model_dir)[0]
+    lora = yaml.safe_load((CONFIGS / "toy_lora.yaml").read_text())["lora"]
+    peft_model = get_peft_model(model, build_peft_config(OmegaConf.create(lora)))
+    wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+    layers = model.config.text_config.num_hidden_layers
+    assert wrapped == {f"model.language_model.layers.{i}.{p}" for i in range(layers) for p in PROJECTIONS}
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert 0 < trainable < 0.1 * sum(p.numel() for p in peft_model.parameters())
+
+
 def _toy_model_cfg(**overrides):
     cfg = yaml.safe_load((CONFIGS / "toy.yaml").read_text())
     cfg.update(path=str(TOY_MODEL_DIR), **overrides)
