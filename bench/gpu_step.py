@@ -495,6 +495,21 @@ def set_static_cache_len(model, length: int) -> None:
             m._previous_max_cache_length = length
 
 
+def rollout_twice(trainer, batch) -> tuple[list[float], dict]:
+    """Two timed rollouts of ``batch``: the seconds of each, and what torch.compile did during the first."""
+    before = compile_counters()
+    times, first_counters = [], {}
+    for _ in range(2):
+        sync()
+        t0 = time.perf_counter()
+        rollout_rows(trainer, batch)
+        sync()
+        times.append(time.perf_counter() - t0)
+        if len(times) == 1:
+            first_counters = counter_delta(before, compile_counters())
+    return times, first_counters
+
+
 def bucket_of(length: int, bucket: int) -> int:
     return -(-length // bucket) * bucket
 
@@ -981,16 +996,7 @@ class ModelRun:
         base = [dict(trainer.train_dataset[i]) for i in range(self.args.prompts)]
         rows = rows_in_bucket(trainer, base, target, bucket)
         batch = [r for r in rows for _ in range(self.args.G)]
-        before = compile_counters()
-        times = []
-        for _ in range(2):
-            sync()
-            t0 = time.perf_counter()
-            rollout_rows(trainer, batch)
-            sync()
-            times.append(time.perf_counter() - t0)
-            if len(times) == 1:
-                first_counters = counter_delta(before, compile_counters())
+        times, first_counters = rollout_twice(trainer, batch)
         self.out["fast_path"]["buckets"].append({
             "bucket": target, "where": "extra rollout", "cache_len": static_cache_len(trainer.model),
             "first_s": times[0], "steady_s": times[1],
@@ -1008,16 +1014,7 @@ class ModelRun:
         # the training loop's cache length again (the extra buckets grew it), so the shapes are the loop's
         set_static_cache_len(trainer.model, self.out["fast_path"]["buckets"][0]["cache_len"])
         torch._dynamo.reset()
-        before = compile_counters()
-        times = []
-        for _ in range(2):
-            sync()
-            t0 = time.perf_counter()
-            rollout_rows(trainer, batch)
-            sync()
-            times.append(time.perf_counter() - t0)
-            if len(times) == 1:
-                first_counters = counter_delta(before, compile_counters())
+        times, first_counters = rollout_twice(trainer, batch)
         self.out["fast_path"]["warm_cache"] = {
             "bucket": bucket_of(self.prompt_len, self.fast_bucket_size), "cache_len": static_cache_len(trainer.model),
             "first_s": times[0], "steady_s": times[1],

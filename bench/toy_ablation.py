@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROWS = {
@@ -46,16 +44,11 @@ ROWS = {
 def train(row: str, overrides: list[str], root: Path, quiet: bool = False) -> tuple[Path, float]:
     """Run the training entry point for `row`; returns its run folder and wall time (seconds). ``quiet``: the
     run's console output goes to ``<root>/row_<row>.log`` (rows side by side)."""
+    from toy_learning import run_command  # bench/ is the script's folder, on sys.path
+
     run_dir = root / f"row_{row}"
     cmd = [sys.executable, "-m", "audiothink.train", f"hydra.run.dir={run_dir}", *ROWS[row][1], *overrides]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.time()
-    if quiet:
-        with open(root / f"row_{row}.log", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-    else:
-        subprocess.run(cmd, check=True)
-    return run_dir, time.time() - t0
+    return run_dir, run_command(cmd, root / f"row_{row}.log" if quiet else None)
 
 
 def score_heldout(model_dir: Path, force_mode: str | None, eval_path: Path, batch_size: int = 50) -> dict:

@@ -28,19 +28,25 @@ GAP_POINTS = 40.0  # think rate hard - easy, after training
 GAP_BEFORE_POINTS = 10.0  # the same gap before training stays under this
 
 
+def run_command(cmd: list[str], log: Path | None = None) -> float:
+    """Print and run ``cmd`` (its output to ``log`` if given, else to the console); returns its wall seconds.
+    A failing run raises (subprocess.CalledProcessError)."""
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    if log is not None:
+        with open(log, "w") as f:
+            subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+    else:
+        subprocess.run(cmd, check=True)
+    return time.time() - t0
+
+
 def run(seed: int, overrides: list[str], root: Path, quiet: bool = False) -> dict:
     """One training run of the default job with `seed`; returns its figures (points) and wall time. ``quiet``:
     the run's console output goes to ``<root>/seed<seed>.log`` (runs side by side)."""
     run_dir = root / f"seed{seed}"
     cmd = [sys.executable, "-m", "audiothink.train", f"hydra.run.dir={run_dir}", f"seed={seed}", *overrides]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.time()
-    if quiet:
-        with open(root / f"seed{seed}.log", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-    else:
-        subprocess.run(cmd, check=True)
-    wall = time.time() - t0
+    wall = run_command(cmd, root / f"seed{seed}.log" if quiet else None)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"seed": seed, "wall_s": wall, "steps": summary["steps"], "run_dir": str(run_dir),
             **figures(summary)}

@@ -12,14 +12,14 @@ import importlib.util
 import json
 import math
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers.models.qwen2 import modeling_qwen2
-from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni
+
+from tests.test_liger import FakeRMSNorm, install_fake_liger  # Liger's RMSNorm in plain torch; the stand-in package
 
 ROOT = Path(__file__).resolve().parents[1]
 BOTH = ["qwen2_audio_7b", "qwen2_5_omni_7b"]
@@ -64,16 +64,10 @@ def bench(monkeypatch):
 SWAPPED_FORWARDS = []
 
 
-class FakeLigerRMSNorm(torch.nn.Module):
-    def __init__(self, hidden_size, eps=1e-6, **_):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
+class FakeLigerRMSNorm(FakeRMSNorm):
     def forward(self, x):
         SWAPPED_FORWARDS.append("norm")
-        var = x.float().pow(2).mean(-1, keepdim=True)
-        return self.weight * (x.float() * torch.rsqrt(var + self.variance_epsilon)).to(x.dtype)
+        return super().forward(x)
 
 
 class FakeLigerSwiGLUMLP(torch.nn.Module):
@@ -101,15 +95,7 @@ def _rope(q, k, cos, sin, unsqueeze_dim):
 
 @pytest.fixture()
 def fake_liger(monkeypatch):
-    for module, names in ((modeling_qwen2, ("Qwen2RMSNorm", "Qwen2MLP", "apply_rotary_pos_emb")),
-                          (modeling_qwen2_5_omni, ("Qwen2_5OmniRMSNorm", "Qwen2MLP", "apply_rotary_pos_emb"))):
-        for name in names:
-            monkeypatch.setattr(module, name, getattr(module, name))  # put back after the test
-    pkg = types.ModuleType("liger_kernel")
-    sub = types.ModuleType("liger_kernel.transformers")
-    sub.LigerRMSNorm, sub.LigerSwiGLUMLP, sub.liger_rotary_pos_emb = FakeLigerRMSNorm, FakeLigerSwiGLUMLP, fake_liger_rope
-    monkeypatch.setitem(sys.modules, "liger_kernel", pkg)
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", sub)
+    install_fake_liger(monkeypatch, FakeLigerRMSNorm, FakeLigerSwiGLUMLP, fake_liger_rope)
     SWAPPED_FORWARDS.clear()
 
 

@@ -43,19 +43,24 @@ def fake_rope(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
     return modeling_qwen2.apply_rotary_pos_emb.__wrapped_original__(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
 
 
-@pytest.fixture()
-def fake_liger(monkeypatch):
-    # monkeypatch records the real attributes first, so they are back after the test
+def install_fake_liger(monkeypatch, norm, mlp, rope) -> None:
+    """A stand-in ``liger_kernel.transformers`` with these classes, for this test only: monkeypatch records the
+    real transformers attributes first (Liger swaps them), so they are back after the test."""
     for module, names in ((modeling_qwen2, ("Qwen2RMSNorm", "Qwen2MLP", "apply_rotary_pos_emb")),
                           (modeling_qwen2_5_omni, ("Qwen2_5OmniRMSNorm", "Qwen2MLP", "apply_rotary_pos_emb"))):
         for name in names:
             monkeypatch.setattr(module, name, getattr(module, name))
-    fake_rope.__wrapped_original__ = modeling_qwen2.apply_rotary_pos_emb
     pkg = types.ModuleType("liger_kernel")
     sub = types.ModuleType("liger_kernel.transformers")
-    sub.LigerRMSNorm, sub.LigerSwiGLUMLP, sub.liger_rotary_pos_emb = FakeRMSNorm, FakeSwiGLUMLP, fake_rope
+    sub.LigerRMSNorm, sub.LigerSwiGLUMLP, sub.liger_rotary_pos_emb = norm, mlp, rope
     monkeypatch.setitem(sys.modules, "liger_kernel", pkg)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", sub)
+
+
+@pytest.fixture()
+def fake_liger(monkeypatch):
+    fake_rope.__wrapped_original__ = modeling_qwen2.apply_rotary_pos_emb
+    install_fake_liger(monkeypatch, FakeRMSNorm, FakeSwiGLUMLP, fake_rope)
     ROPE_CALLS.clear()
 
 

@@ -102,12 +102,18 @@ def listen_summary(bench: Benchmark, real: dict[str, dict], replaced: dict[str, 
 
     keys = bench.keys
     changed = sum(real.get(keys[i], {}).get("prediction") != replaced.get(keys[i], {}).get("prediction") for i in idx)
-    out = {"audio": kind, **block(idx), "answers_changed": changed / len(idx) if idx else None, "by": {}}
+    return {"audio": kind, **block(idx), "answers_changed": changed / len(idx) if idx else None,
+            "by": _by_slice(bench, idx, block)}
+
+
+def _by_slice(bench: Benchmark, idx: list[int], block) -> dict:
+    """``block(items)`` for the items of each value of each of the benchmark's dimensions (task, ...)."""
+    out = {}
     for dim in bench.dimensions:
         groups: dict[str, list[int]] = {}
         for i in idx:
             groups.setdefault(bench.groups[i][dim], []).append(i)
-        out["by"][dim] = {v: block(groups[v]) for v in sorted(groups, key=_SORT_KEY)}
+        out[dim] = {v: block(groups[v]) for v in sorted(groups, key=_SORT_KEY)}
     return out
 
 
@@ -134,13 +140,7 @@ def forced_summary(bench: Benchmark, free: dict[str, dict], forced: dict[str, di
             out[f"{m}_mean_output_tokens"] = sum(tokens) / len(tokens) if tokens else None
         return out
 
-    out = {"modes": list(forced), **block(idx), "by": {}}
-    for dim in bench.dimensions:
-        groups: dict[str, list[int]] = {}
-        for i in idx:
-            groups.setdefault(bench.groups[i][dim], []).append(i)
-        out["by"][dim] = {v: block(groups[v]) for v in sorted(groups, key=_SORT_KEY)}
-    return out
+    return {"modes": list(forced), **block(idx), "by": _by_slice(bench, idx, block)}
 
 
 def forced_lines(fs: dict) -> list[str]:
