@@ -1,6 +1,6 @@
 """The adaptive-think ablation ladder (Audio-Thinker's Table 1 / Fig. 2) on the embedded toy, on a CPU.
 
-    python bench/toy_ablation.py                 # six rows, ~45 min on 2 cores
+    python bench/toy_ablation.py                 # six rows, ~40 min on 2 cores (~25 min with --jobs 2)
     python bench/toy_ablation.py --rows before c # a subset
     python bench/toy_ablation.py --jobs 2         # two training runs at a time
     python bench/toy_ablation.py -- trainer.max_steps=100   # overrides after -- go to every training run
