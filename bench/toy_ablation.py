@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 ROWS = {
@@ -116,15 +115,11 @@ def main(argv: list[str]) -> int:
     from audiothink.setup import TOY_MODEL_DIR
     from audiothink.toy.data import ensure_toy
 
+    from toy_learning import parse_run_args  # bench/ is the script's folder, on sys.path
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    ap.add_argument("--jobs", type=int, default=1, help="training runs at a time (each uses cpu_threads=1 by "
-                    "default, so 2 on a 2-core machine; the figures do not depend on it, the wall times do)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a new temp folder)")
-    ap.add_argument("overrides", nargs="*", help="config overrides for every training run (after --)")
-    args = ap.parse_args(argv)
-    root = args.out or Path(tempfile.mkdtemp(prefix="toy_ablation_"))
-    root.mkdir(parents=True, exist_ok=True)
+    args, root = parse_run_args(ap, argv, "toy_ablation_")
     import os
 
     data_root = Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "toy"

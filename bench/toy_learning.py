@@ -96,16 +96,22 @@ def print_table(results: list[dict]) -> None:
                   f"std {statistics.pstdev(xs):.1f}")
 
 
+def parse_run_args(ap: argparse.ArgumentParser, argv: list[str], prefix: str) -> tuple[argparse.Namespace, Path]:
+    """The options every toy bench takes (--jobs, --out, overrides after --); returns them and the runs' folder."""
+    ap.add_argument("--jobs", type=int, default=1, help="training runs at a time (each uses cpu_threads=1 by "
+                    "default, so 2 on a 2-core machine; the figures do not depend on it, the wall times do)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a new temp folder)")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every training run (after --)")
+    args = ap.parse_args(argv)
+    root = args.out or Path(tempfile.mkdtemp(prefix=prefix))
+    root.mkdir(parents=True, exist_ok=True)
+    return args, root
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed")
-    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each uses cpu_threads=1 by default, so "
-                    "2 on a 2-core machine; the figures do not depend on it)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a new temp folder)")
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run (after --)")
-    args = ap.parse_args(argv)
-    root = args.out or Path(tempfile.mkdtemp(prefix="toy_learning_"))
-    root.mkdir(parents=True, exist_ok=True)
+    args, root = parse_run_args(ap, argv, "toy_learning_")
     if args.jobs > 1:
         from concurrent.futures import ThreadPoolExecutor
 
