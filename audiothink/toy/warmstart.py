@@ -1,6 +1,6 @@
 """Build the embedded toy checkpoint: tokenizer, processor, and a supervised warm start.
 
-    python -m audiothink.toy.warmstart            # writes audiothink/toy/assets/model (2.2 MB, ~8 min on 1 core)
+    python -m audiothink.toy.warmstart            # writes audiothink/toy/assets/model (2.2 MB, ~4 min on 1 core)
 
 Why a warm start: GRPO only reinforces what the policy already samples. A random model never emits
 `<answer>…</answer>`, so every reward is equal and there is no gradient.
