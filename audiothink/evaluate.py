@@ -26,12 +26,13 @@ import hydra
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from audiothink.formats import FORCE_PREFILLS
 from audiothink.setup import ConfigError, check_model_path, load_model_and_processor, register_resolvers
 
 log = logging.getLogger("audiothink.evaluate")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # eval.force_mode -> the forced modes evaluated next to the model's own choice
-FORCED_MODES = {None: (), "think": ("think",), "direct": ("direct",), "both": ("think", "direct")}
+FORCED_MODES = {None: (), **{m: (m,) for m in FORCE_PREFILLS}, "both": tuple(FORCE_PREFILLS)}
 
 
 def training_prompt() -> str:
@@ -85,23 +86,18 @@ def main(cfg: DictConfig) -> dict:
         return evaluate(cfg)
     except (ConfigError, DataError, AudioError, StoreMismatch, EvaluationAborted) as e:
         print(f"error: {e}", file=sys.stderr)
-        _remove_if_empty(Path(cfg.output_dir))
+        _remove_if_empty(cfg.output_dir)
         sys.exit(2)
     except BaseException:
-        _remove_if_empty(Path(cfg.output_dir))
+        _remove_if_empty(cfg.output_dir)
         raise
 
 
-def _remove_if_empty(out: Path) -> None:
+def _remove_if_empty(out) -> None:
     """A failed evaluation leaves no folder behind when it made the folder and wrote no prediction into it."""
-    import shutil
+    from audiothink.rundir import remove_if_unused
 
-    from audiothink.rundir import CREATED
-
-    if str(out.resolve()) not in CREATED or any(out.glob("predictions*.jsonl")):
-        return
-    logging.shutdown()  # closes evaluate.log, which is in the folder
-    shutil.rmtree(out, ignore_errors=True)
+    remove_if_unused(out, ("predictions*.jsonl",))
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -35,6 +35,23 @@ _TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 Mode = Literal["think", "no_think", "malformed"]
 
+# force_mode -> the text put at the start of the assistant turn, after the prompt: the model then continues a
+# think block (think) or an answer block (direct) instead of choosing. null: no prefill.
+FORCE_PREFILLS = {"think": THINK_OPEN, "direct": ANSWER_OPEN}
+
+
+def force_prefill(mode: str | None) -> str:
+    """The prefill of a forced mode (``think`` -> ``<think>``, ``direct`` -> ``<answer>``); ``""`` for None.
+
+    >>> force_prefill("direct"), force_prefill(None)
+    ('<answer>', '')
+    """
+    if mode is None:
+        return ""
+    if mode not in FORCE_PREFILLS:
+        raise ValueError(f"force_mode must be null, {' or '.join(FORCE_PREFILLS)}, got {mode!r}")
+    return FORCE_PREFILLS[mode]
+
 
 def completion_text(c: Any) -> str:
     """The text of a completion, whether a plain string or conversational.

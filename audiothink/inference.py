@@ -15,25 +15,8 @@ import torch
 
 from audiothink.audio import SAMPLE_RATE, load_audio
 from audiothink.data import Sample, render_prompt
-from audiothink.formats import ANSWER_OPEN, THINK_OPEN, parse
+from audiothink.formats import parse
 from rewards.accuracy import is_correct
-
-# eval.force_mode -> the text put at the start of the assistant turn, after the prompt: the model then
-# continues a think block (think) or an answer block (direct) instead of choosing. null: no prefill.
-FORCE_PREFILLS = {"think": THINK_OPEN, "direct": ANSWER_OPEN}
-
-
-def force_prefill(mode: str | None) -> str:
-    """The prefill of a forced mode (``think`` -> ``<think>``, ``direct`` -> ``<answer>``); ``""`` for None.
-
-    >>> force_prefill("direct"), force_prefill(None)
-    ('<answer>', '')
-    """
-    if mode is None:
-        return ""
-    if mode not in FORCE_PREFILLS:
-        raise ValueError(f"force_mode must be null, {' or '.join(FORCE_PREFILLS)}, got {mode!r}")
-    return FORCE_PREFILLS[mode]
 
 
 def banned_audio_token_ids(processor) -> list[int]:
@@ -109,7 +92,7 @@ def generate_answers(
     prefill: str = "",
 ) -> list[str]:
     """Decode one completion per sample (greedy by default), special tokens removed; ``prefill`` (e.g.
-    :func:`force_prefill`) starts each reply and is part of the returned completion."""
+    :func:`audiothink.formats.force_prefill`) starts each reply and is part of the returned completion."""
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -143,7 +126,14 @@ class GeneratedBatch:
     completion_ids: torch.Tensor  # [batch, new tokens]; padded after the first stop token
     completion_mask: torch.Tensor  # [batch, new tokens]; 1 up to and including the first stop token
     stop_ids: tuple[int, ...] = ()  # the ids that ended a completion (stop_token_ids)
-    prefill: str = ""  # text put after the prompt and generated from (part of `texts`, not of completion_ids)
+    # tokens of the text put after the prompt and generated from (part of `texts`, not of completion_ids)
+    prefill_tokens: int = 0
+
+    @property
+    def output_lengths(self) -> list[int]:
+        """Per completion: its tokens up to and including the stop token, a forced mode's prefill included (the
+        prefill is part of the completion, so its tokens count as output tokens)."""
+        return (self.completion_mask.sum(1) + self.prefill_tokens).tolist()
 
     @property
     def ended(self) -> list[bool]:
@@ -169,7 +159,7 @@ def generate_batch(
     """One batched generate() call on ``samples`` (the caller puts the model in eval mode).
 
     ``prefill``: text that starts the assistant's reply (``<think>`` or ``<answer>`` to force a mode, see
-    :func:`force_prefill`); the model continues it, and each returned text is the prefill plus the
+    :func:`audiothink.formats.force_prefill`); the model continues it, and each returned text is the prefill plus the
     continuation, so it is parsed and scored like a completion the model wrote whole.
     """
     tok = processor.tokenizer
@@ -197,7 +187,7 @@ def generate_batch(
         completion_ids=new,
         completion_mask=mask.long(),
         stop_ids=tuple(stops),
-        prefill=prefill,
+        prefill_tokens=len(tok(prefill, add_special_tokens=False)["input_ids"]) if prefill else 0,
     )
 
 

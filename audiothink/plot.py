@@ -61,14 +61,11 @@ def _heldout(run: Path) -> tuple[dict | None, dict | None]:
 def model_name(path: str) -> str:
     """A short name for a checkpoint path: its folder, with the parent's when the folder's name says little
     (``runs/x/final`` -> ``x/final``); the embedded toy checkpoint is ``toy-warmstart``."""
-    p = Path(path)
-    try:
-        from audiothink.setup import TOY_MODEL_DIR
+    from audiothink.setup import TOY_MODEL_DIR
 
-        if p.resolve() == Path(TOY_MODEL_DIR).resolve():
-            return "toy-warmstart"
-    except (ImportError, OSError):
-        pass
+    p = Path(path)
+    if p.resolve() == TOY_MODEL_DIR.resolve():
+        return "toy-warmstart"
     if p.name in ("model", "final", "") or p.name.startswith("checkpoint-"):
         return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
     return p.name

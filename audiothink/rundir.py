@@ -26,15 +26,30 @@ from typing import Any
 
 from audiothink.errors import ConfigError
 
-__all__ = ["MARKER", "launch_key", "previous_run", "claim", "claim_unique", "RunDirCallback"]
+__all__ = ["MARKER", "launch_key", "previous_run", "claim", "claim_unique", "remove_if_unused", "RunDirCallback"]
 
 MARKER = ".audiothink-run"
-# Run folders this process created (a failed evaluation removes its own, empty one; audiothink.evaluate).
+# Run folders this process created (a run that fails before writing results removes its own: remove_if_unused).
 CREATED: set[str] = set()
 # What hydra itself writes into a run folder before the job starts: not a sign of an earlier run.
 _HYDRA_OWN = (".hydra", MARKER)
 # How long a non-main process waits for the main process to claim the launch's folder.
 _WAIT_S = 120.0
+
+
+def remove_if_unused(folder: str | os.PathLike, results: tuple[str, ...]) -> bool:
+    """Remove ``folder`` if this process created it and it holds nothing matching the ``results`` glob patterns
+    (a failed run's stub: hydra's record, the marker, a log); returns whether it did. Closes the logging
+    handlers first, since the run's log file is in the folder."""
+    import logging
+    import shutil
+
+    folder = Path(folder)
+    if str(folder.resolve()) not in CREATED or any(any(folder.glob(p)) for p in results):
+        return False
+    logging.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def _launch() -> dict[str, Any]:

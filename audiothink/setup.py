@@ -401,19 +401,10 @@ def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float
     return to_dataset(train_samples, prompt), eval_samples
 
 
-def forced_prefill(cfg: DictConfig) -> str:
-    """The reply prefill of ``cfg.force_mode`` (null -> "", think -> "<think>", direct -> "<answer>")."""
-    from audiothink.inference import force_prefill
-
-    try:
-        return force_prefill(cfg.get("force_mode"))
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-
-
 def summarise(model, processor, samples, cfg: DictConfig) -> dict:
     """Greedy held-out accuracy and think statistics (overall, by difficulty, by task), in the run's forced
     mode if it has one."""
+    from audiothink.formats import force_prefill
     from audiothink.inference import generate_answers, score
 
     outputs = generate_answers(
@@ -424,6 +415,6 @@ def summarise(model, processor, samples, cfg: DictConfig) -> dict:
         batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens,
         max_audio_seconds=cfg.model.max_audio_seconds,
-        prefill=forced_prefill(cfg),
+        prefill=force_prefill(cfg.get("force_mode")),  # checked at start-up (check_train_config)
     )
     return score(samples, outputs)

@@ -29,12 +29,12 @@ from audiothink.setup import (
     build_rewards,
     check_model_path,
     drop_replayed,
-    forced_prefill,
     load_model_and_processor,
     load_processor,
     register_resolvers,
     summarise,
 )
+from audiothink.formats import force_prefill
 from audiothink.sharding import cpu_process_settings, save_full_model, whole_weights
 
 log = logging.getLogger("audiothink.train")
@@ -72,24 +72,13 @@ def main(cfg: DictConfig) -> dict:
     except USER_ERRORS as e:
         # a problem with the user's input: the message says what and where, a traceback would bury it
         print(f"error: {e}", file=sys.stderr)
-        _remove_if_unused(Path(cfg.output_dir))
+        if int(os.environ.get("RANK", "0")) == 0:
+            # no stub run per typo: the new folder goes unless something was trained in it; a crash (not a user
+            # error) keeps its folder and train.log for the traceback
+            from audiothink.rundir import remove_if_unused
+
+            remove_if_unused(cfg.output_dir, ("checkpoint-*", "metrics.jsonl", "final"))
         sys.exit(2)
-
-
-def _remove_if_unused(run_dir: Path) -> None:
-    """A run stopped by a user error leaves no folder behind when this launch made the folder and nothing was
-    trained in it (no checkpoint, no metrics, no final/): a typo in a key does not leave a stub run. A crash
-    (not a user error) keeps its folder and train.log for the traceback."""
-    import shutil
-
-    from audiothink.rundir import CREATED
-
-    if int(os.environ.get("RANK", "0")) != 0 or str(run_dir.resolve()) not in CREATED:
-        return
-    if any(run_dir.glob("checkpoint-*")) or (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists():
-        return
-    logging.shutdown()  # closes train.log, which is in the folder
-    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -123,7 +112,7 @@ def train(cfg: DictConfig) -> dict:
 
     # Fail on a wrong model path now, not after the data set and trainer are built.
     check_model_path(cfg.model.path)
-    prefill = forced_prefill(cfg)
+    prefill = force_prefill(cfg.get("force_mode"))  # checked above (check_train_config)
     rewards, weights = build_rewards(cfg.reward)
     # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
     # group and train with the engine the launcher asked for (audiothink/sharding.py); a no-op on GPUs.

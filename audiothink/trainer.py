@@ -339,7 +339,7 @@ class AudioGRPOTrainer(GRPOTrainer):
     ):
         self.processor = processor
         # Text that starts every rollout's reply ("<think>" or "<answer>": a forced mode, see
-        # audiothink.inference.force_prefill). It is part of the prompt ids (never trained on) and of the
+        # audiothink.formats.force_prefill). It is part of the prompt ids (never trained on) and of the
         # completion the rewards read.
         self.prefill = prefill
         self.max_audio_seconds = max_audio_seconds

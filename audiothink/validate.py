@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from audiothink.errors import ConfigError
+from audiothink.formats import FORCE_PREFILLS
 
 __all__ = ["LOSS_TYPES", "check_train_config", "check_eval_settings", "check_dataset_size", "prompts_per_step"]
 
@@ -162,8 +163,9 @@ def check_train_config(cfg: DictConfig) -> None:
     threads = cfg.get("cpu_threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"cpu_threads={threads!r}: must be a whole number >= 1 (or null: torch's default)")
-    if cfg.get("force_mode") not in (None, "think", "direct"):
-        raise ConfigError(f"force_mode={cfg.get('force_mode')!r}: must be null (the model chooses), think or direct")
+    mode = cfg.get("force_mode")
+    if mode is not None and mode not in FORCE_PREFILLS:
+        raise ConfigError(f"force_mode={mode!r}: must be null (the model chooses), think or direct")
     cache = cfg.get("rollout", {}).get("compile_cache_dir")
     if cache is not None and (not isinstance(cache, str) or not cache.strip()):
         raise ConfigError(f"rollout.compile_cache_dir={cache!r}: must be a folder path (or null: the default cache)")

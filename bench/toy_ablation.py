@@ -58,8 +58,8 @@ def score_heldout(model_dir: Path, force_mode: str | None, eval_path: Path, batc
     from audiothink.benchmarks.scoring import string_match
     from audiothink.data import load_samples
     from audiothink.evaluate import training_prompt
-    from audiothink.formats import extract_answer, parse
-    from audiothink.inference import force_prefill, generate_batch
+    from audiothink.formats import extract_answer, force_prefill, parse
+    from audiothink.inference import generate_batch
     from audiothink.judge.rule import consistency
     from audiothink.toy.data import WINDOW_SECONDS
 
@@ -67,14 +67,13 @@ def score_heldout(model_dir: Path, force_mode: str | None, eval_path: Path, batc
     processor = AutoProcessor.from_pretrained(model_dir)
     samples = load_samples(eval_path).samples
     prefill = force_prefill(force_mode)
-    prefill_tokens = len(processor.tokenizer(prefill, add_special_tokens=False)["input_ids"]) if prefill else 0
     rows = []
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
             out = generate_batch(model, processor, batch, training_prompt(), max_new_tokens=48,
                                  max_audio_seconds=WINDOW_SECONDS, prefill=prefill)
-            lengths = (out.completion_mask.sum(1) + prefill_tokens).tolist()
+            lengths = out.output_lengths  # the prefill of a forced mode included
             for s, text, n in zip(batch, out.texts, lengths, strict=True):
                 p = parse(text)
                 rows.append({"difficulty": s.difficulty, "tokens": n, "thinks": p.thinks,
@@ -113,17 +112,14 @@ def print_table(results: dict[str, dict]) -> None:
 
 def main(argv: list[str]) -> int:
     from audiothink.setup import TOY_MODEL_DIR
-    from audiothink.toy.data import ensure_toy
+    from audiothink.toy.data import default_root, ensure_toy
 
     from toy_learning import parse_run_args  # bench/ is the script's folder, on sys.path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     args, root = parse_run_args(ap, argv, "toy_ablation_")
-    import os
-
-    data_root = Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "toy"
-    eval_path = ensure_toy(data_root)["eval"]
+    eval_path = ensure_toy(default_root())["eval"]
     results: dict[str, dict] = {}
 
     def record(row: str, run: tuple[Path, float] | None) -> None:

@@ -12,8 +12,8 @@ import torch
 
 from audiothink.benchmarks.scoring import string_match
 from audiothink.data import load_samples
-from audiothink.formats import ANSWER_OPEN, THINK_OPEN, extract_answer, parse
-from audiothink.inference import force_prefill, generate_batch
+from audiothink.formats import ANSWER_OPEN, THINK_OPEN, extract_answer, force_prefill, parse
+from audiothink.inference import generate_batch
 from tests.conftest import PROMPT, load_toy
 from tests.test_evaluate import run_eval
 
@@ -70,6 +70,9 @@ def test_prefill_ends_the_prompt_and_starts_the_completion(toy_model_dir, toy_fi
         p = parse(text)
         assert p.well_formed and p.thinks == (mode == "think")
         assert string_match(s.answer, extract_answer(text), s.choices)
+    # the prefill is part of the completion, so its one token counts as an output token
+    assert plain.output_lengths == plain.completion_mask.sum(1).tolist()
+    assert batch.output_lengths == [n + 1 for n in batch.completion_mask.sum(1).tolist()]
 
 
 def test_evaluate_reports_each_forced_mode_next_to_the_free_choice(tmp_path, toy_files, capsys):

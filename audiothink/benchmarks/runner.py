@@ -23,7 +23,8 @@ from audiothink.benchmarks.base import Benchmark
 from audiothink.benchmarks.store import PredictionStore
 from audiothink.data import Sample
 from audiothink.formats import extract_answer, parse
-from audiothink.inference import AudioTransform, GeneratedBatch, force_prefill, generate_batch
+from audiothink.formats import force_prefill
+from audiothink.inference import AudioTransform, GeneratedBatch, generate_batch
 
 __all__ = ["GenerationSettings", "RunStats", "EvaluationAborted", "predict", "make_record", "replace_audio",
            "completion_kl", "teacher_forced_logprobs"]
@@ -260,9 +261,7 @@ def _generate_records(model, processor, bench, template, idx, settings, audio_tr
         prefill=prefill,
     )
     kls = completion_kl(model, batch, [len(s.audio) for s in samples], kl_micro_batch) if kl else None
-    # a forced mode's prefill is part of the completion: its tokens count as output tokens
-    prefill_tokens = len(processor.tokenizer(prefill, add_special_tokens=False)["input_ids"]) if prefill else 0
-    lengths = (batch.completion_mask.sum(1) + prefill_tokens).tolist()
+    lengths = batch.output_lengths  # a forced mode's prefill counts: it is part of the completion
     ended = batch.ended  # any of training's stop ids, not only the tokenizer's eos
     return [
         make_record(bench.keys[i], bench.samples[i], text, processor.tokenizer, output_tokens=int(n),

@@ -34,20 +34,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from audiothink.audio import SAMPLE_RATE, write_wav
 
 __all__ = ["TOY_VERSION", "WINDOW_SECONDS", "TASKS", "DIFFICULTY", "ToyItem", "toy_items", "answer_from_facts",
-           "generate_toy", "ensure_toy"]
+           "generate_toy", "ensure_toy", "default_root"]
 
 # v3: clips of content-independent length (no length shortcut); easy one-step items and hard four-clip items
 # with stepwise rationales. v2: absolute judgments of unpadded single tones; v1: first-vs-second comparisons.
@@ -59,6 +59,7 @@ TASKS = ("pitch", "count", "pitch_hop", "count_hop")
 # Difficulty is a property of the task: one perceptual step (easy), or a pointer and a second look (hard).
 DIFFICULTY = {"pitch": "easy", "count": "easy", "pitch_hop": "hard", "count_hop": "hard"}
 SOURCE = f"audiothink-toy-{TOY_VERSION}"
+log = logging.getLogger(__name__)
 
 PITCH_CLASSES = ("low", "middle", "high")
 # Pitch classes in Hz, far apart (a factor of 2.3 or more between bands): one clip's class is unambiguous.
@@ -333,6 +334,12 @@ def _is_done(root: Path) -> bool:
     return done.is_file() and done.read_text(encoding="utf-8").strip() == TOY_VERSION
 
 
+def default_root() -> Path:
+    """Where the default run keeps the toy set (configs/data/toy.yaml: ``data.root``):
+    ``$AUDIOTHINK_CACHE/toy``, else ``~/.cache/audiothink/toy``."""
+    return Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "toy"
+
+
 def ensure_toy(root: str | os.PathLike) -> dict[str, Path]:
     """Generate the default toy set into ``root`` unless a complete current one is there.
 
@@ -350,9 +357,7 @@ def ensure_toy(root: str | os.PathLike) -> dict[str, Path]:
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
-    import logging
-
-    logging.getLogger("audiothink").info(
+    log.info(
         "data: building the toy set %s in %s (%s; about 20 s on 2 cores, once)", TOY_VERSION, root,
         "replacing an older version" if old_toy else "first use")
     try:

@@ -166,28 +166,21 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def heldout(model, processor, prompt: str, n: int = 300) -> str:
-    """Greedy accuracy on the toy eval split with each mode forced, by difficulty (the default data root)."""
-    import os
-
-    from audiothink.benchmarks.scoring import string_match
+    """Greedy accuracy on the toy eval split with each mode forced, by difficulty and task (the default data root),
+    scored as the held-out summary scores (audiothink.inference.score)."""
     from audiothink.data import load_samples
-    from audiothink.formats import extract_answer
-    from audiothink.inference import force_prefill, generate_answers
-    from audiothink.toy.data import TASKS, WINDOW_SECONDS, ensure_toy
+    from audiothink.formats import force_prefill
+    from audiothink.inference import generate_answers, score
+    from audiothink.toy.data import WINDOW_SECONDS, default_root, ensure_toy
 
-    root = Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "toy"
-    samples = load_samples(ensure_toy(root)["eval"]).samples[:n]
+    samples = load_samples(ensure_toy(default_root())["eval"]).samples[:n]
     parts = []
     for mode in ("direct", "think"):
         outputs = generate_answers(model, processor, samples, prompt, batch_size=50, max_new_tokens=48,
                                    max_audio_seconds=WINDOW_SECONDS, prefill=force_prefill(mode))
-        by: dict[str, list[bool]] = {}
-        for s, o in zip(samples, outputs):
-            ok = string_match(s.answer, extract_answer(o), s.choices)
-            by.setdefault(s.difficulty, []).append(ok)
-            by.setdefault(s.task, []).append(ok)
-        order = ["easy", "hard", *TASKS]
-        parts.append(f"{mode}: " + " ".join(f"{k} {np.mean(by[k]):.1%}" for k in order if k in by))
+        figures = score(samples, outputs)
+        slices = {**figures["by_difficulty"], **figures["by_task"]}
+        parts.append(f"{mode}: " + " ".join(f"{k} {v['accuracy']:.1%}" for k, v in slices.items()))
     return "; ".join(parts)
 
 
