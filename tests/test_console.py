@@ -59,6 +59,12 @@ def test_one_compact_line_per_logging_step_and_no_noise(run):
     assert "pin_memory" not in noise and "is_gradient_checkpointing" not in noise  # known-harmless warnings
 
 
+def test_summary_json_holds_figures_only(run):
+    """No path and no time in summary.json: two runs with the same seed write identical files."""
+    _, run_dir, _ = run
+    assert set(json.loads((run_dir / "summary.json").read_text())) == {"steps", "before", "after"}
+
+
 def test_the_final_table_has_the_task_rows(run):
     _, run_dir, out = run
     summary = json.loads((run_dir / "summary.json").read_text())

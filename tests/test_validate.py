@@ -130,3 +130,22 @@ def test_evaluate_cli_stops_at_once(override, message, tmp_path):
     out, _ = _cli("audiothink.evaluate", [override, f"hydra.run.dir={tmp_path / 'ev'}"], tmp_path)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_threads_sets_torchs_threads_before_anything_loads(threads, tmp_path, monkeypatch):
+    """`cpu_threads` is applied at the start of train(), before the model path is even checked: one thread is
+    what makes a CPU run repeat exactly (configs/train.yaml)."""
+    import torch
+
+    from audiothink import train
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(train, "check_model_path", lambda path: (_ for _ in ()).throw(ConfigError("stop here")))
+    cfg = _compose([f"cpu_threads={threads}", f"output_dir={tmp_path}"])
+    try:
+        with pytest.raises(ConfigError, match="stop here"):
+            train.train(cfg)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
