@@ -18,7 +18,8 @@ import soxr
 
 from audiothink.errors import AudioError
 
-__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "check_audio", "write_wav"]
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "check_audio", "write_wav", "clip_audio_tokens",
+           "min_audio_tokens", "min_clip_samples", "short_clip_problem"]
 
 SAMPLE_RATE = 16_000
 
@@ -31,6 +32,62 @@ _RESAMPLE_MARGIN_SECONDS = 0.05
 _FLOAT_SUBTYPES = frozenset(("FLOAT", "DOUBLE"))
 # Frames decoded at a time while scanning a float file for non-finite samples (bounded memory).
 _SCAN_BLOCK_FRAMES = 1 << 20
+
+
+# Audio tokens every clip must expand to, by the checkpoint's ``config.model_type`` (other models: 1, a clip that
+# expands to no token trains without audio). Qwen2-Audio's forward (transformers' modeling_qwen2_audio.py) takes a
+# batch in which no two <|AUDIO|> tokens are adjacent for unexpanded input and sends it down its legacy merge,
+# which fails in generate ("'NoneType' object is not subscriptable"): a clip of one token is such a batch alone, and
+# whether it is in a batch depends on its neighbours. Qwen2.5-Omni's thinker has no such path.
+# tests/test_audio.py::test_min_clip_samples_is_the_models_real_boundary runs both models on each side.
+_MIN_AUDIO_TOKENS = {"qwen2_audio": 2}
+
+
+def min_audio_tokens(model_type: str | None) -> int:
+    """Audio tokens every clip must expand to for a model of ``config.model_type``."""
+    return _MIN_AUDIO_TOKENS.get(model_type or "", 1)
+
+
+def clip_audio_tokens(samples: int, *, hop_length: int, window: int) -> int:
+    """Audio tokens of a clip of ``samples`` (16 kHz), by the processor's rule: mel frames = ceil(samples / hop),
+    the clip cut to the ``window`` (samples) first, then the encoder's stride-2 convolution and 2x pooling
+    (``audiothink.vllm_rollout.feat_extract_output_length``, Qwen2-Audio's and Qwen2.5-Omni's)."""
+    from audiothink.vllm_rollout import feat_extract_output_length
+
+    return feat_extract_output_length(math.ceil(min(samples, window) / hop_length))
+
+
+def min_clip_samples(feature_extractor, model_type: str | None, max_seconds: float | None = None) -> int | None:
+    """The shortest clip (samples at 16 kHz) the model can use: the first that expands to
+    :func:`min_audio_tokens` audio tokens under the feature extractor's hop and window (or ``max_seconds``).
+    None when no clip within the window does."""
+    window = int(feature_extractor.n_samples)
+    if max_seconds:
+        window = min(window, int(round(max_seconds * SAMPLE_RATE)))
+    hop = int(feature_extractor.hop_length)
+    need = min_audio_tokens(model_type)
+    for frames in range(1, window // hop + 2):
+        samples = (frames - 1) * hop + 1  # the shortest clip with this many mel frames
+        if samples > window:
+            break
+        if clip_audio_tokens(samples, hop_length=hop, window=window) >= need:
+            return samples
+    return None
+
+
+def short_clip_problem(path: str | os.PathLike, seconds: float, min_samples: int, model_type: str | None = None,
+                       row_id: str | None = None) -> str | None:
+    """The message for a clip shorter than ``min_samples`` (:func:`min_clip_samples`), None when it is long
+    enough. Its length is counted as the resampler makes it: ``round(seconds * 16000)``."""
+    samples = int(round(seconds * SAMPLE_RATE))
+    if samples >= min_samples:
+        return None
+    need = min_audio_tokens(model_type)
+    why = (f"shorter clips expand to fewer than {need} audio tokens, which this model ({model_type}) takes for "
+           "unexpanded input and fails on") if need > 1 else "shorter clips get no audio token"
+    return str(_fail(path, f"audio too short: {1000 * seconds:.3g} ms ({samples} samples once resampled to the "
+                           f"model's {SAMPLE_RATE} Hz); the model needs at least {min_samples} samples "
+                           f"({1000 * min_samples / SAMPLE_RATE:.3g} ms): {why}", row_id))
 
 
 def _fail(path: str | os.PathLike, reason: str, row_id: str | None) -> AudioError:

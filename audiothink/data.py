@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from audiothink.audio import SAMPLE_RATE, check_audio as _check_audio_file
+from audiothink.audio import check_audio as _check_audio_file, short_clip_problem
 from audiothink.errors import AudioError, DataError
 
 __all__ = [
@@ -87,19 +87,23 @@ class LoadResult:
 class RowChecks:
     """Checks that depend on the model, added to the schema's own once its processor is known.
 
-    ``min_audio_samples``: clips shorter than this (at 16 kHz) expand to no audio token in the model's
-    processor: the row would train without audio (or crash alone in a batch). ``control_tokens``: strings the
+    ``min_audio_samples``: clips shorter than this (at 16 kHz) expand to fewer audio tokens than the model
+    (``model_type``) can take (:func:`audiothink.audio.min_clip_samples`): the row would train without audio, or
+    crash the batch. ``control_tokens``: strings the
     tokenizer reads as chat/audio control tokens (``<|im_end|>``, ``<|AUDIO|>``…); in a question or a choice
     they would end the user turn or add an audio placeholder with no audio behind it. ``prompt_tokens``
     (``(Sample, clip durations in s) -> int``, the prompt's length in tokens, audio included) and
     ``max_prompt_tokens``: a longer prompt is a row problem, found before the model loads instead of as an
-    out-of-memory at the first step.
+    out-of-memory at the first step; ``prompt_limit`` says in words where the limit comes from (the setting, or
+    the model's context less the completion length).
     """
 
     min_audio_samples: int = 0
     control_tokens: tuple[str, ...] = ()
     prompt_tokens: Any = None
     max_prompt_tokens: int | None = None
+    model_type: str | None = None
+    prompt_limit: str | None = None
 
 
 @dataclass
@@ -414,13 +418,9 @@ def _validate_row(
             durations.append(duration or 0.0)
             if checker.too_long(duration):
                 too_long += 1
-            samples = int((duration or 0.0) * SAMPLE_RATE)
-            if samples < checks.min_audio_samples:
-                need = checks.min_audio_samples
-                problems.add("audio", f"audio {path}: audio too short: {1000 * (duration or 0.0):.3g} ms ({samples} "
-                                      f"samples once resampled to the model's {SAMPLE_RATE} Hz); the model needs at "
-                                      f"least {need} samples ({1000 * need / SAMPLE_RATE:.3g} ms): shorter clips get "
-                                      "no audio token")
+            short = short_clip_problem(path, duration or 0.0, checks.min_audio_samples, checks.model_type)
+            if short is not None:
+                problems.add("audio", short)
 
     if problems.items:
         return None, problems, 0
@@ -437,8 +437,8 @@ def _validate_row(
     if checks.prompt_tokens is not None and checks.max_prompt_tokens is not None and checker is not None:
         n = checks.prompt_tokens(sample, durations)
         if n > checks.max_prompt_tokens:
-            problems.add("question", f"the prompt is {n} tokens (text and audio), over data.max_prompt_tokens="
-                                     f"{checks.max_prompt_tokens}")
+            limit = checks.prompt_limit or f"data.max_prompt_tokens={checks.max_prompt_tokens}"
+            problems.add("question", f"the prompt is {n} tokens (text and audio), over {limit}")
             return None, problems, 0
     return sample, problems, too_long
 

@@ -27,7 +27,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from audiothink.formats import FORCE_PREFILLS
-from audiothink.setup import ConfigError, check_model_path, load_model_and_processor, register_resolvers
+from audiothink.setup import (ConfigError, check_model_path, load_model_and_processor, register_resolvers,
+                              short_clip_check)
 
 log = logging.getLogger("audiothink.evaluate")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -128,7 +129,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if listen and not any(bench.scored):
         raise ConfigError(f"eval.listen_check needs answers; {bench.name} has them withheld")
     max_seconds = cfg.model.max_audio_seconds
-    durations, unreadable, clipped = check_audio(bench, cfg.eval.on_audio_error, max_seconds)
+    durations, unreadable, clipped = check_audio(bench, cfg.eval.on_audio_error, max_seconds,
+                                                 short_clip_check(cfg.model))
     order = sorted(range(len(bench)), key=lambda i: (-durations[i], i))  # longest first: OOM shows at once
     log.info("%s (%s): %d items, %d clips longer than %s s (clipped), %d unreadable", bench.name, bench.version,
              len(bench), clipped, max_seconds, len(unreadable))
@@ -241,8 +243,10 @@ def load_bench(b: DictConfig):
     return load_benchmark(b.format, meta, b.data_root, name=b.name, version=version)
 
 
-def check_audio(bench, on_error: str, max_seconds: float | None) -> tuple[list[float], dict[int, str], int]:
-    """Every clip, before the model loads: durations (for ordering), unreadable items, clips over the window."""
+def check_audio(bench, on_error: str, max_seconds: float | None,
+                short_clip=None) -> tuple[list[float], dict[int, str], int]:
+    """Every clip, before the model loads: durations (for ordering), unusable items (unreadable, or too short for
+    the model: ``short_clip``, :func:`audiothink.setup.short_clip_check`), clips over the window."""
     from audiothink.audio import AudioError, audio_info
     from audiothink.data import DataError
 
@@ -256,6 +260,9 @@ def check_audio(bench, on_error: str, max_seconds: float | None) -> tuple[list[f
                 seconds, _, _ = audio_info(path, row_id=s.id)
             except AudioError as e:
                 unreadable[i] = str(e)
+                continue
+            if short_clip is not None and (short := short_clip(path, seconds, s.id)):
+                unreadable[i] = short
                 continue
             total += seconds
             clipped += bool(max_seconds and seconds > max_seconds)

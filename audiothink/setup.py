@@ -332,30 +332,84 @@ class SaveProcessor(TrainerCallback):
 # -- data --------------------------------------------------------------------------------------------------
 
 
-def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_audio_seconds: float | None):
-    """The model's row checks (:class:`audiothink.data.RowChecks`), from its processor.
+def load_model_config(model_cfg: DictConfig):
+    """The checkpoint's config.json alone (no weights, milliseconds): the model type and the text model's context,
+    which the row checks need before the weights load."""
+    from transformers import AutoConfig
 
-    The audio-token count of a clip follows the processor's own rule: mel frames = ceil(samples / hop), at most
-    the feature extractor's window, then Qwen2-Audio's / Qwen2.5-Omni's encoder output length
-    (``audiothink.vllm_rollout.feat_extract_output_length``); ``tests/test_data.py`` checks it against the
-    processor. The shortest clip that gets one audio token is ``min_audio_samples``.
+    check_model_path(model_cfg.path)
+    return AutoConfig.from_pretrained(model_cfg.path)
+
+
+def model_context(model_config) -> int | None:
+    """The text model's context in tokens (``max_position_embeddings`` of the text config), None if it has none."""
+    n = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def prompt_limit(max_prompt_tokens: int | None, model_config, max_completion_length: int | None) -> tuple[int | None, str]:
+    """The prompt length rows are held to, and how it came about (for messages).
+
+    ``data.max_prompt_tokens``, capped by the model's context less ``trainer.max_completion_length`` (a prompt
+    and its completion must fit in the positions the model has). A completion that leaves no room is a
+    :class:`ConfigError`.
     """
-    import math
+    context = model_context(model_config) if model_config is not None else None
+    if context is None:
+        return max_prompt_tokens, f"data.max_prompt_tokens={max_prompt_tokens}"
+    room = context - (max_completion_length or 0)
+    if room < 1:
+        raise ConfigError(f"trainer.max_completion_length={max_completion_length} leaves no room for a prompt in "
+                          f"the model's context of {context} tokens (max_position_embeddings): lower it")
+    if max_prompt_tokens is not None and max_prompt_tokens <= room:
+        return max_prompt_tokens, f"data.max_prompt_tokens={max_prompt_tokens}"
+    why = (f"the model's context of {context} tokens less trainer.max_completion_length={max_completion_length or 0}"
+           + ("" if max_prompt_tokens is None else f", below data.max_prompt_tokens={max_prompt_tokens}"))
+    return room, f"{room} tokens ({why})"
 
-    from audiothink.audio import SAMPLE_RATE
+
+def short_clip_check(model_cfg: DictConfig):
+    """``(path, seconds, row_id) -> message or None``: the model's shortest-clip rule
+    (:func:`audiothink.audio.min_clip_samples`), read from its processor and config.json (no weights), for a
+    check before the model loads. Training's rows get it through :func:`row_checks`; evaluation calls this."""
+    from audiothink.audio import min_clip_samples, short_clip_problem
+
+    processor, model_type = load_processor(model_cfg), load_model_config(model_cfg).model_type
+    seconds = model_cfg.get("max_audio_seconds")
+    min_samples = min_clip_samples(processor.feature_extractor, model_type, seconds)
+    if min_samples is None:
+        raise ConfigError(f"model.max_audio_seconds={seconds}: no clip this short can give the model ({model_type}) "
+                          "the audio tokens it needs; raise it")
+    return lambda path, clip_seconds, row_id=None: short_clip_problem(path, clip_seconds, min_samples, model_type,
+                                                                      row_id)
+
+
+def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_audio_seconds: float | None,
+               model_config=None, max_completion_length: int | None = None):
+    """The model's row checks (:class:`audiothink.data.RowChecks`), from its processor and config.json.
+
+    The audio-token count of a clip follows the processor's own rule (:func:`audiothink.audio.clip_audio_tokens`);
+    ``tests/test_data.py`` checks it against the processor. The shortest clip the model can use is
+    ``min_audio_samples`` (:func:`audiothink.audio.min_clip_samples`: by ``model_config.model_type``, Qwen2-Audio
+    needs two audio tokens a clip). Prompts are held to :func:`prompt_limit` (the model's context less the
+    completion length, when ``model_config`` is given).
+    """
+    from audiothink.audio import SAMPLE_RATE, clip_audio_tokens, min_clip_samples
     from audiothink.data import RowChecks, render_prompt
-    from audiothink.vllm_rollout import feat_extract_output_length
 
     tok = processor.tokenizer
     fe = processor.feature_extractor
     window = int(fe.n_samples)
     if max_audio_seconds:
         window = min(window, int(round(max_audio_seconds * SAMPLE_RATE)))
-
-    def audio_tokens(samples: int) -> int:
-        return feat_extract_output_length(math.ceil(min(samples, window) / fe.hop_length))
-
-    min_samples = next((n for n in range(1, window + 1) if audio_tokens(n) >= 1), window + 1)
+    model_type = getattr(model_config, "model_type", None)
+    min_samples = min_clip_samples(fe, model_type, max_audio_seconds)
+    if min_samples is None:
+        raise ConfigError(f"model.max_audio_seconds={max_audio_seconds}: no clip this short can give the model "
+                          f"({model_type}) the audio tokens it needs; raise it")
+    limit, limit_text = prompt_limit(max_prompt_tokens, model_config, max_completion_length)
+    if limit != max_prompt_tokens:
+        log.info("data: prompts are held to %s", limit_text)
     markers = [getattr(processor, n, None) for n in ("audio_token", "audio_bos_token", "audio_eos_token")]
     control = tuple(sorted({t for t in [*tok.all_special_tokens, *markers] if t and len(t) > 1}))
 
@@ -365,19 +419,22 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
                                              add_generation_prompt=True)
         # verbose=False: no "sequence length is longer than the maximum" warning; the limit is checked here
         n_text = len(tok(text, add_special_tokens=False, verbose=False)["input_ids"]) - len(sample.audio)  # one placeholder a clip
-        return n_text + sum(audio_tokens(int(d * SAMPLE_RATE)) for d in durations)
+        return n_text + sum(clip_audio_tokens(int(round(d * SAMPLE_RATE)), hop_length=fe.hop_length, window=window)
+                            for d in durations)
 
     return RowChecks(min_audio_samples=min_samples, control_tokens=control, prompt_tokens=prompt_tokens,
-                     max_prompt_tokens=max_prompt_tokens)
+                     max_prompt_tokens=limit, model_type=model_type, prompt_limit=limit_text)
 
 
-def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None, processor=None):
+def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None, processor=None,
+                  model_config=None, max_completion_length: int | None = None):
     """Training rows as a `datasets.Dataset`, plus the held-out samples (possibly empty).
 
     `data.format` picks the reader (unified, avqa, hf; audiothink/sources/), which validates every row,
     logs skips, clipped clips and rewrites, and applies the optional abstention transform (data.abstain).
-    With the model's ``processor``, rows are also checked against the model (:func:`row_checks`): audio too
-    short for one audio token, control tokens in the text, prompts over ``data.max_prompt_tokens``.
+    With the model's ``processor`` (and ``model_config``, its config.json), rows are also checked against the model
+    (:func:`row_checks`): audio too short for the model, control tokens in the text, prompts over
+    ``data.max_prompt_tokens`` or the model's context less ``max_completion_length``.
     """
     from audiothink.audio import AudioError
     from audiothink.data import DataError, to_dataset
@@ -390,7 +447,8 @@ def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float
     checks = None
     if processor is not None:
         checks = row_checks(processor, prompt, max_prompt_tokens=data_cfg.get("max_prompt_tokens"),
-                            max_audio_seconds=max_audio_seconds)
+                            max_audio_seconds=max_audio_seconds, model_config=model_config,
+                            max_completion_length=max_completion_length)
     try:
         train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds,
                                                          checks=checks)

@@ -30,6 +30,7 @@ from audiothink.setup import (
     check_model_path,
     drop_replayed,
     load_model_and_processor,
+    load_model_config,
     load_processor,
     register_resolvers,
     summarise,
@@ -131,10 +132,12 @@ def train(cfg: DictConfig) -> dict:
     _check_one_run_dir(run_dir)
 
     # The processor first (seconds): rows are checked against it (audio long enough for an audio token, prompt
-    # length in tokens, no control tokens in text) before the model is loaded.
+    # length in tokens, no control tokens in text) before the model is loaded; config.json gives the model type
+    # (the audio tokens a clip needs) and its context (the prompt limit).
     processor = load_processor(cfg.model)
     train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds,
-                                            processor=processor)
+                                            processor=processor, model_config=load_model_config(cfg.model),
+                                            max_completion_length=cfg.trainer.max_completion_length)
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
     model, processor = load_model_and_processor(cfg.model, processor)

@@ -198,7 +198,11 @@ CASES = [
     # rows that validated but could not train (issue 9): the model's own limits, the scoring rule, the prompt
     Case("audio too short", "row", _with_bad_audio(_short(1 / SAMPLE_RATE, SAMPLE_RATE)), "audio",
          "audio too short: 0.0625 ms (1 samples once resampled to the model's 16000 Hz); the model needs at least "
-         "321 samples (20.1 ms)"),
+         "961 samples (60.1 ms)"),
+    # issue 17: 321-960 samples expand to one audio token, which Qwen2-Audio's forward takes for unexpanded input
+    Case("audio too short (960 samples: one audio token)", "row", _with_bad_audio(_short(960 / SAMPLE_RATE, SAMPLE_RATE)),
+         "audio", "(960 samples once resampled to the model's 16000 Hz); the model needs at least 961 samples "
+         "(60.1 ms): shorter clips expand to fewer than 2 audio tokens"),
     Case("audio too short (1 sample at 48 kHz)", "row", _with_bad_audio(_short(1 / 48_000, 48_000)), "audio",
          "audio too short: 0.0208 ms (0 samples once resampled"),
     Case("audio too short (10 ms at 8 kHz)", "row", _with_bad_audio(_short(0.01, 8000)), "audio",
@@ -214,8 +218,10 @@ CASES = [
          "choices", "has a line break"),
     Case("30 choices", "row", _with_bad_row(_row("bad", choices=["a tone"] + [f"option {i}" for i in range(29)])),
          "choices", "at most 26 choices are supported"),
+    # data.max_prompt_tokens=2048 is capped by the toy's context (1024 positions) less its completions (48)
     Case("20,000-character question", "row", _with_bad_row(_row("bad", question="why " * 5000)), "question",
-         "over data.max_prompt_tokens=2048"),
+         "over 976 tokens (the model's context of 1024 tokens less trainer.max_completion_length=48, below "
+         "data.max_prompt_tokens=2048)"),
     Case("named pipe as audio", "row", _with_bad_audio(_fifo), "audio", "not a regular file"),
     Case("choice without words", "row",
          _with_bad_row(_row("bad", choices=["?", "!", "...", "-"], answer="!")), "choices", "has no words"),
@@ -244,14 +250,16 @@ def test_the_table_has_every_kind():
 
 @pytest.fixture(scope="module")
 def checks():
-    """The row checks training runs with the default toy model (its processor and the default prompt)."""
-    from transformers import AutoProcessor
+    """The row checks training runs with the default toy model (its processor, config.json, the default prompt and
+    the toy trainer's max_completion_length)."""
+    from transformers import AutoConfig, AutoProcessor
 
     from audiothink.setup import TOY_MODEL_DIR, row_checks
     from audiothink.toy.warmstart import default_prompt
 
     processor = AutoProcessor.from_pretrained(TOY_MODEL_DIR)
-    return row_checks(processor, default_prompt(), max_prompt_tokens=2048, max_audio_seconds=2.0)
+    return row_checks(processor, default_prompt(), max_prompt_tokens=2048, max_audio_seconds=2.0,
+                      model_config=AutoConfig.from_pretrained(TOY_MODEL_DIR), max_completion_length=48)
 
 
 _CHECKS = {}
