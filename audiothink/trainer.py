@@ -685,6 +685,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["format/malformed_rate"].append(
             sum(not p.well_formed for p in parsed) / max(len(parsed), 1)
         )
+        # the share with an answer block (audiothink.health: a cut completion may still have answered)
+        self._metrics[mode]["completions/answered"].append(sum(p.answer is not None for p in parsed) / max(len(parsed), 1))
         if thinks:
             lengths = [len(self._tokenizer(p.think or "", add_special_tokens=False)["input_ids"]) for p in thinks]
             self._metrics[mode]["think/mean_tokens"].append(float(np.mean(lengths)))
