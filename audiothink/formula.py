@@ -14,18 +14,23 @@ named ``total`` (logged as ``rewards/total/mean``) with weight 1; the components
 
 A component that is None for a sample (a judge failure, an unscoreable row) makes that sample's total
 None, and the trainer then leaves the whole sample out of the step (advantage 0, not in its group's
-baseline), as TRL does for a sample no reward could score. A zero division gives None too.
+baseline), as TRL does for a sample no reward could score. A zero division gives None too. A formula that is
+None for every sample of a batch while other rewards score adds nothing to that step: it is logged once per run
+as a warning, with the count of missing values by component.
 """
 
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from audiothink.errors import ConfigError
+
+log = logging.getLogger("audiothink.formula")
 
 _BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -64,6 +69,7 @@ class Formula:
         except SyntaxError as e:
             raise ConfigError(f"reward.formula: {expression!r} is not an expression: {e.msg}") from None
         self._tree = tree.body
+        self._warned = False  # the all-None warning: once per run
         names: list[str] = []
         self._check(self._tree, names)
         self.names = tuple(sorted(set(names)))
@@ -126,9 +132,24 @@ class Formula:
                 f"formula {self.expression!r}: no values for {missing}; it must run after every reward it uses "
                 f"(have {sorted(reward_values)})"
             )
-        return [
-            self.evaluate({n: reward_values[n][i] for n in self.names}) for i in range(len(completions))
-        ]
+        out = [self.evaluate({n: reward_values[n][i] for n in self.names}) for i in range(len(completions))]
+        if out and not self._warned and all(v is None for v in out):
+            self._warn_all_none(len(out), reward_values)
+        return out
+
+    def _warn_all_none(self, n: int, reward_values: Mapping[str, Sequence[float | None]]) -> None:
+        """Warn (once) when the formula scored no sample of a batch while other rewards did."""
+        scoring = {k: sum(v is not None for v in vals) for k, vals in reward_values.items() if k != self.__name__}
+        if not any(scoring.values()):
+            return  # nothing scored at all: the health monitor's no_reward says so
+        self._warned = True
+        missing = {k: sum(v is None or not math.isfinite(v) for v in reward_values[k]) for k in self.names}
+        gaps = (", ".join(f"{k} {c}/{n}" for k, c in missing.items() if c)
+                or "none (a zero division or a non-finite result on every sample)")
+        scored = ", ".join(f"{k} {c}/{n}" for k, c in scoring.items() if c)
+        log.warning("reward %r (reward.formula %r) is None for all %d samples of this batch while other rewards "
+                    "score (%s): it adds nothing to this step's reward. Components without a value: %s. "
+                    "(Logged once per run.)", self.__name__, self.expression, n, scored, gaps)
 
     def __repr__(self) -> str:
         return f"Formula({self.expression!r})"

@@ -173,3 +173,45 @@ def test_unknown_formula_name_stops_train_before_data_or_model(tmp_path, monkeyp
         train.train(cfg)
     assert touched == []
     assert OmegaConf.load(tmp_path / "config.yaml").reward.formula == "adaptive_think + nope"
+
+
+def test_a_formula_none_for_every_sample_warns_once(toy_model_dir, toy_files, tmp_path, caplog):
+    """Issue 17: a formula that scores no sample while the other rewards do adds nothing for the whole run; it
+    is named once, with the counts (here a judged reward whose judge gives no score: None everywhere)."""
+    import logging
+
+    def judged(completions, **kwargs):
+        return [None] * len(completions)
+
+    rewards = [Format(), judged, Formula("format * judged")]
+    trainer = toy_trainer(toy_model_dir, toy_files, tmp_path, rewards, weights=[1, 0, 1])
+    trainer.model.train()
+    rows = [{"prompt": Q, "question": Q, "answer": GOLD, "choices": CHOICES, "id": f"r{i}"} for i in range(4)]
+    direct = ["<answer>two</answer>", "<answer>one</answer>", "two", "<answer>two</answer>"]
+    with caplog.at_level(logging.WARNING, logger="audiothink.formula"):
+        for _ in range(2):  # two steps: one warning
+            out = trainer._calculate_rewards(rows, [Q] * 4, direct, [[1]] * 4)
+    assert trainer.reward_func_names == ["format", "judged", "total"]
+    assert torch_isnan(out[:, 2]).all() and not torch_isnan(out[:, 0]).any()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "audiothink.formula"]
+    assert warnings == [
+        "reward 'total' (reward.formula 'format * judged') is None for all 4 samples of this batch while other "
+        "rewards score (format 4/4): it adds nothing to this step's reward. Components without a value: "
+        "judged 4/4. (Logged once per run.)"]
+
+
+def test_a_formula_none_where_nothing_scores_is_left_to_the_health_monitor(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="audiothink.formula"):
+        Formula("a / b")(["x", "y"], {"a": [None, None], "b": [None, None]})
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="audiothink.formula"):
+        Formula("a / b")(["x", "y"], {"a": [1.0, 2.0], "b": [0.0, 0.0]})  # zero division on every sample
+    assert "Components without a value: none (a zero division" in caplog.records[0].getMessage()
+
+
+def torch_isnan(t):
+    import torch
+
+    return torch.isnan(t)
