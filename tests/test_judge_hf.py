@@ -103,3 +103,44 @@ def test_same_checkpoint_is_loaded_once(tiny_lm):
 def test_missing_checkpoint_fails_at_start(tmp_path):
     with pytest.raises(ConfigError, match="no such checkpoint directory"):
         HFJudge(path=str(tmp_path / "nope"), prompts=PROMPTS)
+
+
+def _greedy_alone(judge, text: str) -> str:
+    """The judge model's argmax continuation of ``text`` on its own (no batch, no padding), token by token."""
+    tok = judge.tokenizer
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    new = []
+    with torch.no_grad():
+        for _ in range(judge.max_new_tokens):
+            nxt = int(judge.model(input_ids=ids).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            new.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    return tok.decode(new, skip_special_tokens=True)
+
+
+def test_batched_replies_are_the_greedy_replies_of_each_prompt_alone(tiny_lm):
+    """Issue 17 (mutants that survived): padding on the right (generation would continue after the pad tokens
+    of the shorter prompts) or sampling instead of greedy (the same reasoning scored differently) change the
+    replies. Prompts of different lengths in one batch must get exactly the replies each gets alone, greedily."""
+    judge = _judge(tiny_lm, batch_size=8)
+    judge.max_new_tokens = 6
+    texts = [PROMPTS["think_quality"]["template"].format(**item) for item in _items(1, repeat=1)]
+    texts += ["short", "a somewhat longer prompt than the others, " * 3]
+    assert len({len(judge.tokenizer(t)["input_ids"]) for t in texts}) == 3  # three lengths: padding is needed
+    alone = [_greedy_alone(judge, t) for t in texts]
+    assert len(set(alone)) > 1 and all(alone)  # replies that can tell a mistake apart
+    assert judge.generate(texts) == alone
+    assert [judge.generate([t])[0] for t in texts] == alone
+
+
+def test_the_same_prompts_get_the_same_replies_whatever_the_seed(tiny_lm):
+    judge = _judge(tiny_lm, batch_size=8)
+    judge.max_new_tokens = 6
+    texts = ["short", "a somewhat longer prompt than the others"]
+    replies = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)  # sampling would draw other tokens under another seed
+        replies.append(judge.generate(texts))
+    assert replies[0] == replies[1] == replies[2]
