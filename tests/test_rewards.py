@@ -336,3 +336,34 @@ def test_only_adaptive_is_batch_wide():
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+# A NaN λ or progress (a step count that is not a number, a share over no completions) is read as the start of
+# training: λ = 0 (no thinking yet) and p = 0 (the balance at full strength), never as 1.
+@pytest.mark.parametrize("thinks, correct, lam, progress, expected", [
+    (True, True, float("nan"), 0.0, 1.0),                    # λ = 0: γ_think = exp(0) = 1
+    (True, False, float("nan"), 0.0, 0.0),                   # think_wrong - (1 - 1)
+    (False, True, float("nan"), 0.0, 2 * math.exp(-1.0)),    # γ_no = exp(-(1 - 0) * 1)
+    (False, False, float("nan"), 0.0, -math.exp(-1.0) - 2 * (1 - math.exp(-1.0))),
+    (True, True, 1.0, float("nan"), math.exp(-1.0)),         # p = 0: remaining 1
+    (True, False, 1.0, float("nan"), -(1 - math.exp(-1.0))),
+    (False, True, 0.0, float("nan"), 2 * math.exp(-1.0)),
+    (True, True, float("nan"), float("nan"), 1.0),
+])
+def test_adaptive_value_reads_nan_as_the_start(thinks, correct, lam, progress, expected):
+    from rewards.adaptive_think import adaptive_value
+
+    assert adaptive_value(thinks, correct, lam, progress) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("step, total", [(float("nan"), 10), (3, float("nan")), (float("nan"), float("nan"))])
+def test_a_step_count_that_is_not_a_number_is_progress_0(step, total):
+    from types import SimpleNamespace
+
+    from rewards.adaptive_think import _progress
+
+    assert _progress(SimpleNamespace(global_step=step, max_steps=total)) == 0.0
+    reward = AdaptiveThink()  # an all-think batch: λ = 1; at p = 0 a right thought pays exp(-1)
+    out = reward(["<think>bowed</think><answer>cello</answer>"], ["cello"], [["violin", "cello"]],
+                 trainer_state=SimpleNamespace(global_step=step, max_steps=total))
+    assert out == [pytest.approx(math.exp(-1.0))]
