@@ -199,3 +199,80 @@ def test_fast_generation_from_the_constructor_uses_the_configured_cache(toy_mode
                                fast_generation=True, compile_cache_dir=str(tmp_path / "compiled"))
     assert trainer.generation_config.cache_implementation == "static" and trainer.pad_to_multiple_of == 64
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compiled") and (tmp_path / "compiled").is_dir()
+
+
+def _tagged_dataset(toy_files, n=8):
+    """_dataset's rows with the row id in the question: every prompt names the row its audio belongs to."""
+    import dataclasses
+
+    samples = load_samples(toy_files["train"]).samples
+    two = [s for s in samples if len(s.audio) > 1][: n // 2]
+    one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
+    tagged = [dataclasses.replace(s, question=f"{s.question} [row {s.id}]") for s in two + one]
+    return to_dataset(tagged, PROMPT)
+
+
+@contextmanager
+def spy_audio_inputs(*models, backbone=Qwen2AudioModel):
+    """Record every full forward's ids and audio inputs (clones), for every `backbone` inside `models`."""
+    calls, handles = [], []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.size(1) > 1 and kwargs.get("input_features") is not None:
+            calls.append({"ids": ids.detach().clone(), "features": kwargs["input_features"].detach().clone(),
+                          "mask": kwargs["feature_attention_mask"].detach().clone()})
+
+    for model in models:
+        for module in (model.modules() if model is not None else []):
+            if isinstance(module, backbone):
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_each_chunk_gets_the_audio_of_its_own_rows(toy_model_dir, toy_files, tmp_path):
+    """Issue 17: with more than one chunk per generated batch (gradient accumulation 2, as the 7B recipe; TRL
+    shuffles the generated batch and splits it), every forward (generation, old and reference log-probs in
+    chunks, the policy pass of each micro-batch) must get the features of the clips of the rows it scores,
+    in order: not the first chunk's, not another row's. Each prompt names its row; the features each row
+    must get are the processor's for that row alone."""
+    model, processor = load_toy(toy_model_dir)
+    args = toy_grpo_args(tmp_path, max_steps=1, beta=0.04, num_iterations=1, gradient_accumulation_steps=2)
+    dataset = _tagged_dataset(toy_files)
+    trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format()], args=args,
+                               train_dataset=dataset, max_audio_seconds=2.0)
+    assert trainer.args.steps_per_generation == 2
+    rows = {row["id"]: row for row in dataset}
+    expected = {}
+    for rid, row in rows.items():
+        waves = trainer._load_waves([row])[0]
+        expected[rid] = processor.feature_extractor(waves, sampling_rate=16_000, return_attention_mask=True,
+                                                    padding="max_length", return_tensors="pt")
+    tok = processor.tokenizer
+    bos = tok.convert_tokens_to_ids("<|audio_bos|>")
+
+    with spy_audio_inputs(trainer.model, trainer.ref_model) as calls:
+        trainer.train()
+    # generation of the 16-row batch, reference log-probs in 2 chunks of 8, 2 policy micro-batches (no old
+    # log-probs: both micro-batches come before the one optimizer step, so they are on-policy)
+    assert [c["ids"].size(0) for c in calls] == [16, 8, 8, 8, 8], [c["ids"].size(0) for c in calls]
+    seen_orders = set()
+    for call in calls:
+        clip = 0
+        order = []
+        for ids in call["ids"]:
+            rid = next(r for r in rows if f"[row {r}]" in tok.decode(ids))
+            order.append(rid)
+            n = int((ids == bos).sum())
+            assert n == len(rows[rid]["audio"])
+            want = expected[rid]
+            assert torch.equal(call["mask"][clip : clip + n].cpu(), want["attention_mask"]), rid
+            assert torch.allclose(call["features"][clip : clip + n].float().cpu(), want["input_features"]), rid
+            clip += n
+        assert clip == call["features"].size(0)  # no clip left over for a row that is not there
+        seen_orders.add(tuple(order))
+    assert len(seen_orders) > 2  # the chunks hold different rows (TRL shuffles before it splits)
