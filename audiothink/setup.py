@@ -368,18 +368,25 @@ def prompt_limit(max_prompt_tokens: int | None, model_config, max_completion_len
     return room, f"{room} tokens ({why})"
 
 
+def shortest_clip(feature_extractor, model_type: str | None, max_audio_seconds: float | None) -> int:
+    """:func:`audiothink.audio.min_clip_samples`, or a ConfigError when the window is shorter than that."""
+    from audiothink.audio import min_clip_samples
+
+    min_samples = min_clip_samples(feature_extractor, model_type, max_audio_seconds)
+    if min_samples is None:
+        raise ConfigError(f"model.max_audio_seconds={max_audio_seconds}: no clip this short can give the model "
+                          f"({model_type}) the audio tokens it needs; raise it")
+    return min_samples
+
+
 def short_clip_check(model_cfg: DictConfig):
     """``(path, seconds, row_id) -> message or None``: the model's shortest-clip rule
     (:func:`audiothink.audio.min_clip_samples`), read from its processor and config.json (no weights), for a
     check before the model loads. Training's rows get it through :func:`row_checks`; evaluation calls this."""
-    from audiothink.audio import min_clip_samples, short_clip_problem
+    from audiothink.audio import short_clip_problem
 
     processor, model_type = load_processor(model_cfg), load_model_config(model_cfg).model_type
-    seconds = model_cfg.get("max_audio_seconds")
-    min_samples = min_clip_samples(processor.feature_extractor, model_type, seconds)
-    if min_samples is None:
-        raise ConfigError(f"model.max_audio_seconds={seconds}: no clip this short can give the model ({model_type}) "
-                          "the audio tokens it needs; raise it")
+    min_samples = shortest_clip(processor.feature_extractor, model_type, model_cfg.get("max_audio_seconds"))
     return lambda path, clip_seconds, row_id=None: short_clip_problem(path, clip_seconds, min_samples, model_type,
                                                                       row_id)
 
@@ -389,12 +396,12 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
     """The model's row checks (:class:`audiothink.data.RowChecks`), from its processor and config.json.
 
     The audio-token count of a clip follows the processor's own rule (:func:`audiothink.audio.clip_audio_tokens`);
-    ``tests/test_data.py`` checks it against the processor. The shortest clip the model can use is
-    ``min_audio_samples`` (:func:`audiothink.audio.min_clip_samples`: by ``model_config.model_type``, Qwen2-Audio
-    needs two audio tokens a clip). Prompts are held to :func:`prompt_limit` (the model's context less the
+    ``tests/test_short_clips.py`` checks it against the processor and a real forward pass at the boundary. The
+    shortest clip the model can use is ``min_audio_samples`` (:func:`shortest_clip`: by ``model_config.model_type``,
+    Qwen2-Audio needs two audio tokens a clip). Prompts are held to :func:`prompt_limit` (the model's context less the
     completion length, when ``model_config`` is given).
     """
-    from audiothink.audio import SAMPLE_RATE, clip_audio_tokens, min_clip_samples
+    from audiothink.audio import SAMPLE_RATE, clip_audio_tokens
     from audiothink.data import RowChecks, render_prompt
 
     tok = processor.tokenizer
@@ -403,10 +410,7 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
     if max_audio_seconds:
         window = min(window, int(round(max_audio_seconds * SAMPLE_RATE)))
     model_type = getattr(model_config, "model_type", None)
-    min_samples = min_clip_samples(fe, model_type, max_audio_seconds)
-    if min_samples is None:
-        raise ConfigError(f"model.max_audio_seconds={max_audio_seconds}: no clip this short can give the model "
-                          f"({model_type}) the audio tokens it needs; raise it")
+    min_samples = shortest_clip(fe, model_type, max_audio_seconds)
     limit, limit_text = prompt_limit(max_prompt_tokens, model_config, max_completion_length)
     if limit != max_prompt_tokens:
         log.info("data: prompts are held to %s", limit_text)
