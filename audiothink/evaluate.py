@@ -6,8 +6,10 @@
     python -m audiothink.evaluate benchmark=mmar model=qwen2_audio_7b adapter=runs/<run>/final
     python -m audiothink.evaluate benchmark=mmar ... hydra.run.dir=runs/eval/mmar/<folder>   # resume
 
-Reads top to bottom: config -> benchmark metadata -> audio check -> model (+ adapter) -> predictions
-(batched, greedy, appended to predictions.jsonl as they are made, finished items skipped on a rerun) ->
+Reads top to bottom: config -> benchmark metadata -> audio check -> stored predictions checked against what
+is evaluated (the model's and adapter's files, each item's question, choices and audio bytes; store.py) ->
+model (+ adapter) -> predictions (batched, greedy, appended to predictions.jsonl as they are made, finished
+items skipped on a rerun) ->
 listening check (same items, audio replaced) -> forced modes (same items, the reply prefilled with <think>
 or <answer>) -> official scores, breakdowns, think statistics, KL to the base -> submission file,
 results.json, report.md, charts. The prompt is training's (configs/train.yaml).
@@ -117,7 +119,6 @@ def evaluate(cfg: DictConfig) -> dict:
     check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
     listen = cfg.eval.listen_check
     check_model_path(cfg.model.path)
@@ -144,6 +145,9 @@ def evaluate(cfg: DictConfig) -> dict:
     # audio bytes), checked here, before the model loads: another model or settings are refused, changed items
     # predicted again (store.py).
     files = {"model_files": folder_fingerprint(cfg.model.path), "adapter_files": folder_fingerprint(cfg.adapter)}
+    if files["model_files"] is None:
+        log.warning("model.path=%s is not a local folder: stored predictions can only be matched to it by name",
+                    cfg.model.path)
     header = fingerprint(cfg, bench, settings, audio="real", files=files)
     inputs = item_inputs(bench)
     restart = cfg.eval.restart
@@ -159,6 +163,9 @@ def evaluate(cfg: DictConfig) -> dict:
                                               {**fingerprint(cfg, bench, forced_settings[mode], audio="real",
                                                              files=files), "force_mode": mode},
                                               restart=restart, inputs=inputs)
+    # the folder's config is this run's only once its predictions are known to be this run's (a refused rerun
+    # leaves the folder as it was)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     model, processor, device = load_model(cfg)
     common = dict(order=order, unreadable=unreadable, max_failures=cfg.eval.max_failures,

@@ -161,7 +161,7 @@ def test_a_torn_record_mid_file_is_dropped_named_and_predicted_again(tmp_path, t
     rows = Rows(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="audiothink.evaluate"):
         r = run_eval(out, *_toy(toy8))
-    assert f"{path}: line 4, 6 are not a complete record" in caplog.text
+    assert f"{path}: lines 4, 6 are not complete records" in caplog.text
     assert rows.rows == 2 and r["run"]["resumed"] == N - 2
     assert r["summary"] == reference["summary"]
     assert all(json.loads(x) for x in _lines(path))  # rewritten clean: the next run reads it silently
@@ -199,11 +199,11 @@ def test_every_setting_of_the_header_is_compared(tmp_path, toy8, monkeypatch, ov
     another prompt mixes predictions. The rerun is refused, naming the setting, before the model loads."""
     out = tmp_path / "out"
     run_eval(out, *_toy(toy8), "eval.limit=2")
-    before = (out / "predictions.jsonl").read_text()
+    before = [(out / name).read_text() for name in ("predictions.jsonl", "config.yaml")]
     _no_model_load(monkeypatch)
     with pytest.raises(StoreMismatch, match=rf"\({field}: |; {field}: "):
         run_eval(out, *_toy(toy8), "eval.limit=2", override)
-    assert (out / "predictions.jsonl").read_text() == before
+    assert [(out / name).read_text() for name in ("predictions.jsonl", "config.yaml")] == before  # left as it was
 
 
 def test_force_mode_and_listen_check_have_their_own_files(tmp_path, toy8, monkeypatch):

@@ -193,7 +193,8 @@ class PredictionStore:
             diff = sorted(k for k in set(old) | set(self.header) if old.get(k) != self.header.get(k))
             details = "; ".join(f"{_FIELD_WORDS.get(k, k)}: {old.get(k)!r} -> {self.header.get(k)!r}" for k in diff)
             raise StoreMismatch(
-                f"{self.path} holds predictions made with other settings ({details}). Evaluate into a new "
+                f"{self.path} holds predictions made with another model or other settings ({details}). "
+                f"Evaluate into a new "
                 f"folder (hydra.run.dir=...) or start over with eval.restart=true."
             )
         self._has_header = True
@@ -212,9 +213,11 @@ class PredictionStore:
             self.records[rec["key"]] = rec  # a later record (a retried failure) supersedes
         torn = [n for n in self.dropped_lines if n <= len(lines)]  # not the fragment, already cut off
         if self.dropped_lines:
-            log.warning("%s: line %s %s not a complete record (a write cut short or damaged); dropped, "
-                        "the item is predicted again", self.path, ", ".join(map(str, self.dropped_lines)),
-                        "is" if len(self.dropped_lines) == 1 else "are")
+            one = len(self.dropped_lines) == 1
+            log.warning("%s: %s %s %s (a write cut short, or damaged); dropped, %s predicted again", self.path,
+                        "line" if one else "lines", ", ".join(map(str, self.dropped_lines)),
+                        "is not a complete record" if one else "are not complete records",
+                        "its item is" if one else "their items are")
         if torn:  # rewrite without them, atomically, so the next run reads a clean file
             tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
             with tmp.open("wb") as f:
