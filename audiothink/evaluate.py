@@ -273,6 +273,15 @@ def load_bench(b: DictConfig):
                             "them, or benchmark.meta to the file")
     elif not Path(meta).exists():
         raise DataError(f"{meta}: metadata file not found (set by {setting_source(b, 'meta', 'benchmark')})")
+    if Path(meta).is_file():  # every format: a parquet hub copy is named as such, not as bad UTF-8 or JSON
+        from audiothink.benchmarks.base import refuse_binary
+
+        try:
+            with open(meta, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            head = b""  # the loader names what it cannot read
+        refuse_binary(Path(meta), head)
     if b.data_root is not None and not Path(b.data_root).is_dir():
         raise DataError(f"{b.data_root}: audio folder not found (set by "
                         f"{setting_source(b, 'data_root', 'benchmark')})")

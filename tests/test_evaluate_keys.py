@@ -82,7 +82,6 @@ def test_new_weights_at_the_same_path_are_another_model(tmp_path, toy8, toy_mode
     shutil.copytree(toy_model_dir, model)
     out = tmp_path / "out"
     first = run_eval(out, *_toy(toy8), f"model.path={model}")
-    assert first["model"]["model_files"].startswith("sha256:")
     before = (out / "predictions.jsonl").read_text()
 
     weights = model / "model.safetensors"
@@ -94,14 +93,18 @@ def test_new_weights_at_the_same_path_are_another_model(tmp_path, toy8, toy_mode
     assert weights.stat().st_size == st.st_size
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-    _no_model_load(monkeypatch)  # refused before the model loads
+    rows = Rows(monkeypatch)
     with pytest.raises(StoreMismatch, match=r"the files at model.path \(weights, config, tokenizer\): 'sha256:"):
         run_eval(out, *_toy(toy8), f"model.path={model}")
-    assert (out / "predictions.jsonl").read_text() == before  # nothing reused, nothing written
+    assert rows.rows == 0 and (out / "predictions.jsonl").read_text() == before  # nothing reused, nothing written
+    _no_model_load(monkeypatch)  # and refused before the model loads
+    with pytest.raises(StoreMismatch):
+        run_eval(out, *_toy(toy8), f"model.path={model}")
     monkeypatch.undo()
     rows = Rows(monkeypatch)
     again = run_eval(out, *_toy(toy8), f"model.path={model}", "eval.restart=true")
     assert rows.rows == N and again["run"]["resumed"] == 0
+    assert first["model"]["model_files"].startswith("sha256:")  # results.json says which files were evaluated
     assert again["model"]["model_files"] != first["model"]["model_files"]
 
 
@@ -112,7 +115,6 @@ def test_an_adapter_changed_in_place_is_another_model(tmp_path, toy8, toy_model_
     out = tmp_path / "out"
     run_eval(out, *_toy(toy8), f"adapter={adapter}", "eval.kl=false", "eval.limit=2")
     _adapter(toy_model_dir, adapter, 0.05)  # written over the same folder
-    _no_model_load(monkeypatch)
     with pytest.raises(StoreMismatch, match="the adapter's files"):
         run_eval(out, *_toy(toy8), f"adapter={adapter}", "eval.kl=false", "eval.limit=2")
 
@@ -245,6 +247,10 @@ def test_parquet_metadata_says_what_the_loader_reads(tmp_path):
     msg = str(e.value)
     assert "looks like a parquet file" in msg and "official JSON" in msg and "issue #22" in msg
     assert "UTF-8" not in msg
+    for bench in ("mmar", "toy"):  # every format, the project's unified schema too
+        with pytest.raises(DataError, match="looks like a parquet file"):
+            run_eval(tmp_path / "out", f"benchmark={bench}", f"benchmark.meta={meta}",
+                     "benchmark.generate_toy=false")
 
 
 def test_a_missing_benchmark_path_names_the_setting(tmp_path, monkeypatch):
