@@ -194,8 +194,7 @@ class PredictionStore:
             details = "; ".join(f"{_FIELD_WORDS.get(k, k)}: {old.get(k)!r} -> {self.header.get(k)!r}" for k in diff)
             raise StoreMismatch(
                 f"{self.path} holds predictions made with another model or other settings ({details}). "
-                f"Evaluate into a new "
-                f"folder (hydra.run.dir=...) or start over with eval.restart=true."
+                "Evaluate into a new folder (hydra.run.dir=...) or start over with eval.restart=true."
             )
         self._has_header = True
         kept = [lines[0]]
