@@ -286,3 +286,23 @@ def test_unusable_audio_names_where_paths_are_joined(tmp_path):
     with pytest.raises(DataError, match=rf"relative audio paths are joined onto benchmark.data_root = {other}\)"):
         run_eval(tmp_path / "out", "benchmark=mmau_test_mini", f"benchmark.meta={meta}",
                  f"benchmark.data_root={other}")
+
+
+def test_file_hashes_are_every_byte_and_cached_by_stamp(tmp_path, monkeypatch):
+    """Each file is hashed in full once per version; a rewrite is seen even when size and mtime are kept."""
+    import hashlib
+    import os
+
+    from audiothink.benchmarks import store
+
+    calls = []
+    original = store._sha256
+    monkeypatch.setattr(store, "_sha256", lambda p: calls.append(p) or original(p))
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 100_000)
+    assert store.file_sha256([f, tmp_path / "missing"]) == [hashlib.sha256(b"a" * 100_000).hexdigest(), None]
+    assert store.file_sha256([f]) and len(calls) == 1  # the second time from the cache
+    st = f.stat()
+    f.write_bytes(b"a" * 99_999 + b"b")  # one byte at the end, same size, mtime set back
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.file_sha256([f]) == [hashlib.sha256(b"a" * 99_999 + b"b").hexdigest()] and len(calls) == 2
