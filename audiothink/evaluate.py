@@ -6,8 +6,10 @@
     python -m audiothink.evaluate benchmark=mmar model=qwen2_audio_7b adapter=runs/<run>/final
     python -m audiothink.evaluate benchmark=mmar ... hydra.run.dir=runs/eval/mmar/<folder>   # resume
 
-Reads top to bottom: config -> benchmark metadata -> audio check -> model (+ adapter) -> predictions
-(batched, greedy, appended to predictions.jsonl as they are made, finished items skipped on a rerun) ->
+Reads top to bottom: config -> benchmark metadata -> audio check -> stored predictions checked against what
+is evaluated (the model's and adapter's files, each item's question, choices and audio bytes; store.py) ->
+model (+ adapter) -> predictions (batched, greedy, appended to predictions.jsonl as they are made, finished
+items skipped on a rerun) ->
 listening check (same items, audio replaced) -> forced modes (same items, the reply prefilled with <think>
 or <answer>) -> official scores, breakdowns, think statistics, KL to the base -> submission file,
 results.json, report.md, charts. The prompt is training's (configs/train.yaml).
@@ -110,7 +112,7 @@ def evaluate(cfg: DictConfig) -> dict:
                                                quirk_lines,
                                               summarise, write_charts, write_report)
     from audiothink.benchmarks.runner import GenerationSettings, predict, replace_audio
-    from audiothink.benchmarks.store import PredictionStore
+    from audiothink.benchmarks.store import PredictionStore, folder_fingerprint
 
     from audiothink.console import setup_console
 
@@ -118,7 +120,6 @@ def evaluate(cfg: DictConfig) -> dict:
     check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
     listen = cfg.eval.listen_check
     check_model_path(cfg.model.path)
@@ -130,7 +131,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"eval.listen_check needs answers; {bench.name} has them withheld")
     max_seconds = cfg.model.max_audio_seconds
     durations, unreadable, clipped = check_audio(bench, cfg.eval.on_audio_error, max_seconds,
-                                                 short_clip_check(cfg.model))
+                                                 short_clip_check(cfg.model),
+                                                 audio_from=_audio_from(cfg.benchmark, bench))
     order = sorted(range(len(bench)), key=lambda i: (-durations[i], i))  # longest first: OOM shows at once
     log.info("%s (%s): %d items, %d clips longer than %s s (clipped), %d unreadable", bench.name, bench.version,
              len(bench), clipped, max_seconds, len(unreadable))
@@ -138,33 +140,49 @@ def evaluate(cfg: DictConfig) -> dict:
     for line in quirk_lines(quirks):  # accepted as the official scorer accepts them; named, never silent
         log.info("metadata quirk %s", line)
 
-    model, processor, device = load_model(cfg)
     settings = GenerationSettings(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
                                   max_audio_seconds=max_seconds, do_sample=cfg.eval.do_sample,
                                   temperature=cfg.eval.temperature)
-    header = fingerprint(cfg, bench, settings, audio="real")
+    # Stored predictions are keyed on contents (model and adapter files, each item's question, choices and
+    # audio bytes), checked here, before the model loads: another model or settings are refused, changed items
+    # predicted again (store.py).
+    files = {"model_files": folder_fingerprint(cfg.model.path), "adapter_files": folder_fingerprint(cfg.adapter)}
+    if files["model_files"] is None:
+        log.warning("model.path=%s is not a local folder: stored predictions can only be matched to it by name",
+                    cfg.model.path)
+    header = fingerprint(cfg, bench, settings, audio="real", files=files)
+    inputs = item_inputs(bench)
+    restart = cfg.eval.restart
+    store = PredictionStore(out / "predictions.jsonl", header, restart=restart, inputs=inputs)
+    listen_store = None
+    if listen:
+        listen_store = PredictionStore(out / f"predictions_{listen}.jsonl",
+                                       {**header, "audio": listen, "seed": cfg.seed}, restart=restart, inputs=inputs)
+    forced_stores, forced_settings = {}, {}
+    for mode in FORCED_MODES[cfg.eval.force_mode]:
+        forced_settings[mode] = dataclasses.replace(settings, force_mode=mode)
+        forced_stores[mode] = PredictionStore(out / f"predictions_force_{mode}.jsonl",
+                                              {**fingerprint(cfg, bench, forced_settings[mode], audio="real",
+                                                             files=files), "force_mode": mode},
+                                              restart=restart, inputs=inputs)
+    # the folder's config is this run's only once its predictions are known to be this run's (a refused rerun
+    # leaves the folder as it was)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    model, processor, device = load_model(cfg)
     common = dict(order=order, unreadable=unreadable, max_failures=cfg.eval.max_failures,
                   progress=cfg.eval.progress)
     print(f"evaluating {bench.name} into {out} (rerun with hydra.run.dir={out} to resume)", flush=True)
 
-    store = PredictionStore(out / "predictions.jsonl", header, restart=cfg.eval.restart)
     run = predict(model, processor, bench, cfg.prompt, store, settings, kl=bool(cfg.adapter and cfg.eval.kl),
                   kl_micro_batch=cfg.eval.kl_micro_batch, desc=bench.name, **common)
     runs = [run]
-    listen_store = None
     if listen:
-        listen_store = PredictionStore(out / f"predictions_{listen}.jsonl",
-                                       {**header, "audio": listen, "seed": cfg.seed}, restart=cfg.eval.restart)
         runs.append(predict(model, processor, bench, cfg.prompt, listen_store, settings,
                             audio_transform=replace_audio(listen, cfg.seed), desc=f"{bench.name} ({listen})",
                             **common))
-    forced_stores = {}
-    for mode in FORCED_MODES[cfg.eval.force_mode]:
-        forced_settings = dataclasses.replace(settings, force_mode=mode)
-        forced_stores[mode] = PredictionStore(out / f"predictions_force_{mode}.jsonl",
-                                              {**fingerprint(cfg, bench, forced_settings, audio="real"),
-                                               "force_mode": mode}, restart=cfg.eval.restart)
-        runs.append(predict(model, processor, bench, cfg.prompt, forced_stores[mode], forced_settings,
+    for mode, forced_store in forced_stores.items():
+        runs.append(predict(model, processor, bench, cfg.prompt, forced_store, forced_settings[mode],
                             desc=f"{bench.name} (forced {mode})", **common))
 
     summary = summarise(bench, store.records)
@@ -176,7 +194,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "benchmark": {"name": bench.name, "kind": bench.kind, "version": bench.version,
                       "meta": str(bench.meta_path), "items": len(bench), "scored_items": sum(bench.scored),
                       "limited_to": cfg.eval.limit, "quirks": quirks},
-        "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter,
+        "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter, **files,
                   "name": model_tag(cfg.model.path, cfg.adapter), "description": describe_model(cfg.model.path, cfg.adapter)},
         "prompt": cfg.prompt,
         "generation": {"greedy": not cfg.eval.do_sample, "do_sample": cfg.eval.do_sample,
@@ -224,11 +242,22 @@ def check_eval_config(cfg: DictConfig) -> None:
     if e.do_sample and not (isinstance(e.temperature, (int, float)) and e.temperature > 0):
         raise ConfigError(f"eval.temperature={e.temperature!r}: must be > 0 when eval.do_sample=true")
     check_audio_window(cfg.model)
+    from audiothink.benchmarks import LOADERS
+
+    if cfg.benchmark.format not in LOADERS:
+        raise ConfigError(
+            f"benchmark.format={cfg.benchmark.format!r}: must be one of {', '.join(LOADERS)} (mmau and mmar read "
+            "the official JSON/JSONL metadata and the audio files it names, unified the project's schema). A "
+            "Hugging Face hub copy (parquet) is not read yet (issue #22): convert it to the official layout "
+            "(a metadata file and its audio folder, data_cards/)")
 
 
 
 def load_bench(b: DictConfig):
+    """The benchmark of ``benchmark.*``; a path that is not there names the setting that produced it."""
     from audiothink.benchmarks import load_benchmark
+    from audiothink.data import DataError
+    from audiothink.sources import setting_source
 
     version = b.version
     if b.generate_toy:
@@ -240,13 +269,41 @@ def load_bench(b: DictConfig):
     if meta is None:  # MMAR: the current .jsonl, else the older .json list
         root = Path(b.root)
         meta = root / "MMAR-meta.jsonl" if (root / "MMAR-meta.jsonl").exists() else root / "MMAR-meta.json"
+        if not meta.exists():
+            raise DataError(f"{root}: neither MMAR-meta.jsonl nor MMAR-meta.json is there (set by "
+                            f"{setting_source(b, 'root', 'benchmark')}); set benchmark.root to the folder holding "
+                            "them, or benchmark.meta to the file")
+    elif not Path(meta).exists():
+        raise DataError(f"{meta}: metadata file not found (set by {setting_source(b, 'meta', 'benchmark')})")
+    if Path(meta).is_file():  # every format: a parquet hub copy is named as such, not as bad UTF-8 or JSON
+        from audiothink.benchmarks.base import refuse_binary
+
+        try:
+            with open(meta, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            head = b""  # the loader names what it cannot read
+        refuse_binary(Path(meta), head)
+    if b.data_root is not None and not Path(b.data_root).is_dir():
+        raise DataError(f"{b.data_root}: audio folder not found (set by "
+                        f"{setting_source(b, 'data_root', 'benchmark')})")
     return load_benchmark(b.format, meta, b.data_root, name=b.name, version=version)
 
 
-def check_audio(bench, on_error: str, max_seconds: float | None,
-                short_clip=None) -> tuple[list[float], dict[int, str], int]:
+def _audio_from(b: DictConfig, bench) -> str:
+    """Where the items' audio paths are joined, and by which setting (for the unusable-audio message)."""
+    from audiothink.sources import setting_source
+
+    if b.data_root is None:
+        return f"onto the metadata file's folder {bench.meta_path.parent} (benchmark.data_root = null)"
+    return f"onto {setting_source(b, 'data_root', 'benchmark')}"
+
+
+def check_audio(bench, on_error: str, max_seconds: float | None, short_clip=None, *,
+                audio_from: str | None = None) -> tuple[list[float], dict[int, str], int]:
     """Every clip, before the model loads: durations (for ordering), unusable items (unreadable, or too short for
-    the model: ``short_clip``, :func:`audiothink.setup.short_clip_check`), clips over the window."""
+    the model: ``short_clip``, :func:`audiothink.setup.short_clip_check`), clips over the window.
+    ``audio_from``: where relative audio paths were joined, named in the error."""
     from audiothink.audio import AudioError, audio_info
     from audiothink.data import DataError
 
@@ -270,8 +327,10 @@ def check_audio(bench, on_error: str, max_seconds: float | None,
     if unreadable and on_error == "raise":
         msgs = list(unreadable.values())
         more = f"\n… and {len(msgs) - 50} more" if len(msgs) > 50 else ""
+        joined = f"; relative audio paths are joined {audio_from}" if audio_from else ""
         raise DataError(f"{len(msgs)} item(s) of {bench.name} have unusable audio "
-                        "(eval.on_audio_error=wrong keeps them as wrong answers):\n" + "\n".join(msgs[:50]) + more)
+                        f"(eval.on_audio_error=wrong keeps them as wrong answers{joined}):\n" + "\n".join(msgs[:50])
+                        + more)
     if unreadable:
         log.warning("%d item(s) have unusable audio: empty predictions, counted wrong", len(unreadable))
     return durations, unreadable, clipped
@@ -306,15 +365,30 @@ def load_model(cfg: DictConfig):
     return model, processor, device
 
 
-def fingerprint(cfg: DictConfig, bench, settings, *, audio: str) -> dict:
-    """Everything that decides a prediction: a predictions file made under other values is not reused."""
+def fingerprint(cfg: DictConfig, bench, settings, *, audio: str, files: dict | None = None) -> dict:
+    """Everything that decides every prediction: a predictions file made under other values is not reused.
+
+    ``files``: ``model_files`` / ``adapter_files``, the contents of model.path and the adapter
+    (:func:`audiothink.benchmarks.store.folder_fingerprint`): new weights at the same path are another model.
+    What decides one item's prediction (its question, choices, audio bytes) is in each record instead
+    (:func:`item_inputs`)."""
     return {
         "benchmark": bench.name, "meta": str(bench.meta_path.resolve()), "version": bench.version,
         "model": str(cfg.model.path), "adapter": cfg.adapter, "prompt": cfg.prompt,
         "max_new_tokens": settings.max_new_tokens, "max_audio_seconds": settings.max_audio_seconds,
         "do_sample": settings.do_sample, "temperature": settings.temperature if settings.do_sample else None,
-        "dtype": cfg.model.dtype, "audio": audio,
+        "dtype": cfg.model.dtype, "audio": audio, **(files or {}),
     }
+
+
+def item_inputs(bench) -> dict[str, str]:
+    """Item key -> the fingerprint of what the model is shown: question, choices and every clip's bytes."""
+    from audiothink.benchmarks.store import file_sha256, item_fingerprint
+
+    clips = [path for s in bench.samples for path in s.audio]
+    digests = iter(file_sha256(clips))
+    return {key: item_fingerprint(s.question, s.choices, [next(digests) for _ in s.audio])
+            for key, s in zip(bench.keys, bench.samples)}
 
 
 def _print(results: dict) -> None:

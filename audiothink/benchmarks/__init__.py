@@ -30,5 +30,7 @@ def load_benchmark(fmt: str, meta: str | os.PathLike, data_root: str | os.PathLi
                    name: str | None = None, version: str | None = None) -> Benchmark:
     """Load ``meta`` with the loader for ``fmt`` (mmau | mmar | unified)."""
     if fmt not in LOADERS:
-        raise ValueError(f"benchmark.format must be one of {sorted(LOADERS)}, got {fmt!r}")
+        from audiothink.errors import ConfigError
+
+        raise ConfigError(f"benchmark.format must be one of {sorted(LOADERS)}, got {fmt!r}")
     return LOADERS[fmt](meta, data_root, name=name or fmt, version=version)

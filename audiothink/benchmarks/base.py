@@ -200,6 +200,22 @@ def quirk_summary(bench: Benchmark, max_ids: int = 10) -> dict[str, dict]:
     return out
 
 
+# Files that are often given where the metadata is meant: their first bytes, and what they are.
+_BINARY_MAGIC = ((b"PAR1", "a parquet file (a Hugging Face hub copy?)"), (b"ARROW1", "an Arrow file (datasets?)"),
+                 (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "a gzip archive"), (b"RIFF", "a WAV audio file"))
+
+
+def refuse_binary(path: Path, head: bytes) -> None:
+    """A DataError when ``head`` (the file's first bytes) shows a parquet, Arrow, archive or audio file."""
+    kind = next((name for magic, name in _BINARY_MAGIC if head.startswith(magic)), None)
+    if kind is not None:
+        raise DataError(
+            f"{path}: looks like {kind}, not the benchmark's metadata. The loader reads the official JSON (a list "
+            "of items) or JSONL metadata file and the audio files it names (data_cards/). A Hugging Face hub copy "
+            "(parquet) is not read yet (issue #22): convert it to the official layout and set benchmark.meta to "
+            "that file")
+
+
 def read_metadata(path: str | os.PathLike) -> tuple[list[tuple[int, Any]], str]:
     """``([(location, item), …], container)`` from a JSON list (.json) or one object a line (.jsonl).
 
@@ -211,9 +227,15 @@ def read_metadata(path: str | os.PathLike) -> tuple[list[tuple[int, Any]], str]:
     if p.is_dir():
         raise DataError(f"{p}: is a directory, expected the benchmark's .json or .jsonl metadata file")
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read the metadata file ({exc.strerror or exc})") from exc
+    refuse_binary(p, raw[:8])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        raise DataError(f"{p}: not valid UTF-8 ({exc.reason} at byte {exc.start}); the loader reads the official "
+                        "JSON or JSONL metadata file, which is UTF-8 text") from exc
     if p.suffix.lower() == ".jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from audiothink.data import LoadResult, RowChecks, Sample, load_samples
+from audiothink.data import DataError, LoadResult, RowChecks, Sample, load_samples
 from audiothink.sources.mapping import FieldMap
 
-__all__ = ["FORMATS", "load_split", "load_training_data"]
+__all__ = ["FORMATS", "load_split", "load_training_data", "setting_source"]
 
 log = logging.getLogger("audiothink")
 
@@ -41,17 +42,81 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _unresolved(node: Any, key: str) -> Any:
+    try:
+        from omegaconf import DictConfig
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return None
+    if isinstance(node, DictConfig) and key in node:
+        return node._get_node(key)._value()  # the value as written: "${.root}/x.json", "${oc.env:X,d}"
+    return None
+
+
+def setting_source(node: Any, key: str, prefix: str) -> str:
+    """Which setting gave ``node[key]`` its value, for a message about the path it names.
+
+    >>> from omegaconf import OmegaConf
+    >>> b = OmegaConf.create({"root": "${oc.env:NO_SUCH_ROOT_VAR,data/mmau}", "meta": "${.root}/m.json"})
+    >>> setting_source(b, "meta", "benchmark")
+    'benchmark.meta = ${.root}/m.json, benchmark.root = data/mmau (the default: NO_SUCH_ROOT_VAR is not set)'
+    """
+    parts: list[str] = []
+
+    def walk(k: str) -> None:
+        raw, value = _unresolved(node, k), node.get(k) if hasattr(node, "get") else None
+        if not (isinstance(raw, str) and "${" in raw):
+            parts.append(f"{prefix}.{k} = {value}")
+            return
+        refs = re.findall(r"\$\{\.([\w-]+)\}", raw)
+        if refs:
+            parts.append(f"{prefix}.{k} = {raw}")
+            for ref in refs:
+                walk(ref)
+            return
+        env = re.search(r"oc\.env:([A-Za-z_]\w*)", raw)
+        how = "" if env is None else (f" (from {env.group(1)})" if os.environ.get(env.group(1))
+                                      else f" (the default: {env.group(1)} is not set)")
+        parts.append(f"{prefix}.{k} = {value}{how}")
+
+    walk(key)
+    return ", ".join(parts)
+
+
+def _check_paths(data_cfg: Any, which: str, path: Any, fmt: str) -> None:
+    """A data path that is not there: one DataError naming the setting that produced it."""
+    p = Path(str(path)).expanduser()
+    if fmt == "hf" and any(ch in str(path) for ch in "*?["):
+        return  # a glob: the reader says when it matches nothing
+    if not p.exists():
+        what = "dataset" if fmt == "hf" else "metadata file"
+        raise DataError(f"{p}: {what} not found (set by {setting_source(data_cfg, which, 'data')})")
+
+
 def load_split(data_cfg: Any, which: str, *, max_seconds: float | None,
                checks: RowChecks | None = None) -> LoadResult | None:
     """Load ``data_cfg[which]`` (``"train"`` or ``"eval"``) with the config's reader; None if unset.
 
     ``checks``: the model's own row checks (audio long enough to give an audio token, no control tokens in
-    text, the prompt length), see :class:`audiothink.data.RowChecks`.
+    text, the prompt length), see :class:`audiothink.data.RowChecks`. A path that is not there is named
+    with the setting that produced it (``data.train``, ``data.root``, an environment variable).
     """
     path = data_cfg.get(which)
     if not path:
         return None
     fmt = data_cfg.get("format", "unified")
+    _check_paths(data_cfg, which, path, fmt)
+    try:
+        return _read_split(data_cfg, which, path, fmt, max_seconds=max_seconds, checks=checks)
+    except DataError as exc:
+        audio_root = data_cfg.get("audio_root")
+        if audio_root and not Path(str(audio_root)).expanduser().is_dir():
+            raise DataError(f"{exc}\n(relative audio paths are joined onto data.audio_root, which is not a "
+                            f"folder: {setting_source(data_cfg, 'audio_root', 'data')})") from exc
+        raise
+
+
+def _read_split(data_cfg: Any, which: str, path: Any, fmt: str, *, max_seconds: float | None,
+                checks: RowChecks | None) -> LoadResult:
     common = dict(audio_root=data_cfg.get("audio_root"), on_error=data_cfg.get("on_error", "raise"),
                   max_seconds=max_seconds, checks=checks)
     if fmt == "unified":

@@ -54,11 +54,12 @@ def _arrow_errors() -> tuple[type[BaseException], ...]:
     return (pa.ArrowException, OSError, ValueError)
 
 
-def _parquet_files(path: Path, split: str | None) -> list[Path]:
+def _parquet_files(path: Path, split: str | None) -> tuple[list[Path], bool]:
+    """``(files, whether split chose among them)``: a file named directly is read whole, whatever its name."""
     if any(ch in str(path) for ch in "*?["):
         files = sorted(Path(p) for p in _glob(str(path)))
     elif path.is_file():
-        return [path]
+        return [path], False
     else:
         files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
     if split and files:
@@ -72,8 +73,8 @@ def _parquet_files(path: Path, split: str | None) -> list[Path]:
         if not chosen and not unnamed:
             listed = ", ".join(f.name for f in files[:10])
             raise DataError(f"{path}: no parquet file names split {split!r} (files: {listed})")
-        files = chosen or files
-    return files
+        return chosen or files, bool(chosen)
+    return files, False
 
 
 def _glob(pattern: str) -> list[str]:
@@ -94,8 +95,9 @@ def _iter_parquet(file: Path) -> Iterator[Any]:
         raise DataError(f"{file}: unreadable parquet file ({exc})") from exc
 
 
-def _open(path: Path, split: str | None) -> tuple[list[tuple[str, Iterator[Any]]], list[Path]]:
-    """``([(location label, Arrow batches), ...], data files)`` for a saved dataset or parquet."""
+def _open(path: Path, split: str | None) -> tuple[list[tuple[str, Iterator[Any]]], list[Path], str | None]:
+    """``([(location label, Arrow batches), ...], data files, the split chosen or None)`` for a saved dataset
+    or parquet: the split is None where it chose nothing (a Dataset, one parquet file named directly)."""
     if not any(ch in str(path) for ch in "*?[") and not path.exists():
         raise DataError(f"{path}: dataset not found")
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
@@ -105,21 +107,21 @@ def _open(path: Path, split: str | None) -> tuple[list[tuple[str, Iterator[Any]]
             obj = datasets.load_from_disk(str(path))
         except (FileNotFoundError, *_arrow_errors()) as exc:
             raise DataError(f"{path}: unreadable saved dataset ({exc})") from exc
-        label = str(path)
+        label, chosen = str(path), None
         if isinstance(obj, datasets.DatasetDict):
             if not split:
                 raise DataError(f"{path}: a DatasetDict with splits {sorted(obj)}; choose one (data.train_split)")
             if split not in obj:
                 raise DataError(f"{path}: no split {split!r}; the splits are {sorted(obj)}")
-            obj, label = obj[split], str(path / split)
+            obj, label, chosen = obj[split], str(path / split), split
         files = [Path(f["filename"]) for f in obj.cache_files]
-        return [(label, obj.with_format("arrow").iter(batch_size=_BATCH_ROWS))], files
-    files = _parquet_files(path, split)
+        return [(label, obj.with_format("arrow").iter(batch_size=_BATCH_ROWS))], files, chosen
+    files, by_split = _parquet_files(path, split)
     if not files:
         raise DataError(
             f"{path}: neither a saved dataset (no state.json or dataset_dict.json) nor parquet file(s)"
         )
-    return [(str(f), _iter_parquet(f)) for f in files], files
+    return [(str(f), _iter_parquet(f)) for f in files], files, split if by_split else None
 
 
 def _cache_key(path: Path, split: str | None, column: str, files: list[Path]) -> str:
@@ -267,7 +269,7 @@ def load_hf(
     """
     path = Path(path)
     mapping = RowMapping(fields=fields, answer_format=answer_format, question_rewrite=dict(question_rewrite or {}))
-    sources, files = _open(path, split)
+    sources, files, chosen = _open(path, split)
     key = _cache_key(path, split, fields.audio, files)
     cache = _AudioCache(Path(cache_dir) / key)
     rewritten = 0
@@ -293,7 +295,8 @@ def load_hf(
                     local += 1
 
     root = Path(audio_root) if audio_root is not None else (path if path.is_dir() else path.parent)
-    source = str(path) if not split else f"{path} (split {split})"
+    # the split only where it chose the rows: a parquet file named directly is that file, whatever data.*_split says
+    source = str(path) if not chosen else f"{path} (split {chosen})"
     result = load_rows(
         rows(), source=source, audio_root=root, on_error=on_error, check_audio=check_audio,
         max_seconds=max_seconds, field_names=fields.display_names(), checks=checks,
