@@ -13,19 +13,23 @@ only audiothink's own four lines. Here:
   ``metrics.jsonl`` and TensorBoard.
 * :func:`setup_console` routes transformers' and TRL's log records through the run's handlers (so
   ``train.log`` holds what the console showed, without progress-bar control codes), turns off the library
-  progress bars, and filters the known-harmless warnings, once, here, each with the reason.
+  progress bars, and filters the known-harmless warnings, once, here, each with the reason. Under a
+  multi-process launch (torchrun, accelerate launch) the start-up and progress lines come from the main process
+  alone (:class:`MainProcessOnly`); every process's warnings and errors still show, each with its rank.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 
 from transformers import TrainerCallback
 
-__all__ = ["setup_console", "ProgressLine", "ConsoleFormatter", "format_duration"]
+__all__ = ["setup_console", "ProgressLine", "ConsoleFormatter", "MainProcessOnly", "format_duration",
+           "process_rank"]
 
 log = logging.getLogger("audiothink.progress")
 
@@ -41,6 +45,27 @@ KNOWN_HARMLESS = [
 ]
 
 
+def process_rank() -> tuple[int, int]:
+    """(global rank, world size) as the launchers set them (RANK, WORLD_SIZE) before torch.distributed exists."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class MainProcessOnly(logging.Filter):
+    """On a process other than the main one (rank 0), keep only warnings and errors.
+
+    Every process of a launch runs the same start-up (data, model, held-out scoring) and would print each
+    line once per rank; the main process's lines say it for all. A warning or an error may be one process's
+    own, so those pass on every rank (:class:`ConsoleFormatter` names the rank).
+    """
+
+    def __init__(self, rank: int | None = None):
+        super().__init__()
+        self.rank = process_rank()[0] if rank is None else rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.rank == 0 or record.levelno >= logging.WARNING
+
+
 def quiet_known_warnings() -> None:
     """Filter the warnings listed in KNOWN_HARMLESS (and nothing else)."""
     for category, message, _why in KNOWN_HARMLESS:
@@ -51,11 +76,13 @@ def setup_console() -> None:
     """One console for the whole run: library records through the run's handlers, no bars, no known noise."""
     import transformers
 
-    import os
-
     import torch
 
     quiet_known_warnings()
+    # one copy of each start-up line per launch, not one per process (warnings and errors: every process's)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, MainProcessOnly) for f in handler.filters):
+            handler.addFilter(MainProcessOnly())
     if not torch.cuda.is_available():
         # DeepSpeed (installed with the deepspeed extra) picks its CPU accelerator on a machine without CUDA
         # anyway; naming it skips the "Setting accelerator to CPU" warning it prints to stdout on every run
@@ -71,19 +98,22 @@ def setup_console() -> None:
 class ConsoleFormatter(logging.Formatter):
     """``message`` for audiothink's progress and summary lines; ``level name: message`` for everything else.
 
-    ``timestamps=True`` (train.log) prefixes the time of day.
+    ``timestamps=True`` (train.log) prefixes the time of day. Under a multi-process launch, a record that is
+    not an audiothink line names the process it came from (``warning: rank 1: ...``).
     """
 
     def __init__(self, timestamps: bool = False):
         super().__init__()
         self.timestamps = timestamps
+        rank, world = process_rank()
+        self.rank = f"rank {rank}: " if world > 1 else ""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         if not (record.levelno == logging.INFO and record.name.startswith("audiothink")):
-            message = f"{record.levelname.lower()}: {record.name}: {message}"
+            message = f"{record.levelname.lower()}: {self.rank}{record.name}: {message}"
         if self.timestamps:
             message = f"[{time.strftime('%H:%M:%S', time.localtime(record.created))}] {message}"
         return message

@@ -214,6 +214,20 @@ def freeze_audio_encoder(model: torch.nn.Module) -> tuple[int, int]:
     return frozen, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# Sub-models that an audio-and-text forward never calls: the Qwen2.5-Omni thinker's vision encoder.
+_IDLE_IN_AUDIO_QA = ("visual", "vision_tower", "vision_model")
+
+
+def idle_trainable_parameters(model: torch.nn.Module) -> bool:
+    """Whether a trainable parameter of `model` sits in a sub-model an audio question never uses.
+
+    DDP needs ``find_unused_parameters=True`` for such a parameter (it gets no gradient); for any other model
+    that flag only costs an extra pass over the autograd graph every step, and a warning from every process.
+    """
+    return any(p.requires_grad for name, p in model.named_parameters()
+               if set(name.split(".")) & set(_IDLE_IN_AUDIO_QA))
+
+
 # -- optional fused kernels for the update step ------------------------------------------------------------
 
 # The language model's modules that Liger's Triton kernels replace, per model class: in eager PyTorch the

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["plot_run", "main"]
+__all__ = ["plot_run", "training_figure", "heldout_figure", "main"]
 
 
 def _records(run: Path) -> list[dict]:
@@ -82,6 +82,95 @@ def _title(run: Path) -> str:
     return f"{run.name}{model}"
 
 
+def _legend_outside(ax) -> None:
+    """The panel's legend to its right, outside the axes: it never covers a curve, however short the run."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def training_figure(records: list[dict], title: str):
+    """The four training panels (reward, think rate and accuracy, lengths, KL and entropy) against the step."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(2, 2, figsize=(15, 8), layout="constrained")
+    ax = axes[0][0]
+    ax.plot(*_series(records, "reward"), label="reward (weighted total)", color="black", linewidth=2, **_STYLE)
+    for key in sorted({k for r in records for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
+        ax.plot(*_series(records, key), label=key[len("rewards/"):-len("/mean")], **_STYLE)
+    ax.set_title("reward")
+    ax = axes[0][1]
+    ax.plot(*_series(records, "think/rate"), label="think rate (all)", color="black", linewidth=2, **_STYLE)
+    colors = {}
+    for key in sorted({k for r in records for k in r if k.startswith("think/rate/")}):
+        (line,) = ax.plot(*_series(records, key), label=f"think rate {key.rsplit('/', 1)[1]}", **_STYLE)
+        colors[key.rsplit("/", 1)[1]] = line.get_color()
+    for key in sorted({k for r in records for k in r if k.startswith("accuracy/rate/")}):
+        d = key.rsplit("/", 1)[1]
+        ax.plot(*_series(records, key), linestyle="--", color=colors.get(d), label=f"accuracy {d}", **_STYLE)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("rollouts: think rate (solid), accuracy (dashed)")
+    ax = axes[1][0]
+    ax.plot(*_series(records, "completions/mean_length"), label="completion (tokens)", **_STYLE)
+    ax.plot(*_series(records, "think/mean_tokens"), label="think block (tokens,\nthinking completions)", **_STYLE)
+    ax.set_title("length")
+    ax = axes[1][1]
+    steps, kl = _series(records, "kl")
+    if steps:
+        ax.plot(steps, kl, label="KL to the reference", color="tab:red", **_STYLE)
+    ax.plot(*_series(records, "entropy"), label="entropy", color="tab:blue", **_STYLE)
+    ax.set_title("KL and entropy" if steps else "entropy (β = 0: no KL term)")
+    for a in axes.flat:
+        _legend_outside(a)
+        a.set_xlabel("step")
+        # steps are whole numbers: a 2-step run gets ticks 1 and 2, not 1.0, 1.2, ..., 2.0
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.grid(alpha=0.3)
+    fig.suptitle(f"training - {title}")
+    return fig
+
+
+def _value_labels(ax, bars, values) -> None:
+    """Each bar's value above it; a bar of height 0 is a mark in its colour on the axis and its "0%" label."""
+    ax.bar_label(bars, labels=[f"{100 * v:.0f}%" for v in values], fontsize=7, padding=2)
+    for bar, v in zip(bars, values):
+        if v == 0:
+            ax.plot([bar.get_x() + bar.get_width() / 2], [0], marker="_", markersize=18, markeredgewidth=4,
+                    color=bar.get_facecolor(), clip_on=False, zorder=3)
+
+
+def heldout_figure(before: dict, after: dict | None, title: str):
+    """Held-out accuracy and think rate per slice (overall, each difficulty, each task), before and after."""
+    import matplotlib.pyplot as plt
+
+    slices = [("overall", before["overall"], (after or {}).get("overall"))]
+    for key in ("by_difficulty", "by_task"):
+        for name, stats in before.get(key, {}).items():
+            slices.append((name, stats, ((after or {}).get(key) or {}).get(name)))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
+    x = range(len(slices))
+    # a zero-height bar is drawn as its outline: a dark line on the axis, plus its "0%" label
+    edge = {"edgecolor": "black", "linewidth": 1.2}
+    for ax, metric, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "think_rate", "think rate")):
+        values = [b[metric] for _, b, _ in slices]
+        bars = ax.bar([i - 0.2 for i in x], values, width=0.4, label="before", color="tab:blue", **edge)
+        _value_labels(ax, bars, values)
+        if after:
+            values = [(a or {}).get(metric, 0) for _, _, a in slices]
+            bars = ax.bar([i + 0.2 for i in x], values, width=0.4, label="after", color="tab:orange", **edge)
+            _value_labels(ax, bars, values)
+        ax.set_xticks(list(x), [f"{name}\n(n={b['n']})" for name, b, _ in slices], rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_ylim(0, 1.1)  # room above a full bar for its label
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_title(f"held-out {label} (greedy)")
+        ax.grid(axis="y", alpha=0.3)
+    # one legend for both panels, outside them: it covers no bar
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper right", ncol=2, fontsize=8)
+    fig.suptitle(f"held-out before / after - {title}")
+    return fig
+
+
 def plot_run(run: str | Path) -> list[Path]:
     """Draw ``training.png`` and ``heldout.png`` into the run folder ``run``; return the files written."""
     import matplotlib
@@ -93,65 +182,14 @@ def plot_run(run: str | Path) -> list[Path]:
     records = _records(run)
     written: list[Path] = []
     if records:
-        fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
-        ax = axes[0][0]
-        ax.plot(*_series(records, "reward"), label="reward (weighted total)", color="black", linewidth=2, **_STYLE)
-        for key in sorted({k for r in records for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
-            ax.plot(*_series(records, key), label=key[len("rewards/"):-len("/mean")], **_STYLE)
-        ax.set_title("reward")
-        ax.legend(fontsize=8)
-        ax = axes[0][1]
-        ax.plot(*_series(records, "think/rate"), label="think rate (all)", color="black", linewidth=2, **_STYLE)
-        colors = {}
-        for key in sorted({k for r in records for k in r if k.startswith("think/rate/")}):
-            (line,) = ax.plot(*_series(records, key), label=f"think rate {key.rsplit('/', 1)[1]}", **_STYLE)
-            colors[key.rsplit("/", 1)[1]] = line.get_color()
-        for key in sorted({k for r in records for k in r if k.startswith("accuracy/rate/")}):
-            d = key.rsplit("/", 1)[1]
-            ax.plot(*_series(records, key), linestyle="--", color=colors.get(d), label=f"accuracy {d}", **_STYLE)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title("rollouts: think rate (solid), accuracy (dashed)")
-        ax.legend(fontsize=8)
-        ax = axes[1][0]
-        ax.plot(*_series(records, "completions/mean_length"), label="completion (tokens)", **_STYLE)
-        ax.plot(*_series(records, "think/mean_tokens"), label="think block (tokens, thinking completions)", **_STYLE)
-        ax.set_title("length")
-        ax.legend(fontsize=8)
-        ax = axes[1][1]
-        steps, kl = _series(records, "kl")
-        if steps:
-            ax.plot(steps, kl, label="KL to the reference", color="tab:red", **_STYLE)
-        ax.plot(*_series(records, "entropy"), label="entropy", color="tab:blue", **_STYLE)
-        ax.set_title("KL and entropy" if steps else "entropy (β = 0: no KL term)")
-        ax.legend(fontsize=8)
-        for a in axes.flat:
-            a.set_xlabel("step")
-            a.grid(alpha=0.3)
-        fig.suptitle(f"training - {_title(run)}")
+        fig = training_figure(records, _title(run))
         fig.savefig(run / "training.png", dpi=110)
         plt.close(fig)
         written.append(run / "training.png")
 
     before, after = _heldout(run)
     if before:
-        slices = [("overall", before["overall"], (after or {}).get("overall"))]
-        for key in ("by_difficulty", "by_task"):
-            for name, stats in before.get(key, {}).items():
-                slices.append((name, stats, ((after or {}).get(key) or {}).get(name)))
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-        x = range(len(slices))
-        for ax, metric, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "think_rate", "think rate")):
-            ax.bar([i - 0.2 for i in x], [b[metric] for _, b, _ in slices], width=0.4, label="before")
-            if after:
-                ax.bar([i + 0.2 for i in x], [(a or {}).get(metric, 0) for _, _, a in slices], width=0.4,
-                       label="after")
-            ax.set_xticks(list(x), [s[0] for s in slices], rotation=30, ha="right")
-            ax.set_ylim(0, 1.22)  # room above a full bar for the legend
-            ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-            ax.set_title(f"held-out {label} (greedy)")
-            ax.legend(fontsize=8, loc="upper center", ncol=2)
-            ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(f"held-out before / after - {_title(run)}")
+        fig = heldout_figure(before, after, _title(run))
         fig.savefig(run / "heldout.png", dpi=110)
         plt.close(fig)
         written.append(run / "heldout.png")
@@ -159,7 +197,8 @@ def plot_run(run: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m audiothink.plot", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a training run folder (with metrics.jsonl)")
     args = ap.parse_args(argv)
     if not (args.run / "metrics.jsonl").is_file():

@@ -92,13 +92,14 @@ def summary_lines(summary: dict) -> list[str]:
     lines = [f"run: {summary['run_dir']}  ({summary['steps']} steps)"]
     if not (before and after):
         return lines
-    lines.append(f"{'held-out':<22}{'n':>5}{'accuracy':>20}{'think rate':>22}")
     b_flat, a_flat = _flat(before), _flat(after)
+    labels = {name: name.replace("difficulty=", "").replace("task=", "task ") for name in a_flat}
+    width = max(22, *(len(label) + 2 for label in labels.values()))  # columns line up for any task name
+    lines.append(f"{'held-out':<{width}}{'n':>5}{'accuracy':>20}{'think rate':>22}")
     for name, a in a_flat.items():
         b = b_flat.get(name)
         if b is None:
             continue
-        label = name.replace("difficulty=", "").replace("task=", "task ")
-        lines.append(f"{label:<22}{a['n']:>5}{b['accuracy']:>12.1%} -> {a['accuracy']:<7.1%}"
+        lines.append(f"{labels[name]:<{width}}{a['n']:>5}{b['accuracy']:>12.1%} -> {a['accuracy']:<7.1%}"
                      f"{b['think_rate']:>12.1%} -> {a['think_rate']:.1%}")
     return lines

@@ -157,6 +157,13 @@ def train(cfg: DictConfig) -> dict:
         if main_process:
             runfiles.save_before(run_dir, settings, before)
 
+    if args.ddp_find_unused_parameters is None:
+        # transformers' DDP default without activation checkpointing is True: DDP then walks the autograd graph
+        # every step and every process warns that it found nothing unused. Only the Omni thinker's vision
+        # encoder idles here, and with LoRA nothing but the adapters (on the language model) trains.
+        from audiothink.models import idle_trainable_parameters
+
+        args.ddp_find_unused_parameters = cfg.model.lora is None and idle_trainable_parameters(model)
     trainer = AudioGRPOTrainer(
         model=model,
         processor=processor,

@@ -92,6 +92,19 @@ def test_two_processes_train_and_write_one_run(two_rank_run):
         assert [r["step"] for r in records[rank]] == list(range(STEPS))
 
 
+def test_start_up_lines_once_per_launch_and_no_ddp_noise(two_rank_run):
+    """audiothink's start-up and progress lines come from the main process alone (each rank's warnings and
+    errors still show); DDP is not asked to look for unused parameters the toy does not have, so no process
+    warns about it."""
+    _, out, _ = two_rank_run
+    lines = out.stdout.splitlines()
+    for start in ("data: ", "model: ", "held-out: scoring 4 items with the starting weights", "training: 2 steps of",
+                  "step 1/2 ", "held-out: scoring 4 items with the trained weights"):
+        shown = [ln for ln in lines if ln.startswith(start)]
+        assert shown and len(shown) == len(set(shown)), (start, shown)
+    assert "find_unused_parameters" not in out.stdout + out.stderr
+
+
 def test_batch_wide_rewards_are_global_and_identical_on_both_ranks(two_rank_run):
     _, _, records = two_rank_run
     check_batch_wide_rewards(records, STEPS)

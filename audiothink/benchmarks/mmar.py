@@ -78,7 +78,8 @@ def load_mmar(
                        "sub-category": sub or "unknown"})
     problems.raise_if_any()
     return Benchmark(
-        name=name, kind="mmar", version=version or "MMAR (1,000 items)", meta_path=meta, samples=samples,
+        # the release has 1,000 items; a copy (a subset, a newer file) is named by what it holds
+        name=name, kind="mmar", version=version or f"MMAR ({len(items):,} items)", meta_path=meta, samples=samples,
         items=items, groups=groups, dimensions=DIMENSIONS, container=container,
         submission_fields=dict(SUBMISSION_FIELDS), quirks=quirks,
     )

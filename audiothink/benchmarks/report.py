@@ -12,7 +12,7 @@ from audiothink.benchmarks.mmau import DIFFICULTIES, TASKS
 from audiothink.benchmarks.scoring import format_line, string_match
 
 __all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forced_summary", "forced_lines",
-           "forgetting_summary", "quirk_lines", "write_report", "write_charts"]
+           "forgetting_summary", "quirk_lines", "write_report", "write_charts", "paired_bars_figure"]
 
 # Canonical order of known labels; anything else follows alphabetically.
 _ORDER = {v: i for i, v in enumerate((*TASKS, *DIFFICULTIES, *MODALITIES, *CATEGORIES))}
@@ -144,18 +144,22 @@ def forced_summary(bench: Benchmark, free: dict[str, dict], forced: dict[str, di
 
 
 def forced_lines(fs: dict) -> list[str]:
-    """The forced-mode table as text lines: one row per slice, free choice first, then each forced mode."""
+    """The forced-mode table as text lines: one row per slice, free choice first, then each forced mode.
+
+    The slice column is as wide as the longest slice name (benchmark labels can be long: MMAR's sub-categories),
+    so every column lines up whatever the names.
+    """
     modes = fs["modes"]
-    head = f"{'slice':<24}{'n':>5}{'free choice':>14}{'(thinks)':>10}" + "".join(f"{'forced ' + m:>16}" for m in modes)
+    rows = [("overall", fs)] + [(f"{dim}={v}", b) for dim, groups in fs["by"].items() for v, b in groups.items()]
+    width = max(24, *(len(name) + 2 for name, _ in rows))
+    head = (f"{'slice':<{width}}{'n':>5}{'free choice':>14}{'(thinks)':>10}"
+            + "".join(f"{'forced ' + m:>16}" for m in modes))
 
     def row(name, b):
-        return (f"{name:<24}{b['n']:>5}{_pct(b['free']):>14}{_pct(b['free_think_rate']):>10}"
+        return (f"{name:<{width}}{b['n']:>5}{_pct(b['free']):>14}{_pct(b['free_think_rate']):>10}"
                 + "".join(f"{_pct(b[m]):>16}" for m in modes))
 
-    lines = [head, row("overall", fs)]
-    for dim, groups in fs["by"].items():
-        lines += [row(f"{dim}={v}", b) for v, b in groups.items()]
-    return lines
+    return [head] + [row(name, b) for name, b in rows]
 
 
 def forgetting_summary(bench: Benchmark, records: dict[str, dict]) -> dict | None:
@@ -313,23 +317,34 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
 # --------------------------------------------------------------------------- charts
 
 
-def _paired_bars(plt, path: Path, labels, first, second, legend, *, xlim, xlabel, title, annotate) -> None:
-    """Two horizontal bars per label (first above second), one PNG."""
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(labels) + 1.2)))
+def paired_bars_figure(plt, labels, first, second, legend, *, xlim, xlabel, title):
+    """Two horizontal bars per label (first above second), each with its value at its end.
+
+    A bar of value 0 still shows: its outline is a line on the axis and its label reads 0.0. The legend sits
+    below the axes, outside them, where it covers no bar.
+    """
+    fig, ax = plt.subplots(figsize=(8, max(2.8, 0.35 * len(labels) + 1.6)), layout="constrained")
     y = range(len(labels))
-    ax.barh([i - 0.2 for i in y], first, height=0.4, label=legend[0])
-    ax.barh([i + 0.2 for i in y], second, height=0.4, label=legend[1])
-    if annotate:
-        for i, (a, b) in enumerate(zip(first, second)):
-            ax.text(a + 0.5, i - 0.2, f"{a:.1f}", va="center", fontsize=7)
-            ax.text(b + 0.5, i + 0.2, f"{b:.1f}", va="center", fontsize=7)
+    edge = {"edgecolor": "black", "linewidth": 1.0}
+    for offset, values, name in ((-0.2, first, legend[0]), (0.2, second, legend[1])):
+        bars = ax.barh([i + offset for i in y], values, height=0.4, label=name, **edge)
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7, padding=2)
+        for bar, v in zip(bars, values):
+            if v == 0:  # a mark in the bar's colour where the bar would start
+                ax.plot([0], [bar.get_y() + bar.get_height() / 2], marker="|", markersize=9, markeredgewidth=3,
+                        color=bar.get_facecolor(), clip_on=False, zorder=3)
     ax.set_yticks(list(y), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, xlim)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2)
+    return fig
+
+
+def _paired_bars(plt, path: Path, *args, **kwargs) -> None:
+    """:func:`paired_bars_figure`, as one PNG."""
+    fig = paired_bars_figure(plt, *args, **kwargs)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -351,8 +366,8 @@ def write_charts(out_dir: Path, results: dict) -> list[str]:
         name = f"chart_{dim.replace('-', '_')}.png"
         _paired_bars(
             plt, out_dir / name, [f"{lab} (n={g['n']})" for lab, g in groups.items()], acc, think,
-            ("accuracy %", "think rate %"), xlim=110, xlabel="%",
-            title=f"{title}: accuracy and think rate by {dim}", annotate=True,
+            ("accuracy %", "think rate %"), xlim=112, xlabel="%",
+            title=f"{title}: accuracy and think rate by {dim}",
         )
         names.append(name)
     lc = results.get("listen_check")
@@ -360,10 +375,11 @@ def write_charts(out_dir: Path, results: dict) -> list[str]:
         dim, groups = next(iter(lc["by"].items()))
         real = [100 * (lc["accuracy_real"] or 0)] + [100 * (g["accuracy_real"] or 0) for g in groups.values()]
         rep = [100 * (lc["accuracy_replaced"] or 0)] + [100 * (g["accuracy_replaced"] or 0) for g in groups.values()]
+        labels = [f"overall (n={lc['n']})"] + [f"{v} (n={g['n']})" for v, g in groups.items()]
         _paired_bars(
-            plt, out_dir / "chart_listen_check.png", ["overall", *groups], real, rep, ("real audio", lc["audio"]),
-            xlim=105, xlabel="accuracy %",
-            title=f"{title}: listening check by {dim} (drop {lc['drop_points']:.1f} points)", annotate=False,
+            plt, out_dir / "chart_listen_check.png", labels, real, rep, ("real audio", lc["audio"]),
+            xlim=112, xlabel="accuracy %",
+            title=f"{title}: listening check by {dim} (drop {lc['drop_points']:.1f} points)",
         )
         names.append("chart_listen_check.png")
     return names
