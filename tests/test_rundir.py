@@ -221,6 +221,11 @@ from tests.test_rundir import _hydra_config
 folder = Path(sys.argv[1])
 try:
     RunDirCallback().on_run_start(_hydra_config(folder))
+    if sys.argv[3:] == ["wait"]:  # let the test interleave: claimed, waits for a line on stdin
+        print("claimed", flush=True)
+        sys.stdin.readline()
+    else:  # hydra writes its record and train() starts: a second or more before config.yaml
+        __import__("time").sleep(1)
     (folder / "config.yaml").write_text("run %s\\n" % sys.argv[2])
     claim(folder, resume=False)
 except ConfigError as e:
@@ -232,19 +237,22 @@ except ConfigError as e:
 
 def test_a_refused_new_run_never_removes_the_folder_of_the_run_that_holds_it(tmp_path):
     """Two new runs name one folder at the same moment (the race of issue 17, in a fixed order): this process
-    claims it first; the other, started in between, is refused at once, writes nothing and removes nothing; this
-    run's second claim (train()) still holds it."""
+    claims it first (the callback); the other's callback comes next, before this run wrote its config.yaml. It
+    is refused at once, writes nothing and removes nothing; this run's second claim (train()) still holds it."""
     from audiothink.rundir import RunDirCallback, remove_if_unused
 
     run = tmp_path / "exp"
     RunDirCallback().on_run_start(_hydra_config(run))  # this run: made and holds the folder
-    (run / "config.yaml").write_text("run A\n")
-    other = subprocess.run([sys.executable, "-c", _SECOND_RUN, str(run), "B"], env=_env(tmp_path), cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
-    assert other.returncode == 2, other.stderr
-    assert other.stderr.strip() == (f"error: run folder {run} is in use by a running process (pid {os.getpid()} on "
-                                    f"{__import__('socket').gethostname()}): one folder takes one run at a time; wait "
-                                    "for it to end (or stop it), or start a new run elsewhere (another hydra.run.dir=…)")
+    other = subprocess.Popen([sys.executable, "-c", _SECOND_RUN, str(run), "B", "wait"], env=_env(tmp_path),
+                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    said = other.stdout.readline().strip()  # "claimed" if its callback took the folder; nothing if refused
+    (run / "config.yaml").write_text("run A\n")  # this run's train() writes its config
+    err = other.communicate("go\n", timeout=60)[1]
+    assert said == "" and other.returncode == 2, f"the second run took a live run's folder: {said!r}, {err}"
+    assert err.strip() == (f"error: run folder {run} is in use by a running process (pid {os.getpid()} on "
+                           f"{__import__('socket').gethostname()}): one folder takes one run at a time; wait "
+                           "for it to end (or stop it), or start a new run elsewhere (another hydra.run.dir=…)")
     assert claim(run, resume=False) == run  # train()'s claim: still this run's
     assert (run / "config.yaml").read_text() == "run A\n"
     assert json.loads((run / MARKER).read_text())["pid"] == os.getpid()
@@ -285,18 +293,19 @@ def test_a_run_that_made_the_folder_but_lost_it_removes_nothing(tmp_path, monkey
 def test_two_new_runs_started_at_once_on_one_folder(tmp_path):
     """The real race, a few times: two processes start a new run on one folder together. One holds it, the other
     is refused, and the folder keeps the winner's config.yaml and marker."""
-    for attempt in range(4):
+    for attempt in range(3):
         run = tmp_path / f"exp{attempt}"
-        procs = [subprocess.Popen([sys.executable, "-c", _SECOND_RUN + "import time; time.sleep(2)", str(run), name],
+        procs = [subprocess.Popen([sys.executable, "-c", _SECOND_RUN + "import time; time.sleep(1)", str(run), name],
                                   env=_env(tmp_path), cwd=REPO, stderr=subprocess.PIPE, text=True)
                  for name in ("A", "B")]
         errs = [p.communicate(timeout=60)[1] for p in procs]
         codes = sorted(p.returncode for p in procs)
         assert codes == [0, 2], (codes, errs)
         winner = next(p for p in procs if p.returncode == 0)
-        assert run.is_dir() and json.loads((run / MARKER).read_text())["pid"] == winner.pid, errs
+        assert run.is_dir(), f"attempt {attempt}: the refused run removed the winner's folder; {errs}"
         name = "A" if winner is procs[0] else "B"
-        assert (run / "config.yaml").read_text() == f"run {name}\n"
+        assert (run / "config.yaml").read_text() == f"run {name}\n", f"attempt {attempt}: the refused run wrote"
+        assert json.loads((run / MARKER).read_text()).get("pid") == winner.pid, errs
         assert "is in use by a running process" in next(e for e in errs if e.strip())
 
 
