@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - not POSIX: the holder's pid and start 
     fcntl = None
 
 __all__ = ["MARKER", "launch_key", "previous_run", "claim", "claim_unique", "remove_if_unused", "disk_fault",
-           "RunDirCallback"]
+           "guard_log_files", "RunDirCallback"]
 
 MARKER = ".audiothink-run"
 # Run folders this process made itself (its own mkdir): the only ones it may remove again (remove_if_unused).
@@ -93,6 +93,25 @@ def disk_fault(e: BaseException, folder: str | os.PathLike) -> str | None:
             return f"{where}: [Errno {e.errno}] {e.strerror or os.strerror(e.errno)}"
         e = e.__cause__ or e.__context__
     return None
+
+
+def guard_log_files() -> None:
+    """The run's log files (hydra's ``<run>/train.log``) on a full disk: one line on stderr, and the file gets no
+    more lines, instead of logging's traceback for every record (the console keeps them all)."""
+    import logging
+
+    def handle_error(handler: logging.FileHandler, record: logging.LogRecord) -> None:
+        fault = disk_fault(sys.exc_info()[1], Path(handler.baseFilename).parent)
+        if fault is None:
+            return logging.Handler.handleError(handler, record)
+        print(f"warning: {handler.baseFilename}: {fault.split(': ', 1)[-1]}; the log file stops here",
+              file=sys.stderr)
+        handler.setLevel(logging.CRITICAL + 1)
+        return None
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = handle_error.__get__(handler)
 
 
 def _launch() -> dict[str, Any]:

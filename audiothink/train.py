@@ -66,8 +66,9 @@ if not OmegaConf.has_resolver("launch_time"):
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from audiothink.errors import USER_ERRORS
-    from audiothink.rundir import disk_fault
+    from audiothink.rundir import disk_fault, guard_log_files
 
+    guard_log_files()
     try:
         return train(cfg)
     except Exception as e:  # noqa: BLE001 - anything else is raised again as it was

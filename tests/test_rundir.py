@@ -502,3 +502,27 @@ def test_a_disk_that_fills_while_plotting_keeps_the_run(tmp_path):
     assert (f"plots: not written: writing into {run}: [Errno 28] No space left on device (draw them later: "
             f"python -m audiothink.plot {run})") in text, text[-3000:]
     assert (run / "summary.json").is_file() and f"run: {run}" in text
+
+
+def test_a_log_file_on_a_full_disk_says_so_once(tmp_path, capsys):
+    """hydra's train.log on a full disk: one line, then the file is left alone (logging would print a traceback
+    for every record); the console still gets every line."""
+    import logging
+
+    from audiothink.rundir import guard_log_files
+
+    os.symlink("/dev/full", tmp_path / "train.log")
+    handler = logging.FileHandler(tmp_path / "train.log")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        guard_log_files()
+        for i in range(3):
+            logging.getLogger("audiothink.train").warning("step %d", i)
+    finally:
+        root.removeHandler(handler)
+        with __import__("contextlib").suppress(OSError):  # its buffer cannot be written either (logging.shutdown
+            handler.close()  # at exit ignores that too)
+    err = capsys.readouterr().err
+    assert err == (f"warning: {tmp_path / 'train.log'}: [Errno 28] No space left on device; the log file stops "
+                   "here\n"), err
