@@ -1,6 +1,6 @@
 """Run folders that are never shared by accident.
 
-Rules (for ``python -m audiothink.train``; evaluation uses the naming rule only):
+Rules (for ``python -m audiothink.train``; evaluation uses the naming rule, and holds a named folder it reuses):
 
 * The default folder, ``runs/<launch time>``, is claimed atomically (``mkdir``); when it exists, for example
   because another run started in the same second, the next free name is taken: ``<name>_2``, ``<name>_3``…
@@ -197,7 +197,8 @@ def _holder_alive(record: dict | None) -> bool:
     """Without OS locks: whether the process a marker names is still running (same host, pid and start time)."""
     if not record or record.get("host") != socket.gethostname() or record.get("pid") in (None, os.getpid()):
         return False
-    return abs(_process_start(int(record["pid"])) - float(record.get("start", -1))) < 1.0
+    start = float(record.get("start") or 0.0)  # 0: unknown (no psutil), a pid alone may have been reused
+    return bool(start) and abs(_process_start(int(record["pid"])) - start) < 1.0
 
 
 def _in_use(folder: Path) -> ConfigError:

@@ -526,3 +526,33 @@ def test_a_log_file_on_a_full_disk_says_so_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (f"warning: {tmp_path / 'train.log'}: [Errno 28] No space left on device; the log file stops "
                    "here\n"), err
+
+
+def test_without_os_locks_the_holders_pid_and_start_time_decide(tmp_path, monkeypatch):
+    """A file system without flock (NFS without lockd, Lustre without -o flock): the marker's holder (host, pid and
+    start time, so that a reused pid does not count) decides whether the folder is in use."""
+    import errno
+
+    from audiothink import rundir
+
+    run = tmp_path / "exp"
+    _a_run(run)
+    holder = _hold_in_another_process(run, tmp_path)
+
+    class NoLocks:
+        LOCK_SH, LOCK_EX, LOCK_NB = 1, 2, 4
+
+        @staticmethod
+        def flock(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(rundir, "fcntl", NoLocks)
+    try:
+        with pytest.raises(ConfigError, match=rf"in use by a running process \(pid {holder.pid} on "):
+            claim(run, resume=True)
+        record = json.loads((run / MARKER).read_text())
+        (run / MARKER).write_text(json.dumps(record | {"start": record["start"] - 100}))  # the pid, reused later
+        assert claim(run, resume=True) == run
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
