@@ -77,7 +77,8 @@ def main(cfg: DictConfig) -> dict:
         fault = None if isinstance(e, USER_ERRORS) else disk_fault(e, cfg.output_dir)
         if fault is None and not isinstance(e, USER_ERRORS):
             raise
-        print(f"error: {e}" if fault is None else f"error: {fault}: free space (or choose another disk with "
+        fix = "make the disk writable again" if "[Errno 30]" in (fault or "") else "free space"
+        print(f"error: {e}" if fault is None else f"error: {fault}: {fix} (or choose another disk with "
               "hydra.run.dir=…), then start again, or continue from the last checkpoint with resume=true",
               file=sys.stderr)
         if int(os.environ.get("RANK", "0")) == 0:
