@@ -67,12 +67,21 @@ if not OmegaConf.has_resolver("launch_time"):
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from audiothink.errors import USER_ERRORS
+    from audiothink.rundir import disk_fault, guard_log_files
 
+    guard_log_files()
     try:
         return train(cfg)
-    except USER_ERRORS as e:
-        # a problem with the user's input: the message says what and where, a traceback would bury it
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - anything else is raised again as it was
+        # a problem with the user's input: the message says what and where, a traceback would bury it; the same
+        # for a disk that fills up (or turns read-only) under the run: the file, and what to do
+        fault = None if isinstance(e, USER_ERRORS) else disk_fault(e, cfg.output_dir)
+        if fault is None and not isinstance(e, USER_ERRORS):
+            raise
+        fix = "make the disk writable again" if "[Errno 30]" in (fault or "") else "free space"
+        print(f"error: {e}" if fault is None else f"error: {fault}: {fix} (or choose another disk with "
+              "hydra.run.dir=…), then start again, or continue from the last checkpoint with resume=true",
+              file=sys.stderr)
         if int(os.environ.get("RANK", "0")) == 0:
             # no stub run per typo: the new folder goes unless something was trained in it; a crash (not a user
             # error) keeps its folder and train.log for the traceback
@@ -88,7 +97,7 @@ def train(cfg: DictConfig) -> dict:
     from audiothink import runfiles
     from audiothink.checkpoints import checkpoint_step, resume_checkpoint
     from audiothink.console import setup_console
-    from audiothink.rundir import claim
+    from audiothink.rundir import claim, disk_fault
     from audiothink.trainer import AudioGRPOTrainer
     from audiothink.validate import check_dataset_size, check_train_config
 
@@ -209,7 +218,14 @@ def train(cfg: DictConfig) -> dict:
         if cfg.log.plots:
             from audiothink.plot import plot_run
 
-            log.info("plots: %s", ", ".join(p.name for p in plot_run(run_dir)))
+            try:
+                log.info("plots: %s", ", ".join(p.name for p in plot_run(run_dir)))
+            except OSError as e:
+                fault = disk_fault(e, run_dir)
+                if fault is None:
+                    raise
+                # the run itself is complete (summary.json is written): the plots can be drawn later
+                log.warning("plots: not written: %s (draw them later: python -m audiothink.plot %s)", fault, run_dir)
         log.info("\n".join(["", *runfiles.summary_lines(summary)]))
     return summary
 
