@@ -209,6 +209,10 @@ class RunDirCallback(_HydraCallback):
                 if self.refuse_existing:
                     resume = OmegaConf.select(config, "resume")
                     resumed = resume not in (None, False, "false", "")
+                    if resumed:  # resume=<another run's checkpoint> into this run: refused before anything is written
+                        from audiothink.checkpoints import check_resume_owner
+
+                        check_resume_owner(str(target), resume)
                     claim(str(target), resume=resumed)
                     if resumed and (Path(str(target)) / ".hydra").is_dir():
                         # hydra would overwrite the first start's record (.hydra/config.yaml, overrides.yaml)

@@ -165,3 +165,164 @@ def test_train_loss_of_a_resumed_run_is_the_mean_over_all_its_steps(tmp_path):
     fresh = JsonlMetrics(tmp_path / "fresh.jsonl")
     fresh.on_log(None, state, None, logs={"train_loss": 1.7})
     assert json.loads((tmp_path / "fresh.jsonl").read_text())["train_loss"] == 1.7
+
+
+# -- another run's checkpoint; damaged files; full disk while saving; LoRA targets (issue 17) ----------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _train_cli(args, tmp_path, timeout=300):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    return subprocess.run([sys.executable, "-m", "audiothink.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_another_runs_checkpoint_into_a_run_folder_is_refused_before_anything_is_written(tmp_path):
+    """resume=<a checkpoint of run B> in run A's folder would drop A's later records and overwrite its checkpoints
+    and final/ with B's training: one line naming both folders and the supported ways, exit 2, A untouched."""
+    import time
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _checkpoint(a, 4)
+    (a / "config.yaml").write_text("run a\n")
+    (a / "metrics.jsonl").write_text('{"step": 4}\n{"step": 5}\n')
+    theirs = _checkpoint(b, 2)
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in a.rglob("*")}
+    t0 = time.time()
+    out = _train_cli([f"hydra.run.dir={a}", f"resume={theirs}", "eval.num_samples=0"], tmp_path)
+    seconds = time.time() - t0
+    err = out.stderr.strip()
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(err.splitlines()) == 1 and err.startswith("error: resume=") and "Traceback" not in err, err
+    assert f"run folder {b}" in err and f"this run's folder {a}" in err
+    assert f"hydra.run.dir={b}" in err and f"model.path={theirs}" in err  # the ways that are supported
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in a.rglob("*")} == before  # no .hydra/, no log
+    assert seconds < 60
+
+
+def test_another_runs_checkpoint_rules(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    mine, theirs = _checkpoint(a, 4), _checkpoint(b, 2)
+    assert resume_checkpoint(a, str(mine)) == str(mine)  # this run's own checkpoint, by path
+    assert resume_checkpoint(a, str(a / ".." / "a" / "checkpoint-4")) == str(a / ".." / "a" / "checkpoint-4")
+    # a new (or empty) folder may branch another run: nothing of a run is there to lose
+    assert resume_checkpoint(tmp_path / "new", str(theirs)) == str(theirs)
+    (tmp_path / "empty").mkdir()
+    assert resume_checkpoint(tmp_path / "empty", str(theirs)) == str(theirs)
+    # a folder with a run's files is another run, whatever it holds of them
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint-1", "final"):
+        other = tmp_path / f"with-{name}"
+        (other / name).mkdir(parents=True) if "." not in name else (other.mkdir(), (other / name).write_text("x"))
+        with pytest.raises(ConfigError, match=rf"a checkpoint of run folder {b}, not of this run's folder"):
+            resume_checkpoint(other, str(theirs))
+    # a LoRA checkpoint holds no full weights: model.path is not offered for it
+    (theirs / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError) as e:
+        resume_checkpoint(a, str(theirs))
+    assert "model.path" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """A real 2-step full fine-tuning run of the toy with a checkpoint at each step."""
+    tmp = tmp_path_factory.mktemp("ckpt-run")
+    out = _train_cli([f"hydra.run.dir={tmp / 'run'}", "trainer.max_steps=2", "trainer.save_steps=1",
+                      "trainer.per_device_train_batch_size=16", "trainer.max_completion_length=8",
+                      "trainer.report_to=[]", "eval.num_samples=0", "log.plots=false"], tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "run"
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run", symlinks=True)
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _nan_weights(path):
+    tensors = load_file(str(path))
+    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()},
+              str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("name, damage, what", [
+    ("model.safetensors", _nan_weights, r"not finite \(NaN or inf in \d+ of \d+ tensors"),
+    ("model.safetensors", _truncate, r"truncated \(\d+ of \d+ bytes\)"),
+    ("model.safetensors", lambda p: _truncate(p, 0.0), r"truncated or damaged"),
+    ("optimizer.pt", _truncate, "truncated or damaged"),
+    ("scheduler.pt", _truncate, "truncated or damaged"),
+    ("rng_state.pth", _truncate, "truncated or damaged"),
+    ("trainer_state.json", _truncate, "not valid JSON, truncated or damaged"),
+])
+def test_a_damaged_checkpoint_file_is_one_line_naming_it_and_the_checkpoint_before(real_run, tmp_path, name, damage,
+                                                                                    what):
+    run = _copy(real_run, tmp_path)
+    damage(run / "checkpoint-2" / name)
+    with pytest.raises(ConfigError) as e:
+        resume_checkpoint(run, True)
+    msg = str(e.value)
+    assert msg.startswith(f"{run / 'checkpoint-2' / name}: "), msg
+    assert __import__("re").search(what, msg), msg
+    assert "\n" not in msg and msg.endswith(f"the newest sound checkpoint before it is checkpoint-1: "
+                                            f"resume={run / 'checkpoint-1'}")
+    # given by path: the same check; the earlier checkpoint is sound and resumes
+    with pytest.raises(ConfigError, match=__import__("re").escape(f"{run / 'checkpoint-2' / name}: ")):
+        resume_checkpoint(run, str(run / "checkpoint-2"))
+    assert resume_checkpoint(run, str(run / "checkpoint-1")) == str(run / "checkpoint-1")
+
+
+def test_no_sound_checkpoint_left_says_so(real_run, tmp_path):
+    run = _copy(real_run, tmp_path)
+    for step in (1, 2):
+        _truncate(run / f"checkpoint-{step}" / "optimizer.pt")
+    with pytest.raises(ConfigError, match=r"checkpoint-2/optimizer\.pt: truncated .*no earlier sound checkpoint"):
+        resume_checkpoint(run, True)
+
+
+def test_a_file_without_read_permission_is_unreadable_not_corrupt(real_run, tmp_path, monkeypatch):
+    """Run as root, a chmod 000 file stays readable: the permission error is mocked at open()."""
+    import builtins
+    import errno
+
+    run = _copy(real_run, tmp_path)
+    locked = run / "checkpoint-2" / "optimizer.pt"
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if str(file) == str(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    with pytest.raises(ConfigError) as e:
+        resume_checkpoint(run, True)
+    assert str(e.value).startswith(f"{locked}: unreadable: permission denied;"), str(e.value)
+    assert "truncated" not in str(e.value) and "damaged" not in str(e.value)
+
+
+def test_a_checkpoint_with_nan_weights_stops_the_resume_before_anything_loads(real_run, tmp_path):
+    """End to end: exit 2 with one line, no traceback (it used to fail at the first rollout: "probability tensor
+    contains either inf, nan or element < 0"), nothing trained or rewritten."""
+    run = _copy(real_run, tmp_path)
+    _nan_weights(run / "checkpoint-2" / "model.safetensors")
+    metrics = (run / "metrics.jsonl").read_text()
+    out = _train_cli([f"hydra.run.dir={run}", "resume=true", "trainer.max_steps=3", "trainer.save_steps=1",
+                      "trainer.per_device_train_batch_size=16", "trainer.max_completion_length=8",
+                      "trainer.report_to=[]", "eval.num_samples=0", "log.plots=false"], tmp_path)
+    err = out.stderr.strip()
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {run / 'checkpoint-2' / 'model.safetensors'}: not finite"), err
+    assert "data:" not in out.stdout + out.stderr and "training:" not in out.stdout + out.stderr
+    assert (run / "metrics.jsonl").read_text() == metrics and not (run / "checkpoint-3").exists()
