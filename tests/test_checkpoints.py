@@ -326,3 +326,106 @@ def test_a_checkpoint_with_nan_weights_stops_the_resume_before_anything_loads(re
     assert err.startswith(f"error: {run / 'checkpoint-2' / 'model.safetensors'}: not finite"), err
     assert "data:" not in out.stdout + out.stderr and "training:" not in out.stdout + out.stderr
     assert (run / "metrics.jsonl").read_text() == metrics and not (run / "checkpoint-3").exists()
+
+
+def _toy_trainer(toy_model_dir, toy_files, tmp_path, peft_config=None, **args):
+    from audiothink.setup import SaveProcessor
+    from audiothink.trainer import AudioGRPOTrainer
+    from rewards import Accuracy, Format
+    from tests.conftest import toy_grpo_args
+    from tests.test_trainer import _dataset
+
+    model, processor = load_toy(toy_model_dir)
+    return AudioGRPOTrainer(
+        model=model, processor=processor, reward_funcs=[Format(), Accuracy()],
+        args=toy_grpo_args(tmp_path, **({"max_steps": 1, "save_strategy": "steps", "save_steps": 1} | args)),
+        train_dataset=_dataset(toy_files), peft_config=peft_config, max_audio_seconds=2.0,
+        callbacks=[SaveProcessor(processor)],
+    )
+
+
+def _fail_at(monkeypatch, trainer, where):
+    """Make one writer of the checkpoint fail the way a full disk makes it fail."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if where == "torch.save":  # torch's C++ writer hides the reason: the free space tells it
+        import transformers.trainer as hf_trainer
+
+        real = hf_trainer.torch.save
+
+        def save(obj, f, *a, **k):
+            if str(f).endswith("optimizer.pt"):
+                raise RuntimeError("basic_ios::clear: iostream error")
+            return real(obj, f, *a, **k)
+
+        monkeypatch.setattr(hf_trainer.torch, "save", save)
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 30, (10 << 30) - 4096, 4096))
+    elif where == "weights":
+        def save_model(*a, **k):
+            raise full
+        monkeypatch.setattr(trainer, "save_model", save_model)
+    elif where == "processor":  # after trainer_state.json: the Trainer's own files all there
+        def save_pretrained(*a, **k):
+            raise full
+        monkeypatch.setattr(trainer.processing_class, "save_pretrained", save_pretrained)
+    elif where == "fsync":  # a file system that reports the full disk only when the data is flushed
+        import os
+
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            if os.readlink(f"/proc/self/fd/{fd}").endswith("model.safetensors"):
+                raise full
+            return real_fsync(fd)
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("where", ["torch.save", "weights", "processor", "fsync"])
+def test_a_full_disk_while_saving_is_one_line_and_leaves_the_checkpoint_incomplete(toy_model_dir, toy_files, tmp_path,
+                                                                                   monkeypatch, where):
+    trainer = _toy_trainer(toy_model_dir, toy_files, tmp_path)
+    _fail_at(monkeypatch, trainer, where)
+    with pytest.raises(ConfigError) as e:
+        trainer.train()
+    ckpt = tmp_path / "run" / "checkpoint-1"
+    msg = str(e.value)
+    assert msg.startswith(f"{ckpt}: No space left on device while saving the checkpoint"), msg
+    assert "\n" not in msg and "iostream" not in msg
+    monkeypatch.undo()
+    assert ckpt.is_dir()
+    with pytest.raises(ConfigError, match=r"no complete checkpoint .*1 incomplete: \['checkpoint-1'\]"):
+        resume_checkpoint(tmp_path / "run", True)
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
+        resume_checkpoint(tmp_path / "run", str(ckpt))
+
+
+def test_a_save_that_succeeds_leaves_exactly_the_trainers_files(toy_model_dir, toy_files, tmp_path):
+    trainer = _toy_trainer(toy_model_dir, toy_files, tmp_path)
+    trainer.train()
+    ckpt = tmp_path / "run" / "checkpoint-1"
+    assert resume_checkpoint(tmp_path / "run", True) == str(ckpt)
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert not any(n.startswith(".") for n in names), names  # the marker is gone
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+            "processor_config.json"} <= set(names)
+
+
+def test_an_error_that_is_not_a_full_disk_keeps_its_traceback(toy_model_dir, toy_files, tmp_path, monkeypatch):
+    import transformers.trainer as hf_trainer
+
+    trainer = _toy_trainer(toy_model_dir, toy_files, tmp_path)
+
+    def save(*a, **k):
+        raise RuntimeError("basic_ios::clear: iostream error")  # with plenty of space: not a full disk
+
+    monkeypatch.setattr(hf_trainer.torch, "save", save)
+    with pytest.raises(RuntimeError, match="iostream error") as e:
+        trainer.train()
+    assert not isinstance(e.value, ConfigError)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        resume_checkpoint(tmp_path / "run", True)
