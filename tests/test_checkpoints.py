@@ -429,3 +429,26 @@ def test_an_error_that_is_not_a_full_disk_keeps_its_traceback(toy_model_dir, toy
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         resume_checkpoint(tmp_path / "run", True)
+
+
+@pytest.mark.parametrize("change", ["targets", "rank"])
+def test_a_lora_resume_checks_the_saved_adapter_against_the_models_targets(toy_model_dir, toy_files, tmp_path,
+                                                                            change):
+    """The adapter of a LoRA checkpoint must match the LoRA the run builds: other target modules would load
+    partly (PEFT only warns), another rank not at all."""
+    from peft import LoraConfig
+
+    qv = r"^model\.language_model\..*\.(q_proj|v_proj)$"
+    saved = _toy_trainer(toy_model_dir, toy_files, tmp_path / "a",
+                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=qv, task_type="CAUSAL_LM"))
+    saved.train()
+    ckpt = tmp_path / "a" / "run" / "checkpoint-1"
+    other = LoraConfig(r=4 if change == "targets" else 8, lora_alpha=8, task_type="CAUSAL_LM",
+                       target_modules=r"^model\.language_model\..*\.q_proj$" if change == "targets" else qv)
+    resumed = _toy_trainer(toy_model_dir, toy_files, tmp_path / "b", peft_config=other)
+    with pytest.raises(CheckpointError, match="the adapter does not match the model") as e:
+        resumed._load_from_checkpoint(str(ckpt))
+    assert ("unexpected" if change == "targets" else "another shape") in str(e.value)
+    same = _toy_trainer(toy_model_dir, toy_files, tmp_path / "c",
+                        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=qv, task_type="CAUSAL_LM"))
+    same._load_from_checkpoint(str(ckpt))  # the same LoRA loads
