@@ -46,7 +46,7 @@ from audiothink.errors import ConfigError
 log = logging.getLogger("audiothink")
 
 __all__ = ["CheckpointError", "CheckpointFileError", "complete_checkpoints", "resume_checkpoint", "checkpoint_step",
-           "check_checkpoint_files", "begin_save", "end_save", "disk_full_as_error", "checkpoint_key_map",
+           "check_checkpoint_files", "check_resume_adapter", "begin_save", "end_save", "disk_full_as_error", "checkpoint_key_map",
            "load_full_checkpoint", "check_adapter_checkpoint"]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -55,8 +55,9 @@ TRAINER_STATE = "trainer_state.json"
 SAVING = ".audiothink-saving"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint whose tensors do not match the model (missing, unexpected or misshapen keys)."""
+class CheckpointError(ConfigError, RuntimeError):
+    """A checkpoint whose tensors do not match the model (missing, unexpected or misshapen keys): a user error
+    (a resume with another model or LoRA than the run's), one line and exit 2."""
 
 
 class CheckpointFileError(ConfigError):
@@ -256,6 +257,41 @@ def check_checkpoint_files(folder: str | os.PathLike, earlier: list[Path] = ()) 
     hint = (f"; the newest sound checkpoint before it is {sound.name}: resume={sound}" if sound is not None
             else "; no earlier sound checkpoint in this run: start a new run (resume=false)")
     raise CheckpointFileError(f"{problem}{hint}") from problem
+
+
+def check_resume_adapter(folder: str | os.PathLike, lora_cfg) -> None:
+    """The checkpoint's LoRA (its ``adapter_config.json``) must be the one ``model.lora`` builds: same rank, alpha
+    and target modules; a LoRA checkpoint for a full fine-tuning run, or the reverse, is refused. Before any load
+    (the tensors are checked again when they load: :func:`check_adapter_checkpoint`)."""
+    folder = Path(folder)
+    config = folder / "adapter_config.json"
+    if lora_cfg is None:
+        if config.is_file():
+            raise CheckpointError(f"resume={folder}: a LoRA checkpoint (it holds an adapter), but model.lora=null "
+                                  "(full fine-tuning): resume with the run's own model.lora (see its config.yaml)")
+        return
+    if not config.is_file():
+        if any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin")):
+            raise CheckpointError(f"resume={folder}: a full fine-tuning checkpoint (no adapter), but model.lora is "
+                                  "set: resume with model.lora=null, as the run was trained")
+        return  # a sharded engine's own layout
+    saved = json.loads(config.read_text(encoding="utf-8"))
+
+    def targets(t):
+        return t if isinstance(t, str) or t is None else sorted(t)
+
+    want = {"r": int(lora_cfg.r), "alpha": float(lora_cfg.alpha), "target_modules": targets(
+        lora_cfg.target_modules if isinstance(lora_cfg.target_modules, str) else list(lora_cfg.target_modules))}
+    have = {"r": saved.get("r"), "alpha": float(saved.get("lora_alpha", "nan")),
+            "target_modules": targets(saved.get("target_modules"))}
+    diff = [k for k in want if want[k] != have[k]]
+    if diff:
+        def show(d):
+            return ", ".join(f"{k}={d[k]!r}" for k in diff)
+
+        raise CheckpointError(f"resume={folder}: its adapter was trained with {show(have)}, this run's model.lora "
+                              f"has {show(want)}: resume with the run's own model.lora (see its config.yaml), or "
+                              "start a new run")
 
 
 # -- saving: a checkpoint is complete only once all of it is on disk ---------------------------------------

@@ -452,3 +452,76 @@ def test_a_lora_resume_checks_the_saved_adapter_against_the_models_targets(toy_m
     same = _toy_trainer(toy_model_dir, toy_files, tmp_path / "c",
                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=qv, task_type="CAUSAL_LM"))
     same._load_from_checkpoint(str(ckpt))  # the same LoRA loads
+
+
+QV = r"^model\.language_model\..*\.(q_proj|v_proj)$"
+
+
+@pytest.fixture(scope="module")
+def lora_run(toy_model_dir, toy_files, tmp_path_factory):
+    """A 1-step LoRA run (r=4, alpha=8, q/v projections) with its checkpoint."""
+    from peft import LoraConfig
+
+    tmp = tmp_path_factory.mktemp("lora-run")
+    _toy_trainer(toy_model_dir, toy_files, tmp,
+                 peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=QV, task_type="CAUSAL_LM")).train()
+    return tmp / "run"
+
+
+def test_a_truncated_adapter_is_one_line_naming_it(lora_run, tmp_path):
+    run = _copy(lora_run, tmp_path)
+    _truncate(run / "checkpoint-1" / "adapter_model.safetensors", 0.7)
+    with pytest.raises(ConfigError, match=r"checkpoint-1/adapter_model\.safetensors: truncated \(\d+ of \d+ bytes\)"):
+        resume_checkpoint(run, True)
+
+
+def test_the_checkpoints_lora_must_be_model_lora_before_anything_loads(lora_run, real_run):
+    from omegaconf import OmegaConf
+
+    from audiothink.checkpoints import check_resume_adapter
+
+    ckpt = lora_run / "checkpoint-1"
+
+    def lora(**kw):
+        return OmegaConf.create({"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": QV} | kw)
+
+    check_resume_adapter(ckpt, lora())  # the run's own LoRA
+    check_resume_adapter(ckpt, lora(dropout=0.1))  # dropout shapes no tensor and no output
+    with pytest.raises(ConfigError, match=r"trained with r=4, this run's model\.lora has r=8"):
+        check_resume_adapter(ckpt, lora(r=8))
+    with pytest.raises(ConfigError, match=r"trained with alpha=8\.0, this run's model\.lora has alpha=16\.0"):
+        check_resume_adapter(ckpt, lora(alpha=16))
+    with pytest.raises(ConfigError, match=r"target_modules="):
+        check_resume_adapter(ckpt, lora(target_modules=["q_proj", "v_proj"]))
+    with pytest.raises(ConfigError, match=r"a LoRA checkpoint .*model\.lora=null"):
+        check_resume_adapter(ckpt, None)
+    with pytest.raises(ConfigError, match=r"a full fine-tuning checkpoint .*model\.lora is set"):
+        check_resume_adapter(real_run / "checkpoint-2", lora())
+    check_resume_adapter(real_run / "checkpoint-2", None)
+
+
+def test_a_resume_with_another_lora_stops_in_one_line_before_loading(lora_run, tmp_path):
+    run = _copy(lora_run, tmp_path)
+    out = _train_cli([f"hydra.run.dir={run}", "resume=true", "model=toy_lora", "trainer.max_steps=2",
+                      "eval.num_samples=0", "log.plots=false"], tmp_path)
+    err = out.stderr.strip()
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: resume={run / 'checkpoint-1'}: its adapter was trained with r=4, alpha=8.0"), err
+    assert "training:" not in out.stdout + out.stderr and "model:" not in out.stdout + out.stderr
+
+
+def test_a_checkpoint_that_does_not_match_the_model_is_one_line_not_a_traceback(real_run, tmp_path):
+    """Found only when the weights load (after the model): still one line and exit 2, the run folder kept."""
+    run = _copy(real_run, tmp_path)
+    weights = run / "checkpoint-2" / "model.safetensors"
+    save_file(dict(load_file(str(weights)), **{"audio_tower.extra.weight": torch.zeros(2)}), str(weights),
+              metadata={"format": "pt"})
+    out = _train_cli([f"hydra.run.dir={run}", "resume=true", "trainer.max_steps=3", "trainer.save_steps=1",
+                      "trainer.per_device_train_batch_size=16", "trainer.max_completion_length=8",
+                      "trainer.report_to=[]", "eval.num_samples=0", "log.plots=false"], tmp_path)
+    err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and len(err) == 1, out.stderr[-3000:]
+    assert "the checkpoint does not match the model: 1 unexpected" in err[0]
+    assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-3").exists()
