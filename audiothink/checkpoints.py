@@ -46,8 +46,8 @@ from audiothink.errors import ConfigError
 log = logging.getLogger("audiothink")
 
 __all__ = ["CheckpointError", "CheckpointFileError", "complete_checkpoints", "resume_checkpoint", "checkpoint_step",
-           "check_checkpoint_files", "check_resume_adapter", "begin_save", "end_save", "disk_full_as_error", "checkpoint_key_map",
-           "load_full_checkpoint", "check_adapter_checkpoint"]
+           "check_resume_owner", "check_checkpoint_files", "check_resume_adapter", "begin_save", "end_save",
+           "disk_full_as_error", "checkpoint_key_map", "load_full_checkpoint", "check_adapter_checkpoint"]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
@@ -177,8 +177,8 @@ def _check_safetensors(path: Path) -> None:
     """As long as its header says, and every floating tensor finite."""
     from safetensors import safe_open
 
-    size = path.stat().st_size
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else -1
@@ -194,11 +194,16 @@ def _check_safetensors(path: Path) -> None:
     if size < expected:
         raise CheckpointFileError(f"{path}: truncated ({size} of {expected} bytes)")
     bad = []
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for name in f.keys():
-            t = f.get_tensor(name)
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad.append(name)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad.append(name)
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type: a header that does not fit the data
+        raise CheckpointFileError(f"{path}: damaged ({type(e).__name__}: {e})") from e
     if bad:
         raise CheckpointFileError(f"{path}: not finite (NaN or inf in {len(bad)} of {len(ends)} tensors, first: "
                                   f"{bad[0]})")
@@ -223,8 +228,11 @@ def _check_torch_file(path: Path) -> None:
 
 def _damage(folder: Path) -> CheckpointFileError | None:
     """The first problem of a checkpoint's files, or None."""
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    for path in files:  # the JSON files first: trainer_state.json says which step
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError as e:
+        return _unreadable(folder, e)
+    for path in files:  # the cheap checks first
         try:
             if path.suffix == ".json":
                 _check_json(path)

@@ -203,7 +203,8 @@ def test_another_runs_checkpoint_into_a_run_folder_is_refused_before_anything_is
     assert f"run folder {b}" in err and f"this run's folder {a}" in err
     assert f"hydra.run.dir={b}" in err and f"model.path={theirs}" in err  # the ways that are supported
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in a.rglob("*")} == before  # no .hydra/, no log
-    assert seconds < 60
+    assert "data:" not in out.stdout + out.stderr and "model:" not in out.stdout + out.stderr  # nothing loaded
+    assert seconds < 120  # python's imports only (~15 s on an idle 2-core CPU)
 
 
 def test_another_runs_checkpoint_rules(tmp_path):
