@@ -92,18 +92,35 @@ def _holds_a_run(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name in own or _step(p) >= 0)
 
 
+def _branched_from(run_dir: Path) -> Path | None:
+    """The checkpoint of another folder this run folder's first start resumed from (its config.yaml), if any."""
+    import yaml  # omegaconf's
+
+    try:
+        resume = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("resume")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    if resume is None or isinstance(resume, bool) or str(resume).lower() in ("true", "false", ""):
+        return None
+    return Path(os.path.abspath(Path(str(resume)).expanduser())).resolve()
+
+
 def check_resume_owner(run_dir: str | os.PathLike, resume) -> None:
     """``resume=<path>`` of another run folder into one that already holds a run: CheckpointFileError.
 
     A checkpoint belongs to the folder that holds it. Resuming another folder's checkpoint here would drop this
     run's records after that step and overwrite its checkpoints and ``final/``; into a new (or empty) folder it
-    branches the other run there, which is allowed. Checked before anything is loaded or written.
+    branches the other run there, which is allowed, and so is starting that branch again (its first start's
+    config.yaml names the same checkpoint). Checked before anything is loaded or written, by the main process
+    only: the others of a multi-process launch follow it (they may look after it wrote config.yaml).
     """
     if resume is None or isinstance(resume, bool) or str(resume).lower() in ("true", "false", ""):
         return
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     path = Path(os.path.abspath(Path(str(resume)).expanduser()))
     run_dir = Path(run_dir)
-    if not path.is_dir() or path.parent.resolve() == run_dir.resolve():
+    if not path.is_dir() or path.parent.resolve() == run_dir.resolve() or _branched_from(run_dir) == path.resolve():
         return
     found = _holds_a_run(run_dir)
     if found:

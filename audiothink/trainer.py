@@ -20,6 +20,9 @@ What is overridden, and why (each signature is pinned by tests/test_trainer_sign
   identically on every rank (async ones awaited on TRL's event loop); every reward's output is checked
   (length, NaN, non-numbers: an error naming the reward); a row whose optimised rewards are all None is
   left out of the step; think-rate and think-length metrics are logged; a sample of completions is written.
+- `_save_checkpoint` / `_maybe_log_save_evaluate`: a checkpoint is marked "being written" until all of it (the
+  `on_save` callbacks' files too) is flushed to disk, so a resume never takes a half-written one; a full disk
+  is one line naming the checkpoint (audiothink/checkpoints.py).
 
 Also, outside those overrides: each distinct clip of a batch goes through the audio encoder once, not
 once per completion (`audiothink.models.share_audio_encoder_passes`, exact); with `use_vllm` TRL's engine

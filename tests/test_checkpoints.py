@@ -207,6 +207,21 @@ def test_another_runs_checkpoint_into_a_run_folder_is_refused_before_anything_is
     assert seconds < 120  # python's imports only (~15 s on an idle 2-core CPU)
 
 
+def test_only_the_main_process_judges_whose_checkpoint_it_is(tmp_path, monkeypatch):
+    """The other processes of a launch look at the folder later, after the main one wrote its config.yaml into
+    the new (branch) folder: they follow the main process, which refuses for all."""
+    from audiothink.checkpoints import check_resume_owner
+
+    theirs = _checkpoint(tmp_path / "b", 2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.yaml").write_text("seed: 0\n")
+    monkeypatch.setenv("RANK", "1")
+    check_resume_owner(tmp_path / "a", str(theirs))
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="not of this run's folder"):
+        check_resume_owner(tmp_path / "a", str(theirs))
+
+
 def test_another_runs_checkpoint_rules(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     mine, theirs = _checkpoint(a, 4), _checkpoint(b, 2)
@@ -222,6 +237,14 @@ def test_another_runs_checkpoint_rules(tmp_path):
         (other / name).mkdir(parents=True) if "." not in name else (other.mkdir(), (other / name).write_text("x"))
         with pytest.raises(ConfigError, match=rf"a checkpoint of run folder {b}, not of this run's folder"):
             resume_checkpoint(other, str(theirs))
+    # a branch started again (its first start's config.yaml resumed from that checkpoint) is the same run
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    (branch / "config.yaml").write_text(f"seed: 0\nresume: {theirs}\n")
+    assert resume_checkpoint(branch, str(theirs)) == str(theirs)
+    (branch / "config.yaml").write_text(f"seed: 0\nresume: {mine}\n")
+    with pytest.raises(ConfigError, match="not of this run's folder"):
+        resume_checkpoint(branch, str(theirs))
     # a LoRA checkpoint holds no full weights: model.path is not offered for it
     (theirs / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError) as e:
