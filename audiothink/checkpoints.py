@@ -8,17 +8,35 @@ optimizer, after a warning (transformers issues #43701, #40187). Here the names 
 transformers' own conversion table (the one ``save_pretrained`` applied, reverted) and any key left
 missing or unexpected is an error.
 
-A checkpoint is complete once its ``trainer_state.json`` exists: the Trainer writes it after the weights,
-optimizer, scheduler and RNG states. A run killed while saving leaves a newer, incomplete folder behind;
-``resume=true`` skips it and says so.
+A checkpoint is complete once its ``trainer_state.json`` exists (the Trainer writes it after the weights,
+optimizer, scheduler and RNG states) and it holds no ``.audiothink-saving`` marker: the trainer writes the
+marker into the folder before the save starts and removes it only after every file of the checkpoint (the
+processor's too) is written and flushed to disk (:func:`begin_save`, :func:`end_save`). A run killed while
+saving, or stopped by a full disk, leaves a newer, incomplete folder behind; ``resume=true`` skips it and says
+so. A full disk while saving is one line naming the checkpoint and "No space left on device"
+(:func:`disk_full_as_error`; torch's own words for it are ``basic_ios::clear: iostream error``).
+
+A resume checks what it will load before anything loads (:func:`check_checkpoint_files`): every JSON file
+parses, every safetensors file is as long as its header says and holds finite numbers, every torch file
+(optimizer, scheduler, RNG states) has its zip directory. A damaged file is one line naming it, and the
+newest earlier checkpoint that passes the same checks. No automatic fall-back: a damaged complete checkpoint
+is a sign of a disk fault, and training on from an older one silently would throw away steps.
+
+A checkpoint belongs to the run folder that holds it. ``resume=<checkpoint of another folder>`` into a folder
+that already holds a run is refused (it would drop that run's later records and overwrite its checkpoints and
+``final/``); into a new folder it branches the other run there.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import shutil
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,15 +45,24 @@ from audiothink.errors import ConfigError
 
 log = logging.getLogger("audiothink")
 
-__all__ = ["CheckpointError", "complete_checkpoints", "resume_checkpoint", "checkpoint_step", "checkpoint_key_map",
-           "load_full_checkpoint", "check_adapter_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointFileError", "complete_checkpoints", "resume_checkpoint", "checkpoint_step",
+           "check_resume_owner", "check_checkpoint_files", "check_resume_adapter", "begin_save", "end_save",
+           "disk_full_as_error", "checkpoint_key_map", "load_full_checkpoint", "check_adapter_checkpoint"]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+# in a checkpoint folder while it is being written (begin_save .. end_save): such a checkpoint is incomplete
+SAVING = ".audiothink-saving"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint whose tensors do not match the model (missing, unexpected or misshapen keys)."""
+class CheckpointError(ConfigError, RuntimeError):
+    """A checkpoint whose tensors do not match the model (missing, unexpected or misshapen keys): a user error
+    (a resume with another model or LoRA than the run's), one line and exit 2."""
+
+
+class CheckpointFileError(ConfigError):
+    """A checkpoint file that cannot be used (truncated, not finite, unreadable), another run's checkpoint, or a
+    full disk while saving one: a user error (one line, exit 2), naming the file."""
 
 
 def _step(path: Path) -> int:
@@ -43,13 +70,68 @@ def _step(path: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / TRAINER_STATE).is_file() and not (folder / SAVING).exists()
+
+
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """The run's ``checkpoint-<step>`` folders that hold a ``trainer_state.json``, oldest first."""
+    """The run's ``checkpoint-<step>`` folders that are complete (a ``trainer_state.json``, no save in progress),
+    oldest first."""
     root = Path(run_dir)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _step(p) >= 0]
-    return sorted((p for p in found if (p / TRAINER_STATE).is_file()), key=_step)
+    return sorted((p for p in found if _complete(p)), key=_step)
+
+
+def _holds_a_run(folder: Path) -> list[str]:
+    """What in ``folder`` a run wrote (its first start's config, records, checkpoints, final weights)."""
+    if not folder.is_dir():
+        return []
+    own = ("config.yaml", "metrics.jsonl", "completions.jsonl", "final", "summary.json")
+    return sorted(p.name for p in folder.iterdir() if p.name in own or _step(p) >= 0)
+
+
+def _branched_from(run_dir: Path) -> Path | None:
+    """The checkpoint of another folder this run folder's first start resumed from (its config.yaml), if any."""
+    import yaml  # omegaconf's
+
+    try:
+        resume = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("resume")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    if resume is None or isinstance(resume, bool) or str(resume).lower() in ("true", "false", ""):
+        return None
+    return Path(os.path.abspath(Path(str(resume)).expanduser())).resolve()
+
+
+def check_resume_owner(run_dir: str | os.PathLike, resume) -> None:
+    """``resume=<path>`` of another run folder into one that already holds a run: CheckpointFileError.
+
+    A checkpoint belongs to the folder that holds it. Resuming another folder's checkpoint here would drop this
+    run's records after that step and overwrite its checkpoints and ``final/``; into a new (or empty) folder it
+    branches the other run there, which is allowed, and so is starting that branch again (its first start's
+    config.yaml names the same checkpoint). Checked before anything is loaded or written, by the main process
+    only: the others of a multi-process launch follow it (they may look after it wrote config.yaml).
+    """
+    if resume is None or isinstance(resume, bool) or str(resume).lower() in ("true", "false", ""):
+        return
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    path = Path(os.path.abspath(Path(str(resume)).expanduser()))
+    run_dir = Path(run_dir)
+    if not path.is_dir() or path.parent.resolve() == run_dir.resolve() or _branched_from(run_dir) == path.resolve():
+        return
+    found = _holds_a_run(run_dir)
+    if found:
+        shown = ", ".join(found[:3]) + (", …" if len(found) > 3 else "")
+        weights = ("" if (path / "adapter_model.safetensors").is_file()  # a LoRA checkpoint: no full weights
+                   else f", or start a new run from its weights with model.path={path}")
+        raise CheckpointFileError(
+            f"resume={resume}: a checkpoint of run folder {path.parent}, not of this run's folder {run_dir} "
+            f"(which holds another run: {shown}); continue that run with hydra.run.dir={path.parent} "
+            f"resume={path}, branch it into a new, empty hydra.run.dir=… with the same resume={path}{weights}"
+        )
 
 
 def resume_checkpoint(run_dir: str | os.PathLike, resume) -> str | None:
@@ -73,15 +155,252 @@ def resume_checkpoint(run_dir: str | os.PathLike, resume) -> str | None:
         newest = complete[-1]
         skipped = [p.name for p in partial if _step(p) > _step(newest)]
         if skipped:
-            log.warning("resume: skipping incomplete checkpoint(s) %s (no %s; the run stopped while saving)",
-                        skipped, TRAINER_STATE)
+            log.warning("resume: skipping incomplete checkpoint(s) %s (no %s, or its save did not finish; the run "
+                        "stopped while saving)", skipped, TRAINER_STATE)
+        check_checkpoint_files(newest, earlier=complete[:-1])
         return str(newest)
     path = Path(str(resume)).expanduser()
     if not path.is_dir():
         raise ConfigError(f"resume={resume!r}: no such checkpoint folder")
     if not (path / TRAINER_STATE).is_file():
         raise ConfigError(f"resume={resume!r}: not a complete checkpoint (no {TRAINER_STATE})")
+    if (path / SAVING).exists():
+        raise ConfigError(f"resume={resume!r}: not a complete checkpoint (its save did not finish: {SAVING} is "
+                          "still there)")
+    check_resume_owner(run_dir, resume)
+    check_checkpoint_files(path, earlier=[p for p in complete_checkpoints(path.parent) if _step(p) < _step(path)])
     return str(path)
+
+
+# -- what a resume loads: checked first --------------------------------------------------------------------
+
+
+def _unreadable(path: Path, e: OSError) -> CheckpointFileError:
+    why = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else (e.strerror or str(e)).lower()
+    return CheckpointFileError(f"{path}: unreadable: {why}")
+
+
+def _check_json(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointFileError(f"{path}: not valid JSON, truncated or damaged ({e})") from e
+
+
+def _check_safetensors(path: Path) -> None:
+    """As long as its header says, and every floating tensor finite."""
+    from safetensors import safe_open
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(f.read(n).decode("utf-8")) if 0 < n <= size - 8 else None
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise CheckpointFileError(f"{path}: truncated or damaged (no readable safetensors header; {size} bytes)")
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        raise CheckpointFileError(f"{path}: truncated ({size} of {expected} bytes)")
+    bad = []
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad.append(name)
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type: a header that does not fit the data
+        raise CheckpointFileError(f"{path}: damaged ({type(e).__name__}: {e})") from e
+    if bad:
+        raise CheckpointFileError(f"{path}: not finite (NaN or inf in {len(bad)} of {len(ends)} tensors, first: "
+                                  f"{bad[0]})")
+
+
+def _check_torch_file(path: Path) -> None:
+    """torch.save's zip format: truncation loses the zip directory at the end of the file."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+            if magic != b"PK\x03\x04":
+                if path.stat().st_size == 0:
+                    raise CheckpointFileError(f"{path}: truncated (empty)")
+                return  # torch's legacy format: no cheap check
+            with zipfile.ZipFile(f) as z:
+                z.infolist()
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    except zipfile.BadZipFile as e:
+        raise CheckpointFileError(f"{path}: truncated or damaged ({e})") from e
+
+
+def _damage(folder: Path) -> CheckpointFileError | None:
+    """The first problem of a checkpoint's files, or None."""
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError as e:
+        return _unreadable(folder, e)
+    for path in files:  # the cheap checks first
+        try:
+            if path.suffix == ".json":
+                _check_json(path)
+        except CheckpointFileError as e:
+            return e
+    for path in files:
+        try:
+            if path.suffix == ".safetensors":
+                _check_safetensors(path)
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                _check_torch_file(path)
+        except CheckpointFileError as e:
+            return e
+    try:
+        state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+        int(state["global_step"])
+    except (KeyError, TypeError, ValueError) as e:
+        return CheckpointFileError(f"{folder / TRAINER_STATE}: no global_step ({e!r})")
+    return None
+
+
+def check_checkpoint_files(folder: str | os.PathLike, earlier: list[Path] = ()) -> None:
+    """Raise CheckpointFileError naming the first damaged file of ``folder`` (see the module notes), with the
+    newest of the ``earlier`` complete checkpoints that passes the same checks, to resume from instead."""
+    folder = Path(folder)
+    problem = _damage(folder)
+    if problem is None:
+        return
+    sound = next((p for p in sorted(earlier, key=_step, reverse=True) if _damage(p) is None), None)
+    hint = (f"; the newest sound checkpoint before it is {sound.name}: resume={sound}" if sound is not None
+            else "; no earlier sound checkpoint in this run: start a new run (resume=false)")
+    raise CheckpointFileError(f"{problem}{hint}") from problem
+
+
+def check_resume_adapter(folder: str | os.PathLike, lora_cfg) -> None:
+    """The checkpoint's LoRA (its ``adapter_config.json``) must be the one ``model.lora`` builds: same rank, alpha
+    and target modules; a LoRA checkpoint for a full fine-tuning run, or the reverse, is refused. Before any load
+    (the tensors are checked again when they load: :func:`check_adapter_checkpoint`)."""
+    folder = Path(folder)
+    config = folder / "adapter_config.json"
+    if lora_cfg is None:
+        if config.is_file():
+            raise CheckpointError(f"resume={folder}: a LoRA checkpoint (it holds an adapter), but model.lora=null "
+                                  "(full fine-tuning): resume with the run's own model.lora (see its config.yaml)")
+        return
+    if not config.is_file():
+        if any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin")):
+            raise CheckpointError(f"resume={folder}: a full fine-tuning checkpoint (no adapter), but model.lora is "
+                                  "set: resume with model.lora=null, as the run was trained")
+        return  # a sharded engine's own layout
+    saved = json.loads(config.read_text(encoding="utf-8"))
+
+    def targets(t):
+        return t if isinstance(t, str) or t is None else sorted(t)
+
+    want = {"r": int(lora_cfg.r), "alpha": float(lora_cfg.alpha), "target_modules": targets(
+        lora_cfg.target_modules if isinstance(lora_cfg.target_modules, str) else list(lora_cfg.target_modules))}
+    have = {"r": saved.get("r"), "alpha": float(saved.get("lora_alpha", "nan")),
+            "target_modules": targets(saved.get("target_modules"))}
+    diff = [k for k in want if want[k] != have[k]]
+    if diff:
+        def show(d):
+            return ", ".join(f"{k}={d[k]!r}" for k in diff)
+
+        raise CheckpointError(f"resume={folder}: its adapter was trained with {show(have)}, this run's model.lora "
+                              f"has {show(want)}: resume with the run's own model.lora (see its config.yaml), or "
+                              "start a new run")
+
+
+# -- saving: a checkpoint is complete only once all of it is on disk ---------------------------------------
+
+
+def begin_save(folder: str | os.PathLike) -> None:
+    """Mark ``folder`` as being written (before any of the checkpoint's files): until :func:`end_save`, it is
+    incomplete for a resume, whatever else it holds."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / SAVING, "wb") as f:
+        os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def end_save(folder: str | os.PathLike) -> None:
+    """Flush every file of ``folder`` to disk (a full disk can show only here), then remove the marker."""
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != SAVING:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+    (folder / SAVING).unlink(missing_ok=True)
+    _fsync_dir(folder)
+
+
+def _disk_full(e: BaseException, folder: Path) -> str | None:
+    """The reason when ``e`` (or what caused it) is a full disk or quota, else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(e.errno)
+        text = str(e)
+        if "No space left on device" in text or "os error 28" in text:
+            return os.strerror(errno.ENOSPC)
+        if "Disk quota exceeded" in text or "os error 122" in text:
+            return os.strerror(errno.EDQUOT)
+        if "iostream error" in text or "file write failed" in text:
+            # torch's C++ writer does not say why: a nearly full file system says it for it
+            probe = folder if folder.exists() else folder.parent
+            try:
+                usage = shutil.disk_usage(probe)
+            except OSError:
+                usage = None
+            if usage is not None and usage.free < max(64 << 20, usage.total // 1000):
+                return os.strerror(errno.ENOSPC)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextmanager
+def disk_full_as_error(folder):
+    """Inside: a full disk (ENOSPC / EDQUOT, however the writer words it) becomes one CheckpointFileError naming
+    the checkpoint. ``folder``: the checkpoint's path, or a callable giving it (None: not saving, nothing to do)."""
+    try:
+        yield
+    except CheckpointFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a full disk
+        where = folder() if callable(folder) else folder
+        reason = _disk_full(e, Path(where)) if where is not None else None
+        if reason is None:
+            raise
+        try:
+            free = f"{shutil.disk_usage(Path(where).parent).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise CheckpointFileError(
+            f"{where}: {reason} while saving the checkpoint ({free}); it is left incomplete and a resume skips it: "
+            "free space (or set trainer.save_total_limit lower), then continue with resume=true"
+        ) from e
 
 
 def checkpoint_step(folder: str | os.PathLike) -> int:

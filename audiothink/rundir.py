@@ -446,6 +446,11 @@ class RunDirCallback(_HydraCallback):
                     for o in OmegaConf.select(config, "hydra.overrides.task") or []) else config.hydra.run.dir))
                 resume = OmegaConf.select(config, "resume")
                 resumed = resume not in (None, False, "false", "")
+                if self.refuse_existing and resumed:
+                    # resume=<another run's checkpoint> into this run: refused before anything is written
+                    from audiothink.checkpoints import check_resume_owner
+
+                    check_resume_owner(str(target), resume)
                 hydra_dir = _key(Path(str(config.hydra.run.dir))) == _key(target)
                 if hydra_dir and _is_dir(target):
                     _check_hydra_files(target, config, write=False)  # before the claim writes its marker

@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
     from audiothink import runfiles
-    from audiothink.checkpoints import checkpoint_step, resume_checkpoint
+    from audiothink.checkpoints import check_resume_adapter, checkpoint_step, resume_checkpoint
     from audiothink.console import setup_console
     from audiothink.rundir import claim, disk_fault
     from audiothink.trainer import AudioGRPOTrainer
@@ -107,6 +107,8 @@ def train(cfg: DictConfig) -> dict:
     resume = cfg.resume not in (None, False)
     run_dir = claim(Path(cfg.output_dir), resume=resume)  # refuses a folder that holds another run
     resume_from = resume_checkpoint(run_dir, cfg.resume)  # resume=true without a checkpoint fails here
+    if resume_from:
+        check_resume_adapter(resume_from, cfg.model.lora)  # the checkpoint's LoRA (or none) is model.lora's
     resumed_step = checkpoint_step(resume_from) if resume_from else None
     main_process = int(os.environ.get("RANK", "0")) == 0  # the launchers set RANK before torch.distributed exists
     if main_process:

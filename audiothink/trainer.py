@@ -20,6 +20,9 @@ What is overridden, and why (each signature is pinned by tests/test_trainer_sign
   identically on every rank (async ones awaited on TRL's event loop); every reward's output is checked
   (length, NaN, non-numbers: an error naming the reward); a row whose optimised rewards are all None is
   left out of the step; think-rate and think-length metrics are logged; a sample of completions is written.
+- `_save_checkpoint` / `_maybe_log_save_evaluate`: a checkpoint is marked "being written" until all of it (the
+  `on_save` callbacks' files too) is flushed to disk, so a resume never takes a half-written one; a full disk
+  is one line naming the checkpoint (audiothink/checkpoints.py).
 
 Also, outside those overrides: each distinct clip of a batch goes through the audio encoder once, not
 once per completion (`audiothink.models.share_audio_encoder_passes`, exact); with `use_vllm` TRL's engine
@@ -392,6 +395,36 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._audio_rows: dict[str, torch.Tensor] | None = None
         self._pending_waves: list[list[np.ndarray]] | None = None
         self._clipped_in_batch = 0
+        self._saving_checkpoint: str | None = None  # the checkpoint folder being written (atomic saves, below)
+
+    # -- checkpoints: complete only once every file is on disk (audiothink/checkpoints.py) ----------------
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's save, inside a "being written" marker that ``_maybe_log_save_evaluate`` removes once
+        the files (the ``on_save`` callbacks' too, e.g. the processor) are flushed; a full disk is one line."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        from audiothink.checkpoints import begin_save, disk_full_as_error
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        self._saving_checkpoint = folder
+        with disk_full_as_error(folder):
+            if self.args.should_save:
+                begin_save(folder)
+            super()._save_checkpoint(model, trial)
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        from audiothink.checkpoints import disk_full_as_error, end_save
+
+        with disk_full_as_error(lambda: self._saving_checkpoint):
+            out = super()._maybe_log_save_evaluate(*args, **kwargs)
+            if self._saving_checkpoint is not None:
+                if self.accelerator.num_processes > 1:
+                    self.accelerator.wait_for_everyone()  # every rank's files (RNG states, optimizer shards)
+                if self.args.should_save:
+                    end_save(self._saving_checkpoint)
+                self._saving_checkpoint = None
+        return out
 
     # -- resume -----------------------------------------------------------------------------------------
 

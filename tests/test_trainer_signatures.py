@@ -23,6 +23,10 @@ EXPECTED = {
     # resume: strict, name-mapped weight loading; a sampler whose epoch order survives a resume
     "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
     "_get_train_sampler": ["self", "dataset"],
+    # atomic checkpoints: a "being written" marker around the save and its on_save callbacks
+    "_save_checkpoint": ["self", "model", "trial"],
+    "_maybe_log_save_evaluate": ["self", "tr_loss", "grad_norm", "model", "trial", "epoch", "ignore_keys_for_eval",
+                                 "start_time", "learning_rate"],
     # no model card (TRL's names a local base model "None")
     "create_model_card": ["self", "model_name", "dataset_name", "tags"],
     # not overridden, but relied on: it forwards `multimodal_fields` (our audio features) to generate()
