@@ -65,8 +65,9 @@ def check_model_path(path: str) -> None:
                 base = adapter.get("base_model_name_or_path")
             except (OSError, ValueError, AttributeError):
                 base = None
+            on = f" ({base})" if isinstance(base, str) and base else ""
             raise ConfigError(f"model.path={path!r}: a LoRA adapter (adapter_config.json), not a model: evaluate it "
-                              f"with adapter={path} and its base model as the model (base_model_name_or_path: {base})")
+                              f"with adapter={path} on its base model{on} (python -m audiothink.evaluate)")
         raise ConfigError(f"model.path={path!r}: directory has no config.json, it is not a checkpoint")
 
 
