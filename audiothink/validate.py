@@ -243,7 +243,8 @@ def check_rewards(reward: DictConfig) -> None:
     the closest names there. A reward handed a judge (``judge: ${judge}``) asks it the tasks it names: its
     ``prompt`` argument (or that argument's default) and the :class:`~audiothink.judge.Prompt` objects of its
     class; the judge's own ``check_task`` says whether it can score each (the rule judge has rules for
-    consistency and think_quality only; a model judge needs the prompt in judge.prompts, or the reward's own).
+    consistency and think_quality only; a model judge needs the prompt in judge.prompts, or the reward's own),
+    from items with the fields the reward's class lists as ``judge_fields`` (rewards.Consistency does).
     """
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -324,9 +325,9 @@ def locate(key: str, dotted: Any) -> Any:
         except ModuleNotFoundError as e:
             if e.name and not (module == e.name or module.startswith(e.name + ".")):
                 # the module is there, but something it imports is not
-                raise ConfigError(f"{key}={dotted}: importing {module} failed: {e}") from None
+                raise ConfigError(f"{key}={dotted}: the import failed: {e}") from None
         except Exception as e:  # noqa: BLE001 - the user's module failed to import: say so, in one line
-            raise ConfigError(f"{key}={dotted}: importing {module} failed: {type(e).__name__}: "
+            raise ConfigError(f"{key}={dotted}: the import failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if obj is None:
         options = sorted({m.name for m in pkgutil.iter_modules()})
@@ -396,6 +397,10 @@ def check_train_config(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r}: must be a whole number")
+    check_types("log", cfg.log, {"completion_prompts": int, "plots": bool})
+    if cfg.log.get("completion_prompts") is not None and cfg.log.completion_prompts < 0:
+        raise ConfigError(f"log.completion_prompts={cfg.log.completion_prompts}: must be >= 0 (0 writes none)")
+    check_types("rollout", cfg.rollout, {"fast": bool, "gpu_memory_utilization": float, "server_port": int})
     threads = cfg.get("cpu_threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"cpu_threads={threads!r}: must be a whole number >= 1 (or null: torch's default)")

@@ -95,6 +95,9 @@ BAD = [
      "mean audiothink.judge.RuleJudge?)"),
     ("reward=full judge=hf", "reward.consistency: Missing mandatory value: judge.path (set it on the command line)"),
     ("+reward.brevity.weight=1 +reward.brevity.fn._target_=rewards.format.Format", None),
+    ("log.completion_prompts=two", "log.completion_prompts='two': must be a whole number"),
+    ("log.plots=yes", "log.plots='yes': must be true or false"),
+    ("rollout.fast=1", "rollout.fast=1: must be true or false"),
 ]
 
 
@@ -254,10 +257,31 @@ def test_every_judge_task_pairing_is_checked_before_anything_loads(judge, task, 
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["+reward.b.fn._target_=my_rewards.brevity"], "reward.b.fn._target_=my_rewards.brevity: a function is called at "
+     "start-up with the config's arguments (it needs completions, difficulty); add reward.b.fn._partial_=true"),
+    (["+reward.b.fn._target_=broken_rewards.brevity", "+reward.b.fn._partial_=true"],
+     "reward.b.fn._target_=broken_rewards.brevity: the import failed: No module named 'numpyy'"),
+    (["+reward.b.fn._target_=my_rewards", "+reward.b.fn._partial_=true"],
+     "reward.b.fn._target_='my_rewards': a module, not a function or class"),
+    (["+reward.b.fn._target_=my_rewards.Listens", "+reward.b.fn.judge=${judgee}"], "reward.b.fn: Interpolation key "
+     "'judgee' not found"),
+    (["+reward.b.fn._target_=my_rewards.Listens"],
+     "reward.b.fn: my_rewards.Listens needs judge: set reward.b.fn.judge=..."),
+])
+def test_a_reward_that_cannot_be_built(overrides, message, readme_rewards):
+    (readme_rewards / "broken_rewards.py").write_text("import numpyy\n\n\ndef brevity(completions, **kw):\n"
+                                                      "    return []\n")
+    with pytest.raises(ConfigError) as info:
+        check_train_config(_compose(["+reward.b.weight=1", *overrides]))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_a_judge_prompt_asking_for_a_field_the_reward_does_not_send():
     cfg = _compose(["reward=full", "judge=hf", "judge.path=/models/judge",
                     "judge.prompts.consistency.template='Was {audio} heard?'"])
-    with pytest.raises(ConfigError, match=r"reward.consistency: judge prompt 'consistency' uses field\(s\) \['audio'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"reward.consistency: judge prompt 'consistency' uses field\(s\) \['audio'\]"):
         check_train_config(cfg)
 
 
@@ -304,8 +328,9 @@ CLI_ERRORS = {
                                          "ids are not downloaded: set it to a local copy"),
     "adapter as model": (["model.path=ADAPTER"], "error: model.path='ADAPTER': a LoRA adapter (adapter_config.json), "
                                                  "not a model: evaluate it with adapter=ADAPTER"),
-    "new reward without +": (["reward.mine.weight=1"], "error: unknown key reward.mine.weight; a new reward is added "
-                                                       "with '+': +reward.mine.weight=... +reward.mine.fn._target_=..."),
+    "new reward without +": (["reward.mine.weight=1"],
+                             "error: unknown key reward.mine.weight; a new reward is added with '+': "
+                             "+reward.mine.weight=... +reward.mine.fn._target_=..."),
     "save_steps off the logging grid": (["trainer.save_steps=7"], "error: trainer.save_steps=7: must be a multiple of "
                                                                   "trainer.logging_steps=10"),
 }
