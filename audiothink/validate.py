@@ -384,6 +384,8 @@ def _check_judge_tasks(key: str, target: Any, fn: dict, raw: Any) -> None:
                 judge.check_task(task, fields if fields is not None else judge.prompt_fields(task))
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from None
+            except AttributeError:  # a judge whose check needs what its __init__ sets: it checks when built
+                break
 
 
 def check_train_config(cfg: DictConfig) -> None:
@@ -397,10 +399,13 @@ def check_train_config(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r}: must be a whole number")
-    check_types("log", cfg.log, {"completion_prompts": int, "plots": bool})
-    if cfg.log.get("completion_prompts") is not None and cfg.log.completion_prompts < 0:
-        raise ConfigError(f"log.completion_prompts={cfg.log.completion_prompts}: must be >= 0 (0 writes none)")
-    check_types("rollout", cfg.rollout, {"fast": bool, "gpu_memory_utilization": float, "server_port": int})
+    log_cfg, rollout = cfg.get("log"), cfg.get("rollout")
+    if log_cfg is not None:
+        check_types("log", log_cfg, {"completion_prompts": int, "plots": bool})
+        if (log_cfg.get("completion_prompts") or 0) < 0:
+            raise ConfigError(f"log.completion_prompts={log_cfg.completion_prompts}: must be >= 0 (0 writes none)")
+    if rollout is not None:
+        check_types("rollout", rollout, {"fast": bool, "gpu_memory_utilization": float, "server_port": int})
     threads = cfg.get("cpu_threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"cpu_threads={threads!r}: must be a whole number >= 1 (or null: torch's default)")
