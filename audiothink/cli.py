@@ -69,10 +69,20 @@ def _check_key(cfg, key: str, adding: bool) -> None:
             if adding:
                 raise ConfigError(f"unknown key {key}{hint}; '+' adds keys only under reward.* (a new reward), "
                                   "trainer.* (a GRPOConfig field) and hydra.*")
-            raise ConfigError(f"unknown key {key}{hint}")
+            raise ConfigError(f"unknown key {key}{hint}{_adding_hint(parts, depth)}")
         if depth == len(parts) - 1:
             return
         node = node[part] if not OmegaConf.is_missing(node, part) else None
+
+
+def _adding_hint(parts: list[str], depth: int) -> str:
+    """How to add the key instead, where '+' may add it: a new reward, a GRPOConfig field."""
+    if parts[0] == "reward" and depth == 1:
+        name = parts[1]
+        return f"; a new reward is added with '+': +reward.{name}.weight=... +reward.{name}.fn._target_=..."
+    if parts[0] == "trainer" and depth == 1 and len(parts) == 2 and parts[1] in _grpo_fields():
+        return f"; a GRPOConfig field the trainer config does not list is added with '+': +{'.'.join(parts)}=..."
+    return ""
 
 
 def check_overrides(entry: str, overrides: list[str]) -> None:

@@ -32,16 +32,42 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or path.count("/") != 1 or os.path.exists(path)
 
 
+def _hub_cache_copy(repo_id: str) -> str | None:
+    """The folder of ``repo_id`` in the local Hugging Face cache, if a download left one there (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - a hint only: an odd id or cache gives none
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
 def check_model_path(path: str) -> None:
-    """Fail at once on a local checkpoint directory that is missing or incomplete."""
+    """Fail at once on a model.path that is not a local checkpoint folder: missing, without config.json, a LoRA
+    adapter, or a hub id. Nothing is downloaded: a hub id would fail only after transformers' retries (78 s
+    offline), or download 15 GB unasked."""
     if not path:
-        raise ConfigError("model.path is empty: set it to a checkpoint directory or hub id")
-    if not _looks_local(path):
-        return  # a hub id: resolved (or refused, offline) by transformers
+        raise ConfigError("model.path is empty: set it to a local checkpoint folder")
     p = Path(path).expanduser()
     if not p.is_dir():
+        if not _looks_local(path):
+            cached = _hub_cache_copy(path)
+            where = (f"the hub cache has one: {cached}" if cached else
+                     f"e.g. hf download {path} --local-dir /models/{path.split('/')[-1]}")
+            raise ConfigError(f"model.path={path!r}: no such folder, and hub ids are not downloaded: set it to a local "
+                              f"copy of the checkpoint ({where})")
         raise ConfigError(f"model.path={path!r}: no such checkpoint directory")
     if not (p / "config.json").is_file():
+        if (p / "adapter_config.json").is_file():
+            try:
+                adapter = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
+                base = adapter.get("base_model_name_or_path")
+            except (OSError, ValueError, AttributeError):
+                base = None
+            on = f" ({base})" if isinstance(base, str) and base else ""
+            raise ConfigError(f"model.path={path!r}: a LoRA adapter (adapter_config.json), not a model: evaluate it "
+                              f"with adapter={path} on its base model{on} (python -m audiothink.evaluate)")
         raise ConfigError(f"model.path={path!r}: directory has no config.json, it is not a checkpoint")
 
 
@@ -181,6 +207,8 @@ def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
             # a bad argument (unknown field, a judge prompt asking for a missing field, ...): say where
             if isinstance(e.__cause__, (ValueError, TypeError)):
                 raise ConfigError(f"reward.{name}: {e.__cause__}") from e
+            if str(e).startswith("Error locating target"):  # a misspelt _target_ (train() finds it before this)
+                raise ConfigError(f"reward.{name}: {str(e).splitlines()[0]}") from e
             raise
         if not callable(fn):
             raise ConfigError(f"reward.{name}: {entry.fn.get('_target_')} did not build a callable")

@@ -11,8 +11,12 @@ after the data is read and before the model is loaded.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
+import types
+import typing
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,17 +24,67 @@ from omegaconf import DictConfig, OmegaConf
 from audiothink.errors import ConfigError
 from audiothink.formats import FORCE_PREFILLS
 
-__all__ = ["LOSS_TYPES", "check_train_config", "check_eval_settings", "check_dataset_size", "prompts_per_step"]
+__all__ = ["grpo_choices", "check_train_config", "check_eval_settings", "check_dataset_size", "prompts_per_step"]
 
-# TRL 1.16's GRPOConfig.loss_type values (grpo_trainer.py: anything else fails in the first loss computation).
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
+
+@functools.cache
+def grpo_choices(field: str) -> tuple[str, ...]:
+    """The values the installed TRL's GRPOConfig documents for a string field (its help text quotes each one).
+
+    ``loss_type``: grpo, dr_grpo, dapo, ... (anything else fails in the first loss computation);
+    ``importance_sampling_level``: token, sequence (anything else fails there too). Read from TRL, so that a TRL
+    upgrade that adds a value needs no change here; loaded on first use (GRPOConfig imports transformers'
+    TrainingArguments, which the entry points have loaded by then anyway).
+    """
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    help_text = next(f.metadata.get("help", "") for f in dataclasses.fields(GRPOConfig) if f.name == field)
+    if "Supported values are" in help_text:  # loss_type: "Supported values are 'grpo', ..., and 'vespo'. 'grpo': ..."
+        help_text = help_text.split("Supported values are", 1)[1].split(".", 1)[0]
+    return tuple(dict.fromkeys(re.findall(r"'([a-z_]+)'", help_text)))
 
 
 def _number(section: str, cfg: DictConfig, key: str) -> Any:
     value = OmegaConf.select(cfg, key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"{section}.{key}={value!r}: expected a number")
+        raise ConfigError(f"{section}.{key}={value!r}: must be a number")
     return value
+
+
+@functools.cache
+def _grpo_field_kinds() -> dict[str, type]:
+    """GRPOConfig's fields typed int, float or bool (or one of them or None): the type a value must have."""
+    from trl import GRPOConfig
+
+    kinds = {}
+    for name, hint in typing.get_type_hints(GRPOConfig).items():
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        args = set(typing.get_args(hint)) if union else {hint}
+        args.discard(type(None))
+        if len(args) == 1 and (kind := args.pop()) in (int, float, bool):
+            kinds[name] = kind
+    return kinds
+
+
+WHAT = {int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def check_types(section: str, values: DictConfig, kinds: dict[str, type]) -> None:
+    """Each value of ``values`` named in ``kinds`` has that type (None aside): a type error is said as one
+    (``trainer.max_steps='abc': must be a whole number``), never as a range error on a string."""
+    for key, kind in kinds.items():
+        if key not in values:
+            continue
+        value = OmegaConf.select(values, key)
+        if value is None:
+            continue
+        ok = isinstance(value, bool) if kind is bool else (
+            not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int))
+        if not ok:
+            raise ConfigError(f"{section}.{key}={value!r}: must be {WHAT[kind]}")
 
 
 def _positive_int(section: str, cfg: DictConfig, key: str, *, allow_none: bool = False) -> None:
@@ -39,6 +93,18 @@ def _positive_int(section: str, cfg: DictConfig, key: str, *, allow_none: bool =
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{section}.{key}={value!r}: must be a whole number >= 1")
+
+
+def _whole(steps: Any) -> int | None:
+    """A step count >= 1 as an int (10 or 10.0); None for a fraction of the run (TrainingArguments' < 1 form)."""
+    return int(steps) if isinstance(steps, (int, float)) and steps >= 1 and float(steps).is_integer() else None
+
+
+def _did_you_mean(value: Any, options) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def world_size() -> int:
@@ -59,6 +125,8 @@ def prompts_per_step(trainer: DictConfig, processes: int | None = None) -> int:
 def check_trainer(trainer: DictConfig) -> None:
     """The GRPO hyper-parameters (TRL GRPOConfig fields) that TRL accepts but cannot train with."""
     t = "trainer"
+    # every number and switch first, for its type (TRL's own field types): then the ranges below
+    check_types(t, trainer, _grpo_field_kinds())
     lr = _number(t, trainer, "learning_rate")
     if lr is None or not lr > 0 or not math.isfinite(lr):
         raise ConfigError(f"trainer.learning_rate={lr!r}: must be > 0")
@@ -70,7 +138,7 @@ def check_trainer(trainer: DictConfig) -> None:
         raise ConfigError(f"trainer.temperature={temperature!r}: must be > 0 (sampling needs it; greedy rollouts give "
                           "every completion of a group the same reward)")
     for key in ("max_completion_length", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "num_iterations", "num_generations"):
+                "num_iterations", "num_generations", "steps_per_generation", "generation_batch_size"):
         _positive_int(t, trainer, key, allow_none=key not in ("per_device_train_batch_size", "num_generations"))
     if trainer.num_generations < 2:
         raise ConfigError(f"trainer.num_generations={trainer.num_generations}: GRPO needs at least 2 completions per "
@@ -79,16 +147,18 @@ def check_trainer(trainer: DictConfig) -> None:
     if logging_steps is not None and not logging_steps > 0:
         raise ConfigError(f"trainer.logging_steps={logging_steps!r}: must be > 0")
     max_steps = trainer.get("max_steps", -1)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        raise ConfigError(f"trainer.max_steps={max_steps!r}: must be a whole number")
+    if max_steps == 0 or max_steps < -1:
         raise ConfigError(f"trainer.max_steps={max_steps!r}: must be >= 1 (or -1 to train trainer.num_train_epochs)")
-    if max_steps == -1 and not (trainer.get("num_train_epochs") or 0) > 0:
+    if max_steps == -1 and not (_number(t, trainer, "num_train_epochs") or 0) > 0:
         raise ConfigError("trainer.max_steps=-1 needs trainer.num_train_epochs > 0")
-    loss = trainer.get("loss_type", "dapo")
-    if loss not in LOSS_TYPES:
-        raise ConfigError(f"trainer.loss_type={loss!r}: must be one of {', '.join(LOSS_TYPES)}")
-    level = trainer.get("importance_sampling_level", "token")
-    if level not in ("token", "sequence"):
-        raise ConfigError(f"trainer.importance_sampling_level={level!r}: must be token (GRPO) or sequence (GSPO)")
+    for key, default, what in (("loss_type", "dapo", ""), ("importance_sampling_level", "token",
+                                                           " (token: GRPO, sequence: GSPO)")):
+        value, choices = trainer.get(key, default), grpo_choices(key)
+        if value not in choices:
+            raise ConfigError(f"trainer.{key}={value!r}: must be one of {', '.join(choices)}{what}"
+                              f"{_did_you_mean(value, choices)}")
     processes = world_size()
     steps_per_generation = trainer.get("steps_per_generation") or trainer.gradient_accumulation_steps
     batch = trainer.per_device_train_batch_size * processes * steps_per_generation
@@ -111,6 +181,15 @@ def check_trainer(trainer: DictConfig) -> None:
                 f"trainer.save_steps={save_steps}: must be a multiple of {int(block)}, the optimizer steps that reuse "
                 "one batch of rollouts (num_iterations x steps_per_generation / gradient_accumulation_steps), so that "
                 "every checkpoint resumes exactly"
+            )
+        # A resume logs the same metrics as an uninterrupted run only from a checkpoint at the end of a logging
+        # window: the Trainer does not save the open window (its summed loss, TRL's per-step metrics), so the first
+        # record after a mid-window checkpoint would average fewer steps than the uninterrupted run's.
+        every = _whole(logging_steps) if trainer.get("logging_strategy", "steps") == "steps" else None
+        if every and _whole(save_steps) and _whole(save_steps) % every:
+            raise ConfigError(
+                f"trainer.save_steps={save_steps}: must be a multiple of trainer.logging_steps={logging_steps}, so "
+                "that every checkpoint ends a logging window and a resume logs the same metrics as an uninterrupted run"
             )
 
 
@@ -136,9 +215,8 @@ def check_model(model: DictConfig) -> None:
 
 
 def check_audio_window(model: DictConfig) -> None:
-    seconds = model.get("max_audio_seconds")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                                or not seconds > 0):
+    seconds = _number("model", model, "max_audio_seconds")
+    if seconds is not None and not seconds > 0:
         raise ConfigError(f"model.max_audio_seconds={seconds!r}: must be > 0 (the model's audio window, in seconds)")
 
 
@@ -153,13 +231,181 @@ def check_reward_weights(reward: DictConfig) -> None:
         )
 
 
+# hydra's own keys in a _target_ mapping: not arguments of the target
+HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def check_rewards(reward: DictConfig) -> None:
+    """Every reward can be built, and its judge can score what the reward asks; judged before anything loads.
+
+    Each ``_target_`` under ``reward.<name>.fn`` (the reward's own and a judge's) is imported and looked up, and
+    the arguments the config gives are ones it takes: a misspelt name is one line naming the key, the target and
+    the closest names there. A reward handed a judge (``judge: ${judge}``) asks it the tasks it names: its
+    ``prompt`` argument (or that argument's default) and the :class:`~audiothink.judge.Prompt` objects of its
+    class; the judge's own ``check_task`` says whether it can score each (the rule judge has rules for
+    consistency and think_quality only; a model judge needs the prompt in judge.prompts, or the reward's own),
+    from items with the fields the reward's class lists as ``judge_fields`` (rewards.Consistency does).
+    """
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    for name, entry in reward.items():
+        if name == "formula":
+            continue
+        key = f"reward.{name}"
+        if not isinstance(entry, DictConfig) or "fn" not in entry or "weight" not in entry:
+            raise ConfigError(f"{key}: expected a mapping with 'fn' (a _target_) and 'weight' (add a new reward "
+                              f"with +{key}.weight=... +{key}.fn._target_=...)")
+        weight = entry.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ConfigError(f"{key}.weight={weight!r}: must be a number")
+        try:
+            fn = OmegaConf.to_container(entry.fn, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as e:  # e.g. judge=hf without judge.path
+            raise ConfigError(f"{key}: Missing mandatory value: {e.full_key or e.key} (set it on the command "
+                              "line)") from None
+        except OmegaConfBaseException as e:  # e.g. a misspelt ${judge}
+            raise ConfigError(f"{key}.fn: {str(e).splitlines()[0]}") from None
+        if not isinstance(fn, dict) or "_target_" not in fn:
+            raise ConfigError(f"{key}.fn: needs a _target_ (the dotted path of the reward's function or class)")
+        target = _check_target(f"{key}.fn", fn)
+        _check_judge_tasks(key, target, fn, OmegaConf.to_container(entry.fn, resolve=False))
+
+
+def _check_target(key: str, node: dict) -> Any:
+    """Locate ``node['_target_']`` and every ``_target_`` nested in its arguments; check the arguments given.
+    Returns the target."""
+    import inspect
+
+    for arg, value in node.items():
+        if isinstance(value, dict) and "_target_" in value:
+            _check_target(f"{key}.{arg}", value)
+    target = locate(f"{key}._target_", node["_target_"])
+    if not callable(target):
+        raise ConfigError(f"{key}._target_={node['_target_']!r}: a {type(target).__name__}, not a function or class")
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): instantiation will tell
+        return target
+    given = [a for a in node if a not in HYDRA_KEYS]
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for arg in given:
+            if arg not in names:
+                raise ConfigError(f"{key}.{arg}: {node['_target_']} takes no argument {arg!r}"
+                                  f"{_did_you_mean(arg, names)}")
+    if not node.get("_partial_"):
+        positional = len(node.get("_args_") or ())
+        required = [n for i, (n, p) in enumerate(params.items())
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                    and n not in given and not (i < positional and p.kind is p.POSITIONAL_OR_KEYWORD)]
+        if required and inspect.isroutine(target):
+            raise ConfigError(f"{key}._target_={node['_target_']}: a function is called at start-up with the "
+                              f"config's arguments (it needs {', '.join(required)}); add {key}._partial_=true to "
+                              "pass the function itself as the reward")
+        if required:
+            raise ConfigError(f"{key}: {node['_target_']} needs {', '.join(required)}: set {key}.{required[0]}=...")
+    return target
+
+
+def locate(key: str, dotted: Any) -> Any:
+    """The object a ``_target_`` names (what hydra's instantiate would call), or a ConfigError naming ``key``,
+    the target and the closest names where the lookup stopped."""
+    import importlib
+    import pkgutil
+
+    if not isinstance(dotted, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", dotted):
+        raise ConfigError(f"{key}={dotted!r}: must be a dotted path to a function or class (module.name)")
+    parts = dotted.split(".")
+    obj, found = None, 0
+    for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
+        try:
+            obj, found = importlib.import_module(module), i
+            break
+        except ModuleNotFoundError as e:
+            if e.name and not (module == e.name or module.startswith(e.name + ".")):
+                # the module is there, but something it imports is not
+                raise ConfigError(f"{key}={dotted}: the import failed: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed to import: say so, in one line
+            raise ConfigError(f"{key}={dotted}: the import failed: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if obj is None:
+        options = sorted({m.name for m in pkgutil.iter_modules()})
+        hint = _did_you_mean(parts[0], options)
+        hint = hint.replace("?)", f"{'.' if len(parts) > 1 else ''}{'.'.join(parts[1:])}?)") if hint else ""
+        raise ConfigError(f"{key}={dotted}: no module named {parts[0]!r} on the Python path{hint}")
+    for i in range(found, len(parts)):
+        if not hasattr(obj, parts[i]):
+            options = [n for n in dir(obj) if not n.startswith("_")]
+            if hasattr(obj, "__path__"):  # a package: its submodules too
+                options += [m.name for m in pkgutil.iter_modules(obj.__path__)]
+            prefix = ".".join(parts[:i])
+            hint = _did_you_mean(parts[i], options)
+            hint = hint.replace("(did you mean ", f"(did you mean {prefix}.") if hint else ""
+            raise ConfigError(f"{key}={dotted}: {prefix} has no {parts[i]!r}{hint}")
+        obj = getattr(obj, parts[i])
+    return obj
+
+
+def _check_judge_tasks(key: str, target: Any, fn: dict, raw: Any) -> None:
+    """Each judge among the reward's arguments can score each task the reward names (see check_rewards)."""
+    import inspect
+
+    from audiothink.judge.base import Judge, Prompt
+
+    judges = []
+    for arg, value in fn.items():
+        if isinstance(value, dict) and "_target_" in value:
+            cls = locate(f"{key}.fn.{arg}._target_", value["_target_"])
+            if isinstance(cls, type) and issubclass(cls, Judge):
+                where = "judge" if isinstance(raw, dict) and raw.get(arg) == "${judge}" else f"{key}.fn.{arg}"
+                judges.append((where, cls, value.get("prompts")))
+    if not judges:
+        return
+    tasks: list[Any] = []
+    prompt = fn.get("prompt", inspect.Parameter.empty)
+    if prompt is inspect.Parameter.empty:
+        try:
+            prompt = inspect.signature(target).parameters["prompt"].default
+        except (KeyError, TypeError, ValueError):
+            prompt = None
+    if isinstance(prompt, str):
+        tasks.append(prompt)
+    for klass in getattr(target, "__mro__", ()):
+        tasks += [v for v in vars(klass).values() if isinstance(v, Prompt)]
+    fields = getattr(target, "judge_fields", None)
+    for where, cls, prompts in judges:
+        try:
+            judge = cls.for_checks(prompts)
+        except ValueError as e:  # a bad judge prompt (no labels or scale, an unmatched brace)
+            raise ConfigError(f"{where}.prompts: {e}") from None
+        for task in tasks:
+            try:
+                judge.check_task(task, fields if fields is not None else judge.prompt_fields(task))
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+            except AttributeError:  # a judge whose check needs what its __init__ sets: it checks when built
+                break
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Everything in a training config that can be judged without data or a model."""
     check_trainer(cfg.trainer)
     check_model(cfg.model)
     check_eval_settings("eval", cfg.eval.batch_size, num_samples=cfg.eval.num_samples,
                         max_new_tokens=cfg.eval.max_new_tokens)
+    check_rewards(cfg.reward)
     check_reward_weights(cfg.reward)
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: must be a whole number")
+    log_cfg, rollout = cfg.get("log"), cfg.get("rollout")
+    if log_cfg is not None:
+        check_types("log", log_cfg, {"completion_prompts": int, "plots": bool})
+        if (log_cfg.get("completion_prompts") or 0) < 0:
+            raise ConfigError(f"log.completion_prompts={log_cfg.completion_prompts}: must be >= 0 (0 writes none)")
+    if rollout is not None:
+        check_types("rollout", rollout, {"fast": bool, "gpu_memory_utilization": float, "server_port": int})
     threads = cfg.get("cpu_threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"cpu_threads={threads!r}: must be a whole number >= 1 (or null: torch's default)")

@@ -40,6 +40,7 @@ class Consistency:
     """
 
     __name__ = "consistency"
+    judge_fields = FIELDS  # what it sends the judge: checked against the judge's prompt at start-up
 
     def __init__(self, judge: Judge, only_correct: bool = True, prompt: str = "consistency", letters: bool = False):
         judge.check_task(prompt, FIELDS)  # a prompt asking for a field we do not send fails at start-up

@@ -40,6 +40,7 @@ class ThinkQuality:
 
     __name__ = "think_quality"
     batch_wide = True
+    judge_fields = FIELDS  # what it sends the judge: checked against the judge's prompt at start-up
 
     def __init__(self, judge: Judge, prompt: str = "think_quality", empty_value: float = 0.0):
         judge.check_task(prompt, FIELDS)

@@ -153,8 +153,26 @@ class Judge:
                 f"{type(self).__name__}: no prompt named {task!r} in judge.prompts (have {sorted(self.prompts)})"
             ) from None
 
-    def check_task(self, task: str, fields: Sequence[str]) -> None:
-        """Raise ValueError, at start-up, if this judge cannot score ``task`` from items with ``fields``."""
+    @classmethod
+    def for_checks(cls, prompts: Mapping[str, Any] | None = None) -> Judge:
+        """A judge of this class with its prompts and nothing else (no model, server or client): what
+        :meth:`check_task` reads. The config check (audiothink/validate.py) asks it, before anything loads,
+        whether the judge can score each task the rewards name. A backend whose ``check_task`` needs more
+        overrides this."""
+        judge = cls.__new__(cls)
+        Judge.__init__(judge, prompts)
+        return judge
+
+    def prompt_fields(self, task: str | Prompt) -> tuple[str, ...]:
+        """The template fields of ``task``'s prompt; () where this judge has no prompt for it."""
+        try:
+            return self.prompt(task).fields
+        except ValueError:
+            return ()
+
+    def check_task(self, task: str | Prompt, fields: Sequence[str]) -> None:
+        """Raise ValueError, at start-up, if this judge cannot score ``task`` (a prompt name from config, or a
+        reward's own Prompt) from items with ``fields``."""
         unknown = [f for f in self.prompt(task).fields if f not in fields]
         if unknown:
             raise ValueError(

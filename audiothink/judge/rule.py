@@ -57,10 +57,11 @@ class RuleJudge(Judge):
         # Prompts are accepted (and ignored) so that every backend takes the same config.
         super().__init__(prompts)
 
-    def check_task(self, task: str, fields: Sequence[str]) -> None:
-        if task not in self.BUILTIN:
+    def check_task(self, task: str | Prompt, fields: Sequence[str]) -> None:
+        name = task.name if isinstance(task, Prompt) else task
+        if name not in self.BUILTIN:
             raise ValueError(
-                f"the rule judge has no rule for {task!r} (only {list(self.BUILTIN)}): use judge=hf or judge=openai"
+                f"the rule judge has no rule for {name!r} (only {list(self.BUILTIN)}): use judge=hf or judge=openai"
             )
 
     async def _score(self, task: str | Prompt, items: list[Mapping[str, Any]]) -> tuple[list[float | None], int]:
