@@ -165,3 +165,33 @@ def test_doctests():
 
     result = doctest.testmod(audiothink.judge.watch)
     assert result.attempted > 0 and result.failed == 0
+
+
+class _Loaded(Exception):
+    """Raised in place of the data set load: the run got past the probe."""
+
+
+@pytest.mark.parametrize("action", ["stop", "warn"])
+def test_train_stops_at_the_probe_or_goes_on_to_load(action, tmp_path, monkeypatch, caplog):
+    """The config key reaches the judge: `stop` ends train() before data and model; `warn` goes on to load."""
+    from hydra import compose, initialize_config_dir
+
+    from audiothink import train
+
+    url = closed_port_url()
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["reward=full", "judge=openai", f"judge.base_url={url}",
+                                          f"judge.on_probe_failure={action}", f"output_dir={tmp_path / 'run'}"])
+
+    def load(*args, **kwargs):
+        raise _Loaded
+
+    monkeypatch.setattr(train, "load_processor", load)  # the first load after the probe
+    monkeypatch.setattr(train, "load_model_and_processor", load)
+    with caplog.at_level(logging.WARNING, logger="audiothink.judge"):
+        with pytest.raises(ConfigError if action == "stop" else _Loaded) as e:
+            train.train(cfg)
+    if action == "stop":
+        assert f"judge.base_url={url}" in str(e.value) and "ConnectError" in str(e.value)
+    else:
+        assert sum("training on (judge.on_probe_failure=warn)" in r.getMessage() for r in caplog.records) == 2
