@@ -36,6 +36,7 @@ from audiothink.setup import (
     summarise,
 )
 from audiothink.formats import force_prefill
+from audiothink.judge.watch import JudgeWatch, probe_judges
 from audiothink.sharding import cpu_process_settings, save_full_model, whole_weights
 
 log = logging.getLogger("audiothink.train")
@@ -126,6 +127,7 @@ def train(cfg: DictConfig) -> dict:
     check_model_path(cfg.model.path)
     prefill = force_prefill(cfg.get("force_mode"))  # checked above (check_train_config)
     rewards, weights = build_rewards(cfg.reward)
+    probe_judges(rewards)  # one short request per judge task: a judge that cannot answer stops the run here
     # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
     # group and train with the engine the launcher asked for (audiothink/sharding.py); a no-op on GPUs.
     engine_fields = cpu_process_settings()
@@ -187,7 +189,8 @@ def train(cfg: DictConfig) -> dict:
         prefill=prefill,
         compile_cache_dir=cfg.rollout.get("compile_cache_dir"),
         completion_prompts=cfg.log.completion_prompts,
-        callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor)],
+        callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor),
+                   JudgeWatch(rewards)],
     )
     if resume_from and resumed_step >= args.max_steps:
         # The Trainer would train one more step; there is nothing left to train.

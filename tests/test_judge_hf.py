@@ -144,3 +144,46 @@ def test_the_same_prompts_get_the_same_replies_whatever_the_seed(tiny_lm):
         torch.manual_seed(seed)  # sampling would draw other tokens under another seed
         replies.append(judge.generate(texts))
     assert replies[0] == replies[1] == replies[2]
+
+
+def test_the_probe_is_one_real_generate_whose_reply_must_parse(tiny_lm):
+    """The start-up probe asks the loaded model once; its verdict is the scoring path's verdict on that item."""
+    from audiothink.judge.base import PROBE_ITEM
+
+    judge = _judge(tiny_lm)
+    before = judge.batches
+    problem = judge.probe("think_quality")
+    assert judge.batches == before + 1  # one generate() call, one prompt
+    score = asyncio.run(judge.score("think_quality", [PROBE_ITEM]))[0]
+    assert (problem is None) == (score is not None)
+    if problem is not None:  # a random model answers anything
+        assert "to the 'think_quality' prompt does not parse" in problem
+
+
+@pytest.mark.parametrize(("reply", "said"), [
+    ("yes", None),
+    ("Yes.\nbecause", None),
+    ("yes, mostly", "the reply 'yes, mostly' to the 'consistency' prompt does not parse (expected one of yes, no"),
+    (RuntimeError("CUDA out of memory (simulated)"), "generate failed (RuntimeError: CUDA out of memory (simulated))"),
+])
+def test_probe_verdicts(tiny_lm, monkeypatch, reply, said):
+    from audiothink.judge.watch import probe_judges
+
+    judge = _judge(tiny_lm)
+
+    def generate(texts):
+        assert len(texts) == 1 and "i count" not in texts[0] and "(B) two" in texts[0]  # the probe item
+        if isinstance(reply, Exception):
+            raise reply
+        return [reply]
+
+    monkeypatch.setattr(judge, "generate", generate)
+    problem = judge.probe("consistency")
+    assert problem == said if said is None else problem.startswith(said)
+    reward = Consistency(judge)
+    reward.__name__ = "consistency"
+    if said is None:
+        probe_judges([reward])
+    else:
+        with pytest.raises(ConfigError, match=rf"judge\.path={tiny_lm} .*reward\.consistency"):
+            probe_judges([reward])

@@ -11,7 +11,9 @@ Every judge is used the same way, from an async reward::
     scores = await judge.score("consistency", items, log_metric=log_metric)  # float or None per item
 
 Prompts are versioned in ``configs/judge/prompts/`` (a :class:`Prompt` each: template plus the one
-reply shape accepted). See ``audiothink/judge/base.py`` for the failure accounting.
+reply shape accepted). See ``audiothink/judge/base.py`` for the failure accounting, and
+``audiothink/judge/watch.py`` for the start-up probe (a judge that cannot answer stops the run before
+the model loads) and the warning when a judge keeps failing during training.
 """
 
 from audiothink.judge.base import Judge, Prompt, prompts_from_config

@@ -10,6 +10,10 @@ not give a score (timeout, server error, unparsable reply): never a made-up 0 or
 group baseline. Each call adds its failed samples to ``judge.failures`` and, given TRL's ``log_metric``
 (every reward receives it), logs ``judge/failures`` (samples without a score) and ``judge/latency_s``
 (wall-clock seconds of the call). A judge never raises on what a model or server sends back.
+
+So that a judge that cannot be reached is found before training, not after it (every sample None, exit
+0), :meth:`Judge.probe` asks one short question per task at start-up and checks that the reply parses
+(``audiothink/judge/watch.py``: the probe, and the warning when failures pile up during training).
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ Items = Sequence[Mapping[str, Any]]
 LogMetric = Callable[[str, float], None]
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+#: What to do when the start-up probe fails: stop the run (exit 2), or warn and train on.
+PROBE_ACTIONS = ("stop", "warn")
+
+#: The probe's question: a short item with every built-in field, one that any judge model can answer.
+PROBE_ITEM = {
+    "question": "How many beeps are in the clip?",
+    "choices": ["one", "two", "three"],
+    "think": "I hear a first beep and then a second one, and nothing after. So the answer is two.",
+    "answer": "two",
+}
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,19 @@ class Prompt:
         return round(lo + round(steps) * step, 10)
 
 
+def unparsable(prompt: Prompt, reply: Any) -> str | None:
+    """None when ``reply`` parses under ``prompt``, else the message that says so (for the probe)."""
+    if prompt.parse(reply) is not None:
+        return None
+    if prompt.labels is not None:
+        expected = "one of " + ", ".join(prompt.labels)
+    else:
+        assert prompt.scale is not None
+        expected = f"a number from {prompt.scale['min']:g} to {prompt.scale['max']:g} in steps of {prompt.scale['step']:g}"
+    shown = reply[:60] if isinstance(reply, str) else reply
+    return f"the reply {shown!r} to the {prompt.name!r} prompt does not parse (expected {expected} on its first line)"
+
+
 def _render_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return "\n".join(f"({string.ascii_uppercase[i % 26]}) {v}" for i, v in enumerate(value))
@@ -137,10 +165,36 @@ class Judge:
     #: built-in prompt names a reward may rely on (the rule judge knows only these)
     BUILTIN = ("consistency", "think_quality")
 
-    def __init__(self, prompts: Mapping[str, Any] | None = None):
+    def __init__(self, prompts: Mapping[str, Any] | None = None, on_probe_failure: str = "stop",
+                 max_failure_share: float = 0.5, failure_window: int = 10):
+        if on_probe_failure not in PROBE_ACTIONS:
+            raise ValueError(f"judge.on_probe_failure must be one of {list(PROBE_ACTIONS)}, got {on_probe_failure!r}")
+        if not 0.0 <= float(max_failure_share) <= 1.0 or int(failure_window) < 1:
+            raise ValueError(f"judge: need 0 <= max_failure_share <= 1 and failure_window >= 1, got "
+                             f"{max_failure_share} and {failure_window}")
         self.prompts = prompts_from_config(prompts)
+        self.on_probe_failure = on_probe_failure
+        self.max_failure_share = float(max_failure_share)
+        self.failure_window = int(failure_window)
         self.failures = 0
+        self.samples = 0  # items asked, over the judge's life (failures / samples: the failure share)
         self.calls = 0
+
+    #: where the judge is, for messages (``judge.base_url=...``, ``judge.path=...``); None: nowhere to reach
+    where: str | None = None
+
+    def probe(self, task: str | Prompt) -> str | None:
+        """Ask ``task`` once about :data:`PROBE_ITEM`: None when the reply parses, else why not (one line).
+
+        Cheap by design (one short request, no retries); the base class has nothing to reach (the rule
+        judge) and answers None.
+        """
+        return None
+
+    def probe_text(self, task: str | Prompt) -> tuple[Prompt, str]:
+        """The prompt of ``task`` and its text for the probe item (fields it does not know stay empty)."""
+        prompt = self.prompt(task)
+        return prompt, prompt.render({**dict.fromkeys(prompt.fields, ""), **PROBE_ITEM})
 
     def prompt(self, task: str | Prompt) -> Prompt:
         """The Prompt for a name from config (or a Prompt object, returned as is)."""
@@ -194,6 +248,7 @@ class Judge:
             raise RuntimeError(f"{type(self).__name__} returned {len(scores)} scores for {len(items)} items")
         scores = [None if s is None or not math.isfinite(s) else float(s) for s in scores]
         self.failures += failed
+        self.samples += len(items)
         self.calls += 1
         if log_metric is not None:
             log_metric("judge/failures", float(failed))

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from audiothink.judge.base import Judge, Prompt
+from audiothink.judge.base import Judge, Prompt, unparsable
 
 log = logging.getLogger("audiothink.judge")
 
@@ -46,6 +46,8 @@ class HFJudge(Judge):
         batch_size: prompts per ``generate`` call.
         max_new_tokens: reply length; the score must be on the reply's first line, so a few suffice.
         chat_template: wrap each prompt in the tokenizer's chat template (instruction-tuned judges).
+        on_probe_failure, max_failure_share, failure_window: as for :class:`~audiothink.judge.OpenAIJudge`;
+            the probe here is one ``generate`` per task (the model is loaded already, in the constructor).
     """
 
     def __init__(
@@ -58,12 +60,16 @@ class HFJudge(Judge):
         max_new_tokens: int = 8,
         chat_template: bool = False,
         attn_implementation: str | None = None,
+        on_probe_failure: str = "stop",
+        max_failure_share: float = 0.5,
+        failure_window: int = 10,
     ):
         import torch
 
         from audiothink.setup import ConfigError, check_model_path
 
-        super().__init__(prompts)
+        super().__init__(prompts, on_probe_failure=on_probe_failure, max_failure_share=max_failure_share,
+                         failure_window=failure_window)
         try:
             check_model_path(path)  # a missing directory fails at start-up, not at the first judged step
         except ConfigError as e:
@@ -80,6 +86,20 @@ class HFJudge(Judge):
 
     def __repr__(self) -> str:
         return f"HFJudge(path={self.path!r}, device={self.device!r}, batch_size={self.batch_size})"
+
+    @property
+    def where(self) -> str:
+        return f"judge.path={self.path} (on {self.device})"
+
+    def probe(self, task: str | Prompt) -> str | None:
+        """One greedy reply for ``task``; None when it parses (a base model with chat_template=true, or the
+        reverse, often answers something else)."""
+        prompt, text = self.probe_text(task)
+        try:
+            reply = self.generate([text])[0]
+        except Exception as e:  # noqa: BLE001 - out of memory, a broken checkpoint, ...
+            return f"generate failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return unparsable(prompt, reply)
 
     async def _score(self, task: str | Prompt, items: list[Mapping[str, Any]]) -> tuple[list[float | None], int]:
         prompt = self.prompt(task)

@@ -27,11 +27,15 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from audiothink.judge.base import Judge, Prompt
+from audiothink.judge.base import Judge, Prompt, unparsable
 
 log = logging.getLogger("audiothink.judge")
 
 _RETRY_STATUS = frozenset({408, 429})
+
+# The start-up probe waits at most this long (or timeout_s, when shorter): a server that is up answers
+# 8 tokens in well under a second; one that is not there is refused at once.
+PROBE_TIMEOUT_S = 10.0
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -65,9 +69,10 @@ class _Failure(Exception):
     """One failed attempt: ``reason`` is what gets logged (never headers, never the key); ``retry_after``
     the wait the server asked for (seconds), if it said."""
 
-    def __init__(self, reason: str, retryable: bool, retry_after: float | None = None):
+    def __init__(self, reason: str, retryable: bool, retry_after: float | None = None, detail: str = ""):
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail  # the library's message (for the probe's one line; the counts use `reason`)
         self.retryable = retryable
         self.retry_after = retry_after
 
@@ -89,6 +94,9 @@ class OpenAIJudge(Judge):
             from the server wins (capped at ``timeout_s``).
         retry_unparsable: also retry replies whose text does not parse.
         max_tokens: reply length; the score must be on the reply's first line.
+        on_probe_failure: ``stop`` (the run, at start-up, when the probe gets no parsable reply) or ``warn``.
+        max_failure_share, failure_window: warn once during training when more than this share of the
+            samples of the last ``failure_window`` steps got no score (``audiothink/judge/watch.py``).
     """
 
     def __init__(
@@ -104,8 +112,12 @@ class OpenAIJudge(Judge):
         backoff_s: float = 0.5,
         retry_unparsable: bool = False,
         max_tokens: int = 8,
+        on_probe_failure: str = "stop",
+        max_failure_share: float = 0.5,
+        failure_window: int = 10,
     ):
-        super().__init__(prompts)
+        super().__init__(prompts, on_probe_failure=on_probe_failure, max_failure_share=max_failure_share,
+                         failure_window=failure_window)
         if endpoint not in ("completions", "chat"):
             raise ValueError(f"judge.endpoint must be 'completions' or 'chat', got {endpoint!r}")
         if max_concurrency < 1 or retries < 0 or timeout_s <= 0 or backoff_s < 0:
@@ -134,6 +146,31 @@ class OpenAIJudge(Judge):
 
     def __repr__(self) -> str:  # no key here, ever
         return f"OpenAIJudge(base_url={self.base_url!r}, model={self.model!r}, endpoint={self.endpoint!r})"
+
+    @property
+    def where(self) -> str:
+        return f"judge.base_url={self.base_url} (model {self.model!r})"
+
+    def probe(self, task: str | Prompt) -> str | None:
+        """One request for ``task``, no retries, at most :data:`PROBE_TIMEOUT_S`; None when the reply parses."""
+        import httpx2 as httpx
+
+        prompt, text = self.probe_text(task)
+        path, payload = self._payload(text)
+        timeout_s = min(self.timeout_s, PROBE_TIMEOUT_S)
+
+        async def ask() -> str:
+            async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers(),
+                                         timeout=httpx.Timeout(timeout_s)) as client:
+                return await self._post(client, path, payload, timeout_s=timeout_s)
+
+        try:
+            reply = asyncio.run(ask())
+        except _Failure as failure:
+            return failure.reason + (f" ({failure.detail})" if failure.detail else "")
+        except Exception as e:  # noqa: BLE001 - whatever it is, the judge did not answer
+            return f"{type(e).__name__}: {e}"
+        return unparsable(prompt, reply)
 
     def _headers(self) -> dict[str, str]:
         # Read at request time: the key lives in the environment only, never in an attribute or config.
@@ -199,18 +236,19 @@ class OpenAIJudge(Judge):
             wait = max(wait, min(retry_after, self.timeout_s))
         return wait
 
-    async def _post(self, client, path: str, payload: dict[str, Any]) -> str:
+    async def _post(self, client, path: str, payload: dict[str, Any], timeout_s: float | None = None) -> str:
         """The reply text of one request, or _Failure."""
         import httpx2 as httpx
 
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         self.requests_sent += 1
         try:
             # wait_for bounds the whole request; httpx's own timeout bounds each phase
-            response = await asyncio.wait_for(client.post(path, json=payload), timeout=self.timeout_s)
+            response = await asyncio.wait_for(client.post(path, json=payload), timeout=timeout_s)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise _Failure(f"timeout after {self.timeout_s:g} s", True) from None
+            raise _Failure(f"timeout after {timeout_s:g} s", True) from None
         except httpx.HTTPError as e:  # connection refused, reset, protocol errors
-            raise _Failure(f"{type(e).__name__}", True) from None
+            raise _Failure(f"{type(e).__name__}", True, detail=str(e)) from None
         if response.status_code >= 400:
             status = response.status_code
             retryable = status in _RETRY_STATUS or status >= 500
