@@ -111,11 +111,11 @@ def _trl_loss_types() -> list[str]:
 
 
 def test_loss_type_list_is_trls():
-    from audiothink.validate import LOSS_TYPES
+    from audiothink.validate import grpo_choices
 
     line = next(ln for ln in _commands(_section("Config cheatsheet")) if "trainer.loss_type=" in ln)
     listed = [x.strip() for x in line.split("#", 1)[1].split("|")]
-    assert listed == _trl_loss_types() == list(LOSS_TYPES)
+    assert listed == _trl_loss_types() == list(grpo_choices("loss_type"))
 
 
 def test_config_values_are_in_the_files_the_readme_names():
