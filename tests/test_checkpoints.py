@@ -257,8 +257,9 @@ def real_run(tmp_path_factory):
     """A real 2-step full fine-tuning run of the toy with a checkpoint at each step."""
     tmp = tmp_path_factory.mktemp("ckpt-run")
     out = _train_cli([f"hydra.run.dir={tmp / 'run'}", "trainer.max_steps=2", "trainer.save_steps=1",
-                      "trainer.per_device_train_batch_size=16", "trainer.max_completion_length=8",
-                      "trainer.report_to=[]", "eval.num_samples=0", "log.plots=false"], tmp)
+                      "trainer.logging_steps=1", "trainer.per_device_train_batch_size=16",
+                      "trainer.max_completion_length=8", "trainer.report_to=[]", "eval.num_samples=0",
+                      "log.plots=false"], tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp / "run"
 
@@ -342,8 +343,9 @@ def test_a_checkpoint_with_nan_weights_stops_the_resume_before_anything_loads(re
     _nan_weights(run / "checkpoint-2" / "model.safetensors")
     metrics = (run / "metrics.jsonl").read_text()
     out = _train_cli([f"hydra.run.dir={run}", "resume=true", "trainer.max_steps=3", "trainer.save_steps=1",
-                      "trainer.per_device_train_batch_size=16", "trainer.max_completion_length=8",
-                      "trainer.report_to=[]", "eval.num_samples=0", "log.plots=false"], tmp_path)
+                      "trainer.logging_steps=1", "trainer.per_device_train_batch_size=16",
+                      "trainer.max_completion_length=8", "trainer.report_to=[]", "eval.num_samples=0",
+                      "log.plots=false"], tmp_path)
     err = out.stderr.strip()
     assert out.returncode == 2, out.stderr[-3000:]
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -542,8 +544,9 @@ def test_a_checkpoint_that_does_not_match_the_model_is_one_line_not_a_traceback(
     save_file(dict(load_file(str(weights)), **{"audio_tower.extra.weight": torch.zeros(2)}), str(weights),
               metadata={"format": "pt"})
     out = _train_cli([f"hydra.run.dir={run}", "resume=true", "trainer.max_steps=3", "trainer.save_steps=1",
-                      "trainer.per_device_train_batch_size=16", "trainer.max_completion_length=8",
-                      "trainer.report_to=[]", "eval.num_samples=0", "log.plots=false"], tmp_path)
+                      "trainer.logging_steps=1", "trainer.per_device_train_batch_size=16",
+                      "trainer.max_completion_length=8", "trainer.report_to=[]", "eval.num_samples=0",
+                      "log.plots=false"], tmp_path)
     err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 2, out.stderr[-3000:]
     assert "Traceback" not in out.stderr and len(err) == 1, out.stderr[-3000:]
