@@ -94,9 +94,10 @@ def main(cfg: DictConfig) -> dict:
 def train(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
-    from audiothink import runfiles
+    from audiothink import heldout_eval, runfiles
     from audiothink.checkpoints import checkpoint_step, resume_checkpoint
     from audiothink.console import setup_console
+    from audiothink.heldout_eval import check_heldout_eval
     from audiothink.rundir import claim, disk_fault
     from audiothink.trainer import AudioGRPOTrainer
     from audiothink.validate import check_dataset_size, check_train_config
@@ -149,6 +150,7 @@ def train(cfg: DictConfig) -> dict:
                                             max_completion_length=cfg.trainer.max_completion_length)
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
+    check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples])  # eval.every_steps needs items to score
     model, processor = load_model_and_processor(cfg.model, processor)
     # ds_numel: under DeepSpeed ZeRO-3 the weights are partitioned as they load (each process holds a part)
     log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
@@ -187,6 +189,8 @@ def train(cfg: DictConfig) -> dict:
         completion_prompts=cfg.log.completion_prompts,
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor)],
     )
+    # eval.every_steps: held-out scoring every N steps, heldout/* curves, <run>/best/ (audiothink/heldout_eval.py)
+    heldout_eval.attach(trainer, processor, eval_samples, cfg, run_dir)
     if resume_from and resumed_step >= args.max_steps:
         # The Trainer would train one more step; there is nothing left to train.
         log.info("run complete: %s is at step %d of trainer.max_steps=%d; nothing to train (raise "
