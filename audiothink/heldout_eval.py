@@ -5,7 +5,7 @@ before/after summary does (the same items, prompt, greedy decoding, forced mode,
 and logs the figures as ``heldout/…`` at that step:
 
 * ``heldout/accuracy``, ``heldout/think_rate``, ``heldout/format_failure_rate`` (all items), and per slice
-  ``heldout/difficulty=<d>/accuracy``, ``heldout/task=<t>/think_rate``, … (:func:`heldout_logs`);
+  ``heldout/difficulty/<d>/accuracy``, ``heldout/task/<t>/think_rate``, … (:func:`heldout_logs`);
 * into ``metrics.jsonl``, TensorBoard (under the same tags, next to the training curves) and the trainer's log
   history, plus one console line; ``python -m audiothink.plot`` draws them in ``training.png``.
 
@@ -53,11 +53,11 @@ def metric_problem(metric: object) -> str | None:
     parts = metric.split("/")
     if len(parts) == 2 and parts[0] == "heldout" and parts[1] in OVERALL_STATS:
         return None
-    if (len(parts) == 3 and parts[0] == "heldout" and parts[2] in SLICE_STATS
-            and parts[1].partition("=")[0] in ("difficulty", "task") and parts[1].partition("=")[2]):
+    if (len(parts) == 4 and parts[0] == "heldout" and parts[1] in ("difficulty", "task") and parts[2]
+            and parts[3] in SLICE_STATS):
         return None
     return ("must be one of " + ", ".join(f"heldout/{s}" for s in OVERALL_STATS)
-            + " or heldout/<difficulty=D|task=T>/<" + "|".join(SLICE_STATS) + ">")
+            + " or heldout/<difficulty|task>/<name>/<" + "|".join(SLICE_STATS) + ">")
 
 
 def heldout_logs(result: dict) -> dict[str, float]:
@@ -66,13 +66,13 @@ def heldout_logs(result: dict) -> dict[str, float]:
     for key in ("by_difficulty", "by_task"):
         for name, stats in result.get(key, {}).items():
             for stat in SLICE_STATS:
-                logs[f"heldout/{key[3:]}={name}/{stat}"] = float(stats[stat])
+                logs[f"heldout/{key[3:]}/{name}/{stat}"] = float(stats[stat])
     return logs
 
 
 def _slices(samples) -> set[str]:
-    return ({f"difficulty={s.difficulty or 'unknown'}" for s in samples}
-            | {f"task={s.task or 'unknown'}" for s in samples})
+    return ({f"difficulty/{s.difficulty or 'unknown'}" for s in samples}
+            | {f"task/{s.task or 'unknown'}" for s in samples})
 
 
 def check_heldout_eval(eval_cfg: DictConfig, samples) -> None:
@@ -85,8 +85,8 @@ def check_heldout_eval(eval_cfg: DictConfig, samples) -> None:
         raise ConfigError(f"eval.every_steps={every}: the data has no held-out items to score (data.eval, or the "
                           "data's held-out share)")
     metric = eval_cfg.get("best_metric")
-    if isinstance(metric, str) and metric.count("/") == 2:
-        name = metric.split("/")[1]
+    if isinstance(metric, str) and metric.count("/") == 3:
+        name = metric.rpartition("/")[0].partition("/")[2]
         have = _slices(samples)
         if name not in have:
             raise ConfigError(f"eval.best_metric={metric}: the held-out items have no slice {name} (they have "
@@ -255,8 +255,8 @@ class HeldoutEval(TrainerCallback):
             return f"{100 * x:.1f}%"
 
         def per_slice(kind: str, stat: str) -> str:
-            parts = [f"{k.split('/')[1].partition('=')[2]} {pct(v)}" for k, v in logs.items()
-                     if k.startswith(f"heldout/{kind}=") and k.endswith(f"/{stat}")]
+            parts = [f"{k.split('/')[2]} {pct(v)}" for k, v in logs.items()
+                     if k.startswith(f"heldout/{kind}/") and k.endswith(f"/{stat}")]
             return f" ({' '.join(parts)})" if parts else ""
 
         parts = [f"held-out step {step}/{total}",

@@ -116,14 +116,16 @@ def _heldout_panels(axes, heldout: list[dict], before: dict | None) -> None:
         start = heldout_logs(before)
     keys = sorted({k for r in heldout for k in r if k.startswith("heldout/")})
     for ax, stat, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "think_rate", "think rate")):
-        for key in [f"heldout/{stat}"] + [k for k in keys if k.count("/") == 2 and k.endswith(f"/{stat}")]:
+        for key in [f"heldout/{stat}"] + [k for k in keys if k.count("/") == 3 and k.endswith(f"/{stat}")]:
             steps, values = _series(heldout, key)
             if key in start:
                 steps, values = [0, *steps], [start[key], *values]
-            name = "all items" if key.count("/") == 1 else key.split("/")[1].partition("=")[2]
-            style = ({"color": "black", "linewidth": 2} if key.count("/") == 1
-                     else {"linestyle": ":"} if "/task=" in key else {})
-            ax.plot(steps, values, label=name if "/task=" not in key else f"task {name}", **style, **_STYLE)
+            if not steps:
+                continue
+            task = key.startswith("heldout/task/")
+            name = "all items" if key.count("/") == 1 else f"task {key.split('/')[2]}" if task else key.split("/")[2]
+            style = {"color": "black", "linewidth": 2} if key.count("/") == 1 else {"linestyle": ":"} if task else {}
+            ax.plot(steps, values, label=name, **style, **_STYLE)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"held-out {label} (greedy, every eval.every_steps)")
 
