@@ -111,6 +111,30 @@ def test_every_step_scored_logged_and_the_best_kept(tmp_path, toy_files):
 
 
 @pytest.mark.slow
+def test_scoring_during_training_changes_no_training_step(tmp_path, toy_files):
+    """The same run without eval.every_steps trains the same: identical training records, completions and final
+    weights (the greedy scorings draw no random numbers and leave the model in training mode)."""
+    runs = {}
+    for name, every in (("with", "1"), ("without", "null")):
+        runs[name] = tmp_path / name
+        _train(tmp_path, _args(toy_files, runs[name], "trainer.max_steps=2", "trainer.report_to=[]",
+                               f"eval.every_steps={every}"))
+
+    def training(run):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not any(t in k for t in ("runtime", "per_second", "step_time"))}
+                for r in records if not any(k.startswith("heldout/") for k in r)]
+
+    assert _heldout_records(runs["with"]) and not _heldout_records(runs["without"])
+    assert training(runs["with"]) == training(runs["without"])
+    assert (runs["with"] / "completions.jsonl").read_text() == (runs["without"] / "completions.jsonl").read_text()
+    a, b = (_tensors(runs[n] / "final" / "model.safetensors") for n in ("with", "without"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert (runs["with"] / "summary.json").read_text() == (runs["without"] / "summary.json").read_text()
+    assert not (runs["without"] / "best").exists()
+
+
+@pytest.mark.slow
 def test_best_record_survives_a_resume(tmp_path, toy_files):
     """best.json is read back on resume: a later scoring replaces best/ only if it scores better than the
     best of the steps before the resume. (By the lowest think rate: the toy's greedy think rate starts at its
