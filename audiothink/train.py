@@ -97,7 +97,6 @@ def train(cfg: DictConfig) -> dict:
     from audiothink import heldout_eval, runfiles
     from audiothink.checkpoints import checkpoint_step, resume_checkpoint
     from audiothink.console import setup_console
-    from audiothink.heldout_eval import check_heldout_eval
     from audiothink.rundir import claim, disk_fault
     from audiothink.trainer import AudioGRPOTrainer
     from audiothink.validate import check_dataset_size, check_train_config
@@ -150,7 +149,7 @@ def train(cfg: DictConfig) -> dict:
                                             max_completion_length=cfg.trainer.max_completion_length)
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
-    check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples])  # eval.every_steps needs items to score
+    heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples])  # eval.every_steps: items to score
     model, processor = load_model_and_processor(cfg.model, processor)
     # ds_numel: under DeepSpeed ZeRO-3 the weights are partitioned as they load (each process holds a part)
     log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
