@@ -9,6 +9,9 @@ run is going):
   (``rewards/<name>/mean``); the think rate of the rollouts, overall and per difficulty (``think/rate/<d>``),
   with the rollouts' accuracy per difficulty dashed; the completion length and the think length in tokens; the
   KL to the reference (when β > 0) and the policy's entropy.
+  With ``eval.every_steps`` (held-out scoring during training: ``heldout/…`` records) a third row: the held-out
+  accuracy and think rate at each scoring, overall and per difficulty (per task dotted), from the starting
+  weights' figures at step 0.
 * ``heldout.png``: greedy held-out accuracy and think rate before and after training, per slice (overall,
   each difficulty, each task).
 
@@ -36,6 +39,22 @@ def _records(run: Path) -> list[dict]:
         except ValueError:
             continue  # a line cut by a kill
         if "reward" in record or "loss" in record:
+            out.append(record)
+    return out
+
+
+def _heldout_records(run: Path) -> list[dict]:
+    """The held-out scorings during training (eval.every_steps): the records with ``heldout/…`` figures."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and any(k.startswith("heldout/") for k in record):
             out.append(record)
     return out
 
@@ -87,12 +106,42 @@ def _legend_outside(ax) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
-def training_figure(records: list[dict], title: str):
-    """The four training panels (reward, think rate and accuracy, lengths, KL and entropy) against the step."""
+def _heldout_panels(axes, heldout: list[dict], before: dict | None) -> None:
+    """Held-out accuracy (left) and think rate (right) at each scoring during training: all items thick, each
+    difficulty solid, each task dotted; ``before`` (the starting weights' figures) is their point at step 0."""
+    start = {}
+    if before:
+        from audiothink.heldout_eval import heldout_logs
+
+        start = heldout_logs(before)
+    keys = sorted({k for r in heldout for k in r if k.startswith("heldout/")})
+    for ax, stat, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "think_rate", "think rate")):
+        for key in [f"heldout/{stat}"] + [k for k in keys if k.count("/") == 3 and k.endswith(f"/{stat}")]:
+            steps, values = _series(heldout, key)
+            if key in start:
+                steps, values = [0, *steps], [start[key], *values]
+            if not steps:
+                continue
+            task = key.startswith("heldout/task/")
+            name = "all items" if key.count("/") == 1 else f"task {key.split('/')[2]}" if task else key.split("/")[2]
+            style = {"color": "black", "linewidth": 2} if key.count("/") == 1 else {"linestyle": ":"} if task else {}
+            ax.plot(steps, values, label=name, **style, **_STYLE)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"held-out {label} (greedy, every eval.every_steps)")
+
+
+def training_figure(records: list[dict], title: str, heldout: list[dict] | None = None,
+                    before: dict | None = None):
+    """The four training panels (reward, think rate and accuracy, lengths, KL and entropy) against the step;
+    with ``heldout`` (the ``heldout/…`` records of eval.every_steps), a row of two held-out panels below them."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 2, figsize=(15, 8), layout="constrained")
+    if heldout:
+        fig, axes = plt.subplots(3, 2, figsize=(15, 12), layout="constrained")
+        _heldout_panels(axes[2], heldout, before)
+    else:
+        fig, axes = plt.subplots(2, 2, figsize=(15, 8), layout="constrained")
     ax = axes[0][0]
     ax.plot(*_series(records, "reward"), label="reward (weighted total)", color="black", linewidth=2, **_STYLE)
     for key in sorted({k for r in records for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
@@ -181,13 +230,13 @@ def plot_run(run: str | Path) -> list[Path]:
     run = Path(run)
     records = _records(run)
     written: list[Path] = []
+    before, after = _heldout(run)
     if records:
-        fig = training_figure(records, _title(run))
+        fig = training_figure(records, _title(run), _heldout_records(run), before)
         fig.savefig(run / "training.png", dpi=110)
         plt.close(fig)
         written.append(run / "training.png")
 
-    before, after = _heldout(run)
     if before:
         fig = heldout_figure(before, after, _title(run))
         fig.savefig(run / "heldout.png", dpi=110)

@@ -95,7 +95,7 @@ def main(cfg: DictConfig) -> dict:
 def train(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
-    from audiothink import runfiles
+    from audiothink import heldout_eval, runfiles
     from audiothink.checkpoints import check_resume_adapter, checkpoint_step, resume_checkpoint
     from audiothink.console import setup_console
     from audiothink.rundir import claim, disk_fault
@@ -153,6 +153,7 @@ def train(cfg: DictConfig) -> dict:
                                             max_completion_length=cfg.trainer.max_completion_length)
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
+    heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples])  # eval.every_steps: items to score
     model, processor = load_model_and_processor(cfg.model, processor)
     # ds_numel: under DeepSpeed ZeRO-3 the weights are partitioned as they load (each process holds a part)
     log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
@@ -192,6 +193,8 @@ def train(cfg: DictConfig) -> dict:
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor),
                    JudgeWatch(rewards)],
     )
+    # eval.every_steps: held-out scoring every N steps, heldout/* curves, <run>/best/ (audiothink/heldout_eval.py)
+    heldout_eval.attach(trainer, processor, eval_samples, cfg, run_dir)
     if resume_from and resumed_step >= args.max_steps:
         # The Trainer would train one more step; there is nothing left to train.
         log.info("run complete: %s is at step %d of trainer.max_steps=%d; nothing to train (raise "

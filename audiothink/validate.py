@@ -205,6 +205,25 @@ def check_eval_settings(section: str, batch_size: Any, *, num_samples: Any = 0, 
         raise ConfigError(f"{section}.max_new_tokens={max_new_tokens!r}: must be a whole number >= 1")
 
 
+def check_heldout_interval(eval_cfg: DictConfig) -> None:
+    """eval.every_steps (null or >= 1, with held-out items), eval.best_metric (a logged heldout/ key or null),
+    eval.best_mode (max or min): the scoring during training (audiothink/heldout_eval.py)."""
+    from audiothink.heldout_eval import metric_problem
+
+    every = eval_cfg.get("every_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"eval.every_steps={every!r}: must be a whole number >= 1 (or null: score only before "
+                          "and after training)")
+    if every is not None and eval_cfg.get("num_samples") == 0:
+        raise ConfigError(f"eval.every_steps={every}: eval.num_samples=0 leaves no held-out items to score")
+    metric = eval_cfg.get("best_metric")
+    if metric is not None and (problem := metric_problem(metric)):
+        raise ConfigError(f"eval.best_metric={metric!r}: {problem}")
+    mode = eval_cfg.get("best_mode", "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"eval.best_mode={mode!r}: must be max (higher is better) or min (lower is better)")
+
+
 def check_model(model: DictConfig) -> None:
     """model.*: the audio window, and the switches that must be true or false."""
     check_audio_window(model)
@@ -395,6 +414,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_eval_settings("eval", cfg.eval.batch_size, num_samples=cfg.eval.num_samples,
                         max_new_tokens=cfg.eval.max_new_tokens)
     check_rewards(cfg.reward)
+    check_heldout_interval(cfg.eval)
     check_reward_weights(cfg.reward)
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
