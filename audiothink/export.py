@@ -136,7 +136,7 @@ def model_card(run_dir: Path, *, kind: str, base: str, exported_from: Path | Non
              "tags": ["audiothink", "grpo", "audio", "adaptive-thinking"] + (["lora"] if kind != "full" else [])}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {run_dir.name}", "",
-             f"{what}, trained with GRPO by audiothink to decide when to think before answering audio "
+             f"{what[0].upper()}{what[1:]}, trained with GRPO by audiothink to decide when to think before answering audio "
              "questions (`<think>…</think>` then `<answer>…</answer>`, or the answer alone).", "",
              "## Training", "",
              f"- **Base model:** `{base}` (`{model.get('cls')}`, {model.get('dtype')})",
@@ -159,22 +159,28 @@ def model_card(run_dir: Path, *, kind: str, base: str, exported_from: Path | Non
     if exported_from is not None:
         lines.append(f"- **Exported from:** `{exported_from}`" + (" (adapter merged with PEFT's merge_and_unload)"
                                                                  if kind == "merged" else ""))
-    lines += ["", "## Held-out results (greedy)", "", *_heldout_table(summary), "",
+    note = []
+    if exported_from is not None and exported_from.name != "final" and summary.get("after"):
+        note = [f"The figures of the run's final weights (step {summary.get('steps')}); these weights are "
+                f"`{exported_from.name}`" + (f" (step {steps})." if steps is not None else "."), ""]
+    lines += ["", "## Held-out results (greedy)", "", *note, *_heldout_table(summary), "",
               "## Prompt", "", "The user turn it was trained with (`{question}` and `{choices}` filled in, the audio "
               "before the text):", "", "```", str(cfg.get("prompt", "")).rstrip(), "```", "", "## Use", ""]
+    cls_module, _, cls = str(model.get("cls")).rpartition(".")
+    processor_module, _, processor_cls = str(model.get("processor") or "transformers.AutoProcessor").rpartition(".")
+    imports = [f"from {processor_module} import {processor_cls}", f"from {cls_module or 'transformers'} import {cls}"]
     if kind == "lora":
-        lines += ["```python", "from peft import PeftModel", "from transformers import AutoProcessor, "
-                  f"{str(model.get('cls')).rsplit('.', 1)[-1]}", "",
-                  f"base = {str(model.get('cls')).rsplit('.', 1)[-1]}.from_pretrained({base!r})",
+        lines += ["```python", "from peft import PeftModel", *imports, "",
+                  f"base = {cls}.from_pretrained({base!r})",
                   "model = PeftModel.from_pretrained(base, \"<this folder>\")",
-                  "processor = AutoProcessor.from_pretrained(\"<this folder>\")", "```", "",
+                  f"processor = {processor_cls}.from_pretrained(\"<this folder>\")", "```", "",
                   "One folder with the merged weights: `python -m audiothink.export <this folder> --out <dir>`."]
     else:
-        lines += ["```python", "from transformers import AutoProcessor, "
-                  f"{str(model.get('cls')).rsplit('.', 1)[-1]}", "",
-                  f"model = {str(model.get('cls')).rsplit('.', 1)[-1]}.from_pretrained(\"<this folder>\")",
-                  "processor = AutoProcessor.from_pretrained(\"<this folder>\")", "```", "",
-                  "Evaluate: `python -m audiothink.evaluate benchmark=... model.path=<this folder>`."]
+        lines += ["```python", *imports, "",
+                  f"model = {cls}.from_pretrained(\"<this folder>\")",
+                  f"processor = {processor_cls}.from_pretrained(\"<this folder>\")", "```", "",
+                  "Evaluate: `python -m audiothink.evaluate benchmark=... model.path=<this folder>` (with the run's "
+                  "model=... config)."]
     return "\n".join(lines) + "\n"
 
 
@@ -269,6 +275,9 @@ def export(source: str | Path, out: str | Path, *, base: str | None = None, dtyp
     run_dir, kind, run_cfg, base_path = check_export(source, out, base=base)
     source, out = Path(source).expanduser(), Path(out).expanduser()
     model_cfg = run_cfg["model"]
+    if kind == "full" and dtype:
+        raise ConfigError(f"--dtype {dtype}: a fully fine-tuned model is copied as it was saved; --dtype is for "
+                          "merging a LoRA adapter")
     dtype = dtype or model_cfg.get("dtype") or "float32"
     import torch
 
@@ -334,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="the new folder (must not exist, or be empty)")
     parser.add_argument("--base", default=None, help="LoRA only: the base model's path or hub id, when it is no "
                         "longer where the run's config.yaml says")
-    parser.add_argument("--dtype", default=None, help="dtype of the written weights (default: the run's model.dtype)")
+    parser.add_argument("--dtype", default=None, help="LoRA only: dtype of the merged weights (default: the run's "
+                        "model.dtype)")
     args = parser.parse_args(argv)
     try:
         check_export(args.source, args.out, base=args.base)  # a wrong input: one line before torch is imported

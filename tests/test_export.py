@@ -89,6 +89,7 @@ def test_training_log_line_says_lora_and_trainable_parameters(lora_run, toy_mode
                         f"{trainable} trainable of {total} parameters")
 
 
+@pytest.mark.slow  # a second training run (full fine-tuning)
 def test_training_log_line_says_full_fine_tuning(full_run, toy_model_dir):
     _, stdout, _ = full_run
     model, _ = load_toy(toy_model_dir)
@@ -184,6 +185,7 @@ def test_evaluate_on_the_export_equals_the_adapter(lora_run, toy_files, tmp_path
     assert outputs(tmp_path / "export") == outputs(tmp_path / "adapter") and len(outputs(tmp_path / "export")) == 8
 
 
+@pytest.mark.slow  # a second training run (full fine-tuning)
 def test_full_run_export_is_the_trained_model(full_run):
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
@@ -244,3 +246,61 @@ def test_bad_input_on_the_command_line(lora_run, tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_omni_thinker_lora_export_with_its_processor(omni_dir, toy_files, tmp_path):
+    """Qwen2.5-Omni's thinker (model.cls) and audio-only processor (model.processor) from the run's config: the
+    merged thinker loads alone and answers as base + adapter."""
+    from omegaconf import OmegaConf
+    from peft import PeftModel, get_peft_model
+
+    from audiothink.models import OmniAudioProcessor
+    from audiothink.setup import build_peft_config, load_model_and_processor
+
+    section = yaml.safe_load((REPO / "configs" / "model" / "qwen2_5_omni_7b.yaml").read_text())["model"]
+    section.update(path=str(omni_dir), dtype="float32")
+    model_cfg = OmegaConf.create(section)
+    model, processor = load_model_and_processor(model_cfg)
+    peft = get_peft_model(model, build_peft_config(model_cfg.lora))
+    g = torch.Generator().manual_seed(0)
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:  # B = 0 (the init) would make the adapter a no-op
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+    run = tmp_path / "run"
+    peft.save_pretrained(run / "final")
+    processor.save_pretrained(run / "final")
+    prompt = "{question}\n{choices}\nAnswer inside <answer></answer>."
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": section, "prompt": prompt}))
+    export_main([str(run / "final"), "--out", str(tmp_path / "export")])
+
+    cls = type(model)
+    merged = cls.from_pretrained(tmp_path / "export").eval()
+    assert isinstance(OmniAudioProcessor.from_pretrained(tmp_path / "export"), OmniAudioProcessor)
+    assert "from audiothink.models import OmniAudioProcessor" in (tmp_path / "export" / "README.md").read_text()
+    base, _ = load_model_and_processor(model_cfg)
+    adapter = PeftModel.from_pretrained(base, str(run / "final")).eval()
+    samples = load_samples(toy_files["eval"]).samples[:6]
+
+    def greedy(m):
+        batch = generate_batch(m, processor, samples, prompt, max_new_tokens=16, max_audio_seconds=2.0)
+        return [row[mask.bool()].tolist() for row, mask in zip(batch.completion_ids, batch.completion_mask)]
+
+    with torch.no_grad():
+        tuned = greedy(adapter)
+        assert greedy(merged) == tuned
+        with adapter.disable_adapter():
+            assert greedy(adapter) != tuned
+
+
+def test_checkpoint_export_leaves_the_training_state_and_says_which_weights(lora_run, tmp_path):
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    run_dir, _, _ = lora_run
+    checkpoint = run_dir / "checkpoint-2"
+    assert (checkpoint / "optimizer.pt").is_file()
+    export_main([str(checkpoint), "--out", str(tmp_path / "export")])
+    names = {p.name for p in (tmp_path / "export").iterdir()}
+    assert "model.safetensors" in names and not names & {"optimizer.pt", "scheduler.pt", "trainer_state.json"}
+    Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "export")
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "The figures of the run's final weights (step 2); these weights are `checkpoint-2` (step 2)." in card
