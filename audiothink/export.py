@@ -31,9 +31,11 @@ from audiothink.errors import ConfigError
 
 __all__ = ["export", "write_model_card", "model_card", "parameter_line", "main"]
 
+# The export's provenance record in the exported folder.
+EXPORT_RECORD = "audiothink_export.json"
 # Files of a checkpoint that serve only to resume training (or that the export writes itself).
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt",
-                  "rng_state*.pth", "latest", "zero_to_fp32.py", "global_step*", "README.md")
+                  "rng_state*.pth", "latest", "zero_to_fp32.py", "global_step*", "README.md", EXPORT_RECORD)
 
 
 # -- what the export reads ----------------------------------------------------------------------------------
@@ -307,6 +309,10 @@ def export(source: str | Path, out: str | Path, *, base: str | None = None, dtyp
                     and (Path(base_path) / "generation_config.json").is_file():
                 shutil.copy2(Path(base_path) / "generation_config.json", out)
         steps = (_read_json(source / "trainer_state.json") or {}).get("global_step")
+        # where the weights came from, for tools (audiothink.evaluate names it in its report); the card says it for people
+        (out / EXPORT_RECORD).write_text(json.dumps({"source": str(source.resolve()), "run": str(run_dir.resolve()),
+                                                     "kind": "merged" if kind == "lora" else "full",
+                                                     "base_model": base_path, "steps": steps}, indent=2) + "\n")
         (out / "README.md").write_text(model_card(run_dir, kind="merged" if kind == "lora" else "full",
                                                   base=base_path, exported_from=source, steps=steps),
                                        encoding="utf-8")

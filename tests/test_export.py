@@ -130,7 +130,7 @@ def test_export_is_a_loadable_checkpoint_with_a_filled_card(lora_run, toy_model_
     run_dir, _, export = lora_run
     names = {p.name for p in export.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "chat_template.jinja",
-            "processor_config.json", "tokenizer.json", "README.md"} <= names
+            "processor_config.json", "tokenizer.json", "README.md", "audiothink_export.json"} <= names
     assert not names & {"adapter_config.json", "adapter_model.safetensors", "training_args.bin"}
     with safe_open(export / "model.safetensors", "pt") as f, safe_open(toy_model_dir / "model.safetensors", "pt") as g:
         assert set(f.keys()) == set(g.keys())  # the hub names, as the base was saved
@@ -182,6 +182,7 @@ def test_evaluate_on_the_export_equals_the_adapter(lora_run, toy_files, tmp_path
         return {r["key"]: r["output"] for r in rows if "key" in r}
 
     assert exported["summary"] == with_adapter["summary"]
+    assert exported["model"]["description"] == f"{export} (LoRA merged: exported from training run {run_dir.resolve()})"
     assert outputs(tmp_path / "export") == outputs(tmp_path / "adapter") and len(outputs(tmp_path / "export")) == 8
 
 
