@@ -64,6 +64,10 @@ def describe_model(path: str, adapter: str | None) -> str:
         p.name == "final" and (p.parent / "config.yaml").is_file())
     if adapter:
         return f"{path} + LoRA adapter {adapter}"
+    if (p / "audiothink_export.json").is_file():  # python -m audiothink.export
+        record = json.loads((p / "audiothink_export.json").read_text(encoding="utf-8"))
+        how = "LoRA merged" if record.get("kind") == "merged" else "fully fine-tuned"
+        return f"{path} ({how}: exported from training run {record.get('run')})"
     return f"{path} (fully fine-tuned: training run {p.parent})" if trained else f"{path} (base model)"
 
 

@@ -35,6 +35,7 @@ from audiothink.setup import (
     register_resolvers,
     summarise,
 )
+from audiothink.export import parameter_line, write_model_card
 from audiothink.formats import force_prefill
 from audiothink.judge.watch import JudgeWatch, probe_judges
 from audiothink.sharding import cpu_process_settings, save_full_model, whole_weights
@@ -155,9 +156,6 @@ def train(cfg: DictConfig) -> dict:
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
     heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples])  # eval.every_steps: items to score
     model, processor = load_model_and_processor(cfg.model, processor)
-    # ds_numel: under DeepSpeed ZeRO-3 the weights are partitioned as they load (each process holds a part)
-    log.info("model: %s (%s), %.1f M parameters", cfg.model.cls, cfg.model.path,
-             sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) / 1e6)
 
     eval_samples = eval_samples[: cfg.eval.num_samples]
     # The starting weights' held-out figures; a resume reuses the recorded ones (it starts from a checkpoint).
@@ -193,6 +191,8 @@ def train(cfg: DictConfig) -> dict:
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor),
                    JudgeWatch(rewards)],
     )
+    # after the trainer is built: TRL wraps the model with the LoRA adapter (peft_config) in its constructor
+    log.info("model: %s (%s), %s", cfg.model.cls.rsplit(".", 1)[-1], cfg.model.path, parameter_line(trainer.model))
     # eval.every_steps: held-out scoring every N steps, heldout/* curves, <run>/best/ (audiothink/heldout_eval.py)
     heldout_eval.attach(trainer, processor, eval_samples, cfg, run_dir)
     if resume_from and resumed_step >= args.max_steps:
@@ -219,6 +219,7 @@ def train(cfg: DictConfig) -> dict:
         # Figures only, no path and no time: two runs with the same seed and config write identical files.
         figures = {k: v for k, v in summary.items() if k != "run_dir"}
         (run_dir / "summary.json").write_text(json.dumps(figures, indent=2) + "\n")
+        write_model_card(final_dir, run_dir)  # PEFT's README.md there is an empty template
         if "tensorboard" in (args.report_to or []):
             # into the training curves' event folder, so that TensorBoard shows them side by side
             tb = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TensorBoardCallback"), None)
