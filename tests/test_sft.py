@@ -89,6 +89,29 @@ def test_every_sft_forward_gets_the_audio(toy_files, tmp_path, model):
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
 
 
+def test_omni_thinker_sft_gets_the_audio_in_every_pass(omni_dir, toy_files, tmp_path):
+    """The Qwen2.5-Omni thinker (a tiny one, built offline): its forward gets the features each step, with LoRA."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration as Thinker
+
+    rows = sft_rows(toy_files, tmp_path)
+    cfg = _cfg(tmp_path, rows, toy_files, "model=qwen2_5_omni_7b", f"model.path={omni_dir}", "model.dtype=float32",
+               "model.attn_implementation=sdpa", "eval.num_samples=0")
+    calls, original = [], Thinker.forward
+
+    def spy(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            calls.append(kwargs.get("input_features") is not None and kwargs.get("labels") is not None)
+        return original(self, *args, **kwargs)
+
+    Thinker.forward = spy
+    try:
+        sft.sft(cfg)
+    finally:
+        Thinker.forward = original
+    assert calls == [True, True]
+    assert (tmp_path / "run" / "final" / "adapter" / "adapter_config.json").is_file()
+
+
 def test_spy_catches_an_sft_pass_without_audio(toy_files, tmp_path, monkeypatch):
     """The spy test above can fail: a loss that drops the features is seen."""
     rows = sft_rows(toy_files, tmp_path)
