@@ -14,8 +14,8 @@ Why an own loop and not TRL's SFTTrainer: SFTTrainer has no audio (its collator 
 for vision models), so extending it would mean replacing its dataset preparation, collator and loss masking
 — most of it — the way AudioGRPOTrainer replaces GRPO's prompt and log-prob passes. The loop here is a
 hundred lines: AdamW, warm-up / constant / linear decay, gradient clipping, gradient accumulation; the toy's
-warm start (audiothink/toy/warmstart.py) is one use of it, and rebuilding the committed toy checkpoint with
-it gives the same bytes. It runs on one device (CPU or one GPU); LoRA keeps a 7B model on one GPU.
+warm start (audiothink/toy/warmstart.py) is one use of it (the same float operations as its former own loop:
+the same weights, byte for byte). It runs on one device (CPU or one GPU); LoRA keeps a 7B model on one GPU.
 
 The run folder is training's: config.yaml, sft.log, metrics.jsonl (loss and learning rate per logging step),
 final/ (the weights and processor; with LoRA the adapter merged into the base, so that GRPO's model.path can

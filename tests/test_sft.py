@@ -189,3 +189,61 @@ def test_schedule_is_the_warm_starts():
     f = [sft.lr_factor(s, 1000, 50, 0.75) for s in range(1000)]
     assert f[0] == 1 / 50 and f[49] == 1.0 and f[749] == 1.0
     assert f[750] == 1.0 and abs(f[875] - 0.5) < 1e-12 and f[999] == pytest.approx(1 / 250)
+
+
+def test_warm_start_through_the_shared_loop_is_its_former_own_loop(tmp_path):
+    """The toy warm start's weights after a few steps of audiothink.sft's loop and loss equal, exactly, those of the
+    loop warmstart.py had before (its own AdamW / schedule / clipping and loss, copied here as they were)."""
+    from audiothink.audio import SAMPLE_RATE
+    from audiothink.data import render_prompt
+    from audiothink.toy.data import toy_items
+    from audiothink.toy.model import CHAT_TEMPLATE, build_model, build_processor, build_tokenizer
+
+    steps, batch = 6, 4
+    out = warmstart.main(["--out", str(tmp_path / "new"), "--steps", str(steps), "--batch-size", str(batch)])
+
+    torch.manual_seed(0)
+    prompt = warmstart.default_prompt()
+    vocab = [warmstart.as_sample(it) for it in toy_items("warmstart", warmstart.TOKENIZER_ITEMS, 1)]
+    tokenizer = build_tokenizer([render_prompt(s, prompt) for s in vocab] + [warmstart.target(s, True) for s in vocab]
+                                + [CHAT_TEMPLATE] * 4)
+    processor = build_processor(tokenizer)
+    model = build_model(tokenizer, seed=0, hidden=128, layers=2, heads=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    decay_start = int(0.75 * steps)
+
+    def lr_factor(step):
+        warm = min(1.0, (step + 1) / 50)
+        return warm if step < decay_start else warm * max(0.0, 1.0 - (step - decay_start) / max(1, steps - decay_start))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    model.train()
+    tok = processor.tokenizer
+    for pairs in warmstart.warmstart_batches(steps, batch, 0.4, 0, 2000):
+        waves, texts, targets = [], [], []
+        for item, t in pairs:
+            waves.extend(item.clips)
+            content = [{"type": "audio"}] * len(item.clips) + [
+                {"type": "text", "text": render_prompt(warmstart.as_sample(item), prompt)}]
+            texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                       add_generation_prompt=True))
+            targets.append(warmstart.target(item, t) + tok.eos_token)
+        enc = processor(text=texts, audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+        tgt = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
+        ids = torch.full((len(pairs), max(map(len, tgt))), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for i, t in enumerate(tgt):
+            ids[i, : len(t)], mask[i, : len(t)] = torch.tensor(t), 1
+        input_ids = torch.cat([enc["input_ids"], ids], 1)
+        attention = torch.cat([enc["attention_mask"], mask], 1)
+        labels = input_ids.masked_fill(attention == 0, -100)
+        labels[:, : enc["input_ids"].size(1)] = -100
+        loss = model(input_ids=input_ids, attention_mask=attention, input_features=enc["input_features"],
+                     feature_attention_mask=enc["feature_attention_mask"], labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    model.save_pretrained(tmp_path / "old", safe_serialization=True)
+    assert (tmp_path / "old" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
