@@ -26,7 +26,8 @@ __all__ = ["check_overrides", "run_checked"]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Config groups each entry point composes (the folders under configs/ that are hydra groups).
-GROUPS = {"train": ("model", "data", "reward", "trainer", "judge"), "evaluate": ("benchmark", "model", "trainer")}
+GROUPS = {"train": ("model", "data", "reward", "trainer", "judge"), "evaluate": ("benchmark", "model", "trainer"),
+          "sft": ("model", "data", "trainer")}
 # Under these, `+` may add new keys.
 OPEN = ("reward.", "hydra.")
 

@@ -64,17 +64,25 @@ def build_inputs(
 ):
     """The processor's tensors for ``samples``: chat-rendered prompts (plus ``prefill`` after the generation
     prompt, the start of the assistant's reply) and the clips' features."""
-    waves, messages = [], []
+    waves = []
     for s in samples:
         clips = [load_audio(p, max_seconds=max_audio_seconds, row_id=s.id)[0] for p in s.audio]
         if audio_transform is not None:
             clips = [audio_transform(w, s, k) for k, w in enumerate(clips)]
-        waves.extend(clips)
-        content = [{"type": "audio"}] * len(clips) + [{"type": "text", "text": render_prompt(s, template)}]
-        messages.append([{"role": "user", "content": content}])
+        waves.append(clips)
+    return encode_prompts(processor, waves, [render_prompt(s, template) for s in samples], prefill)
+
+
+def encode_prompts(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Sequence[str], prefill: str = ""):
+    """The processor's tensors for user ``prompts`` (rendered texts) with their clips (``waves[i]``: the clips of
+    prompt ``i``): one audio part per clip, then the text, the chat template's generation prompt, ``prefill``.
+    The one prompt builder of evaluation, the held-out summary and supervised fine-tuning (audiothink.sft)."""
+    messages = [[{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": prompt}]}]
+                for prompt, clips in zip(prompts, waves, strict=True)]
     texts = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     texts = [t + prefill for t in texts]
-    return processor(text=texts, audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+    flat = [w for clips in waves for w in clips]
+    return processor(text=texts, audio=flat, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
 
 
 @torch.no_grad()

@@ -207,7 +207,7 @@ def test_cli_unknown_key_exits_2(tmp_path):
         "(a new reward), trainer.* (a GRPOConfig field) and hydra.*"]
 
 
-@pytest.mark.parametrize("entry", ["train", "evaluate"])
+@pytest.mark.parametrize("entry", ["train", "evaluate", "sft"])
 def test_help_lists_the_groups_of_the_entry_point(entry, tmp_path):
     out = _cli(f"audiothink.{entry}", ["--help"], tmp_path)
     assert out.returncode == 0
@@ -216,11 +216,11 @@ def test_help_lists_the_groups_of_the_entry_point(entry, tmp_path):
     for line in section.strip().splitlines():
         group, options = line.split(":", 1)
         listed[group] = {o.strip() for o in options.split("(")[0].split(",")}
-    shown = set(GROUPS[entry]) - ({"trainer"} if entry == "evaluate" else set())
+    shown = set(GROUPS[entry]) - ({"trainer"} if entry in ("evaluate", "sft") else set())
     assert set(listed) == shown
     for group, options in listed.items():
         assert options == {p.stem for p in (REPO / "configs" / group).glob("*.yaml")}, group
-    assert "accelerate" not in section and ("benchmark" not in section if entry == "train" else "data" not in section)
+    assert "accelerate" not in section and ("data" not in section if entry == "evaluate" else "benchmark" not in section)
 
 
 # --------------------------------------------------------------------------- evaluation outputs

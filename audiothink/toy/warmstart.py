@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiothink.audio import SAMPLE_RATE
 from audiothink.data import Sample, render_prompt
 from audiothink.formats import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+from audiothink.sft import encode_replies, sft_loss, train_steps
 from audiothink.toy.data import ToyItem, toy_items
 from audiothink.toy.model import CHAT_TEMPLATE, build_model, build_processor, build_tokenizer
 
@@ -89,14 +89,50 @@ def warmstart_batches(steps: int, batch_size: int, think_share: float, seed: int
     """
     n = steps * batch_size
     flags = think_flags(n, think_share, seed)
+    stream = _item_stream(n, items, seed)
+    for step in range(steps):
+        yield [(next(stream)[1], flags[step * batch_size + j]) for j in range(batch_size)]
+
+
+def _item_stream(n: int, items: int, seed: int) -> Iterator[tuple[int, ToyItem]]:
+    """(index, item) of the ``n`` training targets' items: an index into the fixed set of ``items`` (or the
+    stream position with ``items=0``)."""
     if items:
         pool = list(toy_items("warmstart", items, seed))
         order = np.random.default_rng([seed, 0x17E5])
-        stream = (pool[int(i)] for _ in range(-(-n // items)) for i in order.permutation(items))
-    else:
-        stream = toy_items("warmstart", n, seed)
-    for step in range(steps):
-        yield [(next(stream), flags[step * batch_size + j]) for j in range(batch_size)]
+        return ((int(i), pool[int(i)]) for _ in range(-(-n // items)) for i in order.permutation(items))
+    return enumerate(toy_items("warmstart", n, seed))
+
+
+def write_sft_rows(out: Path, args: argparse.Namespace, tokenizer, processor) -> Path:
+    """The warm start as SFT rows for ``python -m audiothink.sft``: ``out/train.jsonl`` (one row per training
+    target, in training order: the unified schema plus ``target``), the clips in ``out/audio/`` (16-bit WAVs,
+    as the toy set's), and ``out/init/``, the untrained model (this tokenizer, the seeded initial weights)."""
+    from audiothink.toy.data import SOURCE, write_wav
+
+    n = args.steps * args.batch_size
+    flags = think_flags(n, args.think_share, args.seed)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    written: set[int] = set()
+    with open(out / "train.jsonl", "w", encoding="utf-8", newline="\n") as f:
+        for k, ((i, item), think) in enumerate(zip(_item_stream(n, args.items, args.seed), flags)):
+            names = [f"audio/ws-{i:05d}-{c + 1}.wav" for c in range(len(item.clips))]
+            if i not in written:
+                for name, clip in zip(names, item.clips, strict=True):
+                    write_wav(out / name, clip)
+                written.add(i)
+            row = {"id": f"toy-warmstart-{k:06d}", "audio": names, "question": item.question,
+                   "choices": list(item.choices), "answer": item.answer, "task": item.task,
+                   "category": item.category, "difficulty": item.difficulty, "source": SOURCE,
+                   "rationale": item.rationale, "target": target(item, think)}
+            f.write(json.dumps(row) + "\n")
+    model = build_model(tokenizer, seed=args.seed, hidden=args.hidden, layers=args.layers, heads=args.heads)
+    model.save_pretrained(out / "init", safe_serialization=True)
+    processor.save_pretrained(out / "init")
+    print(f"wrote {n} SFT rows ({len(written)} items) to {out / 'train.jsonl'} and the untrained model to "
+          f"{out / 'init'}; train it with: python -m audiothink.sft model.path={out / 'init'} "
+          f"data.train={out / 'train.jsonl'} sft.shuffle=false", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -113,6 +149,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4, help="attention heads per decoder layer")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sft-rows", type=Path, default=None, metavar="DIR",
+                    help="write the warm start as rows for python -m audiothink.sft (and the untrained model) "
+                         "into DIR instead of training")
     ap.add_argument("--eval-every", type=int, default=0,
                     help="every N steps, print held-out greedy accuracy with each mode forced (toy eval split)")
     args = ap.parse_args(argv)
@@ -125,41 +164,31 @@ def main(argv: list[str] | None = None) -> Path:
     corpus += [CHAT_TEMPLATE] * 4
     tokenizer = build_tokenizer(corpus)
     processor = build_processor(tokenizer)
+    if args.sft_rows is not None:
+        return write_sft_rows(args.sft_rows, args, tokenizer, processor)
     model = build_model(tokenizer, seed=args.seed, hidden=args.hidden, layers=args.layers, heads=args.heads)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"toy model: {n_params / 1e6:.2f} M parameters, vocab {len(tokenizer)}", flush=True)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    decay_start = int(args.decay_from * args.steps)
-
-    def lr_factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / 50)
-        if step < decay_start:
-            return warm
-        return warm * max(0.0, 1.0 - (step - decay_start) / max(1, args.steps - decay_start))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    model.train()
     t0 = time.time()
-    losses: list[float] = []
-    for step, batch in enumerate(warmstart_batches(args.steps, args.batch_size, args.think_share, args.seed, args.items)):
-        loss = sft_loss(model, processor, [it for it, _ in batch], prompt, [t for _, t in batch])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+
+    def on_step(step: int, losses: list[float]) -> None:
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {np.mean(losses[-100:]):.3f}  ({time.time() - t0:.0f}s)", flush=True)
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
             print(f"step {step + 1:5d}  held-out {heldout(model, processor, prompt)}", flush=True)
             model.train()
 
+    # audiothink.sft's loop and loss: one micro-batch a step, warm-up 50 steps, constant, linear decay
+    batches = ([warmstart_inputs(processor, [it for it, _ in batch], prompt, [t for _, t in batch])]
+               for batch in warmstart_batches(args.steps, args.batch_size, args.think_share, args.seed, args.items))
+    train_steps(model, batches, sft_loss, steps=args.steps, learning_rate=args.lr, warmup_steps=50,
+                decay_from=args.decay_from, weight_decay=0.0, max_grad_norm=1.0, on_step=on_step)
+
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
-    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "eval_every")}
+    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "eval_every", "sft_rows")}
     recipe["torch"] = torch.__version__
     (args.out / "warmstart.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"saved toy checkpoint to {args.out} ({time.time() - t0:.0f}s)")
@@ -185,37 +214,11 @@ def heldout(model, processor, prompt: str, n: int = 300) -> str:
     return "; ".join(parts)
 
 
-def sft_loss(model, processor, items: Sequence[ToyItem], prompt: str, think: Sequence[bool]) -> torch.Tensor:
-    """Cross-entropy of the targets (only) given the chat-rendered prompts and the items' clips."""
-    tok = processor.tokenizer
-    waves, texts, targets = [], [], []
-    for item, t in zip(items, think, strict=True):
-        waves.extend(item.clips)
-        content = [{"type": "audio"}] * len(item.clips) + [{"type": "text", "text": render_prompt(as_sample(item), prompt)}]
-        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                   add_generation_prompt=True))
-        targets.append(target(item, t) + tok.eos_token)
-    enc = processor(text=texts, audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
-    # Append targets on the right of the (left-padded) prompts; supervise the target tokens only.
-    tgt = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
-    width = max(len(t) for t in tgt)
-    ids = torch.full((len(items), width), tok.pad_token_id)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, t in enumerate(tgt):
-        ids[i, : len(t)] = torch.tensor(t)
-        mask[i, : len(t)] = 1
-    input_ids = torch.cat([enc["input_ids"], ids], dim=1)
-    attention = torch.cat([enc["attention_mask"], mask], dim=1)
-    labels = input_ids.masked_fill(attention == 0, -100)
-    labels[:, : enc["input_ids"].size(1)] = -100
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention,
-        input_features=enc["input_features"],
-        feature_attention_mask=enc["feature_attention_mask"],
-        labels=labels,
-    )
-    return out.loss
+def warmstart_inputs(processor, items: Sequence[ToyItem], prompt: str, think: Sequence[bool]) -> dict:
+    """:func:`audiothink.sft.encode_replies` for in-memory items: their clips, prompts and targets."""
+    return encode_replies(processor, [item.clips for item in items],
+                          [render_prompt(as_sample(item), prompt) for item in items],
+                          [target(item, t) for item, t in zip(items, think, strict=True)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,363 @@
+"""Supervised fine-tuning (the cold start before GRPO), with the audio in every forward pass.
+
+    python -m audiothink.sft data.train=/data/sft.jsonl model=qwen2_audio_7b     # rows with a `target` reply
+    python -m audiothink.train model.path=<sft run>/final ...                    # then GRPO from its weights
+
+Rows: the project's unified schema (audiothink/data.py: id, audio, question, choices, answer, ...) plus
+``target``, the reply to learn: ``<think>…</think><answer>…</answer>`` or ``<answer>…</answer>``. The prompt
+is built by the project's one prompt builder (:func:`audiothink.inference.encode_prompts`: the chat template
+with one audio part per clip, the processor's audio features), so SFT, GRPO and evaluation see the same text.
+The target (plus the tokenizer's eos) is appended after the left-padded prompt and is the only thing in the
+loss; the audio features go into every forward pass (a pass without them raises).
+
+Why an own loop and not TRL's SFTTrainer: SFTTrainer has no audio (its collator tokenizes text; images only
+for vision models), so extending it would mean replacing its dataset preparation, collator and loss masking
+— most of it — the way AudioGRPOTrainer replaces GRPO's prompt and log-prob passes. The loop here is a
+hundred lines: AdamW, warm-up / constant / linear decay, gradient clipping, gradient accumulation; the toy's
+warm start (audiothink/toy/warmstart.py) is one use of it (the same float operations as its former own loop:
+the same weights, byte for byte). It runs on one device (CPU or one GPU); LoRA keeps a 7B model on one GPU.
+
+The run folder is training's: config.yaml, sft.log, metrics.jsonl (loss and learning rate per logging step),
+final/ (the weights and processor; with LoRA the adapter merged into the base, so that GRPO's model.path can
+take it, and the adapter itself in final/adapter/), summary.json (held-out figures of the result). No
+checkpoints and no resume: a stopped SFT run is started again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import audiothink.train  # noqa: E402,F401 - registers the run folder's resolvers (launch_time, toy_model_dir)
+
+log = logging.getLogger("audiothink.sft")
+
+TARGET_FIELD = "target"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one batch: prompt + target reply, loss on the target only
+# ----------------------------------------------------------------------------------------------------------
+
+
+def encode_replies(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Sequence[str],
+                   targets: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The model's inputs for rendered user ``prompts`` with their clips (``waves[i]``) and target replies.
+
+    The prompts go through :func:`audiothink.inference.encode_prompts` (left-padded); each target, with the
+    tokenizer's eos appended, follows on the right; ``labels`` are the target tokens, -100 elsewhere.
+    """
+    from audiothink.inference import encode_prompts
+
+    tok = processor.tokenizer
+    enc = encode_prompts(processor, waves, prompts)
+    tgt = [tok(t + tok.eos_token, add_special_tokens=False)["input_ids"] for t in targets]
+    width = max(len(t) for t in tgt)
+    ids = torch.full((len(tgt), width), tok.pad_token_id)
+    mask = torch.zeros((len(tgt), width), dtype=torch.long)
+    for i, t in enumerate(tgt):
+        ids[i, : len(t)] = torch.tensor(t)
+        mask[i, : len(t)] = 1
+    input_ids = torch.cat([enc["input_ids"], ids], dim=1)
+    attention = torch.cat([enc["attention_mask"], mask], dim=1)
+    labels = input_ids.masked_fill(attention == 0, -100)
+    labels[:, : enc["input_ids"].size(1)] = -100
+    features = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, **features}
+
+
+def sft_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of the target tokens, the audio features in the pass."""
+    if "input_features" not in inputs:
+        raise RuntimeError("SFT forward pass without audio features")
+    device = next(model.parameters()).device
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    moved = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+             for k, v in inputs.items()}
+    return model(**moved).loss
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop (shared with the toy's warm start)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, steps: int, warmup_steps: int, decay_from: float) -> float:
+    """Linear warm-up over ``warmup_steps``, constant, then linear decay to 0 from ``decay_from`` of the steps."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    decay_start = int(decay_from * steps)
+    if step < decay_start:
+        return warm
+    return warm * max(0.0, 1.0 - (step - decay_start) / max(1, steps - decay_start))
+
+
+def train_steps(model, batches: Iterable[Sequence], loss_fn: Callable, *, steps: int, learning_rate: float,
+                warmup_steps: int, decay_from: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
+                on_step: Callable[[int, list[float]], None] | None = None) -> list[float]:
+    """AdamW over ``steps`` optimizer steps; ``batches`` yields, per step, a sequence of micro-batches (gradient
+    accumulation: the loss of each is divided by their number). ``loss_fn(model, micro_batch)`` is the loss.
+    ``on_step(step, losses)`` runs after each step. Returns the per-step losses."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup_steps, decay_from))
+    model.train()
+    losses: list[float] = []
+    for step, micro in zip(range(steps), batches):
+        total = 0.0
+        for mb in micro:
+            loss = loss_fn(model, mb)
+            if len(micro) > 1:
+                loss = loss / len(micro)
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(total)
+        if on_step is not None:
+            on_step(step, losses)
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rows
+# ----------------------------------------------------------------------------------------------------------
+
+
+def check_targets(samples) -> None:
+    """Every row has a well-formed ``target`` reply (think or direct format); else a DataError listing them."""
+    from audiothink.data import DataError
+    from audiothink.formats import parse
+
+    bad = []
+    for s in samples:
+        t = s.extra.get(TARGET_FIELD)
+        if not isinstance(t, str) or not t.strip():
+            bad.append(f"{s.id}: no {TARGET_FIELD!r} field (the reply to learn)")
+        elif not parse(t).well_formed:
+            bad.append(f"{s.id}: {TARGET_FIELD} {t[:60]!r} is neither <think>…</think><answer>…</answer> "
+                       "nor <answer>…</answer>")
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise DataError(f"{len(bad)} SFT row(s) without a usable target: " + "; ".join(bad[:3]) + more)
+
+
+def check_sft_config(cfg: DictConfig) -> None:
+    """The SFT settings that can be judged alone: before anything loads."""
+    from audiothink.errors import ConfigError
+
+    s = cfg.sft
+    for key in ("batch_size", "gradient_accumulation_steps", "epochs"):
+        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1:
+            raise ConfigError(f"sft.{key}={s[key]!r}: must be a whole number >= 1")
+    if s.max_steps is not None and (not isinstance(s.max_steps, int) or s.max_steps < 1):
+        raise ConfigError(f"sft.max_steps={s.max_steps!r}: must be a whole number >= 1 or null")
+    if not 0.0 <= float(s.decay_from) <= 1.0:
+        raise ConfigError(f"sft.decay_from={s.decay_from!r}: must be in [0, 1]")
+    if not float(s.learning_rate) > 0:
+        raise ConfigError(f"sft.learning_rate={s.learning_rate!r}: must be > 0")
+
+
+def batches_of(samples, *, batch_size: int, accum: int, steps: int, shuffle: bool, seed: int):
+    """Per step, ``accum`` micro-batches of ``batch_size`` samples: the rows in order (or a seeded new
+    permutation each epoch), cycled."""
+    rng = np.random.default_rng([seed, 0x5F7])
+    n = len(samples)
+
+    def stream():
+        while True:
+            order = rng.permutation(n) if shuffle else range(n)
+            yield from (samples[int(i)] for i in order)
+
+    rows = stream()
+    for _ in range(steps):
+        yield [[next(rows) for _ in range(batch_size)] for _ in range(accum)]
+
+
+def sample_inputs(processor, samples, prompt: str, max_audio_seconds: float | None) -> dict[str, torch.Tensor]:
+    """:func:`encode_replies` for rows read from disk (clips loaded and cut to the model's window)."""
+    from audiothink.audio import load_audio
+    from audiothink.data import render_prompt
+
+    waves = [[load_audio(p, max_seconds=max_audio_seconds, row_id=s.id)[0] for p in s.audio] for s in samples]
+    return encode_replies(processor, waves, [render_prompt(s, prompt) for s in samples],
+                          [s.extra[TARGET_FIELD] for s in samples])
+
+
+def training_prompt() -> str:
+    """configs/train.yaml's prompt: ``prompt: null`` in configs/sft.yaml means GRPO's text."""
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "train.yaml").read_text())["prompt"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# entry point
+# ----------------------------------------------------------------------------------------------------------
+
+
+@hydra.main(config_path="../configs", config_name="sft", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    from audiothink.errors import USER_ERRORS
+    from audiothink.rundir import guard_log_files, remove_if_unused
+
+    guard_log_files()
+    try:
+        return sft(cfg)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        remove_if_unused(cfg.output_dir, ("final", "metrics.jsonl"))
+        sys.exit(2)
+
+
+def sft(cfg: DictConfig) -> dict:
+    from transformers import set_seed
+
+    from audiothink import runfiles
+    from audiothink.console import setup_console
+    from audiothink.errors import ConfigError
+    from audiothink.rundir import claim
+    from audiothink.setup import (build_peft_config, check_model_path, load_model_and_processor,
+                                  load_model_config, load_processor, row_checks)
+    from audiothink.sources import load_training_data
+
+    setup_console()
+    check_sft_config(cfg)
+    if cfg.get("resume") not in (None, False):
+        raise ConfigError("resume: SFT runs keep no checkpoints; start the run again")
+    run_dir = claim(Path(cfg.output_dir), resume=False)
+    OmegaConf.set_struct(cfg, False)
+    if cfg.prompt is None:
+        cfg.prompt = training_prompt()
+    OmegaConf.set_struct(cfg, True)
+    runfiles.write_config(run_dir, cfg, None)
+    set_seed(cfg.seed)
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
+    check_model_path(cfg.model.path)
+
+    processor = load_processor(cfg.model)
+    if cfg.data.generate_toy:
+        from audiothink.toy.data import ensure_toy
+
+        ensure_toy(Path(cfg.data.root))
+    checks = row_checks(processor, cfg.prompt, max_prompt_tokens=cfg.data.get("max_prompt_tokens"),
+                        max_audio_seconds=cfg.model.max_audio_seconds, model_config=load_model_config(cfg.model))
+    try:
+        train, held_out = load_training_data(cfg.data, max_audio_seconds=cfg.model.max_audio_seconds, checks=checks)
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        raise ConfigError(str(e)) from e
+    check_targets(train)
+    s = cfg.sft
+    per_step = s.batch_size * s.gradient_accumulation_steps
+    steps = s.max_steps or max(1, math.ceil(s.epochs * len(train) / per_step))
+    modes = [parse_mode(x.extra[TARGET_FIELD]) for x in train]
+    log.info("data: %d SFT rows (%.0f%% think targets), %d held-out items", len(train),
+             100 * modes.count("think") / len(modes), len(held_out))
+
+    model, processor = load_model_and_processor(cfg.model, processor)
+    lora = cfg.model.lora is not None
+    if lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, build_peft_config(cfg.model.lora))
+    if torch.cuda.is_available():
+        model.to("cuda")
+    if s.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("model: %s (%s), %s, %.1f M of %.1f M parameters trained", cfg.model.cls, cfg.model.path,
+             "LoRA" if lora else "full fine-tuning", trainable / 1e6, total / 1e6)
+    log.info("sft: %d steps of %d rows (%d x %d), lr %g", steps, per_step, s.gradient_accumulation_steps,
+             s.batch_size, s.learning_rate)
+
+    metrics = (run_dir / "metrics.jsonl").open("w", encoding="utf-8")
+    t0 = time.time()
+
+    def on_step(step: int, losses: list[float]) -> None:
+        if (step + 1) % s.logging_steps and step != steps - 1:
+            return
+        window = losses[-s.logging_steps:]
+        lr = s.learning_rate * lr_factor(step, steps, s.warmup_steps, s.decay_from)
+        metrics.write(json.dumps({"step": step + 1, "loss": float(np.mean(window)), "learning_rate": lr}) + "\n")
+        metrics.flush()
+        log.info("step %d/%d  loss %.4f  lr %.2e  (%.0fs)", step + 1, steps, np.mean(window), lr, time.time() - t0)
+
+    batches = ([sample_inputs(processor, mb, cfg.prompt, cfg.model.max_audio_seconds) for mb in micro]
+               for micro in batches_of(train, batch_size=s.batch_size, accum=s.gradient_accumulation_steps,
+                                       steps=steps, shuffle=s.shuffle, seed=cfg.seed))
+    with metrics:
+        train_steps(model, batches, sft_loss, steps=steps, learning_rate=s.learning_rate, warmup_steps=s.warmup_steps,
+                    decay_from=s.decay_from, weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm,
+                    on_step=on_step)
+
+    final = run_dir / "final"
+    if lora:
+        model.save_pretrained(final / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(final, safe_serialization=True)
+    processor.save_pretrained(final)
+    log.info("saved %s (%.0fs)", final, time.time() - t0)
+
+    summary: dict = {"run_dir": str(run_dir), "steps": steps}
+    held_out = held_out[: cfg.eval.num_samples]
+    if held_out:
+        log.info("held-out: scoring %d items with the fine-tuned weights", len(held_out))
+        summary.update(heldout_figures(model, processor, held_out, cfg))
+        for key, figures in summary.items():
+            if key.startswith("after"):
+                log.info(figure_line(key, figures))
+    (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "run_dir"},
+                                                     indent=2) + "\n")
+    log.info("next: python -m audiothink.train model.path=%s ...", final)
+    return summary
+
+
+def heldout_figures(model, processor, samples, cfg: DictConfig) -> dict:
+    """Greedy held-out scores: ``after`` (free choice, as GRPO's summary scores) and, with
+    ``eval.forced_modes``, ``after_think`` / ``after_direct`` (each reply prefilled with that mode)."""
+    from audiothink.formats import force_prefill
+    from audiothink.inference import generate_answers, score
+
+    figures = {}
+    for key, mode in [("after", None)] + ([("after_think", "think"), ("after_direct", "direct")]
+                                          if cfg.eval.forced_modes else []):
+        outputs = generate_answers(model, processor, samples, cfg.prompt, batch_size=cfg.eval.batch_size,
+                                   max_new_tokens=cfg.eval.max_new_tokens, max_audio_seconds=cfg.model.max_audio_seconds,
+                                   prefill=force_prefill(mode))
+        figures[key] = score(samples, outputs)
+    return figures
+
+
+def figure_line(key: str, figures: dict) -> str:
+    """``held-out after: accuracy 71.3%, think 12.0% (easy 90.1% / think 3.0%, hard ...)``."""
+    o = figures["overall"]
+    parts = ", ".join(f"{k} {v['accuracy']:.1%} / think {v['think_rate']:.1%}"
+                      for k, v in {**figures["by_difficulty"], **figures["by_task"]}.items())
+    return f"held-out {key}: accuracy {o['accuracy']:.1%}, think {o['think_rate']:.1%} ({parts})"
+
+
+def parse_mode(target: str) -> str:
+    from audiothink.formats import parse
+
+    return "think" if parse(target).thinks else "direct"
+
+
+if __name__ == "__main__":
+    from audiothink.cli import run_checked
+
+    run_checked("sft", main)
