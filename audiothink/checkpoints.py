@@ -243,12 +243,28 @@ def _check_torch_file(path: Path) -> None:
         raise CheckpointFileError(f"{path}: truncated or damaged ({e})") from e
 
 
+# weight files of a checkpoint in the Trainer's own layout, which then also holds the optimizer and scheduler
+_WEIGHT_FILES = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors"}
+_OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
+
+
 def _damage(folder: Path) -> CheckpointFileError | None:
     """The first problem of a checkpoint's files, or None."""
     try:
         files = sorted(p for p in folder.iterdir() if p.is_file())
     except OSError as e:
         return _unreadable(folder, e)
+    names = {p.name for p in files}
+    sharded = any(p.is_dir() and p.name.startswith(("global_step", "optimizer_", "pytorch_model_fsdp"))
+                  for p in folder.iterdir())
+    if not sharded and (names & _WEIGHT_FILES or any(n.startswith("model-") and n.endswith(".safetensors")
+                                                     for n in names)):
+        # the Trainer's own layout (one process, DDP): without these a resume restores neither and Adam starts
+        # again from zero moments, silently (a sharded engine keeps them in its own sub-folders)
+        for need in _OPTIMIZER_FILES:
+            if need not in names:
+                return CheckpointFileError(f"{folder / need}: missing (a resume restores the optimizer and the "
+                                           "learning-rate schedule from it)")
     for path in files:  # the cheap checks first
         try:
             if path.suffix == ".json":

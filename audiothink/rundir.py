@@ -451,6 +451,10 @@ class RunDirCallback(_HydraCallback):
                     from audiothink.checkpoints import check_resume_owner
 
                     check_resume_owner(str(target), resume)
+                    # the run's own config.yaml: an override that would change the run is refused here
+                    from audiothink.resume_config import check_resume_config
+
+                    check_resume_config(config, target, OmegaConf.select(config, "hydra.overrides.task") or [])
                 hydra_dir = _key(Path(str(config.hydra.run.dir))) == _key(target)
                 if hydra_dir and _is_dir(target):
                     _check_hydra_files(target, config, write=False)  # before the claim writes its marker

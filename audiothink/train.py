@@ -104,6 +104,10 @@ def train(cfg: DictConfig) -> dict:
     from audiothink.validate import check_dataset_size, check_train_config
 
     setup_console()
+    if cfg.resume not in (None, False):
+        from audiothink.resume_config import resumed_config
+
+        cfg = resumed_config(cfg, Path(cfg.output_dir))  # the run's own config.yaml, safe overrides on top
     # Every value that can be judged alone, in seconds: nothing is loaded before this passes.
     check_train_config(cfg)
     resume = cfg.resume not in (None, False)

@@ -289,6 +289,9 @@ def _nan_weights(path):
     ("scheduler.pt", _truncate, "truncated or damaged"),
     ("rng_state.pth", _truncate, "truncated or damaged"),
     ("trainer_state.json", _truncate, "not valid JSON, truncated or damaged"),
+    # without them the Trainer restores neither and Adam starts again from zero moments, with no message
+    ("optimizer.pt", lambda p: p.unlink(), r"missing \(a resume restores the optimizer"),
+    ("scheduler.pt", lambda p: p.unlink(), r"missing \(a resume restores the optimizer"),
 ])
 def test_a_damaged_checkpoint_file_is_one_line_naming_it_and_the_checkpoint_before(real_run, tmp_path, name, damage,
                                                                                     what):

@@ -99,3 +99,61 @@ def test_killed_run_resumes_exactly(model, adapter, tmp_path, omni_dir):
     assert _jsonl(b / "completions.jsonl") == _jsonl(a / "completions.jsonl")
     summary = json.loads((b / "summary.json").read_text())
     assert summary["steps"] == 4
+
+
+def _listing(folder: Path) -> list[tuple[str, int, int]]:
+    """Every path of a folder with its size and modification time: any write shows."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.mark.slow
+def test_resume_with_no_overrides_continues_the_run_in_the_folder(tmp_path):
+    """The README's resume command alone (`hydra.run.dir=… resume=true`) continues the run as it was started (its
+    config.yaml), not the defaults (150 steps, 300 held-out items, another annealing schedule); an override that
+    would change the run (a learning rate, force_mode) is refused before anything is written; trainer.max_steps
+    extends a finished run."""
+    args = ["model.lora=null", "trainer.max_steps=4", "trainer.save_steps=2", "trainer.per_device_train_batch_size=16",
+            "trainer.max_completion_length=24", "trainer.logging_steps=1", "trainer.report_to=[]",
+            "trainer.learning_rate=1e-3", "eval.num_samples=0", "log.plots=false"]
+    cache = tmp_path / "cache"
+    a, b = tmp_path / "a", tmp_path / "b"
+    done = _run(args, a, cache)
+    assert done.returncode == 0, done.stderr[-4000:]
+    killed = _run(args, b, cache, kill_at=3)
+    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
+    # kill_at=5: a resume that trained past the run's 4 steps (the defaults' 150) stops itself at step 5
+    resumed = _run(["resume=true"], b, cache, kill_at=5)
+    assert resumed.returncode == 0, f"rc {resumed.returncode}: {resumed.stderr[-4000:]}"
+    assert "training: 4 steps" in resumed.stdout + resumed.stderr, resumed.stdout[-2000:]
+
+    rollouts_a, rollouts_b = _jsonl(a / "probe-rollouts.jsonl"), _jsonl(b / "probe-rollouts.jsonl")
+    assert [r["step"] for r in rollouts_b] == [0, 1, 2, 2, 3]
+    assert rollouts_b[3:] == rollouts_a[2:]
+    metrics_a, metrics_b = _step_metrics(a), _step_metrics(b)
+    assert sorted(metrics_b) == sorted(metrics_a) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert metrics_b[step] == pytest.approx(metrics_a[step], rel=1e-6, abs=1e-9), f"step {step}"
+    assert _jsonl(b / "completions.jsonl") == _jsonl(a / "completions.jsonl")
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa), "final weights differ"
+    assert not (b / "heldout_before.json").exists()  # eval.num_samples=0 stayed off
+    assert "max_steps: 4" in (b / "config.resumed-2.yaml").read_text()
+
+    # an override that changes the run: refused in one line naming the keys, exit 2, the folder untouched
+    before = _listing(b)
+    for override, key in (("trainer.learning_rate=5e-4", "trainer.learning_rate"), ("force_mode=think", "force_mode")):
+        refused = _run(["resume=true", override], b, cache)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: resume:") and key in lines[0], refused.stderr
+        assert _listing(b) == before
+
+    # trainer.max_steps at resume extends the finished run, from its own config
+    extended = _run(["resume=true", "trainer.max_steps=6"], b, cache, kill_at=7)
+    assert extended.returncode == 0, extended.stderr[-4000:]
+    assert sorted(_step_metrics(b)) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((b / "summary.json").read_text())["steps"] == 6
+    resumed_cfg = (b / "config.resumed-4.yaml").read_text()
+    assert "max_steps: 6" in resumed_cfg and "learning_rate: 0.001" in resumed_cfg
