@@ -47,6 +47,9 @@ __all__ = ["MARKER", "launch_key", "previous_run", "claim", "claim_unique", "rem
 MARKER = ".audiothink-run"
 # Run folders this process made itself (its own mkdir): the only ones it may remove again (remove_if_unused).
 CREATED: set[str] = set()
+# The parent folders each of those mkdirs made too (deepest first, e.g. runs/eval/toy for runs/eval/toy/<time>): a
+# removed run folder takes them along where they are still empty, so a stopped run leaves no empty tree behind.
+PARENTS_MADE: dict[str, list[Path]] = {}
 # Run folders this process holds: resolved path -> the open file descriptor of the locked marker, kept open (and
 # so locked) until the process ends.
 HELD: dict[str, int] = {}
@@ -79,6 +82,11 @@ def remove_if_unused(folder: str | os.PathLike, results: tuple[str, ...]) -> boo
     logging.shutdown()
     shutil.rmtree(folder, ignore_errors=True)
     os.close(HELD.pop(key))
+    for parent in PARENTS_MADE.pop(key, []):
+        try:
+            parent.rmdir()  # only while empty: another run may have put its folder there meanwhile
+        except OSError:
+            break
     return True
 
 
@@ -179,8 +187,18 @@ def _fs_error(folder: Path, e: OSError) -> ConfigError:
     return ConfigError(f"run folder {folder}: {what}; choose another place with hydra.run.dir=…")
 
 
+def _missing_parents(folder: Path) -> list[Path]:
+    """The parents of ``folder`` that do not exist yet, deepest first (what ``mkdir(parents=True)`` will make)."""
+    missing, parent = [], Path(folder).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    return missing
+
+
 def _make(folder: Path) -> bool:
     """Make ``folder`` (and its parents); whether this call made it. ConfigError if it cannot be a folder."""
+    missing = _missing_parents(folder)
     try:
         folder.mkdir(parents=True)
     except FileExistsError:
@@ -190,6 +208,7 @@ def _make(folder: Path) -> bool:
     except OSError as e:
         raise _fs_error(folder, e) from None
     CREATED.add(_key(folder))
+    PARENTS_MADE[_key(folder)] = missing
     return True
 
 
@@ -348,6 +367,7 @@ def claim_unique(base: str | os.PathLike) -> Path:
                 raise ConfigError(f"run folder {base}: the main process of this launch claimed none within "
                                   f"{_WAIT_S:.0f} s")
             time.sleep(0.2)
+    missing = _missing_parents(base)
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -362,6 +382,7 @@ def claim_unique(base: str | os.PathLike) -> Path:
         except OSError as e:
             raise _fs_error(folder, e) from None
         CREATED.add(_key(folder))
+        PARENTS_MADE[_key(folder)] = missing
         try:
             fd = _lock(folder)
         except ConfigError:

@@ -556,3 +556,20 @@ def test_without_os_locks_the_holders_pid_and_start_time_decide(tmp_path, monkey
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_a_removed_stub_takes_the_empty_parents_its_run_made(tmp_path):
+    """A run stopped by a user error (evaluate's default runs/eval/<benchmark>/<time>) leaves no empty folders:
+    the parents its mkdir made go with it while empty; parents that existed, or that hold another run, stay."""
+    from audiothink.rundir import claim, claim_unique, remove_if_unused
+
+    run = claim(tmp_path / "runs" / "eval" / "toy" / "t1", resume=False)
+    assert remove_if_unused(run, ())
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # runs/, runs/eval/, runs/eval/toy/ went too
+
+    (tmp_path / "keep").mkdir()
+    run = claim_unique(str(tmp_path / "keep" / "eval" / "mmar" / "t2"))
+    other = claim(tmp_path / "keep" / "eval" / "other", resume=False)  # a run beside it, made later
+    assert remove_if_unused(run, ())
+    assert not (tmp_path / "keep" / "eval" / "mmar").exists()  # empty: made by the removed run
+    assert other.is_dir() and (tmp_path / "keep").is_dir()  # holds a run / existed before
