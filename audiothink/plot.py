@@ -28,7 +28,8 @@ from pathlib import Path
 __all__ = ["plot_run", "training_figure", "heldout_figure", "main"]
 
 
-def _records(run: Path) -> list[dict]:
+def _metric_records(run: Path) -> list[dict]:
+    """Every whole record of ``metrics.jsonl`` (a line cut by a kill is left out)."""
     path = run / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -38,25 +39,19 @@ def _records(run: Path) -> list[dict]:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill
-        if "reward" in record or "loss" in record:
+        if isinstance(record, dict):
             out.append(record)
     return out
+
+
+def _records(run: Path) -> list[dict]:
+    """The training steps' records (reward or loss)."""
+    return [r for r in _metric_records(run) if "reward" in r or "loss" in r]
 
 
 def _heldout_records(run: Path) -> list[dict]:
     """The held-out scorings during training (eval.every_steps): the records with ``heldout/…`` figures."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and any(k.startswith("heldout/") for k in record):
-            out.append(record)
-    return out
+    return [r for r in _metric_records(run) if any(k.startswith("heldout/") for k in r)]
 
 
 # a dot at every logged step: a run with few logging steps still shows its points
