@@ -150,7 +150,8 @@ def model_card(run_dir: Path, *, kind: str, base: str, exported_from: Path | Non
              + (f", abstain share {data['abstain'].get('share')}" if (data.get("abstain") or {}).get("share") else ""),
              f"- **Rewards:** " + (", ".join(f"`{name}` (weight {r.get('weight')}, "
                                             f"`{(r.get('fn') or {}).get('_target_')}`)"
-                                            for name, r in rewards.items()) or "–"),
+                                            for name, r in rewards.items() if isinstance(r, dict)) or "–")
+             + (f"; total = `{rewards['formula']}`" if isinstance(rewards.get("formula"), str) else ""),
              f"- **Steps:** {steps if steps is not None else '–'} of trainer.max_steps={trainer.get('max_steps')}; "
              f"{trainer.get('num_generations')} completions per prompt, {trainer.get('per_device_train_batch_size')} "
              f"completions per device per step, learning rate {trainer.get('learning_rate')}, loss "

@@ -305,3 +305,18 @@ def test_checkpoint_export_leaves_the_training_state_and_says_which_weights(lora
     Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "export")
     card = (tmp_path / "export" / "README.md").read_text()
     assert "The figures of the run's final weights (step 2); these weights are `checkpoint-2` (step 2)." in card
+
+
+def test_model_card_of_a_formula_reward(tmp_path):
+    """reward=full holds its formula as a string beside the reward entries: the card names it (a run with it
+    crashed at the end writing final/README.md)."""
+    from omegaconf import OmegaConf
+
+    from audiothink.export import model_card
+
+    OmegaConf.save(OmegaConf.create({
+        "model": {"path": "/m", "cls": "x.Y"}, "data": {}, "trainer": {}, "seed": 0,
+        "reward": {"formula": "a * (1 + b)", "a": {"weight": 0.0, "fn": {"_target_": "rewards.A"}},
+                   "b": {"weight": 0.0, "fn": {"_target_": "rewards.B"}}}}), tmp_path / "config.yaml")
+    card = model_card(tmp_path, kind="full", base="/m")
+    assert "`a` (weight 0.0, `rewards.A`)" in card and "total = `a * (1 + b)`" in card
