@@ -41,24 +41,24 @@ def _train(tmp: Path, toy_files, name: str, *args: str) -> tuple[Path, str]:
     return tmp / name, out.stdout
 
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, toy_files):
-    """A two-step LoRA run on the toy (model=toy_lora) and its export: (run folder, stdout, export folder)."""
-    tmp = tmp_path_factory.mktemp("lora")
-    run_dir, stdout = _train(tmp, toy_files, "run", "model=toy_lora")
+def _run_and_export(tmp, toy_files, model: str):
+    """A two-step run of `model` on the toy and its export: (run folder, stdout, export folder)."""
+    run_dir, stdout = _train(tmp, toy_files, "run", f"model={model}")
     out = _cli("audiothink.export", str(run_dir / "final"), "--out", str(tmp / "export"), cwd=tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     return run_dir, stdout, tmp / "export"
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, toy_files):
+    """A two-step LoRA run on the toy (model=toy_lora) and its export: (run folder, stdout, export folder)."""
+    return _run_and_export(tmp_path_factory.mktemp("lora"), toy_files, "toy_lora")
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, toy_files):
     """A two-step fully fine-tuned run (model=toy) and its export."""
-    tmp = tmp_path_factory.mktemp("full")
-    run_dir, stdout = _train(tmp, toy_files, "run", "model=toy")
-    out = _cli("audiothink.export", str(run_dir / "final"), "--out", str(tmp / "export"), cwd=tmp)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run_dir, stdout, tmp / "export"
+    return _run_and_export(tmp_path_factory.mktemp("full"), toy_files, "toy")
 
 
 def _counts(model) -> tuple[str, str]:
