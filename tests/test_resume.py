@@ -59,6 +59,17 @@ ADAPTERS = {
 }
 
 
+def _uninterrupted_and_killed(args, tmp_path):
+    """The same run twice: a/ to the end, b/ killed (SIGKILL) at step 3; (a, b, the cache they share)."""
+    cache = tmp_path / "cache"
+    a, b = tmp_path / "a", tmp_path / "b"
+    done = _run(args, a, cache)
+    assert done.returncode == 0, done.stderr[-4000:]
+    killed = _run(args, b, cache, kill_at=3)
+    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
+    return a, b, cache
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 @pytest.mark.parametrize("model", ["toy", "omni"])
@@ -69,13 +80,7 @@ def test_killed_run_resumes_exactly(model, adapter, tmp_path, omni_dir):
     args += ["trainer.max_steps=4", "trainer.save_steps=2", "trainer.per_device_train_batch_size=16",
              "trainer.max_completion_length=24", "trainer.logging_steps=1", "trainer.report_to=[]",
              "trainer.learning_rate=1e-3", "eval.num_samples=0"]
-    cache = tmp_path / "cache"
-    a, b = tmp_path / "a", tmp_path / "b"
-
-    done = _run(args, a, cache)
-    assert done.returncode == 0, done.stderr[-4000:]
-    killed = _run(args, b, cache, kill_at=3)
-    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
+    a, b, cache = _uninterrupted_and_killed(args, tmp_path)
     assert (b / "checkpoint-2" / "trainer_state.json").is_file() and not (b / "final").exists()
     assert 3 in {r["step"] for r in _jsonl(b / "metrics.jsonl")}  # step 3 was logged before the kill
     resumed = _run([*args, "resume=true"], b, cache)
@@ -115,12 +120,7 @@ def test_resume_with_no_overrides_continues_the_run_in_the_folder(tmp_path):
     args = ["model.lora=null", "trainer.max_steps=4", "trainer.save_steps=2", "trainer.per_device_train_batch_size=16",
             "trainer.max_completion_length=24", "trainer.logging_steps=1", "trainer.report_to=[]",
             "trainer.learning_rate=1e-3", "eval.num_samples=0", "log.plots=false"]
-    cache = tmp_path / "cache"
-    a, b = tmp_path / "a", tmp_path / "b"
-    done = _run(args, a, cache)
-    assert done.returncode == 0, done.stderr[-4000:]
-    killed = _run(args, b, cache, kill_at=3)
-    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
+    a, b, cache = _uninterrupted_and_killed(args, tmp_path)
     # kill_at=5: a resume that trained past the run's 4 steps (the defaults' 150) stops itself at step 5
     resumed = _run(["resume=true"], b, cache, kill_at=5)
     assert resumed.returncode == 0, f"rc {resumed.returncode}: {resumed.stderr[-4000:]}"
