@@ -11,12 +11,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from audiothink.errors import AudioError
+from audiothink.plumbing.errors import AudioError, ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "check_audio", "write_wav", "clip_audio_tokens",
            "min_audio_tokens", "min_clip_samples", "short_clip_problem"]
@@ -231,3 +235,24 @@ def write_wav(
     if subtype.startswith("PCM"):
         arr = np.clip(arr, -1.0, 1.0)
     sf.write(os.fspath(path), arr, sample_rate, subtype=subtype, format="WAV")
+
+
+def shortest_clip(feature_extractor, model_type: str | None, max_audio_seconds: float | None) -> int:
+    """:func:`audiothink.audio.min_clip_samples`, or a ConfigError when the window is shorter than that."""
+    min_samples = min_clip_samples(feature_extractor, model_type, max_audio_seconds)
+    if min_samples is None:
+        raise ConfigError(f"model.max_audio_seconds={max_audio_seconds}: no clip this short can give the model "
+                          f"({model_type}) the audio tokens it needs; raise it")
+    return min_samples
+
+
+def short_clip_check(model_cfg: DictConfig):
+    """``(path, seconds, row_id) -> message or None``: the model's shortest-clip rule
+    (:func:`audiothink.audio.min_clip_samples`), read from its processor and config.json (no weights), for a
+    check before the model loads. Training's rows get it through :func:`row_checks`; evaluation calls this."""
+    from audiothink.loading import load_model_config, load_processor
+
+    processor, model_type = load_processor(model_cfg), load_model_config(model_cfg).model_type
+    min_samples = shortest_clip(processor.feature_extractor, model_type, model_cfg.get("max_audio_seconds"))
+    return lambda path, clip_seconds, row_id=None: short_clip_problem(path, clip_seconds, min_samples, model_type,
+                                                                      row_id)

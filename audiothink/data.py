@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from audiothink.audio import check_audio as _check_audio_file, short_clip_problem
-from audiothink.errors import AudioError, DataError
+from audiothink.plumbing.errors import AudioError, DataError
 
 __all__ = [
     "Sample",
@@ -300,7 +300,7 @@ def _choices(row: dict, problems: _RowProblems) -> tuple[str, ...] | None:
         return None
     # The accuracy reward scores with the benchmarks' rule, which compares word sets (audiothink/benchmarks/
     # scoring.py): a choice without words, or two choices with the same words, cannot be told apart by it.
-    from audiothink.benchmarks.scoring import tokenize  # here: audiothink.benchmarks imports this module
+    from audiothink.scoring import tokenize  # here: audiothink.benchmarks imports this module
 
     words = [tokenize(c) for c in stripped]
     empty = [c for c, w in zip(stripped, words) if not w]

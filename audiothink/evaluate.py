@@ -29,18 +29,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from audiothink.formats import FORCE_PREFILLS
-from audiothink.setup import (ConfigError, check_model_path, load_model_and_processor, register_resolvers,
-                              short_clip_check)
+from audiothink.prompts import training_prompt
+from audiothink.plumbing.errors import ConfigError
+from audiothink.loading import check_model_path, load_model_and_processor
+from audiothink.plumbing.cli import register_resolvers
+from audiothink.audio import short_clip_check
 
 log = logging.getLogger("audiothink.evaluate")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # eval.force_mode -> the forced modes evaluated next to the model's own choice
 FORCED_MODES = {None: (), **{m: (m,) for m in FORCE_PREFILLS}, "both": tuple(FORCE_PREFILLS)}
-
-
-def training_prompt() -> str:
-    """The ``prompt`` of configs/train.yaml: the one place the prompt is written."""
-    return yaml.safe_load((CONFIG_DIR / "train.yaml").read_text(encoding="utf-8"))["prompt"]
 
 
 def model_tag(path: str, adapter: str | None = None) -> str:
@@ -82,7 +79,7 @@ def register_eval_resolvers() -> None:
 register_eval_resolvers()
 
 
-@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path="configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from audiothink.audio import AudioError
     from audiothink.benchmarks.runner import EvaluationAborted
@@ -102,7 +99,7 @@ def main(cfg: DictConfig) -> dict:
 
 def _remove_if_empty(out) -> None:
     """A failed evaluation leaves no folder behind when it made the folder and wrote no prediction into it."""
-    from audiothink.rundir import remove_if_unused
+    from audiothink.plumbing.rundir import remove_if_unused
 
     remove_if_unused(out, ("predictions*.jsonl",))
 
@@ -118,7 +115,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from audiothink.benchmarks.runner import GenerationSettings, predict, replace_audio
     from audiothink.benchmarks.store import PredictionStore, folder_fingerprint
 
-    from audiothink.console import setup_console
+    from audiothink.plumbing.console import setup_console
 
     setup_console()  # as in training: library records through the run's handlers, no loading bars
     check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded
@@ -229,7 +226,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def check_eval_config(cfg: DictConfig) -> None:
     """The eval.* values and the audio window: one ConfigError line, before the benchmark or model loads."""
-    from audiothink.validate import check_audio_window, check_eval_settings
+    from audiothink.plumbing.validate import check_audio_window, check_eval_settings
 
     e = cfg.eval
     check_eval_settings("eval", e.batch_size, max_new_tokens=e.max_new_tokens)
@@ -306,7 +303,7 @@ def _audio_from(b: DictConfig, bench) -> str:
 def check_audio(bench, on_error: str, max_seconds: float | None, short_clip=None, *,
                 audio_from: str | None = None) -> tuple[list[float], dict[int, str], int]:
     """Every clip, before the model loads: durations (for ordering), unusable items (unreadable, or too short for
-    the model: ``short_clip``, :func:`audiothink.setup.short_clip_check`), clips over the window.
+    the model: ``short_clip``, :func:`audiothink.audio.short_clip_check`), clips over the window.
     ``audio_from``: where relative audio paths were joined, named in the error."""
     from audiothink.audio import AudioError, audio_info
     from audiothink.data import DataError
@@ -431,6 +428,6 @@ def _print(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    from audiothink.cli import run_checked
+    from audiothink.plumbing.cli import run_checked
 
     run_checked("evaluate", main)  # unknown keys and options: one line, a suggestion, exit 2

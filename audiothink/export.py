@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 
 __all__ = ["export", "write_model_card", "model_card", "parameter_line", "main"]
 
@@ -234,7 +234,7 @@ def _processor_into(source: Path, out: Path, run_cfg: dict, fallback: str) -> No
     """The run's processor (saved into every checkpoint by training), else the base model's."""
     from transformers import AutoProcessor
 
-    from audiothink.setup import _import
+    from audiothink.loading import import_object as _import
 
     name = (run_cfg.get("model") or {}).get("processor")
     cls = _import(name) if name else AutoProcessor
@@ -246,7 +246,7 @@ def _processor_into(source: Path, out: Path, run_cfg: dict, fallback: str) -> No
 def _check_base(path: str) -> None:
     """The base model of a LoRA export: a local checkpoint folder, or a hub id (resolved by transformers).
 
-    audiothink.setup.check_model_path's rule, without importing transformers (a wrong input fails in a second)."""
+    audiothink.loading.check_model_path's rule, without importing transformers (a wrong input fails in a second)."""
     where = "(pass --base <path or hub id> where it is now)"
     if not path:
         raise ConfigError(f"the adapter's base model is not recorded in the run's config.yaml or adapter_config.json {where}")
@@ -284,7 +284,7 @@ def export(source: str | Path, out: str | Path, *, base: str | None = None, dtyp
     dtype = dtype or model_cfg.get("dtype") or "float32"
     import torch
 
-    from audiothink.setup import _import
+    from audiothink.loading import import_object as _import
 
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ConfigError(f"--dtype {dtype}: not a torch dtype (float32, bfloat16, float16)")
@@ -294,7 +294,7 @@ def export(source: str | Path, out: str | Path, *, base: str | None = None, dtyp
         if kind == "lora":
             from peft import PeftModel
 
-            from audiothink.sharding import keep_used_weight_renamings
+            from audiothink.plumbing.sharding import keep_used_weight_renamings
 
             print(f"export: merging the LoRA adapter {source} into {base_path} ({dtype})", flush=True)
             model = _import(model_cfg["cls"]).from_pretrained(base_path, dtype=getattr(torch, dtype))
@@ -330,7 +330,7 @@ def _quiet_console() -> None:
     """Library warnings as one `warning: logger: message` line each; no loading bars (as in training)."""
     import logging
 
-    from audiothink.console import ConsoleFormatter, setup_console
+    from audiothink.plumbing.console import ConsoleFormatter, setup_console
 
     root = logging.getLogger()
     if not root.handlers:

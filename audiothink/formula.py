@@ -28,7 +28,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 
 log = logging.getLogger("audiothink.formula")
 
@@ -54,7 +54,7 @@ class Formula:
     >>> Formula("accuracy + open('x')")
     Traceback (most recent call last):
     ...
-    audiothink.errors.ConfigError: reward.formula: "accuracy + open('x')": function calls are not allowed (only reward names, numbers, + - * / and parentheses)
+    audiothink.plumbing.errors.ConfigError: reward.formula: "accuracy + open('x')": function calls are not allowed (only reward names, numbers, + - * / and parentheses)
     """
 
     __name__ = "total"

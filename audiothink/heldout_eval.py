@@ -33,7 +33,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 
 log = logging.getLogger("audiothink.heldout")
 
@@ -116,7 +116,7 @@ class HeldoutEval(TrainerCallback):
 
     ``trainer``: the :class:`audiothink.trainer.AudioGRPOTrainer` (its model, as the engine holds it, and its
     callbacks, which get the figures); ``cfg``: the run's config (prompt, eval.*, model.max_audio_seconds,
-    force_mode, as :func:`audiothink.setup.summarise` reads them).
+    force_mode, as :func:`audiothink.heldout_eval.summarise` reads them).
     """
 
     def __init__(self, trainer, processor, samples, cfg: DictConfig, run_dir: str | os.PathLike):
@@ -178,7 +178,7 @@ class HeldoutEval(TrainerCallback):
 
     def _generate(self, indices: list[int]) -> list[str]:
         """Greedy answers for ``indices``, with the model as the engine holds it (gathered where TRL's
-        rollouts gather it, activation checkpointing off), exactly as :func:`audiothink.setup.summarise`."""
+        rollouts gather it, activation checkpointing off), exactly as :func:`audiothink.heldout_eval.summarise`."""
         import torch
         from trl.models import unwrap_model_for_generation
 
@@ -275,7 +275,7 @@ class HeldoutEval(TrainerCallback):
 
         Written to ``best.tmp/`` first and swapped in: a run stopped mid-save keeps the previous best/ (a
         stop between the two renames leaves it as ``best.old/``, which the resume puts back)."""
-        from audiothink.sharding import save_full_model
+        from audiothink.plumbing.sharding import save_full_model
 
         best, tmp, old = (self.run_dir / BEST_DIR, self.run_dir / f"{BEST_DIR}.tmp", self.run_dir / f"{BEST_DIR}.old")
         main = self.trainer.args.should_save
@@ -295,3 +295,22 @@ class HeldoutEval(TrainerCallback):
             if old.exists():
                 shutil.rmtree(old)
         self.best = record
+
+
+def summarise(model, processor, samples, cfg: DictConfig) -> dict:
+    """Greedy held-out accuracy and think statistics (overall, by difficulty, by task), in the run's forced
+    mode if it has one."""
+    from audiothink.formats import force_prefill
+    from audiothink.inference import generate_answers, score
+
+    outputs = generate_answers(
+        model,
+        processor,
+        samples,
+        cfg.prompt,
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        max_audio_seconds=cfg.model.max_audio_seconds,
+        prefill=force_prefill(cfg.get("force_mode")),  # checked at start-up (check_train_config)
+    )
+    return score(samples, outputs)

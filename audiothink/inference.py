@@ -16,7 +16,7 @@ import torch
 from audiothink.audio import SAMPLE_RATE, load_audio
 from audiothink.data import Sample, render_prompt
 from audiothink.formats import parse
-from rewards.accuracy import is_correct
+from audiothink.scoring import is_correct
 
 
 def banned_audio_token_ids(processor) -> list[int]:

@@ -75,7 +75,7 @@ def _heldout(run: Path) -> tuple[dict | None, dict | None]:
 def model_name(path: str) -> str:
     """A short name for a checkpoint path: its folder, with the parent's when the folder's name says little
     (``runs/x/final`` -> ``x/final``); the embedded toy checkpoint is ``toy-warmstart``."""
-    from audiothink.setup import TOY_MODEL_DIR
+    from audiothink.toy import TOY_MODEL_DIR
 
     p = Path(path)
     if p.resolve() == TOY_MODEL_DIR.resolve():

@@ -39,6 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import audiothink.train  # noqa: E402,F401 - registers the run folder's resolvers (launch_time, toy_model_dir)
+from audiothink.prompts import training_prompt
 
 log = logging.getLogger("audiothink.sft")
 
@@ -155,7 +156,7 @@ def check_targets(samples) -> None:
 
 def check_sft_config(cfg: DictConfig) -> None:
     """The SFT settings that can be judged alone: before anything loads."""
-    from audiothink.errors import ConfigError
+    from audiothink.plumbing.errors import ConfigError
 
     s = cfg.sft
     for key in ("batch_size", "gradient_accumulation_steps", "epochs"):
@@ -195,22 +196,15 @@ def sample_inputs(processor, samples, prompt: str, max_audio_seconds: float | No
                           [s.extra[TARGET_FIELD] for s in samples])
 
 
-def training_prompt() -> str:
-    """configs/train.yaml's prompt: ``prompt: null`` in configs/sft.yaml means GRPO's text."""
-    import yaml
-
-    return yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "train.yaml").read_text())["prompt"]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # entry point
 # ----------------------------------------------------------------------------------------------------------
 
 
-@hydra.main(config_path="../configs", config_name="sft", version_base="1.3")
+@hydra.main(config_path="configs", config_name="sft", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from audiothink.errors import USER_ERRORS
-    from audiothink.rundir import guard_log_files, remove_if_unused
+    from audiothink.plumbing.errors import USER_ERRORS
+    from audiothink.plumbing.rundir import guard_log_files, remove_if_unused
 
     guard_log_files()
     try:
@@ -224,12 +218,12 @@ def main(cfg: DictConfig) -> dict:
 def sft(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
-    from audiothink import runfiles
-    from audiothink.console import setup_console
-    from audiothink.errors import ConfigError
-    from audiothink.rundir import claim
-    from audiothink.setup import (build_peft_config, check_model_path, load_model_and_processor,
-                                  load_model_config, load_processor, row_checks)
+    from audiothink.plumbing import runfiles
+    from audiothink.plumbing.console import setup_console
+    from audiothink.plumbing.errors import ConfigError
+    from audiothink.plumbing.rundir import claim
+    from audiothink.loading import build_peft_config, check_model_path, load_model_and_processor, load_model_config, load_processor
+    from audiothink.prompts import row_checks
     from audiothink.sources import load_training_data
 
     setup_console()
@@ -358,6 +352,6 @@ def parse_mode(target: str) -> str:
 
 
 if __name__ == "__main__":
-    from audiothink.cli import run_checked
+    from audiothink.plumbing.cli import run_checked
 
     run_checked("sft", main)

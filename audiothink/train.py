@@ -20,25 +20,17 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from audiothink.setup import (
-    JsonlMetrics,
-    SaveProcessor,
-    build_dataset,
-    build_grpo_config,
-    build_peft_config,
-    build_rewards,
-    check_model_path,
-    drop_replayed,
-    load_model_and_processor,
-    load_model_config,
-    load_processor,
-    register_resolvers,
-    summarise,
-)
+from audiothink.plumbing.runfiles import JsonlMetrics, SaveProcessor, drop_replayed
+from audiothink.sources import build_dataset
+from audiothink.grpo_config import build_grpo_config
+from audiothink.loading import build_peft_config, check_model_path, load_model_and_processor, load_model_config, load_processor
+from audiothink.reward_api import build_rewards
+from audiothink.plumbing.cli import register_resolvers
+from audiothink.heldout_eval import summarise
 from audiothink.export import parameter_line, write_model_card
 from audiothink.formats import force_prefill
 from audiothink.judge.watch import JudgeWatch, probe_judges
-from audiothink.sharding import cpu_process_settings, save_full_model, whole_weights
+from audiothink.plumbing.sharding import cpu_process_settings, save_full_model, whole_weights
 
 log = logging.getLogger("audiothink.train")
 register_resolvers()
@@ -66,10 +58,10 @@ if not OmegaConf.has_resolver("launch_time"):
     OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True)
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from audiothink.errors import USER_ERRORS
-    from audiothink.rundir import disk_fault, guard_log_files
+    from audiothink.plumbing.errors import USER_ERRORS
+    from audiothink.plumbing.rundir import disk_fault, guard_log_files
 
     guard_log_files()
     try:
@@ -87,7 +79,7 @@ def main(cfg: DictConfig) -> dict:
         if int(os.environ.get("RANK", "0")) == 0:
             # no stub run per typo: the new folder goes unless something was trained in it; a crash (not a user
             # error) keeps its folder and train.log for the traceback
-            from audiothink.rundir import remove_if_unused
+            from audiothink.plumbing.rundir import remove_if_unused
 
             remove_if_unused(cfg.output_dir, ("checkpoint-*", "metrics.jsonl", "final"))
         sys.exit(2)
@@ -96,16 +88,17 @@ def main(cfg: DictConfig) -> dict:
 def train(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
-    from audiothink import heldout_eval, runfiles
-    from audiothink.checkpoints import check_resume_adapter, checkpoint_step, resume_checkpoint
-    from audiothink.console import setup_console
-    from audiothink.rundir import claim, disk_fault
+    from audiothink import heldout_eval
+    from audiothink.plumbing import runfiles
+    from audiothink.plumbing.checkpoints import check_resume_adapter, checkpoint_step, resume_checkpoint
+    from audiothink.plumbing.console import setup_console
+    from audiothink.plumbing.rundir import claim, disk_fault
     from audiothink.trainer import AudioGRPOTrainer
-    from audiothink.validate import check_dataset_size, check_train_config
+    from audiothink.plumbing.validate import check_dataset_size, check_train_config
 
     setup_console()
     if cfg.resume not in (None, False):
-        from audiothink.resume_config import resumed_config
+        from audiothink.plumbing.resume_config import resumed_config
 
         cfg = resumed_config(cfg, Path(cfg.output_dir))  # the run's own config.yaml, safe overrides on top
     # Every value that can be judged alone, in seconds: nothing is loaded before this passes.
@@ -134,7 +127,7 @@ def train(cfg: DictConfig) -> dict:
     rewards, weights = build_rewards(cfg.reward)
     probe_judges(rewards)  # one short request per judge task: a judge that cannot answer stops the run here
     # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
-    # group and train with the engine the launcher asked for (audiothink/sharding.py); a no-op on GPUs.
+    # group and train with the engine the launcher asked for (audiothink/plumbing/sharding.py); a no-op on GPUs.
     engine_fields = cpu_process_settings()
     if "wandb" in (cfg.trainer.get("report_to") or []):
         # W&B through transformers' integration: its files in the run folder, one project for audiothink runs
@@ -247,7 +240,7 @@ def _check_one_run_dir(run_dir: Path) -> None:
     """All processes of a run must write into one directory (checkpoints, resume, metrics)."""
     from accelerate.utils import gather_object
 
-    from audiothink.errors import ConfigError
+    from audiothink.plumbing.errors import ConfigError
 
     dirs = sorted(set(gather_object([str(run_dir.resolve())])))
     if len(dirs) > 1:
@@ -258,6 +251,6 @@ def _check_one_run_dir(run_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    from audiothink.cli import run_checked
+    from audiothink.plumbing.cli import run_checked
 
     run_checked("train", main)  # unknown keys and options: one line, a suggestion, exit 2

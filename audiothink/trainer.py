@@ -22,7 +22,7 @@ What is overridden, and why (each signature is pinned by tests/test_trainer_sign
   left out of the step; think-rate and think-length metrics are logged; a sample of completions is written.
 - `_save_checkpoint` / `_maybe_log_save_evaluate`: a checkpoint is marked "being written" until all of it (the
   `on_save` callbacks' files too) is flushed to disk, so a resume never takes a half-written one; a full disk
-  is one line naming the checkpoint (audiothink/checkpoints.py).
+  is one line naming the checkpoint (audiothink/plumbing/checkpoints.py).
 
 Also, outside those overrides: each distinct clip of a batch goes through the audio encoder once, not
 once per completion (`audiothink.models.share_audio_encoder_passes`, exact); with `use_vllm` TRL's engine
@@ -38,32 +38,30 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import inspect
 import json
 import logging
 import math
-import numbers
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
 from accelerate.utils import gather_object, is_peft_model
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import RepeatSampler, is_async_callable, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
+from trl.trainer.utils import RepeatSampler, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.formats import completion_text, parse
-from audiothink.console import ProgressLine
-from audiothink.health import HealthMonitor
+from audiothink.plumbing.console import ProgressLine
+from audiothink.plumbing.health import HealthMonitor
 from audiothink.models import share_audio_encoder_passes
-from audiothink.sharding import check_engine, fsdp_on_cpu_processes
+from audiothink.plumbing.sharding import check_engine, fsdp_on_cpu_processes
 from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
-from rewards.accuracy import is_correct
+from audiothink.reward_api import is_batch_wide, score_batch_wide, trl_reward
+from audiothink.scoring import is_correct
 
 logger = logging.getLogger(__name__)
 
@@ -108,135 +106,6 @@ def unpack_clips(packed: dict[str, torch.Tensor], start: int, end: int) -> dict[
 def _cached_audio(path: str, max_seconds: float | None) -> tuple[np.ndarray, bool]:
     # Each clip of a step is needed G times (once per completion); 256 clips of 30 s stay under 0.5 GB.
     return load_audio(path, max_seconds=max_seconds)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# batch-wide rewards
-
-
-def check_reward_values(name: str, values: Any, n: int) -> list[float | None]:
-    """`values` as floats (None kept), or an error naming the reward: wrong length, NaN/inf, a non-number.
-
-    TRL checks the length only; a NaN would silently read as "no score" and a string would fail inside
-    torch without naming the reward. None is the one way to say "no score".
-    """
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray | torch.Tensor):
-        raise TypeError(f"reward {name!r} returned {type(values).__name__}, expected a list of {n} numbers or None")
-    if len(values) != n:
-        raise ValueError(f"reward {name!r} returned {len(values)} values for a batch of {n}")
-    out: list[float | None] = []
-    for i, v in enumerate(values):
-        if v is None:
-            out.append(None)
-            continue
-        if isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim == 0:
-            v = v.item()
-        if not isinstance(v, numbers.Real):
-            raise TypeError(
-                f"reward {name!r} returned {type(v).__name__} {v!r:.40} at index {i}: expected a number or None"
-            )
-        if not math.isfinite(v):
-            raise ValueError(f"reward {name!r} returned {v} at index {i}: return None for 'no score'")
-        out.append(float(v))
-    return out
-
-
-class _Checked:
-    """A per-sample reward with its output checked (see check_reward_values) before TRL sees it."""
-
-    def __init__(self, func: Callable, name: str):
-        self.func, self.__name__ = func, name
-
-    def __call__(self, completions, **kwargs):
-        return check_reward_values(self.__name__, self.func(completions=completions, **kwargs), len(completions))
-
-
-class _CheckedAsync(_Checked):
-    async def __call__(self, completions, **kwargs):
-        values = await self.func(completions=completions, **kwargs)
-        return check_reward_values(self.__name__, values, len(completions))
-
-
-class _Deferred:
-    """Stands in for a batch-wide reward during TRL's per-rank pass; the real one runs after the gather.
-
-    A batch-wide reward may have a per-rank part, `local(completions, **columns)`: it runs here (so each
-    rank does its own share, e.g. judge calls) and its gathered output reaches the reward as `local_scores`.
-    """
-
-    def __init__(self, name: str, func: Callable | None = None):
-        self.__name__ = name
-        self.local = getattr(func, "local", None)
-
-    def __call__(self, completions, **kwargs):
-        if self.local is None:
-            return [None] * len(completions)
-        return check_reward_values(self.__name__, self.local(completions=completions, **kwargs), len(completions))
-
-
-class _DeferredAsync(_Deferred):
-    # Async, so that TRL starts its event loop and runs the local part alongside the other async rewards.
-    async def __call__(self, completions, **kwargs):
-        if self.local is None:
-            return [None] * len(completions)
-        values = self.local(completions=completions, **kwargs)
-        if inspect.isawaitable(values):
-            values = await values
-        return check_reward_values(self.__name__, values, len(completions))
-
-
-def is_batch_wide(func: Callable) -> bool:
-    return bool(getattr(func, "batch_wide", False))
-
-
-def _trl_reward(func: Any, index: int, batch_wide: dict[int, Callable]):
-    """What TRL's per-rank pass calls for reward `index`: a placeholder, a checked wrapper, or `func` itself."""
-    name = getattr(func, "__name__", type(func).__name__)
-    if index in batch_wide:
-        local = getattr(func, "local", None)
-        is_async = is_async_callable(func) or (local is not None and is_async_callable(local))
-        return (_DeferredAsync if is_async else _Deferred)(name, func)
-    if isinstance(func, (str, torch.nn.Module)):  # reward models: TRL scores them itself
-        return func
-    return (_CheckedAsync if is_async_callable(func) else _Checked)(func, name)
-
-
-def score_batch_wide(
-    funcs: dict[int, Callable],
-    names: Sequence[str],
-    completions: list,
-    columns: dict[str, list],
-    extra_kwargs: dict[str, Any],
-    *,
-    reward_values: dict[str, list[float | None]] | None = None,
-    run_async: Callable[[Any], Any] = asyncio.run,
-) -> dict[int, list[float]]:
-    """Run each batch-wide reward once on the gathered batch, in index order; validate its output.
-
-    `reward_values` (name -> gathered values) holds the per-sample rewards; each batch-wide reward sees it
-    (as the kwarg `reward_values`) with the batch-wide ones before it added, so a formula placed last
-    sees them all. A reward with a `local` part gets that part's gathered output as `local_scores`.
-    Async rewards are awaited with `run_async` (the trainer passes its event loop). NaN marks None.
-    """
-    values_so_far = dict(reward_values or {})
-    out = {}
-    for index in sorted(funcs):
-        func, name = funcs[index], names[index]
-        kwargs = dict(extra_kwargs)
-        kwargs["reward_values"] = dict(values_so_far)
-        if getattr(func, "local", None) is not None:
-            kwargs["local_scores"] = values_so_far.get(name)
-        result = func(completions=completions, **columns, **kwargs)
-        if inspect.isawaitable(result):
-            result = run_async(_awaited(result))
-        checked = check_reward_values(name, result, len(completions))
-        values_so_far[name] = checked
-        out[index] = [float("nan") if v is None else v for v in checked]
-    return out
-
-
-async def _awaited(awaitable):
-    return await awaitable
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,7 +181,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
         from trl import GRPOConfig
         from audiothink.trainer import AudioGRPOTrainer
-        from rewards import AdaptiveThink, Format
+        from audiothink.rewards import AdaptiveThink, Format
 
         processor = AutoProcessor.from_pretrained(model_dir)
         model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir)
@@ -362,7 +231,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         # Batch-wide rewards are replaced by placeholders for TRL's per-rank pass (see _calculate_rewards);
         # per-sample ones are wrapped so that a NaN or a non-number fails naming the reward.
         self._batch_wide = {i: f for i, f in enumerate(reward_funcs) if is_batch_wide(f)}
-        trl_funcs = [_trl_reward(f, i, self._batch_wide) for i, f in enumerate(reward_funcs)]
+        trl_funcs = [trl_reward(f, i, self._batch_wide) for i, f in enumerate(reward_funcs)]
         # TRL is given the tokenizer: it then treats the model as text-in/text-out, and this class supplies
         # the audio. (Handed a processor, TRL assumes an image model and reads `config.image_token_id`.)
         super().__init__(
@@ -381,7 +250,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         if fast_generation:
             self.enable_fast_generation(compile_cache_dir=compile_cache_dir)
         # health/* metrics and warnings for steps without a learning signal; placed before the loggers so that
-        # TensorBoard and metrics.jsonl get them (audiothink.health)
+        # TensorBoard and metrics.jsonl get them (audiothink.plumbing.health)
         self.health = HealthMonitor()
         self.callback_handler.callbacks.insert(1, self.health)
         # one compact line per logging step instead of the progress bar and the printed metrics dict
@@ -397,14 +266,14 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._clipped_in_batch = 0
         self._saving_checkpoint: str | None = None  # the checkpoint folder being written (atomic saves, below)
 
-    # -- checkpoints: complete only once every file is on disk (audiothink/checkpoints.py) ----------------
+    # -- checkpoints: complete only once every file is on disk (audiothink/plumbing/checkpoints.py) ----------------
 
     def _save_checkpoint(self, model, trial):
         """The Trainer's save, inside a "being written" marker that ``_maybe_log_save_evaluate`` removes once
         the files (the ``on_save`` callbacks' too, e.g. the processor) are flushed; a full disk is one line."""
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        from audiothink.checkpoints import begin_save, disk_full_as_error
+        from audiothink.plumbing.checkpoints import begin_save, disk_full_as_error
 
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         self._saving_checkpoint = folder
@@ -414,7 +283,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             super()._save_checkpoint(model, trial)
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
-        from audiothink.checkpoints import disk_full_as_error, end_save
+        from audiothink.plumbing.checkpoints import disk_full_as_error, end_save
 
         with disk_full_as_error(lambda: self._saving_checkpoint):
             out = super()._maybe_log_save_evaluate(*args, **kwargs)
@@ -435,13 +304,13 @@ class AudioGRPOTrainer(GRPOTrainer):
         return None
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        """Resume's weight loading, strict and under the right names (see audiothink/checkpoints.py).
+        """Resume's weight loading, strict and under the right names (see audiothink/plumbing/checkpoints.py).
 
         Full fine-tuning: the Trainer would load hub-named tensors into in-memory names with strict=False,
         i.e. nothing, with a warning. LoRA: the adapter's tensors must match the model's exactly. Sharded
         engines (FSDP, DeepSpeed) keep their own loaders.
         """
-        from audiothink.checkpoints import check_adapter_checkpoint, load_full_checkpoint
+        from audiothink.plumbing.checkpoints import check_adapter_checkpoint, load_full_checkpoint
 
         model = self.model if model is None else model
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
@@ -466,7 +335,7 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         # FSDP on CPU process groups, and a stop when the launched engine is not the one that would train
-        # (accelerate 1.15 falls back to DDP without a word; audiothink/sharding.py)
+        # (accelerate 1.15 falls back to DDP without a word; audiothink/plumbing/sharding.py)
         with fsdp_on_cpu_processes():
             super().create_accelerator_and_postprocess()
         check_engine(self.accelerator)
@@ -652,7 +521,7 @@ class AudioGRPOTrainer(GRPOTrainer):
             for index, values in scored.items():
                 rewards_per_func[:, index] = torch.tensor(values, dtype=rewards_per_func.dtype)
         self._drop_rows_without_optimised_reward(rewards_per_func)
-        # the share of completions with at least one optimised reward (0: nothing to learn from; audiothink.health)
+        # the share of completions with at least one optimised reward (0: nothing to learn from; audiothink.plumbing.health)
         optimised = rewards_per_func[:, (self.reward_weights != 0).to(rewards_per_func.device)]
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["health/scored"].append((~torch.isnan(optimised)).any(dim=1).float().mean().item())
@@ -699,7 +568,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         columns = columns or {}
         correct = None
         if "answer" in columns and "choices" in columns:
-            # correct by the benchmarks' rule (rewards.Accuracy's default), whatever the configured rewards
+            # correct by the benchmarks' rule (audiothink.rewards.Accuracy's default), whatever the configured rewards
             correct = [is_correct(c, a, ch) for c, a, ch in zip(completions, columns["answer"], columns["choices"])]
             scored = [bool(x) for x in correct if x is not None]
             if scored:
@@ -718,7 +587,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["format/malformed_rate"].append(
             sum(not p.well_formed for p in parsed) / max(len(parsed), 1)
         )
-        # the share with an answer block (audiothink.health: a cut completion may still have answered)
+        # the share with an answer block (audiothink.plumbing.health: a cut completion may still have answered)
         self._metrics[mode]["completions/answered"].append(sum(p.answer is not None for p in parsed) / max(len(parsed), 1))
         if thinks:
             lengths = [len(self._tokenizer(p.think or "", add_special_tokens=False)["input_ids"]) for p in thinks]

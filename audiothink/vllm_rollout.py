@@ -83,7 +83,7 @@ def check_vllm_config(args) -> None:
 
 def rollout_grpo_fields(rollout_cfg) -> dict[str, Any]:
     """The `rollout:` config block as TRL GRPOConfig fields (`use_vllm`, `vllm_mode`, ...)."""
-    from audiothink.errors import ConfigError
+    from audiothink.plumbing.errors import ConfigError
 
     engine = rollout_cfg.get("engine", "hf")
     if engine == "hf":

@@ -58,7 +58,7 @@ def parameter_counts() -> dict[str, int]:
     from peft import get_peft_model
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    from audiothink.setup import build_peft_config
+    from audiothink.loading import build_peft_config
 
     spec = importlib.util.spec_from_file_location("gpu_step", ROOT / "bench" / "gpu_step.py")
     gpu_step = importlib.util.module_from_spec(spec)

@@ -345,7 +345,7 @@ def build_qwen2_audio():
     from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
-    from audiothink.setup import TOY_MODEL_DIR
+    from audiothink.toy import TOY_MODEL_DIR
 
     toy = AutoProcessor.from_pretrained(TOY_MODEL_DIR)
     tok = toy.tokenizer
@@ -386,7 +386,7 @@ def build(args, model_name: str, work: Path):
     from audiothink.audio import write_wav
     from audiothink.data import Sample, to_dataset
     from audiothink.trainer import AudioGRPOTrainer
-    from rewards import Accuracy, AdaptiveThink, Format
+    from audiothink.rewards import Accuracy, AdaptiveThink, Format
 
     model, processor, cfg = (build_qwen2_audio if model_name == "qwen2_audio_7b" else build_omni_thinker)()
     tok = processor.tokenizer

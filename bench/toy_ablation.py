@@ -55,9 +55,9 @@ def score_heldout(model_dir: Path, force_mode: str | None, eval_path: Path, batc
     import torch
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-    from audiothink.benchmarks.scoring import string_match
+    from audiothink.scoring import string_match
     from audiothink.data import load_samples
-    from audiothink.evaluate import training_prompt
+    from audiothink.prompts import training_prompt
     from audiothink.formats import extract_answer, force_prefill, parse
     from audiothink.inference import generate_batch
     from audiothink.judge.rule import consistency
@@ -111,7 +111,7 @@ def print_table(results: dict[str, dict]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from audiothink.setup import TOY_MODEL_DIR
+    from audiothink.toy import TOY_MODEL_DIR
     from audiothink.toy.data import default_root, ensure_toy
 
     from toy_learning import parse_run_args  # bench/ is the script's folder, on sys.path

@@ -25,7 +25,7 @@ The name a reward is logged under is its ``__name__``.
 
 Example, runnable as is:
 
->>> from rewards import Accuracy, AdaptiveThink, Format
+>>> from audiothink.rewards import Accuracy, AdaptiveThink, Format
 >>> completions = ["<think>low and bowed</think><answer>(B) cello</answer>", "<answer>violin</answer>"]
 >>> columns = {"answer": ["cello", "cello"], "choices": [["violin", "cello"], ["violin", "cello"]]}
 >>> Format()(completions, **columns)
@@ -40,12 +40,12 @@ Example, runnable as is:
 [0.0, 1.0]
 """
 
-from rewards.accuracy import Accuracy
-from rewards.adaptive_think import AdaptiveThink
-from rewards.consistency import Consistency
-from rewards.format import Format
-from rewards.repetition import Repetition
-from rewards.think_length import ThinkLength
-from rewards.think_quality import ThinkQuality
+from .accuracy import Accuracy
+from .adaptive_think import AdaptiveThink
+from .consistency import Consistency
+from .format import Format
+from .repetition import Repetition
+from .think_length import ThinkLength
+from .think_quality import ThinkQuality
 
 __all__ = ["Accuracy", "AdaptiveThink", "Consistency", "Format", "Repetition", "ThinkLength", "ThinkQuality"]

@@ -1,7 +1,7 @@
 """Accuracy reward: does the answer name the gold option, by the rule the benchmarks score with?
 
 By default a completion is correct exactly when MMAU and MMAR would count it correct: the official
-string-match rule (``audiothink/benchmarks/scoring.py``) on the extracted answer (the first
+string-match rule (``audiothink/scoring.py``) on the extracted answer (the first
 ``<answer>…</answer>`` block, else the raw output; never the think block). So the training signal cannot
 drift from the benchmark: a policy that answers with letters (``B``, ``(B)``, ``Answer: B``) earns what the
 benchmark would give it, nothing.
@@ -16,39 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from audiothink.benchmarks.scoring import string_match
-from audiothink.choices import match_choice
-from audiothink.formats import Parsed, extract_answer, parse
-
-
-def is_correct(completion: Any, answer: str, choices: Sequence[str], *, letters: bool = False) -> bool | None:
-    """Whether ``completion`` answers ``answer`` (one of ``choices``); None when the row cannot be scored.
-
-    None when ``answer`` is not one of ``choices``: guessing would pay or punish the model for a data
-    error. Default: the official MMAU/MMAR rule on the extracted answer. ``letters=True``: the first answer
-    block names the gold option (letter or text, :func:`audiothink.choices.match_choice`). ``completion`` is
-    the text (or conversational completion); with ``letters=True`` a :class:`Parsed` works too.
-
-    >>> is_correct("<think>not violin</think><answer>cello</answer>", "cello", ["violin", "cello"])
-    True
-    >>> is_correct("<answer>B</answer>", "cello", ["violin", "cello"])
-    False
-    >>> is_correct("<answer>B</answer>", "cello", ["violin", "cello"], letters=True)
-    True
-    """
-    try:
-        options = list(choices)
-        gold = options.index(answer)
-    except (TypeError, ValueError):
-        return None
-    if letters:
-        parsed = completion if isinstance(completion, Parsed) else parse(completion)
-        return match_choice(parsed.answer, options) == gold
-    if isinstance(completion, Parsed):
-        # a Parsed lost the raw text, which the benchmarks' rule scores when there is no answer block
-        raise TypeError("is_correct: pass the completion text (letters=False scores the raw output without an "
-                        "answer block), not a Parsed")
-    return string_match(answer, extract_answer(completion), [str(c) for c in options])
+from audiothink.scoring import is_correct
 
 
 class Accuracy:
@@ -56,7 +24,7 @@ class Accuracy:
 
     ``answer`` and ``choices`` are dataset columns, one entry per completion.
 
-    >>> from rewards import Accuracy
+    >>> from audiothink.rewards import Accuracy
     >>> choices = [["violin", "cello"]] * 4
     >>> Accuracy()(["<answer>cello</answer>", "<answer>(B) cello</answer>", "<answer>B</answer>", "cello"],
     ...            ["cello"] * 4, choices)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from audiothink.formats import parse
-from rewards.accuracy import _check_lengths, is_correct
+from .accuracy import _check_lengths, is_correct
 
 Base = tuple[float, float, float, float]
 DEFAULT_BASE: Base = (1.0, 0.0, 2.0, -1.0)
@@ -64,7 +64,7 @@ class AdaptiveThink:
     Batch-wide: the trainer calls it once with the gathered batch of all ranks, so λ (the share of
     think completions) is global. ``last_think_share`` keeps the λ of the last call for logging.
 
-    >>> from rewards import AdaptiveThink
+    >>> from audiothink.rewards import AdaptiveThink
     >>> reward = AdaptiveThink()
     >>> completions = ["<think>bowed</think><answer>cello</answer>", "<answer>violin</answer>"]
     >>> [round(r, 4) for r in reward(completions, ["cello"] * 2, [["violin", "cello"]] * 2)]
@@ -88,7 +88,7 @@ class AdaptiveThink:
         letters: bool = False,
     ) -> None:
         self.balance = balance
-        self.letters = bool(letters)  # correctness as rewards.Accuracy judges it: the benchmarks' rule, or letters
+        self.letters = bool(letters)  # correctness as audiothink.rewards.Accuracy judges it: the benchmarks' rule, or letters
         self.base: Base = (think_correct, think_wrong, no_think_correct, no_think_wrong)
         self.last_think_share: float | None = None
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from audiothink.formats import parse
 from audiothink.judge import Judge
-from rewards.accuracy import is_correct
+from .accuracy import is_correct
 
 FIELDS = ("question", "choices", "think", "answer")
 
@@ -29,7 +29,7 @@ class Consistency:
 
     >>> import asyncio
     >>> from audiothink.judge import RuleJudge
-    >>> from rewards import Consistency
+    >>> from audiothink.rewards import Consistency
     >>> completions = ["<think>i count two beeps</think><answer>two</answer>",
     ...                "<think>i count two beeps</think><answer>one</answer>", "<answer>one</answer>"]
     >>> columns = {"question": ["how many beeps?"] * 3, "choices": [["one", "two"]] * 3, "answer": ["two"] * 3}
@@ -47,7 +47,7 @@ class Consistency:
         self.judge = judge
         self.only_correct = only_correct
         self.prompt = prompt
-        self.letters = bool(letters)  # "correct" as rewards.Accuracy judges it: the benchmarks' rule, or letters
+        self.letters = bool(letters)  # "correct" as audiothink.rewards.Accuracy judges it: the benchmarks' rule, or letters
 
     async def __call__(
         self,

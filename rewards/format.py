@@ -10,7 +10,7 @@ from audiothink.formats import parse
 class Format:
     """Pays 1.0 when a completion is ``<think>…</think><answer>…</answer>`` or ``<answer>…</answer>``.
 
-    >>> from rewards import Format
+    >>> from audiothink.rewards import Format
     >>> Format()(["<think>low, bowed</think><answer>B</answer>", "<answer>B</answer>", "B"])
     [1.0, 1.0, 0.0]
     """

@@ -4,7 +4,7 @@
 
 over the lower-cased words of the whole completion (``scope="completion"``) or of the think block only
 (``scope="think"``). Text with fewer than ``n`` words gets 0. Off by default; switch it on with a weight,
-e.g. ``+reward.repetition.weight=0.5 +reward.repetition.fn._target_=rewards.Repetition``.
+e.g. ``+reward.repetition.weight=0.5 +reward.repetition.fn._target_=audiothink.rewards.Repetition``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from audiothink.formats import completion_text, parse
 class Repetition:
     """Minus the share of repeated word n-grams.
 
-    >>> from rewards import Repetition
+    >>> from audiothink.rewards import Repetition
     >>> Repetition(n=2)(["a b c d", "a b a b a b", "a", "<think>x y x y</think><answer>z</answer>"])
     [0.0, -0.6, 0.0, -0.25]
     >>> Repetition(n=2, scope="think")(["<answer>a b a b</answer>"])

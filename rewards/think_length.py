@@ -11,7 +11,7 @@ With ``penalize_short=False`` only reasoning longer than the band is charged. Co
 think block get ``no_think`` (default 0: the length of reasoning that is not there is not wrong).
 
 Off by default; switch it on with a weight, e.g.
-``+reward.think_length.weight=0.2 +reward.think_length.fn._target_=rewards.ThinkLength``.
+``+reward.think_length.weight=0.2 +reward.think_length.fn._target_=audiothink.rewards.ThinkLength``.
 Tokens are counted with ``tokenizer`` (a checkpoint path or hub id, e.g. ``'${model.path}'`` for the
 policy's own), or as whitespace-separated words when it is None.
 """
@@ -34,7 +34,7 @@ def _tokenizer(path: str):
 class ThinkLength:
     """0 inside the target band of think length, down to -1 outside it.
 
-    >>> from rewards import ThinkLength
+    >>> from audiothink.rewards import ThinkLength
     >>> reward = ThinkLength(target=4, tolerance=1)
     >>> reward(["<think>one two three four</think><answer>a</answer>",
     ...         "<think>" + "w " * 7 + "</think><answer>a</answer>",

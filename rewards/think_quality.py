@@ -28,7 +28,7 @@ class ThinkQuality:
 
     >>> import asyncio
     >>> from audiothink.judge import RuleJudge
-    >>> from rewards import ThinkQuality
+    >>> from audiothink.rewards import ThinkQuality
     >>> completions = ["<think>i count two beeps</think><answer>two</answer>",
     ...                "<think>hmm</think><answer>one</answer>", "<answer>one</answer>"]
     >>> columns = {"question": ["how many beeps?"] * 3, "choices": [["one", "two"]] * 3}

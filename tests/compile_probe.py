@@ -27,9 +27,9 @@ from trl import GRPOConfig
 
 from audiothink.audio import write_wav
 from audiothink.data import Sample, to_dataset
-from audiothink.setup import TOY_MODEL_DIR
+from audiothink.toy import TOY_MODEL_DIR
 from audiothink.trainer import AudioGRPOTrainer
-from rewards import Format
+from audiothink.rewards import Format
 
 PROMPT = "{question}\n{choices}\nAnswer inside <answer></answer>."
 

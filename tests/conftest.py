@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from audiothink.setup import TOY_MODEL_DIR  # noqa: E402
+from audiothink.toy import TOY_MODEL_DIR  # noqa: E402
 from audiothink.toy.data import generate_toy  # noqa: E402
 
 PROMPT = "{question}\n{choices}\nThink inside <think></think> if needed, then answer inside <answer></answer>."

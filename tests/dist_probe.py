@@ -28,10 +28,10 @@ import os
 import torch
 
 from audiothink.formats import completion_text, parse
-from audiothink.sharding import running_engine
+from audiothink.plumbing.sharding import running_engine
 from audiothink.trainer import AudioGRPOTrainer
-from rewards.accuracy import is_correct
-from rewards.adaptive_think import AdaptiveThink, _progress, adaptive_value
+from audiothink.rewards.accuracy import is_correct
+from audiothink.rewards.adaptive_think import AdaptiveThink, _progress, adaptive_value
 
 _seen: list[dict] = []  # what AdaptiveThink saw during the current _calculate_rewards call
 

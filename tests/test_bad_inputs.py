@@ -254,11 +254,12 @@ def checks():
     the toy trainer's max_completion_length)."""
     from transformers import AutoConfig, AutoProcessor
 
-    from audiothink.setup import TOY_MODEL_DIR, row_checks
-    from audiothink.toy.warmstart import default_prompt
+    from audiothink.toy import TOY_MODEL_DIR
+    from audiothink.prompts import row_checks
+    from audiothink.prompts import training_prompt
 
     processor = AutoProcessor.from_pretrained(TOY_MODEL_DIR)
-    return row_checks(processor, default_prompt(), max_prompt_tokens=2048, max_audio_seconds=2.0,
+    return row_checks(processor, training_prompt(), max_prompt_tokens=2048, max_audio_seconds=2.0,
                       model_config=AutoConfig.from_pretrained(TOY_MODEL_DIR), max_completion_length=48)
 
 
@@ -465,10 +466,11 @@ def test_a_long_prompt_is_reported_without_the_tokenizer_warning(tmp_path):
     warns once per instance)."""
     from transformers import AutoProcessor
 
-    from audiothink.setup import TOY_MODEL_DIR, row_checks
-    from audiothink.toy.warmstart import default_prompt
+    from audiothink.toy import TOY_MODEL_DIR
+    from audiothink.prompts import row_checks
+    from audiothink.prompts import training_prompt
 
-    checks = row_checks(AutoProcessor.from_pretrained(TOY_MODEL_DIR), default_prompt(), max_prompt_tokens=2048,
+    checks = row_checks(AutoProcessor.from_pretrained(TOY_MODEL_DIR), training_prompt(), max_prompt_tokens=2048,
                         max_audio_seconds=2.0)
     case = next(c for c in CASES if c.kind == "20,000-character question")
     records: list[logging.LogRecord] = []

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from audiothink.trainer import score_batch_wide
-from rewards import AdaptiveThink
-from rewards.adaptive_think import adaptive_value
+from audiothink.reward_api import score_batch_wide
+from audiothink.rewards import AdaptiveThink
+from audiothink.rewards.adaptive_think import adaptive_value
 from tests.test_trainer import _trainer
 
 THINK_RIGHT = "<think>the first tone is higher</think><answer>first</answer>"
@@ -118,7 +118,7 @@ def test_each_group_is_one_prompts_g_completions_in_a_real_step(toy_model_dir, t
     (A strided numbering, `i % n_groups`, would mix prompts in every group: the advantage of a completion would
     be measured against other prompts' completions.)"""
     from audiothink.trainer import AudioGRPOTrainer
-    from rewards import Format
+    from audiothink.rewards import Format
     from tests.conftest import load_toy, toy_grpo_args
     from tests.test_trainer import _dataset
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from audiothink.checkpoints import (
+from audiothink.plumbing.checkpoints import (
     CheckpointError,
     checkpoint_key_map,
     load_full_checkpoint,
     resume_checkpoint,
 )
-from audiothink.errors import ConfigError
-from audiothink.setup import drop_replayed
+from audiothink.plumbing.errors import ConfigError
+from audiothink.plumbing.runfiles import drop_replayed
 from tests.conftest import load_toy
 
 
@@ -147,7 +147,7 @@ def test_train_loss_of_a_resumed_run_is_the_mean_over_all_its_steps(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from audiothink.setup import JsonlMetrics
+    from audiothink.plumbing.runfiles import JsonlMetrics
 
     path = tmp_path / "metrics.jsonl"
     # the interrupted run logged steps 2 and 4 (windows of 2 steps); the resume logs 6 and 7, then the summary
@@ -210,7 +210,7 @@ def test_another_runs_checkpoint_into_a_run_folder_is_refused_before_anything_is
 def test_only_the_main_process_judges_whose_checkpoint_it_is(tmp_path, monkeypatch):
     """The other processes of a launch look at the folder later, after the main one wrote its config.yaml into
     the new (branch) folder: they follow the main process, which refuses for all."""
-    from audiothink.checkpoints import check_resume_owner
+    from audiothink.plumbing.checkpoints import check_resume_owner
 
     theirs = _checkpoint(tmp_path / "b", 2)
     (tmp_path / "a").mkdir()
@@ -358,9 +358,9 @@ def test_a_checkpoint_with_nan_weights_stops_the_resume_before_anything_loads(re
 
 
 def _toy_trainer(toy_model_dir, toy_files, tmp_path, peft_config=None, **args):
-    from audiothink.setup import SaveProcessor
+    from audiothink.plumbing.runfiles import SaveProcessor
     from audiothink.trainer import AudioGRPOTrainer
-    from rewards import Accuracy, Format
+    from audiothink.rewards import Accuracy, Format
     from tests.conftest import toy_grpo_args
     from tests.test_trainer import _dataset
 
@@ -507,7 +507,7 @@ def test_a_truncated_adapter_is_one_line_naming_it(lora_run, tmp_path):
 def test_the_checkpoints_lora_must_be_model_lora_before_anything_loads(lora_run, real_run):
     from omegaconf import OmegaConf
 
-    from audiothink.checkpoints import check_resume_adapter
+    from audiothink.plumbing.checkpoints import check_resume_adapter
 
     ckpt = lora_run / "checkpoint-1"
 

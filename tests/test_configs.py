@@ -14,7 +14,11 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from trl import GRPOConfig
 
-from audiothink.setup import ConfigError, build_grpo_config, build_rewards, check_model_path, register_resolvers
+from audiothink.plumbing.errors import ConfigError
+from audiothink.grpo_config import build_grpo_config
+from audiothink.reward_api import build_rewards
+from audiothink.loading import check_model_path
+from audiothink.plumbing.cli import register_resolvers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = {
@@ -142,7 +146,7 @@ def test_attention_auto_picks_sdpa_without_flash_attn_or_gpu(monkeypatch):
 
     import torch
 
-    from audiothink.setup import resolve_attention
+    from audiothink.loading import resolve_attention
 
     assert resolve_attention("eager") == "eager"  # a named kernel is taken as is
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from audiothink.cli import GROUPS, check_overrides
-from audiothink.errors import ConfigError
-from audiothink.runfiles import summary_lines
+from audiothink.plumbing.cli import GROUPS, check_overrides
+from audiothink.plumbing.errors import ConfigError
+from audiothink.plumbing.runfiles import summary_lines
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -284,7 +284,7 @@ def test_summary_lines_have_every_slice():
 def test_model_names_in_titles_and_folders():
     from audiothink.evaluate import model_tag
     from audiothink.plot import model_name
-    from audiothink.setup import TOY_MODEL_DIR
+    from audiothink.toy import TOY_MODEL_DIR
 
     assert model_name(str(TOY_MODEL_DIR)) == "toy-warmstart"  # not "assets/model"
     assert model_tag(str(TOY_MODEL_DIR)) == "toy-warmstart"

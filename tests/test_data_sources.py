@@ -312,7 +312,7 @@ def test_abstention_off_and_bad_settings(tmp_path):
 
 
 def test_accuracy_reward_scores_the_abstention_target_like_any_choice(tmp_path):
-    from rewards.accuracy import is_correct
+    from audiothink.rewards.accuracy import is_correct
 
     choices = ["rain", "wind", "thunder", DEFAULT_LABEL]
     for said in (f"<answer>{DEFAULT_LABEL}</answer>", "<answer>(D) cannot be determined from the audio</answer>",
@@ -331,7 +331,7 @@ def test_accuracy_reward_scores_the_abstention_target_like_any_choice(tmp_path):
 def _data_cfg(option: str, **overrides):
     from hydra import compose, initialize_config_dir
 
-    from audiothink.setup import register_resolvers
+    from audiothink.plumbing.cli import register_resolvers
 
     register_resolvers()
     configs = Path(__file__).resolve().parents[1] / "configs"
@@ -341,7 +341,7 @@ def _data_cfg(option: str, **overrides):
 
 
 def test_build_dataset_avqa_with_skips_clipping_and_abstention(tmp_path, caplog):
-    from audiothink.setup import build_dataset
+    from audiothink.sources import build_dataset
 
     audio = tmp_path / "audio"
     write_wav(audio / "long_1.wav", np.full(int(3.0 * SAMPLE_RATE), 0.1, np.float32))
@@ -371,7 +371,8 @@ def test_build_dataset_avqa_with_skips_clipping_and_abstention(tmp_path, caplog)
 
 
 def test_build_dataset_hf_and_config_errors(tmp_path):
-    from audiothink.setup import ConfigError, build_dataset
+    from audiothink.plumbing.errors import ConfigError
+    from audiothink.sources import build_dataset
 
     _audio_dataset(_hf_rows(2)).save_to_disk(str(tmp_path / "ds"))
     cfg = _data_cfg("hf", train=str(tmp_path / "ds"), eval=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c"))

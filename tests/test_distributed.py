@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from audiothink.formats import parse
-from rewards.accuracy import is_correct
-from rewards.adaptive_think import adaptive_value
+from audiothink.rewards.accuracy import is_correct
+from audiothink.rewards.adaptive_think import adaptive_value
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 2
@@ -169,7 +169,7 @@ def test_launch_time_is_the_launchers_start_under_a_launcher(monkeypatch):
 
 def test_processes_with_different_run_dirs_stop(monkeypatch, tmp_path):
     from audiothink import train
-    from audiothink.setup import ConfigError
+    from audiothink.plumbing.errors import ConfigError
 
     monkeypatch.setattr("accelerate.utils.gather_object", lambda objs: [str(tmp_path / "a"), str(tmp_path / "b")])
     with pytest.raises(ConfigError, match="different run directories.*hydra.run.dir"):

@@ -10,9 +10,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from audiothink.benchmarks.mmar import CATEGORIES, MODALITIES
-from audiothink.benchmarks.scoring import string_match
+from audiothink.scoring import string_match
 from audiothink.data import DataError
-from audiothink.evaluate import evaluate, register_eval_resolvers, training_prompt
+from audiothink.evaluate import evaluate, register_eval_resolvers
+from audiothink.prompts import training_prompt
 from tests.test_benchmarks import make_mmar_fixture, make_mmau_fixture
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -79,7 +79,7 @@ def test_teacher_forcing_reproduces_greedy_decoding(toy_model_dir, toy_files, ad
 
 
 def test_missing_adapter_is_a_config_error(tmp_path, toy_files):
-    from audiothink.setup import ConfigError
+    from audiothink.plumbing.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no adapter_config.json"):
         run_eval(tmp_path / "x", *_args(toy_files), f"adapter={tmp_path / 'nope'}")

@@ -18,7 +18,7 @@ from transformers import Qwen2AudioForConditionalGeneration
 import audiothink.evaluate as evaluate_module
 from audiothink.benchmarks.store import PredictionStore, StoreMismatch
 from audiothink.data import DataError
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 from tests.test_benchmarks import make_mmau_fixture
 from tests.test_evaluate import eval_cfg, run_eval
 

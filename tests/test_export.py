@@ -74,7 +74,7 @@ def test_training_log_line_says_lora_and_trainable_parameters(lora_run, toy_mode
     from omegaconf import OmegaConf
     from peft import get_peft_model
 
-    from audiothink.setup import build_peft_config
+    from audiothink.loading import build_peft_config
 
     _, stdout, _ = lora_run
     lines = [ln for ln in stdout.splitlines() if ln.startswith("model: ")]
@@ -256,7 +256,7 @@ def test_omni_thinker_lora_export_with_its_processor(omni_dir, toy_files, tmp_pa
     from peft import PeftModel, get_peft_model
 
     from audiothink.models import OmniAudioProcessor
-    from audiothink.setup import build_peft_config, load_model_and_processor
+    from audiothink.loading import build_peft_config, load_model_and_processor
 
     section = yaml.safe_load((REPO / "configs" / "model" / "qwen2_5_omni_7b.yaml").read_text())["model"]
     section.update(path=str(omni_dir), dtype="float32")
@@ -316,7 +316,7 @@ def test_model_card_of_a_formula_reward(tmp_path):
 
     OmegaConf.save(OmegaConf.create({
         "model": {"path": "/m", "cls": "x.Y"}, "data": {}, "trainer": {}, "seed": 0,
-        "reward": {"formula": "a * (1 + b)", "a": {"weight": 0.0, "fn": {"_target_": "rewards.A"}},
-                   "b": {"weight": 0.0, "fn": {"_target_": "rewards.B"}}}}), tmp_path / "config.yaml")
+        "reward": {"formula": "a * (1 + b)", "a": {"weight": 0.0, "fn": {"_target_": "audiothink.rewards.A"}},
+                   "b": {"weight": 0.0, "fn": {"_target_": "audiothink.rewards.B"}}}}), tmp_path / "config.yaml")
     card = model_card(tmp_path, kind="full", base="/m")
-    assert "`a` (weight 0.0, `rewards.A`)" in card and "total = `a * (1 + b)`" in card
+    assert "`a` (weight 0.0, `audiothink.rewards.A`)" in card and "total = `a * (1 + b)`" in card

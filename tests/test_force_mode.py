@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from audiothink.benchmarks.scoring import string_match
+from audiothink.scoring import string_match
 from audiothink.data import load_samples
 from audiothink.formats import ANSWER_OPEN, THINK_OPEN, extract_answer, force_prefill, parse
 from audiothink.inference import generate_batch
@@ -107,7 +107,7 @@ def test_evaluate_reports_each_forced_mode_next_to_the_free_choice(tmp_path, toy
 
 
 def test_bad_force_mode_is_a_config_error(tmp_path, toy_files):
-    from audiothink.setup import ConfigError
+    from audiothink.plumbing.errors import ConfigError
 
     with pytest.raises(ConfigError, match="force_mode"):
         run_eval(tmp_path / "out", "benchmark=toy", f"benchmark.root={toy_files['eval'].parent}",

@@ -1,4 +1,4 @@
-"""Dead runs say they are dead: health/* metrics and a warning naming the cause (audiothink/health.py)."""
+"""Dead runs say they are dead: health/* metrics and a warning naming the cause (audiothink/plumbing/health.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 import pytest
 from transformers import TrainerCallback
 
-from audiothink.health import CAUSES, HealthMonitor, causes
+from audiothink.plumbing.health import CAUSES, HealthMonitor, causes
 from audiothink.trainer import AudioGRPOTrainer
-from rewards import Format
+from audiothink.rewards import Format
 from tests.conftest import load_toy, toy_grpo_args
 from tests.test_trainer import _dataset
 
@@ -46,7 +46,7 @@ def _run(toy_model_dir, toy_files, tmp_path, rewards, **args):
     ("truncated", [Format()], {"max_completion_length": 2}),
 ])
 def test_a_run_without_learning_signal_says_why(cause, rewards, args, toy_model_dir, toy_files, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="audiothink.health"):
+    with caplog.at_level(logging.WARNING, logger="audiothink.plumbing.health"):
         logs, trainer = _run(toy_model_dir, toy_files, tmp_path, rewards, **args)
     assert len(logs) == 3
     assert all(r[f"health/{cause}"] == 1.0 and r["health/ok"] == 0.0 for r in logs), logs
@@ -59,7 +59,7 @@ def test_a_run_without_learning_signal_says_why(cause, rewards, args, toy_model_
 
 def test_a_healthy_run_reports_ok(toy_model_dir, toy_files, tmp_path, caplog):
     # rewards that differ within groups (some completions are well formed, some are not, early on)
-    with caplog.at_level(logging.WARNING, logger="audiothink.health"):
+    with caplog.at_level(logging.WARNING, logger="audiothink.plumbing.health"):
         logs, trainer = _run(toy_model_dir, toy_files, tmp_path, [Format()], learning_rate=1e-6,
                              temperature=1.5)
     assert all(r["health/no_reward"] == 0.0 and r["health/truncated"] == 0.0 for r in logs)
@@ -108,7 +108,7 @@ def test_a_lasting_cause_warns_once_and_again_after_it_clears(caplog):
     def warnings():
         return [r.getMessage() for r in caplog.records if "no learning signal" in r.getMessage()]
 
-    with caplog.at_level(logging.WARNING, logger="audiothink.health"):
+    with caplog.at_level(logging.WARNING, logger="audiothink.plumbing.health"):
         for step, logs in enumerate([dead] * 2, 1):
             state.global_step = step
             monitor.on_log(None, state, None, logs={"loss": 0.0, **logs})

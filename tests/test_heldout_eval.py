@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from audiothink.errors import ConfigError
-from audiothink.setup import register_resolvers
+from audiothink.plumbing.errors import ConfigError
+from audiothink.plumbing.cli import register_resolvers
 
 REPO = Path(__file__).resolve().parent.parent
 register_resolvers()
@@ -198,7 +198,7 @@ def _compose(overrides=()):
     ("eval.every_steps=10 eval.best_mode=highest", "eval.best_mode='highest': must be max"),
 ])
 def test_bad_settings_are_config_errors(override, message):
-    from audiothink.validate import check_train_config
+    from audiothink.plumbing.validate import check_train_config
 
     with pytest.raises(ConfigError) as info:
         check_train_config(_compose(override.split()))
@@ -209,7 +209,7 @@ def test_bad_settings_are_config_errors(override, message):
                                       "eval.every_steps=5 eval.best_metric=heldout/difficulty/hard/accuracy",
                                       "eval.every_steps=5 eval.best_metric=heldout/think_rate eval.best_mode=min"])
 def test_good_settings_pass(override):
-    from audiothink.validate import check_train_config
+    from audiothink.plumbing.validate import check_train_config
 
     check_train_config(_compose(override.split()))
 
@@ -231,7 +231,7 @@ def test_a_slice_the_items_lack_or_no_items_stop_before_the_model(toy_files):
 def test_the_interval_settings_do_not_change_the_recorded_before_figures():
     """heldout_before.json records how the "before" figures were made; when to score during training is not
     part of it: switching eval.every_steps on at a resume reuses them, and a default run writes the same file."""
-    from audiothink.runfiles import heldout_settings
+    from audiothink.plumbing.runfiles import heldout_settings
 
     default = heldout_settings(_compose(), 8)
     assert heldout_settings(_compose(["eval.every_steps=5", "eval.best_mode=min"]), 8) == default

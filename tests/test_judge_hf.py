@@ -12,8 +12,9 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from audiothink.judge import HFJudge
-from audiothink.setup import TOY_MODEL_DIR, ConfigError
-from rewards import Consistency, ThinkQuality
+from audiothink.toy import TOY_MODEL_DIR
+from audiothink.plumbing.errors import ConfigError
+from audiothink.rewards import Consistency, ThinkQuality
 
 PROMPTS = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs/judge/prompts/v1.yaml"))
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from audiothink.formula import Formula
 from audiothink.judge import OpenAIJudge
-from rewards import AdaptiveThink, Consistency, Format, ThinkQuality
+from audiothink.rewards import AdaptiveThink, Consistency, Format, ThinkQuality
 from tests.reward_testing import FakeJudgeServer, closed_port_url, completion_body, default_reply, toy_trainer
 
 PROMPTS = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs/judge/prompts/v1.yaml"))

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 from audiothink.judge import OpenAIJudge, RuleJudge
 from audiothink.judge.watch import FailureWindow, JudgeWatch, probe_judges
-from rewards import Consistency, ThinkQuality
+from audiothink.rewards import Consistency, ThinkQuality
 from tests.reward_testing import FakeJudgeServer, closed_port_url, completion_body, default_reply
 
 PROMPTS = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs/judge/prompts/v1.yaml"))

@@ -17,7 +17,7 @@ from transformers.models.qwen2 import modeling_qwen2
 from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni
 
 from audiothink.models import use_liger_kernels
-from audiothink.setup import load_model_and_processor
+from audiothink.loading import load_model_and_processor
 
 
 class FakeRMSNorm(torch.nn.Module):

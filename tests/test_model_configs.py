@@ -14,10 +14,11 @@ from omegaconf import OmegaConf
 from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from audiothink.setup import TOY_MODEL_DIR, build_peft_config, load_model_and_processor
+from audiothink.toy import TOY_MODEL_DIR
+from audiothink.loading import build_peft_config, load_model_and_processor
 from audiothink.toy.omni import build_omni_processor, build_omni_thinker
 from audiothink.trainer import AudioGRPOTrainer
-from rewards import Accuracy, AdaptiveThink, Format
+from audiothink.rewards import Accuracy, AdaptiveThink, Format
 from tests.conftest import load_toy, toy_grpo_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"

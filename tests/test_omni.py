@@ -14,10 +14,10 @@ from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniTh
 from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import _get_feat_extract_output_lengths
 
 from audiothink.models import OmniAudioProcessor
-from audiothink.setup import load_model_and_processor
+from audiothink.loading import load_model_and_processor
 from audiothink.toy.omni import build_omni_processor, build_omni_thinker, save_tiny_omni
 from audiothink.trainer import AudioGRPOTrainer
-from rewards import Accuracy, AdaptiveThink, Format
+from audiothink.rewards import Accuracy, AdaptiveThink, Format
 from tests.conftest import toy_grpo_args
 from tests.test_trainer import _dataset, _full_passes, assert_audio_in_every_pass, spy_audio_forwards
 
@@ -73,7 +73,7 @@ def test_processor_refuses_a_tokenizer_without_audio_token(toy_model_dir):
 def test_config_loads_the_thinker_and_lora_targets_its_language_model_only(omni_dir):
     from peft import get_peft_model
 
-    from audiothink.setup import build_peft_config
+    from audiothink.loading import build_peft_config
 
     cfg = _omni_model_cfg(omni_dir)
     model, processor = load_model_and_processor(cfg)

@@ -15,8 +15,10 @@ from hydra import compose, initialize_config_dir
 
 from audiothink.audio import SAMPLE_RATE
 from audiothink.data import DataError, load_samples
-from audiothink.errors import ConfigError
-from audiothink.setup import TOY_MODEL_DIR, model_context, prompt_limit, row_checks
+from audiothink.plumbing.errors import ConfigError
+from audiothink.toy import TOY_MODEL_DIR
+from audiothink.loading import model_context
+from audiothink.prompts import prompt_limit, row_checks
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROMPT = "{question}\n{choices}"
@@ -78,7 +80,7 @@ def test_training_refuses_the_long_prompt_before_the_model_loads(tmp_path, monke
     """Through train(): the row problem comes from config.json and the processor, no weights loaded."""
     import audiothink.train as train_mod
 
-    from audiothink.setup import register_resolvers
+    from audiothink.plumbing.cli import register_resolvers
 
     register_resolvers()
     meta = _rows(tmp_path, 470)

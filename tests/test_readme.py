@@ -111,7 +111,7 @@ def _trl_loss_types() -> list[str]:
 
 
 def test_loss_type_list_is_trls():
-    from audiothink.validate import grpo_choices
+    from audiothink.plumbing.validate import grpo_choices
 
     line = next(ln for ln in _commands(_section("Config cheatsheet")) if "trainer.loss_type=" in ln)
     listed = [x.strip() for x in line.split("#", 1)[1].split("|")]
@@ -209,7 +209,7 @@ def test_the_repeatability_figures_are_the_recorded_ones():
 
 def test_the_printed_tables_are_what_the_code_prints():
     from audiothink.benchmarks.report import forced_lines
-    from audiothink.runfiles import summary_lines
+    from audiothink.plumbing.runfiles import summary_lines
 
     def st(n, acc, think):
         return {"n": n, "accuracy": acc, "think_rate": think}

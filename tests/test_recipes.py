@@ -15,7 +15,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from audiothink.setup import build_grpo_config, register_resolvers
+from audiothink.grpo_config import build_grpo_config
+from audiothink.plumbing.cli import register_resolvers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_resolvers()

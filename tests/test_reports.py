@@ -45,7 +45,7 @@ def test_forced_mode_table_lines_up_with_a_60_character_slice_name():
 
 
 def test_held_out_table_lines_up_with_a_long_task_name():
-    from audiothink.runfiles import summary_lines
+    from audiothink.plumbing.runfiles import summary_lines
 
     stats = {"n": 2, "accuracy": 0.5, "think_rate": 0.0}
     result = {"overall": stats, "by_difficulty": {"easy": stats}, "by_task": {LONG: stats, "count": stats}}
@@ -82,7 +82,7 @@ def _record(name: str, level: int) -> logging.LogRecord:
 
 
 def test_start_up_lines_on_the_main_process_only_warnings_on_every_rank(monkeypatch):
-    from audiothink.console import ConsoleFormatter, MainProcessOnly
+    from audiothink.plumbing.console import ConsoleFormatter, MainProcessOnly
 
     main, other = MainProcessOnly(rank=0), MainProcessOnly(rank=1)
     for name in ("audiothink.train", "audiothink.progress", "transformers.trainer"):
@@ -99,7 +99,7 @@ def test_start_up_lines_on_the_main_process_only_warnings_on_every_rank(monkeypa
 
 
 def test_setup_console_gates_the_run_handlers(monkeypatch):
-    from audiothink.console import MainProcessOnly, setup_console
+    from audiothink.plumbing.console import MainProcessOnly, setup_console
 
     handler = logging.StreamHandler()
     root = logging.getLogger()

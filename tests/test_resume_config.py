@@ -11,10 +11,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from audiothink import resume_config
-from audiothink.errors import ConfigError
-from audiothink.runfiles import write_config
-from audiothink.setup import register_resolvers
+from audiothink.plumbing import resume_config
+from audiothink.plumbing.errors import ConfigError
+from audiothink.plumbing.runfiles import write_config
+from audiothink.plumbing.cli import register_resolvers
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 register_resolvers()

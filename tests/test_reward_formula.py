@@ -9,8 +9,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from audiothink.formula import Formula
-from audiothink.setup import ConfigError, build_rewards, register_resolvers
-from rewards import AdaptiveThink, Consistency, Format, ThinkQuality
+from audiothink.plumbing.errors import ConfigError
+from audiothink.reward_api import build_rewards
+from audiothink.plumbing.cli import register_resolvers
+from audiothink.rewards import AdaptiveThink, Consistency, Format, ThinkQuality
 from tests.reward_testing import TableJudge, toy_trainer
 from tests.test_configs import CONFIGS
 
@@ -149,7 +151,7 @@ def test_full_preset_builds_the_formula_with_weights():
     (["reward=full", "~reward.consistency"], r"unknown reward name\(s\) \['consistency'\]"),
     (["reward=full", "reward.formula='adaptive_think * bogus'"], r"unknown reward name\(s\) \['bogus'\]"),
     (["reward=full", "reward.formula='__import__(1)'"], "function calls are not allowed"),
-    (["reward=adaptive", "+reward.total.weight=1", "+reward.total.fn._target_=rewards.Format"], "reserved"),
+    (["reward=adaptive", "+reward.total.weight=1", "+reward.total.fn._target_=audiothink.rewards.Format"], "reserved"),
     (["reward=full", "+reward.consistency.fn.bogus=1"], r"reward.consistency: .*bogus"),
     (["reward=full", "judge=hf"], r"reward.consistency: Missing mandatory value: .*judge.path"),
     (["reward=full", "judge=hf", "judge.path=/nope"], r"reward.consistency: judge.path='/nope': no such checkpoint"),
@@ -161,12 +163,12 @@ def test_bad_reward_config_is_a_config_error(overrides, match):
 
 
 def test_unknown_formula_name_stops_train_before_data_or_model(tmp_path, monkeypatch):
-    from audiothink import setup, train
+    from audiothink import sources, train
 
     cfg = _compose(["reward=full", "reward.formula='adaptive_think + nope'", f"output_dir={tmp_path}",
                     "data.root=/nonexistent/should-not-be-built"])
     touched = []
-    monkeypatch.setattr(setup, "build_dataset", lambda *a, **k: touched.append("data"))
+    monkeypatch.setattr(sources, "build_dataset", lambda *a, **k: touched.append("data"))
     monkeypatch.setattr(train, "build_dataset", lambda *a, **k: touched.append("data"))
     monkeypatch.setattr(train, "load_model_and_processor", lambda *a, **k: touched.append("model"))
     with pytest.raises(ConfigError, match="nope"):

@@ -10,13 +10,13 @@ import pytest
 import audiothink.formula
 import audiothink.judge.base
 import audiothink.judge.rule
-import rewards.consistency
-import rewards.repetition
-import rewards.think_length
-import rewards.think_quality
+import audiothink.rewards.consistency
+import audiothink.rewards.repetition
+import audiothink.rewards.think_length
+import audiothink.rewards.think_quality
 from audiothink.judge import Prompt, RuleJudge
 from audiothink.judge.rule import consistency, stated_option, think_quality
-from rewards import Consistency, Repetition, ThinkLength, ThinkQuality
+from audiothink.rewards import Consistency, Repetition, ThinkLength, ThinkQuality
 from tests.reward_testing import TableJudge
 
 CH = ["violin", "cello", "double bass"]
@@ -176,8 +176,8 @@ def test_repetition():
 
 
 @pytest.mark.parametrize("module", [audiothink.judge.base, audiothink.judge.rule, audiothink.formula,
-                                    rewards.consistency, rewards.think_quality, rewards.think_length,
-                                    rewards.repetition])
+                                    audiothink.rewards.consistency, audiothink.rewards.think_quality, audiothink.rewards.think_length,
+                                    audiothink.rewards.repetition])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import rewards
-import rewards.accuracy
-import rewards.adaptive_think
-import rewards.format
-from rewards import Accuracy, AdaptiveThink, Format
-from rewards.accuracy import is_correct
-from rewards.adaptive_think import adaptive_value
+import audiothink.rewards
+import audiothink.rewards.accuracy
+import audiothink.rewards.adaptive_think
+import audiothink.rewards.format
+from audiothink.rewards import Accuracy, AdaptiveThink, Format
+from audiothink.rewards.accuracy import is_correct
+from audiothink.rewards.adaptive_think import adaptive_value
 
 CHOICES = ["violin", "cello", "double bass", "flute"]
 GOLD = "cello"
@@ -103,7 +103,7 @@ def test_accuracy(completion, official, letters):
 
 
 def test_accuracy_agrees_with_the_benchmark_scorer_on_every_case():
-    from audiothink.benchmarks.scoring import string_match
+    from audiothink.scoring import string_match
     from audiothink.formats import extract_answer
 
     for completion, official, _ in ACCURACY_CASES:
@@ -332,7 +332,7 @@ def test_only_adaptive_is_batch_wide():
     assert not getattr(Accuracy, "batch_wide", False)
 
 
-@pytest.mark.parametrize("module", [rewards, rewards.format, rewards.accuracy, rewards.adaptive_think])
+@pytest.mark.parametrize("module", [audiothink.rewards, audiothink.rewards.format, audiothink.rewards.accuracy, audiothink.rewards.adaptive_think])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -351,7 +351,7 @@ def test_docstring_examples(module):
     (True, True, float("nan"), float("nan"), 1.0),
 ])
 def test_adaptive_value_reads_nan_as_the_start(thinks, correct, lam, progress, expected):
-    from rewards.adaptive_think import adaptive_value
+    from audiothink.rewards.adaptive_think import adaptive_value
 
     assert adaptive_value(thinks, correct, lam, progress) == pytest.approx(expected, abs=1e-12)
 
@@ -360,7 +360,7 @@ def test_adaptive_value_reads_nan_as_the_start(thinks, correct, lam, progress, e
 def test_a_step_count_that_is_not_a_number_is_progress_0(step, total):
     from types import SimpleNamespace
 
-    from rewards.adaptive_think import _progress
+    from audiothink.rewards.adaptive_think import _progress
 
     assert _progress(SimpleNamespace(global_step=step, max_steps=total)) == 0.0
     reward = AdaptiveThink()  # an all-think batch: λ = 1; at p = 0 a right thought pays exp(-1)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from audiothink.errors import ConfigError
-from audiothink.rundir import MARKER, claim, claim_unique, previous_run
+from audiothink.plumbing.errors import ConfigError
+from audiothink.plumbing.rundir import MARKER, claim, claim_unique, previous_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def _train(args, cwd, tmp_path, timeout=300):
 
 def test_processes_racing_for_one_name_get_different_folders(tmp_path):
     base = tmp_path / "runs" / "2026-01-01_00-00-00"
-    code = "import sys; from audiothink.rundir import claim_unique; print(claim_unique(sys.argv[1]))"
+    code = "import sys; from audiothink.plumbing.rundir import claim_unique; print(claim_unique(sys.argv[1]))"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(base)], env=_env(tmp_path), stdout=subprocess.PIPE,
                               text=True) for _ in range(4)]
     folders = [p.communicate(timeout=60)[0].strip() for p in procs]
@@ -111,7 +111,7 @@ def test_claim_rules(tmp_path):
 
 def test_evaluation_reuses_a_named_folder_and_suffixes_the_default(tmp_path):
     """Evaluation: rerunning into a named folder resumes it (by design); default names never collide."""
-    from audiothink.rundir import RunDirCallback
+    from audiothink.plumbing.rundir import RunDirCallback
     from omegaconf import OmegaConf
 
     cb = RunDirCallback(refuse_existing=False)
@@ -132,9 +132,9 @@ def test_evaluation_reuses_a_named_folder_and_suffixes_the_default(tmp_path):
 
 # --- one folder, one live process (issue 17) ---------------------------------------------------------------
 
-# Another process that claims a folder the way a training run does (audiothink.rundir.claim), says so, and lives
+# Another process that claims a folder the way a training run does (audiothink.plumbing.rundir.claim), says so, and lives
 # until it is killed: the holder of a live run.
-_HOLDER = ("import sys, time; from audiothink.rundir import claim; claim(sys.argv[1], resume=True); "
+_HOLDER = ("import sys, time; from audiothink.plumbing.rundir import claim; claim(sys.argv[1], resume=True); "
            "print('held', flush=True); time.sleep(600)")
 
 
@@ -215,8 +215,8 @@ def _hydra_config(folder, resume=False):
 _SECOND_RUN = """
 import sys
 from pathlib import Path
-from audiothink.errors import ConfigError
-from audiothink.rundir import RunDirCallback, claim, remove_if_unused
+from audiothink.plumbing.errors import ConfigError
+from audiothink.plumbing.rundir import RunDirCallback, claim, remove_if_unused
 from tests.test_rundir import _hydra_config
 folder = Path(sys.argv[1])
 try:
@@ -239,7 +239,7 @@ def test_a_refused_new_run_never_removes_the_folder_of_the_run_that_holds_it(tmp
     """Two new runs name one folder at the same moment (the race of issue 17, in a fixed order): this process
     claims it first (the callback); the other's callback comes next, before this run wrote its config.yaml. It
     is refused at once, writes nothing and removes nothing; this run's second claim (train()) still holds it."""
-    from audiothink.rundir import RunDirCallback, remove_if_unused
+    from audiothink.plumbing.rundir import RunDirCallback, remove_if_unused
 
     run = tmp_path / "exp"
     RunDirCallback().on_run_start(_hydra_config(run))  # this run: made and holds the folder
@@ -263,7 +263,7 @@ def test_a_refused_new_run_never_removes_the_folder_of_the_run_that_holds_it(tmp
 def test_a_run_that_made_the_folder_but_lost_it_removes_nothing(tmp_path, monkeypatch):
     """The other order: this process makes the folder, another claims it before this one locks it. This run is
     refused, and its clean-up leaves the other's folder and files alone (it made the folder, but never held it)."""
-    from audiothink import rundir
+    from audiothink.plumbing import rundir
 
     run = tmp_path / "exp"
     holders = []
@@ -321,7 +321,7 @@ def test_a_user_folder_is_never_removed_on_a_user_error(tmp_path):
 
 
 def test_a_user_folder_is_never_removed_by_the_callback(tmp_path):
-    from audiothink.rundir import RunDirCallback, remove_if_unused
+    from audiothink.plumbing.rundir import RunDirCallback, remove_if_unused
 
     run = tmp_path / "mine"
     run.mkdir()
@@ -344,7 +344,7 @@ def _launch_env(monkeypatch, rank):
 def test_a_stale_marker_of_an_earlier_launch_is_not_this_launchs(tmp_path, monkeypatch, how):
     """A launch key repeats (same address, port and rendezvous id another day): a non-main process must not take a
     folder whose marker an earlier launch wrote, only one written by this launch's main process."""
-    from audiothink import rundir
+    from audiothink.plumbing import rundir
 
     _launch_env(monkeypatch, rank=1)
     monkeypatch.setattr(rundir, "_WAIT_S", 0.5)
@@ -365,7 +365,7 @@ def test_a_stale_marker_of_an_earlier_launch_is_not_this_launchs(tmp_path, monke
 def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     import errno
 
-    from audiothink import rundir
+    from audiothink.plumbing import rundir
 
     (tmp_path / "afile").write_text("x")
     cases = {
@@ -427,7 +427,7 @@ def test_train_on_a_run_folder_that_cannot_be_written(tmp_path, case):
 
 
 def test_a_full_disk_is_named_not_a_traceback(tmp_path):
-    from audiothink.rundir import disk_fault
+    from audiothink.plumbing.rundir import disk_fault
     import errno
 
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.jsonl"))
@@ -509,7 +509,7 @@ def test_a_log_file_on_a_full_disk_says_so_once(tmp_path, capsys):
     for every record); the console still gets every line."""
     import logging
 
-    from audiothink.rundir import guard_log_files
+    from audiothink.plumbing.rundir import guard_log_files
 
     os.symlink("/dev/full", tmp_path / "train.log")
     handler = logging.FileHandler(tmp_path / "train.log")
@@ -533,7 +533,7 @@ def test_without_os_locks_the_holders_pid_and_start_time_decide(tmp_path, monkey
     start time, so that a reused pid does not count) decides whether the folder is in use."""
     import errno
 
-    from audiothink import rundir
+    from audiothink.plumbing import rundir
 
     run = tmp_path / "exp"
     _a_run(run)
@@ -561,7 +561,7 @@ def test_without_os_locks_the_holders_pid_and_start_time_decide(tmp_path, monkey
 def test_a_removed_stub_takes_the_empty_parents_its_run_made(tmp_path):
     """A run stopped by a user error (evaluate's default runs/eval/<benchmark>/<time>) leaves no empty folders:
     the parents its mkdir made go with it while empty; parents that existed, or that hold another run, stay."""
-    from audiothink.rundir import claim, claim_unique, remove_if_unused
+    from audiothink.plumbing.rundir import claim, claim_unique, remove_if_unused
 
     run = claim(tmp_path / "runs" / "eval" / "toy" / "t1", resume=False)
     assert remove_if_unused(run, ())

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from audiothink.benchmarks.scoring import format_line, string_match, tokenize
+from audiothink.scoring import format_line, string_match, tokenize
 
 INSTRUMENTS = ["violin", "cello", "flute", "piano"]
 GUITARS = ["acoustic guitar", "electric guitar", "bass guitar", "drums"]

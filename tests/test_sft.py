@@ -14,6 +14,7 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioModel
 
 from audiothink import sft
 from audiothink.data import DataError
+from audiothink.prompts import training_prompt
 from audiothink.toy import warmstart
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -203,7 +204,7 @@ def test_warm_start_through_the_shared_loop_is_its_former_own_loop(tmp_path):
     out = warmstart.main(["--out", str(tmp_path / "new"), "--steps", str(steps), "--batch-size", str(batch)])
 
     torch.manual_seed(0)
-    prompt = warmstart.default_prompt()
+    prompt = training_prompt()
     vocab = [warmstart.as_sample(it) for it in toy_items("warmstart", warmstart.TOKENIZER_ITEMS, 1)]
     tokenizer = build_tokenizer([render_prompt(s, prompt) for s in vocab] + [warmstart.target(s, True) for s in vocab]
                                 + [CHAT_TEMPLATE] * 4)

@@ -3,7 +3,7 @@
 Each run is `accelerate launch --config_file configs/accelerate/<engine>.yaml --num_processes 2` of the real
 entry point (through tests/dist_probe.py, which records per rank what the checks below read), on the
 embedded toy with beta > 0 (the reference pass runs). No other launcher flag: without CUDA the entry point
-turns the configs' bf16 off and makes accelerate set the engine up on CPU processes (audiothink/sharding.py).
+turns the configs' bf16 off and makes accelerate set the engine up on CPU processes (audiothink/plumbing/sharding.py).
 
 - FSDP2, full fine-tuning: an uninterrupted 3-step run, then a second run resumed from its step-2 sharded
   checkpoint; the resumed step 3 must equal the uninterrupted one (metrics and final weights, exactly).
@@ -36,7 +36,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audiothink.setup import TOY_MODEL_DIR
+from audiothink.toy import TOY_MODEL_DIR
 from tests.test_distributed import check_batch_wide_rewards
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""audiothink/sharding.py without launching: what each launched engine needs on CPU processes, and the stop
+"""audiothink/plumbing/sharding.py without launching: what each launched engine needs on CPU processes, and the stop
 when the engine that would train is not the launched one. The launches themselves: tests/test_sharded.py."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils import DistributedType
 
-from audiothink.setup import ConfigError
-from audiothink.sharding import check_engine, cpu_process_settings, launched_engine
+from audiothink.plumbing.errors import ConfigError
+from audiothink.plumbing.sharding import check_engine, cpu_process_settings, launched_engine
 
 ENGINE_VARS = ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
                "ACCELERATE_USE_CPU", "ACCELERATE_MIXED_PRECISION", "DS_ACCELERATOR", "LOCAL_RANK")

@@ -71,8 +71,8 @@ def test_the_window_decides_too(toy_model_dir):
     """A window shorter than the shortest usable clip leaves no clip usable: None, a ConfigError in row_checks."""
     from transformers import AutoConfig, AutoProcessor
 
-    from audiothink.errors import ConfigError
-    from audiothink.setup import row_checks
+    from audiothink.plumbing.errors import ConfigError
+    from audiothink.prompts import row_checks
 
     processor = AutoProcessor.from_pretrained(toy_model_dir)
     config = AutoConfig.from_pretrained(toy_model_dir)
@@ -96,7 +96,7 @@ def test_training_rows_hold_the_boundary(name, toy_model_dir, omni_dir, tmp_path
     """The training row check (from the processor and config.json, as train.py builds it) refuses one sample
     under the boundary, naming the file and the row, and accepts the boundary."""
     from audiothink.data import DataError, load_samples
-    from audiothink.setup import row_checks
+    from audiothink.prompts import row_checks
 
     _, processor, config = _model(name, toy_model_dir, omni_dir)
     checks = row_checks(processor, "{question}\n{choices}", max_prompt_tokens=None, max_audio_seconds=1.0,

@@ -18,12 +18,12 @@ from audiothink.data import load_samples, to_dataset
 from audiothink.formats import parse
 from audiothink.inference import generate_answers, generate_batch, score
 from audiothink.trainer import AudioGRPOTrainer
-from rewards import Format
-from audiothink.toy.warmstart import default_prompt
+from audiothink.rewards import Format
+from audiothink.prompts import training_prompt
 from tests.conftest import toy_grpo_args
 
 # the prompt the toy was warm-started with: its replies are then well-formed, so only a wrong stop breaks them
-PROMPT = default_prompt()
+PROMPT = training_prompt()
 
 MAX_NEW = 40
 

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from audiothink.audio import SAMPLE_RATE
-from audiothink.benchmarks.scoring import string_match, tokenize
+from audiothink.scoring import string_match, tokenize
 from audiothink.data import load_samples
 from audiothink.toy import data as toy
 from audiothink.toy.data import TOY_VERSION, WINDOW_SECONDS, ensure_toy, generate_toy

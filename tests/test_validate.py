@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from audiothink.errors import ConfigError
-from audiothink.setup import register_resolvers
-from audiothink.validate import check_dataset_size, check_train_config
+from audiothink.plumbing.errors import ConfigError
+from audiothink.plumbing.cli import register_resolvers
+from audiothink.plumbing.validate import check_dataset_size, check_train_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -81,20 +81,20 @@ BAD = [
     ("trainer.save_steps=0.5", None),  # a fraction of the run: TrainingArguments' other form, not checked
     ("+trainer.save_strategy=no trainer.save_steps=7", None),
     # a reward that cannot be built: its _target_, its arguments, a missing judge value
-    ("reward.accuracy.fn._target_=rewards.Acuracy",
-     "reward.accuracy.fn._target_=rewards.Acuracy: rewards has no 'Acuracy' (did you mean rewards.Accuracy?)"),
+    ("reward.accuracy.fn._target_=audiothink.rewards.Acuracy",
+     "reward.accuracy.fn._target_=audiothink.rewards.Acuracy: audiothink.rewards has no 'Acuracy' (did you mean audiothink.rewards.Accuracy?)"),
     ("reward.accuracy.fn._target_=reward.Accuracy",
      "reward.accuracy.fn._target_=reward.Accuracy: no module named 'reward' on the Python path (did you mean "
-     "rewards.Accuracy?)"),
-    ("reward.adaptive_think.fn._target_=rewards.adaptive_think.AdaptiveThinc",
-     "rewards.adaptive_think has no 'AdaptiveThinc' (did you mean rewards.adaptive_think.AdaptiveThink?)"),
+     "audiothink.rewards.Accuracy?)"),
+    ("reward.adaptive_think.fn._target_=audiothink.rewards.adaptive_think.AdaptiveThinc",
+     "audiothink.rewards.adaptive_think has no 'AdaptiveThinc' (did you mean audiothink.rewards.adaptive_think.AdaptiveThink?)"),
     ("+reward.adaptive_think.fn.balanse=true",
-     "reward.adaptive_think.fn.balanse: rewards.AdaptiveThink takes no argument 'balanse' (did you mean balance?)"),
+     "reward.adaptive_think.fn.balanse: audiothink.rewards.AdaptiveThink takes no argument 'balanse' (did you mean balance?)"),
     ("reward=full judge._target_=audiothink.judge.RuleJudg",
      "reward.consistency.fn.judge._target_=audiothink.judge.RuleJudg: audiothink.judge has no 'RuleJudg' (did you "
      "mean audiothink.judge.RuleJudge?)"),
     ("reward=full judge=hf", "reward.consistency: Missing mandatory value: judge.path (set it on the command line)"),
-    ("+reward.brevity.weight=1 +reward.brevity.fn._target_=rewards.format.Format", None),
+    ("+reward.brevity.weight=1 +reward.brevity.fn._target_=audiothink.rewards.format.Format", None),
     ("log.completion_prompts=two", "log.completion_prompts='two': must be a whole number"),
     ("log.plots=yes", "log.plots='yes': must be true or false"),
     ("rollout.fast=1", "rollout.fast=1: must be true or false"),
@@ -120,7 +120,7 @@ def test_the_choices_are_trls_own():
 
     from trl.trainer import grpo_trainer
 
-    from audiothink.validate import grpo_choices
+    from audiothink.plumbing.validate import grpo_choices
 
     source = inspect.getsource(grpo_trainer)
     levels = set(re.findall(r'importance_sampling_level == "(\w+)"', source))
@@ -289,7 +289,7 @@ def test_a_judge_prompt_asking_for_a_field_the_reward_does_not_send():
 
 
 def test_model_path_must_be_a_local_checkpoint(tmp_path):
-    from audiothink.setup import check_model_path
+    from audiothink.loading import check_model_path
 
     with pytest.raises(ConfigError, match=r"model.path='Qwen/Qwen2-Audio-7B-Instruct': no such folder, and hub ids "
                                           r"are not downloaded: set it to a local copy"):
@@ -320,9 +320,9 @@ CLI_ERRORS = {
     "misspelt target": (["+reward.mentions.weight=1", "+reward.mentions.fn._target_=my_rewards.Listen"],
                         "error: reward.mentions.fn._target_=my_rewards.Listen: my_rewards has no 'Listen' (did you "
                         "mean my_rewards.Listens?)"),
-    "misspelt shipped target": (["reward.format.fn._target_=rewards.Fromat"],
-                                "error: reward.format.fn._target_=rewards.Fromat: rewards has no 'Fromat' (did you "
-                                "mean rewards.Format?)"),
+    "misspelt shipped target": (["reward.format.fn._target_=audiothink.rewards.Fromat"],
+                                "error: reward.format.fn._target_=audiothink.rewards.Fromat: audiothink.rewards has no 'Fromat' (did you "
+                                "mean audiothink.rewards.Format?)"),
     "not a number": (["trainer.max_steps=abc"], "error: trainer.max_steps='abc': must be a whole number"),
     "hub id": (["model=qwen2_audio_7b"], "error: model.path='Qwen/Qwen2-Audio-7B-Instruct': no such folder, and hub "
                                          "ids are not downloaded: set it to a local copy"),

@@ -24,10 +24,10 @@ from trl.generation.vllm_generation import VLLMGeneration
 import audiothink.vllm_rollout as vr
 from audiothink.audio import SAMPLE_RATE
 from audiothink.data import load_samples, to_dataset
-from audiothink.setup import ConfigError
+from audiothink.plumbing.errors import ConfigError
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.vllm_rollout import AudioVLLMGeneration, audio_token_ids, check_vllm_config, rollout_grpo_fields
-from rewards import Accuracy, Format
+from audiothink.rewards import Accuracy, Format
 from tests.conftest import PROMPT, load_toy, toy_grpo_args
 from tests.test_trainer import spy_audio_forwards
 

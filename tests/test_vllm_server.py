@@ -46,7 +46,7 @@ from trl.generation.vllm_generation import VLLMGeneration
 
 import audiothink.vllm_rollout as vr
 from audiothink.audio import SAMPLE_RATE, load_audio
-from audiothink.setup import TOY_MODEL_DIR
+from audiothink.toy import TOY_MODEL_DIR
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.vllm_rollout import (
     AudioVLLMGeneration,
@@ -56,7 +56,7 @@ from audiothink.vllm_rollout import (
     checkpoint_name,
     place_audio_features,
 )
-from rewards import Accuracy, Format
+from audiothink.rewards import Accuracy, Format
 from tests.conftest import load_toy, toy_grpo_args
 from tests.test_trainer import spy_audio_forwards
 from tests.test_vllm_engine import _batch, _dataset, _waves

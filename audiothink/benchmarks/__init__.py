@@ -1,6 +1,6 @@
 """Benchmarks: official metadata in, leaderboard-comparable scores and submission files out.
 
-* :mod:`~audiothink.benchmarks.scoring` — the official MMAU/MMAR rule (``string_match``, ``tokenize``).
+* :mod:`~audiothink.scoring` — the official MMAU/MMAR rule (``string_match``, ``tokenize``).
 * :mod:`~audiothink.benchmarks.mmau`, :mod:`~audiothink.benchmarks.mmar`,
   :mod:`~audiothink.benchmarks.unified` — loaders returning a :class:`Benchmark`.
 * :mod:`~audiothink.benchmarks.store` — the resumable predictions file.
@@ -17,7 +17,7 @@ import os
 from audiothink.benchmarks.base import Benchmark, write_submission
 from audiothink.benchmarks.mmar import load_mmar
 from audiothink.benchmarks.mmau import load_mmau
-from audiothink.benchmarks.scoring import format_line, string_match, tokenize
+from audiothink.scoring import format_line, string_match, tokenize
 from audiothink.benchmarks.unified import load_unified
 
 __all__ = ["Benchmark", "LOADERS", "load_benchmark", "load_mmau", "load_mmar", "load_unified", "string_match",
@@ -30,7 +30,7 @@ def load_benchmark(fmt: str, meta: str | os.PathLike, data_root: str | os.PathLi
                    name: str | None = None, version: str | None = None) -> Benchmark:
     """Load ``meta`` with the loader for ``fmt`` (mmau | mmar | unified)."""
     if fmt not in LOADERS:
-        from audiothink.errors import ConfigError
+        from audiothink.plumbing.errors import ConfigError
 
         raise ConfigError(f"benchmark.format must be one of {sorted(LOADERS)}, got {fmt!r}")
     return LOADERS[fmt](meta, data_root, name=name or fmt, version=version)

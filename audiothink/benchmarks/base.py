@@ -167,7 +167,7 @@ class MetaProblems:
 def find_quirks(item: dict, choices: list[str], answer: str, labels: tuple[str, ...]) -> tuple[str, ...]:
     """The tolerated quirks (keys of ``QUIRKS``) of one valid item: its released ``choices``, its ``answer``
     ('' when withheld) and the names of its breakdown ``labels``."""
-    from audiothink.benchmarks.scoring import tokenize
+    from audiothink.scoring import tokenize
 
     found = []
     texts = [c.strip() for c in choices if c.strip()]

@@ -9,7 +9,7 @@ from pathlib import Path
 from audiothink.benchmarks.base import Benchmark
 from audiothink.benchmarks.mmar import CATEGORIES, MODALITIES
 from audiothink.benchmarks.mmau import DIFFICULTIES, TASKS
-from audiothink.benchmarks.scoring import format_line, string_match
+from audiothink.scoring import format_line, string_match
 
 __all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forced_summary", "forced_lines",
            "forgetting_summary", "quirk_lines", "write_report", "write_charts", "paired_bars_figure"]

@@ -210,7 +210,7 @@ class Judge:
     @classmethod
     def for_checks(cls, prompts: Mapping[str, Any] | None = None) -> Judge:
         """A judge of this class with its prompts and nothing else (no model, server or client): what
-        :meth:`check_task` reads. The config check (audiothink/validate.py) asks it, before anything loads,
+        :meth:`check_task` reads. The config check (audiothink/plumbing/validate.py) asks it, before anything loads,
         whether the judge can score each task the rewards name. A backend whose ``check_task`` needs more
         overrides this."""
         judge = cls.__new__(cls)

@@ -66,7 +66,8 @@ class HFJudge(Judge):
     ):
         import torch
 
-        from audiothink.setup import ConfigError, check_model_path
+        from audiothink.plumbing.errors import ConfigError
+        from audiothink.loading import check_model_path
 
         super().__init__(prompts, on_probe_failure=on_probe_failure, max_failure_share=max_failure_share,
                          failure_window=failure_window)

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from transformers import TrainerCallback
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 from audiothink.judge.base import Judge, Prompt
 
 log = logging.getLogger("audiothink.judge")

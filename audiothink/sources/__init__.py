@@ -19,10 +19,14 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audiothink.data import DataError, LoadResult, RowChecks, Sample, load_samples
+from audiothink.plumbing.errors import ConfigError
 from audiothink.sources.mapping import FieldMap
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 __all__ = ["FORMATS", "load_split", "load_training_data", "setting_source"]
 
@@ -187,3 +191,36 @@ def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None,
     if held_out is not None:
         _log_loaded("eval", held_out, max_audio_seconds)
     return samples, held_out.samples if held_out is not None else []
+
+
+def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None, processor=None,
+                  model_config=None, max_completion_length: int | None = None):
+    """Training rows as a `datasets.Dataset`, plus the held-out samples (possibly empty).
+
+    `data.format` picks the reader (unified, avqa, hf; audiothink/sources/), which validates every row,
+    logs skips, clipped clips and rewrites, and applies the optional abstention transform (data.abstain).
+    With the model's ``processor`` (and ``model_config``, its config.json), rows are also checked against the model
+    (:func:`row_checks`): audio too short for the model, control tokens in the text, prompts over
+    ``data.max_prompt_tokens`` or the model's context less ``max_completion_length``.
+    """
+    from audiothink.audio import AudioError
+    from audiothink.data import DataError, to_dataset
+    from audiothink.prompts import row_checks
+
+    if data_cfg.generate_toy:
+        from audiothink.toy.data import ensure_toy
+
+        ensure_toy(Path(data_cfg.root))
+    checks = None
+    if processor is not None:
+        checks = row_checks(processor, prompt, max_prompt_tokens=data_cfg.get("max_prompt_tokens"),
+                            max_audio_seconds=max_audio_seconds, model_config=model_config,
+                            max_completion_length=max_completion_length)
+    try:
+        train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds,
+                                                         checks=checks)
+    except (DataError, AudioError):
+        raise
+    except ValueError as e:  # a data.* setting that cannot work (unknown format, field, share out of range)
+        raise ConfigError(str(e)) from e
+    return to_dataset(train_samples, prompt), eval_samples

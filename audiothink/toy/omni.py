@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers import AutoProcessor, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
 from audiothink.models import OmniAudioProcessor
-from audiothink.setup import TOY_MODEL_DIR
+from audiothink.toy import TOY_MODEL_DIR
 
 # Omni's tokens besides Qwen2-Audio's: the processor reads them off the tokenizer.
 OMNI_TOKENS = {

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from audiothink.data import Sample, render_prompt
+from audiothink.prompts import training_prompt
 from audiothink.formats import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from audiothink.sft import encode_replies, sft_loss, train_steps
 from audiothink.toy.data import ToyItem, toy_items
@@ -43,14 +44,6 @@ from audiothink.toy.model import CHAT_TEMPLATE, build_model, build_processor, bu
 ASSETS = Path(__file__).parent / "assets" / "model"
 # Items whose prompts and targets train the tokenizer (enough to contain every word the generator uses).
 TOKENIZER_ITEMS = 2000
-
-
-def default_prompt() -> str:
-    """The training prompt, read from configs/train.yaml so that warm start and GRPO see the same text."""
-    import yaml  # shipped with hydra's omegaconf
-
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "train.yaml").read_text())
-    return cfg["prompt"]
 
 
 def as_sample(item: ToyItem, index: int = 0) -> Sample:
@@ -158,7 +151,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     torch.set_num_threads(1)  # one thread: the same float32 sums on any machine
     torch.manual_seed(args.seed)
-    prompt = default_prompt()
+    prompt = training_prompt()
     vocab_items = [as_sample(it) for it in toy_items("warmstart", TOKENIZER_ITEMS, args.seed + 1)]
     corpus = [render_prompt(s, prompt) for s in vocab_items] + [target(s, True) for s in vocab_items]
     corpus += [CHAT_TEMPLATE] * 4

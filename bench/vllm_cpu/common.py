@@ -2,7 +2,8 @@
 import numpy as np
 from audiothink.data import render_prompt
 from audiothink.toy.data import toy_items
-from audiothink.toy.warmstart import as_sample, default_prompt
+from audiothink.prompts import training_prompt as default_prompt
+from audiothink.toy.warmstart import as_sample
 
 PROMPT = default_prompt()
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 
 log = logging.getLogger("audiothink")
 

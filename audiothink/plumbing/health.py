@@ -17,7 +17,7 @@ thousands of steps with loss 0 and gradient 0, exit 0, and look finished:
 Each logging step gets ``health/<cause>`` (1 when the cause holds, else 0) and ``health/ok``. A cause that
 holds for ``patience`` logging steps in a row is logged once as a warning (again if it clears and comes back),
 and named in the console's progress line. Where the cause can be known before the run (every reward weight
-0), ``audiothink.validate`` stops the run at start-up instead.
+0), ``audiothink.plumbing.validate`` stops the run at start-up instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import logging
 
 from transformers import TrainerCallback
 
-log = logging.getLogger("audiothink.health")
+log = logging.getLogger("audiothink.plumbing.health")
 
 __all__ = ["CAUSES", "THRESHOLD", "causes", "HealthMonitor"]
 

@@ -56,7 +56,7 @@ def cpu_process_settings() -> dict[str, Any]:
     """Without CUDA: prepare this process for the launched engine; returns GRPOConfig fields it needs.
 
     - Mixed precision from the launcher (the configs say bf16, for GPUs) is turned off, as
-      trainer.bf16 is (audiothink.setup.build_grpo_config): the toy and CPU runs train in float32.
+      trainer.bf16 is (audiothink.grpo_config.build_grpo_config): the toy and CPU runs train in float32.
     - DeepSpeed: its CPU accelerator (`DS_ACCELERATOR=cpu`) and an explicit gloo backend, so that each
       process knows the world size; the run must not be marked as a CPU run.
     - Otherwise (DDP, FSDP): the run is marked as a CPU run (`ACCELERATE_USE_CPU`, what `accelerate launch
@@ -67,7 +67,7 @@ def cpu_process_settings() -> dict[str, Any]:
 
     if torch.cuda.is_available():
         return {}
-    from audiothink.setup import ConfigError
+    from audiothink.plumbing.errors import ConfigError
 
     precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if precision != "no":
@@ -112,7 +112,7 @@ def fsdp_on_cpu_processes():
 
 def check_engine(accelerator) -> None:
     """Stop a run that would train with another engine than the launcher asked for (ConfigError)."""
-    from audiothink.setup import ConfigError
+    from audiothink.plumbing.errors import ConfigError
 
     wanted, running = launched_engine(), running_engine(accelerator)
     if wanted != running:

@@ -1,4 +1,5 @@
-"""The official MMAU / MMAR scoring rule, reproduced exactly (both benchmarks use the same rule).
+"""When an answer is correct: the official MMAU / MMAR scoring rule, reproduced exactly (both benchmarks use the
+same rule), and :func:`is_correct`, the one test training rewards, held-out scoring and evaluation share.
 
 A prediction is scored on its words, not its characters:
 
@@ -28,6 +29,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+from audiothink.choices import match_choice
+from audiothink.formats import Parsed, extract_answer, parse
 
 __all__ = ["tokenize", "string_match", "format_line"]
 
@@ -64,3 +69,33 @@ def format_line(name: str, correct: int, n: int) -> str:
 def micro_accuracy(flags: Sequence[bool]) -> float:
     """Share of True over all items (0.0 for none)."""
     return sum(bool(f) for f in flags) / len(flags) if flags else 0.0
+
+
+def is_correct(completion: Any, answer: str, choices: Sequence[str], *, letters: bool = False) -> bool | None:
+    """Whether ``completion`` answers ``answer`` (one of ``choices``); None when the row cannot be scored.
+
+    None when ``answer`` is not one of ``choices``: guessing would pay or punish the model for a data
+    error. Default: the official MMAU/MMAR rule on the extracted answer. ``letters=True``: the first answer
+    block names the gold option (letter or text, :func:`audiothink.choices.match_choice`). ``completion`` is
+    the text (or conversational completion); with ``letters=True`` a :class:`Parsed` works too.
+
+    >>> is_correct("<think>not violin</think><answer>cello</answer>", "cello", ["violin", "cello"])
+    True
+    >>> is_correct("<answer>B</answer>", "cello", ["violin", "cello"])
+    False
+    >>> is_correct("<answer>B</answer>", "cello", ["violin", "cello"], letters=True)
+    True
+    """
+    try:
+        options = list(choices)
+        gold = options.index(answer)
+    except (TypeError, ValueError):
+        return None
+    if letters:
+        parsed = completion if isinstance(completion, Parsed) else parse(completion)
+        return match_choice(parsed.answer, options) == gold
+    if isinstance(completion, Parsed):
+        # a Parsed lost the raw text, which the benchmarks' rule scores when there is no answer block
+        raise TypeError("is_correct: pass the completion text (letters=False scores the raw output without an "
+                        "answer block), not a Parsed")
+    return string_match(answer, extract_answer(completion), [str(c) for c in options])

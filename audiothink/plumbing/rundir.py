@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 
 try:
     import fcntl
@@ -469,11 +469,11 @@ class RunDirCallback(_HydraCallback):
                 resumed = resume not in (None, False, "false", "")
                 if self.refuse_existing and resumed:
                     # resume=<another run's checkpoint> into this run: refused before anything is written
-                    from audiothink.checkpoints import check_resume_owner
+                    from audiothink.plumbing.checkpoints import check_resume_owner
 
                     check_resume_owner(str(target), resume)
                     # the run's own config.yaml: an override that would change the run is refused here
-                    from audiothink.resume_config import check_resume_config
+                    from audiothink.plumbing.resume_config import check_resume_config
 
                     check_resume_config(config, target, OmegaConf.select(config, "hydra.overrides.task") or [])
                 hydra_dir = _key(Path(str(config.hydra.run.dir))) == _key(target)

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 from audiothink.formats import FORCE_PREFILLS
 
 __all__ = ["grpo_choices", "check_train_config", "check_eval_settings", "check_dataset_size", "prompts_per_step"]
@@ -263,7 +263,7 @@ def check_rewards(reward: DictConfig) -> None:
     ``prompt`` argument (or that argument's default) and the :class:`~audiothink.judge.Prompt` objects of its
     class; the judge's own ``check_task`` says whether it can score each (the rule judge has rules for
     consistency and think_quality only; a model judge needs the prompt in judge.prompts, or the reward's own),
-    from items with the fields the reward's class lists as ``judge_fields`` (rewards.Consistency does).
+    from items with the fields the reward's class lists as ``judge_fields`` (audiothink.rewards.Consistency does).
     """
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 

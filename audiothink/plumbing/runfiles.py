@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
 
 log = logging.getLogger("audiothink.train")
 
@@ -108,3 +110,88 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"{labels[name]:<{width}}{a['n']:>5}{b['accuracy']:>12.1%} -> {a['accuracy']:<7.1%}"
                      f"{b['think_rate']:>12.1%} -> {a['think_rate']:.1%}")
     return lines
+
+
+class JsonlMetrics(TrainerCallback):
+    """Every logged metric, one JSON object per line: greppable, and readable without TensorBoard.
+
+    ``resumed``: the run continues from a checkpoint. transformers' end-of-run ``train_loss`` then divides the
+    losses of this process's steps by *all* steps (``_total_loss_scalar / global_step``), a wrong mean; the
+    record written here holds the mean over every step of the run instead, from the ``loss`` records in the
+    file (each the mean of its logging window, weighted by the window's steps).
+    """
+
+    def __init__(self, path: Path, resumed: bool = False):
+        self.path = Path(path)
+        self.resumed = resumed
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            if self.resumed and "train_loss" in logs:
+                mean = self._mean_step_loss()
+                logs = {**logs, "train_loss": mean} if mean is not None else logs
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    def _mean_step_loss(self) -> float | None:
+        if not self.path.is_file():
+            return None
+        losses = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record.get("step"), int) and isinstance(record.get("loss"), (int, float)):
+                losses[record["step"]] = float(record["loss"])
+        total, previous = 0.0, 0
+        for step in sorted(losses):
+            total += losses[step] * (step - previous)
+            previous = step
+        return total / previous if previous else None
+
+
+def drop_replayed(run_dir: Path, checkpoint: str | os.PathLike) -> dict[str, int]:
+    """Before a resume from ``checkpoint``: drop the run's metric and completion records of later steps.
+
+    The interrupted run logged steps after its last checkpoint; the resumed run logs them again. Records
+    are keyed by the optimizer step they belong to (``step``); those after the checkpoint's step are removed
+    from ``metrics.jsonl`` and ``completions.jsonl`` (rewritten atomically). Returns the counts dropped.
+    """
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    step = int(state["global_step"])
+    dropped = {}
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        kept, n = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record_step = json.loads(line).get("step")
+            except ValueError:
+                n += 1  # a line cut by the kill
+                continue
+            if isinstance(record_step, int) and record_step > step:
+                n += 1
+            else:
+                kept.append(line)
+        if n:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            os.replace(tmp, path)
+            log.info("resume from step %d: dropped %d record(s) of later steps from %s (they run again)",
+                     step, n, name)
+        dropped[name] = n
+    return dropped
+
+
+class SaveProcessor(TrainerCallback):
+    """Checkpoints carry the processor too, so any checkpoint directory loads on its own."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.processor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")

@@ -9,7 +9,7 @@ only audiothink's own four lines. Here:
     step 10/250 | reward 0.804 | adaptive_think 0.333 format 0.943 | think 32.7% | accuracy 66.1% | kl 0.0012 \
 | entropy 0.376 | clipped 0.0% | 1.13 s/step | ETA 4m31s
 
-  (and the causes of a step without learning signal, from :mod:`audiothink.health`). Every metric still goes to
+  (and the causes of a step without learning signal, from :mod:`audiothink.plumbing.health`). Every metric still goes to
   ``metrics.jsonl`` and TensorBoard.
 * :func:`setup_console` routes transformers' and TRL's log records through the run's handlers (so
   ``train.log`` holds what the console showed, without progress-bar control codes), turns off the library
@@ -142,7 +142,7 @@ def _pct(x) -> str:
 class ProgressLine(TrainerCallback):
     """One line per logging step (and a start and an end line), through the ``audiothink.progress`` logger.
 
-    ``health``: an :class:`audiothink.health.HealthMonitor`; its lasting causes are appended to the line.
+    ``health``: an :class:`audiothink.plumbing.health.HealthMonitor`; its lasting causes are appended to the line.
     """
 
     def __init__(self, health=None):

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 
 __all__ = ["check_overrides", "run_checked"]
 
@@ -113,14 +113,7 @@ def check_overrides(entry: str, overrides: list[str]) -> None:
                                       f"{_suggest(value, options, name + '=')}")
         else:
             keys.append(o)
-    if entry == "evaluate":
-        from audiothink.evaluate import register_eval_resolvers
-
-        register_eval_resolvers()
-    else:
-        from audiothink.setup import register_resolvers
-
-        register_resolvers()
+    register_resolvers()  # the entry point registered its own resolvers when it was imported
     try:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             cfg = compose(entry, overrides=selections)
@@ -143,3 +136,13 @@ def run_checked(entry: str, main) -> None:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
     main()
+
+
+def register_resolvers() -> None:
+    """``${toy_model_dir:}`` in the configs: the shipped toy checkpoint."""
+    from omegaconf import OmegaConf
+
+    from audiothink.toy import TOY_MODEL_DIR
+
+    if not OmegaConf.has_resolver("toy_model_dir"):
+        OmegaConf.register_new_resolver("toy_model_dir", lambda: str(TOY_MODEL_DIR))

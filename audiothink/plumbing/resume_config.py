@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from audiothink.errors import ConfigError
+from audiothink.plumbing.errors import ConfigError
 
 __all__ = ["SAFE", "IGNORED", "resume_differences", "check_resume_config", "resumed_config"]
 
