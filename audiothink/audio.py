@@ -52,12 +52,18 @@ def min_audio_tokens(model_type: str | None) -> int:
     return _MIN_AUDIO_TOKENS.get(model_type or "", 1)
 
 
+def feat_extract_output_length(mel_frames: int) -> int:
+    """Audio placeholders for a clip of ``mel_frames`` mel frames: Qwen2-Audio's and Qwen2.5-Omni's encoder
+    (a stride-2 convolution, then 2x pooling). vLLM's ``_get_feat_extract_output_lengths`` in qwen2_audio.py
+    (also used by qwen2_5_omni_thinker.py) and transformers' processors compute the same."""
+    conv = (mel_frames - 1) // 2 + 1
+    return (conv - 2) // 2 + 1
+
+
 def clip_audio_tokens(samples: int, *, hop_length: int, window: int) -> int:
     """Audio tokens of a clip of ``samples`` (16 kHz), by the processor's rule: mel frames = ceil(samples / hop),
     the clip cut to the ``window`` (samples) first, then the encoder's stride-2 convolution and 2x pooling
-    (``audiothink.vllm_rollout.feat_extract_output_length``, Qwen2-Audio's and Qwen2.5-Omni's)."""
-    from audiothink.vllm_rollout import feat_extract_output_length
-
+    (:func:`feat_extract_output_length`, Qwen2-Audio's and Qwen2.5-Omni's)."""
     return feat_extract_output_length(math.ceil(min(samples, window) / hop_length))
 
 

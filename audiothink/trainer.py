@@ -16,10 +16,12 @@ What is overridden, and why (each signature is pinned by tests/test_trainer_sign
   of exactly its rows. A pass without audio raises instead of silently scoring text only.
 - `_compute_loss`: exposes the micro-batch's features to the policy pass.
 - `_calculate_rewards`: after TRL's per-rank rewards are gathered, batch-wide rewards (`batch_wide = True`,
-  e.g. the adaptive think/no-think balance, a reward formula) are computed once on the gathered batch,
-  identically on every rank (async ones awaited on TRL's event loop); every reward's output is checked
-  (length, NaN, non-numbers: an error naming the reward); a row whose optimised rewards are all None is
-  left out of the step; think-rate and think-length metrics are logged; a sample of completions is written.
+  e.g. the adaptive think/no-think balance, a reward formula) are computed once, on the main process, on the
+  gathered batch and broadcast to every rank (async ones awaited together on TRL's event loop); every
+  reward's output is checked (length, NaN, non-numbers: an error naming the reward), and a reward's
+  exception on any rank stops every rank with it (audiothink/reward_api.py); a row whose optimised rewards
+  are all None is left out of the step; `audio/clipped_clips` and `judge/failures` are step totals over the
+  ranks; think-rate and think-length metrics are logged; a sample of completions is written.
 - `_save_checkpoint` / `_maybe_log_save_evaluate`: a checkpoint is marked "being written" until all of it (the
   `on_save` callbacks' files too) is flushed to disk, so a resume never takes a half-written one; a full disk
   is one line naming the checkpoint (audiothink/plumbing/checkpoints.py).
@@ -60,7 +62,8 @@ from audiothink.plumbing.health import HealthMonitor
 from audiothink.models import share_audio_encoder_passes
 from audiothink.plumbing.sharding import check_engine, fsdp_on_cpu_processes
 from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
-from audiothink.reward_api import is_batch_wide, score_batch_wide, trl_reward
+from audiothink.reward_api import (as_reward, collect_errors, raise_failures, score_batch_wide,
+                                   score_batch_wide_once)
 from audiothink.scoring import is_correct
 
 logger = logging.getLogger(__name__)
@@ -228,10 +231,10 @@ class AudioGRPOTrainer(GRPOTrainer):
         # rollout.engine=vllm without vLLM installed, or an unknown vllm_mode, fails here, before TRL starts anything
         check_vllm_config(args)
 
-        # Batch-wide rewards are replaced by placeholders for TRL's per-rank pass (see _calculate_rewards);
-        # per-sample ones are wrapped so that a NaN or a non-number fails naming the reward.
-        self._batch_wide = {i: f for i, f in enumerate(reward_funcs) if is_batch_wide(f)}
-        trl_funcs = [trl_reward(f, i, self._batch_wide) for i, f in enumerate(reward_funcs)]
+        # Each reward wrapped once (audiothink.reward_api.Reward): named, its output checked, batch-wide ones
+        # a placeholder in TRL's per-rank pass and computed once after the gather (see _calculate_rewards).
+        trl_funcs = [as_reward(f) for f in reward_funcs]
+        self._batch_wide = {i: f for i, f in enumerate(trl_funcs) if getattr(f, "batch_wide", False)}
         # TRL is given the tokenizer: it then treats the model as text-in/text-out, and this class supplies
         # the audio. (Handed a processor, TRL assumes an image model and reads `config.image_token_id`.)
         super().__init__(
@@ -264,6 +267,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._audio_rows: dict[str, torch.Tensor] | None = None
         self._pending_waves: list[list[np.ndarray]] | None = None
         self._clipped_in_batch = 0
+        self._clipped_in_step = 0  # over all ranks (_calculate_rewards)
         self._saving_checkpoint: str | None = None  # the checkpoint folder being written (atomic saves, below)
 
     # -- checkpoints: complete only once every file is on disk (audiothink/plumbing/checkpoints.py) ----------------
@@ -409,8 +413,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._pending_waves = None
         output.update({k: v.to(self.accelerator.device) for k, v in rows.items()})
         mode = "train" if self.model.training else "eval"
-        # clips of this batch cut to the audio window (per step: a resumed run logs what an uninterrupted one does)
-        self._metrics[mode]["audio/clipped_clips"].append(float(self._clipped_in_batch))
+        # clips of this step cut to the audio window, all ranks (a resumed run logs what an uninterrupted one does)
+        self._metrics[mode]["audio/clipped_clips"].append(float(self._clipped_in_step))
         if mode == "train":
             self._write_completion_sample()
         return output
@@ -496,38 +500,48 @@ class AudioGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self.prefill:  # the rewards score the reply as a whole: prefill + what the model wrote
             completions = [self.prefill + c if isinstance(c, str) else c for c in completions]
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # An exception in a reward (a local part too) is held until every rank has reached TRL's gather ...
+        with collect_errors(self.reward_funcs) as failures:
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # ... then one exchange: each rank's first reward error (raised on every rank), its clips cut to the audio
+        # window and its judge failures (logged as step totals, not rank 0's count or a mean over ranks)
+        rank, is_main = self.accelerator.process_index, self.accelerator.is_main_process
+        judged = self._pending_metrics.pop("judge/failures", None)
+        shared = gather_object([(failures[0] if failures else None, self._clipped_in_batch,
+                                 sum(judged) if judged else None)])
+        raise_failures([s[0] for s in shared], rank)
+        self._clipped_in_step = sum(s[1] for s in shared)
         all_completions = gather_object(list(completions))
         keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
         columns = {k: gather_object([row[k] for row in inputs]) for k in keys}
         if self._batch_wide:
-            scored = score_batch_wide(
+            # once, on the main process, broadcast to all (an exception there stops every rank with it)
+            all_prompts, group_ids = gather_object(list(prompts)), self._group_ids(len(all_completions))
+            scored = score_batch_wide_once(lambda: score_batch_wide(
                 self._batch_wide,
                 self.reward_func_names,
                 all_completions,
                 columns,
-                {
-                    "prompts": gather_object(list(prompts)),
-                    "group_ids": self._group_ids(len(all_completions)),
-                    "trainer_state": self.state,
-                    "log_metric": self._log_metric,
-                },
+                {"prompts": all_prompts, "group_ids": group_ids, "trainer_state": self.state,
+                 "log_metric": self._log_metric},
                 reward_values={
                     name: [None if math.isnan(v) else v for v in rewards_per_func[:, i].tolist()]
                     for i, name in enumerate(self.reward_func_names)
                 },
                 run_async=self._run_async,
-            )
+            ), rank=rank, num_processes=self.accelerator.num_processes)
             for index, values in scored.items():
                 rewards_per_func[:, index] = torch.tensor(values, dtype=rewards_per_func.dtype)
+        # One count per step: the judge calls of every rank (consistency, think_quality, ...) and of the main
+        # process's batch-wide rewards add up; TRL averages a pending metric over the ranks that hold it: main.
+        judged = [s[2] for s in shared if s[2] is not None] + self._pending_metrics.pop("judge/failures", [])
+        if judged and is_main:
+            self._pending_metrics["judge/failures"] = [float(sum(judged))]
         self._drop_rows_without_optimised_reward(rewards_per_func)
         # the share of completions with at least one optimised reward (0: nothing to learn from; audiothink.plumbing.health)
         optimised = rewards_per_func[:, (self.reward_weights != 0).to(rewards_per_func.device)]
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["health/scored"].append((~torch.isnan(optimised)).any(dim=1).float().mean().item())
-        # One count per step: the step's judge calls (consistency, think_quality, ...) add up.
-        if self._pending_metrics.get("judge/failures"):
-            self._pending_metrics["judge/failures"] = [sum(self._pending_metrics["judge/failures"])]
         self._log_think_metrics(all_completions, columns)
         self._sample_columns = columns  # for the completion sample, written once the advantages are known
         return rewards_per_func

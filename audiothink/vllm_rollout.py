@@ -51,7 +51,7 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object, is_peft_model
 from trl.generation.vllm_generation import VLLMGeneration, extract_logprobs
 
-from audiothink.audio import SAMPLE_RATE
+from audiothink.audio import SAMPLE_RATE, feat_extract_output_length
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +108,6 @@ def rollout_grpo_fields(rollout_cfg) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------------
 # prompts
-
-
-def feat_extract_output_length(mel_frames: int) -> int:
-    """Audio placeholders for a clip of `mel_frames` mel frames: Qwen2-Audio's and Qwen2.5-Omni's encoder
-    (a stride-2 convolution, then 2x pooling). vLLM's `_get_feat_extract_output_lengths` in qwen2_audio.py
-    (also used by qwen2_5_omni_thinker.py) and transformers' processors compute the same."""
-    conv = (mel_frames - 1) // 2 + 1
-    return (conv - 2) // 2 + 1
 
 
 def audio_token_counts(processor, waves: Sequence[np.ndarray], sampling_rate: int) -> list[int]:
