@@ -7,10 +7,12 @@ TRL only sums weighted rewards; the full recipe multiplies two of them,
 
 The expression is parsed with ``ast`` and walked by hand: only reward names, numbers, ``+ - * /`` and
 parentheses are accepted (no calls, attributes or anything else ``eval`` would run), and every name
-must be a configured reward -- both checked at start-up (``ConfigError``). The trainer evaluates it per
-sample after the gather, once every reward it uses has its value, as one more batch-wide reward column
-named ``total`` (logged as ``rewards/total/mean``) with weight 1; the components keep their own weights
-(0 when they only feed the formula), so ``R = formula + sum(weight * reward)``.
+must be a configured reward -- both checked at start-up (``ConfigError``). ``Formula`` is an ordinary
+batch-wide reward of the reward API (audiothink/reward_api.py), with no special case in the trainer:
+``build_rewards`` appends it last, named ``total`` (logged as ``rewards/total/mean``) with weight 1, so that
+after the gather it runs once every reward it uses has its value, which it reads per sample from
+``reward_values``. The components keep their own weights (0 when they only feed the formula), so
+``R = formula + sum(weight * reward)``.
 
 A component that is None for a sample (a judge failure, an unscoreable row) makes that sample's total
 None, and the trainer then leaves the whole sample out of the step (advantage 0, not in its group's

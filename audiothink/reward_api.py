@@ -375,11 +375,16 @@ def collect_errors(rewards: Sequence[Any]) -> Iterator[list[RewardFailure]]:
             r.errors = None
 
 
-def raise_failures(failures: Sequence[RewardFailure | None], rank: int) -> None:
-    """`failures` holds each rank's first failure (or None): raise the lowest rank's on this rank, if any."""
-    first = next((f for f in failures if f is not None), None)
-    if first is not None:
-        first.raise_here(rank)
+def raise_failures(gathered: Sequence[RewardFailure | None], rank: int, own: RewardFailure | None = None) -> None:
+    """`gathered` holds each rank's first failure (or None), in rank order: raise the lowest rank's, if any, on
+    this rank (`rank`); on the rank that raised it, `own` (this rank's failure) gives the exception itself."""
+    index, first = next(((i, f) for i, f in enumerate(gathered) if f is not None), (None, None))
+    if first is None:
+        return
+    if index == rank and own is not None:
+        raise own.error
+    first.rank = index
+    first.raise_here(rank)
 
 
 def score_batch_wide_once(score: Callable[[], dict[int, list[float]]], *, rank: int, num_processes: int):

@@ -507,9 +507,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         # window and its judge failures (logged as step totals, not rank 0's count or a mean over ranks)
         rank, is_main = self.accelerator.process_index, self.accelerator.is_main_process
         judged = self._pending_metrics.pop("judge/failures", None)
-        shared = gather_object([(failures[0] if failures else None, self._clipped_in_batch,
-                                 sum(judged) if judged else None)])
-        raise_failures([s[0] for s in shared], rank)
+        own = failures[0] if failures else None
+        shared = gather_object([(own, self._clipped_in_batch, sum(judged) if judged else None)])
+        raise_failures([s[0] for s in shared], rank, own)
         self._clipped_in_step = sum(s[1] for s in shared)
         all_completions = gather_object(list(completions))
         keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]

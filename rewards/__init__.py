@@ -1,29 +1,12 @@
-"""Built-in reward functions.
+"""Built-in reward functions (audiothink.rewards): format, accuracy, adaptive_think, consistency,
+think_quality, think_length, repetition.
 
-The reward contract: a reward is a plain callable
+What a reward is -- the contract `(completions, **columns) -> list[float | None]`, None for "no score",
+`batch_wide`, `local` / `local_scores`, `reward_values`, `group_ids`, async rewards, naming and the
+metric `rewards/<name>/mean` -- is documented in one place: the docstring of audiothink/reward_api.py.
+The rewards here are plain callables written against it, like a user's.
 
-    reward(completions, **columns) -> list[float | None]
-
-``completions`` holds the generated completions (plain strings, or conversational lists of
-messages); every dataset column (``answer``, ``choices``, …) arrives as a keyword with one entry per
-completion, along with whatever the trainer adds (``prompts``, ``trainer_state``, …), so accept
-``**kwargs``. Return one score per completion; ``None`` means "no score": that reward is left out for
-that completion instead of counting as 0. A reward never raises on malformed model
-output: it scores it.
-
-A reward whose value depends on the whole batch sets the class attribute ``batch_wide = True``.
-The trainer then calls it once with the batch gathered from all ranks, so batch statistics (such
-as the share of think completions) are global, not per rank. It also receives ``group_ids`` (the
-prompt group of each completion) and ``reward_values`` (name -> values of the rewards computed before
-it). An optional ``local`` method is its per-rank part: run before the gather, its gathered output
-reaches ``__call__`` as ``local_scores`` (``think_quality`` judges there, so no rank judges twice).
-
-A reward may be async (``async def __call__``, e.g. judge-based ones: ``consistency``,
-``think_quality``); the trainer awaits it on its event loop, in parallel with the other async rewards.
-
-The name a reward is logged under is its ``__name__``.
-
-Example, runnable as is:
+Three of them on two completions (runnable; tests/test_rewards.py runs it):
 
 >>> from audiothink.rewards import Accuracy, AdaptiveThink, Format
 >>> completions = ["<think>low and bowed</think><answer>(B) cello</answer>", "<answer>violin</answer>"]
@@ -34,10 +17,6 @@ Example, runnable as is:
 [1.0, 0.0]
 >>> [round(r, 4) for r in AdaptiveThink()(completions, **columns)]
 [0.6065, -1.3935]
->>> def brevity(completions, **kwargs):  # a custom reward is just a function
-...     return [1.0 if len(c) < 40 else 0.0 for c in completions]
->>> brevity(completions)
-[0.0, 1.0]
 """
 
 from .accuracy import Accuracy

@@ -1,7 +1,7 @@
 """Two real processes (torchrun, gloo on CPU) train the embedded toy for 2 steps through the real entry point.
 
 The batch-wide rewards (the adaptive think reward's λ = share of think completions, the reward total) must be
-computed on the batch of *all* ranks, identically on every rank. tests/dist_probe.py records, per rank and
+computed on the batch of *all* ranks, once per step on the main process, and reach every rank identically. tests/dist_probe.py records, per rank and
 step, the rank's own rows, what the adaptive reward saw (gathered completions, λ) and the gathered rewards.
 
 The test can fail: the same run with `DIST_PROBE_LOCAL_LAMBDA=1` (λ from the rank's own completions, the
@@ -111,8 +111,9 @@ def test_batch_wide_rewards_are_global_and_identical_on_both_ranks(two_rank_run)
 
 
 def check_batch_wide_rewards(records: dict[int, list[dict]], total_steps: int) -> None:
-    """Every step of a 2-process run (tests/dist_probe.py records, per rank): both ranks computed the
-    batch-wide rewards on the whole gathered batch, with one global λ, and got the same reward matrix.
+    """Every step of a 2-process run (tests/dist_probe.py records, per rank): the main process computed the
+    batch-wide rewards once, on the whole gathered batch, with one global λ, and both ranks got the same reward
+    matrix.
     Also used for the sharded engines (tests/test_sharded.py)."""
     assert len(records[0]) == len(records[1]) == total_steps
     local_lambda_differs = False
@@ -122,16 +123,17 @@ def check_batch_wide_rewards(records: dict[int, list[dict]], total_steps: int) -
         # the ranks trained on different rows: a per-rank computation would see different batches
         assert set(r0["local_ids"]).isdisjoint(r1["local_ids"]), f"step {step}: ranks share prompts"
         assert r0["local_completions"] != r1["local_completions"]
-        assert len(r0["adaptive_calls"]) == len(r1["adaptive_calls"]) == 1  # once per step, after the gather
-        c0, c1 = r0["adaptive_calls"][0], r1["adaptive_calls"][0]
+        # once per step, after the gather, on the main process (its values are broadcast)
+        assert len(r0["adaptive_calls"]) == 1 and r1["adaptive_calls"] == []
+        c0 = r0["adaptive_calls"][0]
         gathered = r0["local_completions"] + r1["local_completions"]
-        # both ranks' adaptive reward saw the whole batch, in rank order
-        assert c0["completions"] == c1["completions"] == gathered
+        # the adaptive reward saw the whole batch, in rank order
+        assert c0["completions"] == gathered
         # one global λ, the think share of the whole batch
-        assert c0["lambda"] == c1["lambda"] == pytest.approx(_think_share(gathered), abs=0), (
-            f"step {step}: λ rank 0 = {c0['lambda']}, rank 1 = {c1['lambda']}, global = {_think_share(gathered)}"
+        assert c0["lambda"] == pytest.approx(_think_share(gathered), abs=0), (
+            f"step {step}: λ = {c0['lambda']}, global = {_think_share(gathered)}"
         )
-        assert c0["progress"] == c1["progress"] == step / total_steps
+        assert c0["progress"] == step / total_steps
         # the gathered reward matrix and the total TRL turns into advantages: the same on both ranks
         assert r0["rewards"] == r1["rewards"] and len(r0["rewards"]) == len(gathered)
         assert r0["total"] == r1["total"]
