@@ -14,9 +14,10 @@ malformed model output, it scores it; an exception means the reward itself is br
 The output is checked: a wrong length, NaN/inf or a non-number stops the step with an error naming the
 reward (``reward 'x' returned nan at index 3: return None for 'no score'``).
 
-**Names.** One name everywhere: the config key under ``reward:`` is the reward's name, and its metric is
-``rewards/<name>/mean`` (and ``/std``). Outside a config, the name is the callable's ``__name__`` (a
-function's name, or a class's ``__name__`` attribute, else the class name).
+**Names and weights.** One name everywhere: the config key under ``reward:`` is the reward's name, and its
+metric is ``rewards/<name>/mean`` (and ``/std``). Each entry is ``{weight: w, fn: {_target_: ...}}``; ``w`` is its
+coefficient in TRL's weighted sum (0: logged, not optimised). Outside a config, the name is the callable's
+``__name__`` (a function's or a partial's function's name, a class's ``__name__`` attribute, else the class name).
 
 **Batch-wide rewards** (class attribute ``batch_wide = True``) depend on the whole batch, e.g. the share
 of think completions. The trainer calls them ONCE per step, on the main process, after TRL's gather:
@@ -43,6 +44,11 @@ values), then the sync ones in config order (each sees everything before it).
 **Errors across ranks.** An exception in a reward (a per-sample one or a ``local`` part on any rank, a
 batch-wide one on the main process) stops every rank at the same point of the step with that reward's
 exception and message, instead of leaving the other ranks waiting in a collective.
+
+**How the trainer calls them** (audiothink/trainer.py, ``_calculate_rewards``): each reward is wrapped once
+in :class:`Reward` (by :func:`build_rewards` from the config, or by the trainer for a callable passed to it);
+TRL's per-rank pass calls the wrappers and gathers the reward matrix; :func:`score_batch_wide` then runs the
+batch-wide rewards on the main process and :func:`score_batch_wide_once` broadcasts their values.
 
 Example, runnable as is (the trainer makes these calls; here by hand)::
 
@@ -141,6 +147,8 @@ class Reward:
         return super().__new__(cls)
 
     def __init__(self, fn: Callable, name: str | None = None):
+        if isinstance(fn, Reward):  # never wrapped twice
+            fn, name = fn.fn, name or fn.__name__
         self.fn = fn
         self.__name__ = name or get_callable_name(fn)
         self.batch_wide = is_batch_wide(fn)
