@@ -49,6 +49,7 @@ from trl.trainer.utils import RepeatSampler, shutdown_event_loop_in_daemon, star
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
 from audiothink.fast_rollout import enable_fast_generation
 from audiothink.models import share_audio_encoder_passes
+from audiothink.plumbing import checkpoints
 from audiothink.plumbing.runfiles import CompletionSample
 from audiothink.plumbing.sampler import EpochRepeatSampler
 from audiothink.plumbing.sharding import check_engine, fsdp_on_cpu_processes
@@ -99,9 +100,6 @@ def unpack_clips(packed: dict[str, torch.Tensor], start: int, end: int) -> dict[
 def _cached_audio(path: str, max_seconds: float | None) -> tuple[np.ndarray, bool]:
     # Each clip of a step is needed G times (once per completion); 256 clips of 30 s stay under 0.5 GB.
     return load_audio(path, max_seconds=max_seconds)
-
-
-# ----------------------------------------------------------------------------------------------------------
 
 
 class AudioGRPOTrainer(GRPOTrainer):
@@ -190,36 +188,17 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._clipped_in_batch = 0
         self._saving_checkpoint: str | None = None  # the checkpoint folder being written (atomic saves, below)
 
-    # -- checkpoints: complete only once every file is on disk (audiothink/plumbing/checkpoints.py) ----------------
+    # -- checkpoints and resume: complete checkpoints only, strict loads (audiothink/plumbing/checkpoints.py) ------
 
     def _save_checkpoint(self, model, trial):
-        """The Trainer's save, inside a "being written" marker that ``_maybe_log_save_evaluate`` removes once
-        the files (the ``on_save`` callbacks' too, e.g. the processor) are flushed; a full disk is one line."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        from audiothink.plumbing.checkpoints import begin_save, disk_full_as_error
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        self._saving_checkpoint = folder
-        with disk_full_as_error(folder):
-            if self.args.should_save:
-                begin_save(folder)
+        """The Trainer's save, marked "being written" until ``_maybe_log_save_evaluate`` has flushed every file (the
+        ``on_save`` callbacks' too); a full disk is one line naming the checkpoint."""
+        with checkpoints.marked_save(self, trial):
             super()._save_checkpoint(model, trial)
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
-        from audiothink.plumbing.checkpoints import disk_full_as_error, end_save
-
-        with disk_full_as_error(lambda: self._saving_checkpoint):
-            out = super()._maybe_log_save_evaluate(*args, **kwargs)
-            if self._saving_checkpoint is not None:
-                if self.accelerator.num_processes > 1:
-                    self.accelerator.wait_for_everyone()  # every rank's files (RNG states, optimizer shards)
-                if self.args.should_save:
-                    end_save(self._saving_checkpoint)
-                self._saving_checkpoint = None
-        return out
-
-    # -- resume -----------------------------------------------------------------------------------------
+        with checkpoints.completing_saves(self):
+            return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """No model card: TRL's draft is written for hub models, and for a local checkpoint (the toy, or
@@ -234,15 +213,13 @@ class AudioGRPOTrainer(GRPOTrainer):
         i.e. nothing, with a warning. LoRA: the adapter's tensors must match the model's exactly. Sharded
         engines (FSDP, DeepSpeed) keep their own loaders.
         """
-        from audiothink.plumbing.checkpoints import check_adapter_checkpoint, load_full_checkpoint
-
         model = self.model if model is None else model
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         if is_peft_model(model):
-            check_adapter_checkpoint(model, resume_from_checkpoint)
+            checkpoints.check_adapter_checkpoint(model, resume_from_checkpoint)
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        n = load_full_checkpoint(model, resume_from_checkpoint)
+        n = checkpoints.load_full_checkpoint(model, resume_from_checkpoint)
         logger.info("resume: loaded %d tensors from %s", n, resume_from_checkpoint)
 
     def load_checkpoint_weights(self, checkpoint: str) -> None:
@@ -347,12 +324,9 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal_kwargs):
-        """TRL's chunked log-prob pass, run as TRL wrote it, with each chunk's audio features; no images.
-
-        A forward pre-hook on `model` (the one TRL calls once per chunk, rows in order) adds to each call the
-        features of exactly the rows its `input_ids` are: checked, so that a TRL that called the model any other
-        way fails here instead of scoring a chunk with another row's audio.
-        """
+        """TRL's chunked log-prob pass, its own body, with each chunk's audio features (no images): a forward
+        pre-hook on `model` adds to each call the features of the rows its `input_ids` are, checked, so a TRL that
+        called the model another way fails here instead of scoring a chunk with another row's audio."""
         unexpected = [k for k, v in multimodal_kwargs.items() if v is not None]
         if unexpected:
             raise ValueError(f"AudioGRPOTrainer does not support image inputs: {unexpected}")
@@ -369,11 +343,8 @@ class AudioGRPOTrainer(GRPOTrainer):
             ids = kwargs.get("input_ids")
             n = 0 if ids is None else ids.size(0)
             if args or not n or not torch.equal(ids, input_ids[fed : fed + n]):
-                raise RuntimeError(
-                    "TRL's log-prob pass called the model other than once per chunk with the chunk's rows in order "
-                    "(input_ids=...): the audio features cannot be matched to the rows; see "
-                    "tests/test_trainer_signatures.py::test_trl_bodies_unchanged"
-                )
+                raise RuntimeError("TRL's log-prob pass called the model other than once per chunk, rows in order "
+                                   "(input_ids=...): its audio cannot be matched (tests/test_trainer_signatures.py)")
             kwargs.update(self._features_to_model(unpack_clips(rows, fed, fed + n)))
             fed += n
             return args, kwargs
