@@ -1,8 +1,15 @@
-"""AudioGRPOTrainer overrides private TRL methods: pin TRL and the signatures it calls them with."""
+"""AudioGRPOTrainer overrides private TRL methods: pin TRL, the signatures it calls them with, and a fingerprint
+of each TRL (and transformers) body it relies on: an upgrade that changes one fails here, saying what to re-check."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib
 import inspect
+import io
+import textwrap
+import tokenize
 
 import trl
 from trl import GRPOTrainer
@@ -62,19 +69,13 @@ def test_generate_single_turn_passes_multimodal_fields_to_generate():
 # TRL (and transformers) bodies the trainer relies on: a fingerprint of each, so that an upgrade that changes
 # one fails here and names what to re-check. The signatures above cannot see a changed body.
 
-import ast
-import hashlib
-import importlib
-import io
-import textwrap
-import tokenize
-
 
 def fingerprint(func) -> str:
     """sha256 (16 hex digits) of `func`'s source without its docstring, comments, blank lines and trailing blanks.
 
-    Formatting-only and comment-only edits keep the fingerprint; any change to the code (a line, its
-    indentation, a name) changes it. Works on the source text, so it is the same on every Python version.
+    Comment, docstring, blank-line and trailing-space edits keep the fingerprint; any other change to the text of
+    the code (a line, its indentation, a name, a re-wrapped call) changes it. Works on the source text (not on
+    ast.dump, whose output changes between Python versions), so it is the same on every Python version.
     """
     return _fingerprint_source(inspect.getsource(func))
 
