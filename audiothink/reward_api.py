@@ -421,4 +421,22 @@ def score_batch_wide_once(score: Callable[[], dict[int, list[float]]], *, rank: 
 __all__ = [
     "Reward", "as_reward", "build_rewards", "check_reward_values", "collect_errors", "is_batch_wide",
     "raise_failures", "score_batch_wide", "score_batch_wide_once", "RewardFailure", "FORMULA_KEY", "TOTAL_NAME",
+    "drop_rows_without_optimised_reward",
 ]
+
+
+def drop_rows_without_optimised_reward(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> None:
+    """In place on ``rewards_per_func`` (rows × rewards, NaN = None): a row whose every weighted reward is None
+    gets None everywhere, so TRL leaves it out of the step.
+
+    TRL drops a row (advantage 0, out of its group's baseline) only when *all* columns are None; a
+    weight-0 column (logged, not optimised: e.g. the components of a formula) would otherwise keep the
+    row in, and TRL's nansum would pay it a made-up 0.
+    """
+    weighted = (reward_weights != 0).to(rewards_per_func.device)
+    if not weighted.any() or weighted.all():
+        return
+    nan = torch.isnan(rewards_per_func)
+    drop = nan[:, weighted].all(dim=1) & ~nan.all(dim=1)
+    if drop.any():
+        rewards_per_func[drop] = float("nan")

@@ -91,7 +91,7 @@ def train(cfg: DictConfig) -> dict:
     from audiothink import heldout_eval
     from audiothink.plumbing import runfiles
     from audiothink.plumbing.checkpoints import check_resume_adapter, checkpoint_step, resume_checkpoint
-    from audiothink.plumbing.console import setup_console
+    from audiothink.plumbing.console import setup_console, use_run_console
     from audiothink.plumbing.rundir import claim, disk_fault
     from audiothink.trainer import AudioGRPOTrainer
     from audiothink.plumbing.validate import check_dataset_size, check_train_config
@@ -188,6 +188,7 @@ def train(cfg: DictConfig) -> dict:
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor),
                    JudgeWatch(rewards)],
     )
+    use_run_console(trainer)  # health/* metrics and one progress line per logging step (audiothink/plumbing/console.py)
     # after the trainer is built: TRL wraps the model with the LoRA adapter (peft_config) in its constructor
     log.info("model: %s (%s), %s", cfg.model.cls.rsplit(".", 1)[-1], cfg.model.path, parameter_line(trainer.model))
     # eval.every_steps: held-out scoring every N steps, heldout/* curves, <run>/best/ (audiothink/heldout_eval.py)

@@ -1,35 +1,30 @@
-"""AudioGRPOTrainer: TRL's GRPOTrainer with audio in every forward pass.
+"""AudioGRPOTrainer: TRL's GRPOTrainer with the audio in every forward pass.
 
-TRL's GRPOTrainer knows images, not audio. Handed a Qwen2-Audio model it would generate *with* the audio
-(if the processor ran) but score the completions - policy, old and reference log-probs - on the text
-tokens alone, silently training the model on placeholder embeddings. This subclass closes that hole and
-adds the one thing TRL's reward loop lacks, rewards computed over the whole gathered batch.
-
-What is overridden, and why (each signature is pinned by tests/test_trainer_signatures.py):
+One job: the batch's audio in every model call TRL makes, plus the one hook TRL's reward loop lacks (rewards
+over the whole gathered batch). TRL knows images, not audio: handed a Qwen2-Audio model it would generate
+*with* the audio (if the processor ran) but score the completions - policy, old and reference log-probs - on
+the text tokens alone, silently training the model on placeholder embeddings. The overrides (signatures
+pinned, and the TRL bodies relied on fingerprinted, by tests/test_trainer_signatures.py):
 
 - `_generate_and_score_completions`: loads the batch's audio, runs TRL's generation/scoring with it, and
   attaches the per-row audio features to the returned batch so they travel through TRL's shuffle/split.
-- `_tokenize_prompts`: renders the chat template with one audio part per clip and runs the *processor*
-  (not just the tokenizer), which expands each `<|AUDIO|>` to its feature length and returns the mel
-  features that `generate` needs.
-- `_get_per_token_logps_and_entropies`: every log-prob pass (policy, old, reference) gets the features
-  of exactly its rows. A pass without audio raises instead of silently scoring text only.
+- `_tokenize_prompts`: the chat template with one audio part per clip, through the *processor*, which
+  expands each `<|AUDIO|>` to its feature length and returns the mel features `generate` needs.
+- `_get_per_token_logps_and_entropies`: TRL's own chunked pass; a forward pre-hook gives each chunk's model
+  call the features of exactly its rows. A pass without audio raises instead of scoring text only.
 - `_compute_loss`: exposes the micro-batch's features to the policy pass.
-- `_calculate_rewards`: after TRL's per-rank rewards are gathered, batch-wide rewards (`batch_wide = True`,
-  e.g. the adaptive think/no-think balance, a reward formula) are computed once, on the main process, on the
-  gathered batch and broadcast to every rank (async ones awaited together on TRL's event loop); every
-  reward's output is checked (length, NaN, non-numbers: an error naming the reward), and a reward's
-  exception on any rank stops every rank with it (audiothink/reward_api.py); a row whose optimised rewards
-  are all None is left out of the step; `audio/clipped_clips` and `judge/failures` are step totals over the
-  ranks; think-rate and think-length metrics are logged; a sample of completions is written.
-- `_save_checkpoint` / `_maybe_log_save_evaluate`: a checkpoint is marked "being written" until all of it (the
-  `on_save` callbacks' files too) is flushed to disk, so a resume never takes a half-written one; a full disk
-  is one line naming the checkpoint (audiothink/plumbing/checkpoints.py).
+- `_calculate_rewards`: after TRL's per-rank rewards are gathered, batch-wide rewards (`batch_wide = True`) are
+  computed once, on the main process, and broadcast; a reward's exception on any rank stops every rank with it;
+  `audio/clipped_clips` and `judge/failures` are step totals over the ranks (audiothink/reward_api.py); a row
+  whose optimised rewards are all None is left out of the step; the think/* metrics are logged
+  (audiothink/think_metrics.py).
+- checkpoints and resume: complete checkpoints only, strict weight loading, the same prompts after a resume
+  (audiothink/plumbing/checkpoints.py, audiothink/plumbing/sampler.py).
 
-Also, outside those overrides: each distinct clip of a batch goes through the audio encoder once, not
-once per completion (`audiothink.models.share_audio_encoder_passes`, exact); with `use_vllm` TRL's engine
-is replaced by `audiothink.vllm_rollout.AudioVLLMGeneration` (unexpanded prompt ids + the audio for vLLM,
-weights synced under checkpoint names).
+Elsewhere: the fast rollout (audiothink/fast_rollout.py); the completions.jsonl sample (a callback:
+audiothink.plumbing.runfiles.CompletionSample); the console and health callbacks (added by audiothink.train: a
+trainer built from Python keeps transformers' console); one audio-encoder pass per distinct clip
+(audiothink.models); the vLLM rollout (audiothink/vllm_rollout.py).
 
 Rows are TRL's: `prompt` is the user text; the `audio` column holds the clip paths of each row. Audio
 tensors are stored per row as `(rows, max_clips, ...)` plus a clip count, so TRL's row shuffling and
@@ -40,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 import math
 import os
@@ -51,20 +45,20 @@ from functools import lru_cache
 import numpy as np
 import torch
 from accelerate.utils import gather_object, is_peft_model
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
 
 from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
-from audiothink.formats import completion_text, parse
-from audiothink.plumbing.console import ProgressLine
-from audiothink.plumbing.health import HealthMonitor
+from audiothink.fast_rollout import enable_fast_generation
 from audiothink.models import share_audio_encoder_passes
+from audiothink.plumbing import checkpoints
+from audiothink.plumbing.runfiles import CompletionSample
+from audiothink.plumbing.sampler import EpochRepeatSampler
 from audiothink.plumbing.sharding import check_engine, fsdp_on_cpu_processes
 from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
-from audiothink.reward_api import (as_reward, collect_errors, raise_failures, score_batch_wide,
-                                   score_batch_wide_once)
-from audiothink.scoring import is_correct
+from audiothink.reward_api import (as_reward, collect_errors, drop_rows_without_optimised_reward, raise_failures,
+                                   score_batch_wide, score_batch_wide_once)
+from audiothink.think_metrics import think_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -111,71 +105,6 @@ def _cached_audio(path: str, max_seconds: float | None) -> tuple[np.ndarray, boo
     return load_audio(path, max_seconds=max_seconds)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# fast rollout: where torch.compile keeps what it compiled
-
-# Default home of the compile caches (rollout.compile_cache_dir: null): outside any run folder, so that every
-# run of the same model shape on this machine (or on a shared home) finds what an earlier run compiled.
-DEFAULT_COMPILE_CACHE = "~/.cache/audiothink/inductor"
-
-
-def use_compile_cache(directory: str | os.PathLike | None = None) -> str:
-    """Point torch.compile's on-disk caches at `directory` and return the folder used.
-
-    torch.compile (inductor) keeps compiled graphs (its FX graph cache and AOTAutograd cache) and the
-    Triton / C++ kernels under ``TORCHINDUCTOR_CACHE_DIR``; by default that is ``/tmp/torchinductor_<user>``,
-    which a reboot or a fresh container empties. Which folder, in this order: `directory` when given; else a
-    ``TORCHINDUCTOR_CACHE_DIR`` the user exported (one that is not torch's own default); else
-    :data:`DEFAULT_COMPILE_CACHE`. Processes sharing the folder (the ranks of one launch, later runs) are
-    safe: inductor writes each entry atomically. Whether the FX graph cache is on stays torch's setting
-    (on by default; ``TORCHINDUCTOR_FX_GRAPH_CACHE=0`` turns it off).
-    """
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if directory is None and current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
-        directory = current
-    path = os.path.abspath(os.path.expanduser(str(directory if directory is not None else DEFAULT_COMPILE_CACHE)))
-    os.makedirs(path, exist_ok=True)
-    # read by inductor at each use (torch._inductor.runtime.cache_dir_utils.cache_dir), so setting it before
-    # the first compile is enough; the Triton kernel cache follows it unless TRITON_CACHE_DIR is set
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
-    if path != (os.path.abspath(current) if current else None):
-        logger.info("torch.compile caches: %s", path)
-    return path
-
-
-# ----------------------------------------------------------------------------------------------------------
-# resume
-
-
-class EpochRepeatSampler(RepeatSampler):
-    """TRL's RepeatSampler, plus ``set_epoch``: epoch e draws the order an uninterrupted run draws in epoch e.
-
-    TRL's sampler shuffles with one generator that advances pass after pass, so a resume in epoch e (a fresh
-    sampler) would replay epoch 0's order. ``set_epoch`` (the Trainer calls it every epoch) re-seeds the
-    generator and advances it by e permutations, exactly what e earlier passes consumed: an uninterrupted
-    run is unchanged, a resumed one sees the same prompts.
-    """
-
-    @classmethod
-    def like(cls, sampler: RepeatSampler) -> "EpochRepeatSampler":
-        return cls(data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
-                   batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
-                   seed=sampler.seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.seed is None or not self.shuffle:
-            return
-        self.generator.manual_seed(self.seed)
-        if self.shuffle:
-            for _ in range(epoch):
-                torch.randperm(self.num_samples, generator=self.generator)
-
-
-# ----------------------------------------------------------------------------------------------------------
-
-
 class AudioGRPOTrainer(GRPOTrainer):
     """GRPO on audio language models (Qwen2-Audio, Qwen2.5-Omni thinker).
 
@@ -218,7 +147,6 @@ class AudioGRPOTrainer(GRPOTrainer):
         # completion the rewards read.
         self.prefill = prefill
         self.max_audio_seconds = max_audio_seconds
-        self.completion_prompts = completion_prompts
         tokenizer = processor.tokenizer
         # A sampled placeholder token would have no audio feature behind it: the next forward fails (or,
         # worse, the legacy merge path silently shifts features). Ban every audio marker from sampling.
@@ -252,14 +180,8 @@ class AudioGRPOTrainer(GRPOTrainer):
             )
         if fast_generation:
             self.enable_fast_generation(compile_cache_dir=compile_cache_dir)
-        # health/* metrics and warnings for steps without a learning signal; placed before the loggers so that
-        # TensorBoard and metrics.jsonl get them (audiothink.plumbing.health)
-        self.health = HealthMonitor()
-        self.callback_handler.callbacks.insert(1, self.health)
-        # one compact line per logging step instead of the progress bar and the printed metrics dict
-        for cb in (ProgressCallback, PrinterCallback):
-            self.remove_callback(cb)
-        self.add_callback(ProgressLine(self.health))
+        if completion_prompts > 0:  # completions.jsonl
+            self.add_callback(CompletionSample(self, completion_prompts))
         # Each prompt comes G times per batch: encode each distinct clip once (exact; see audiothink.models).
         self.encoder_passes = share_audio_encoder_passes(self.model) if share_encoder_passes else None
         if share_encoder_passes and self.ref_model is not None:
@@ -270,36 +192,17 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._clipped_in_step = 0  # over all ranks (_calculate_rewards)
         self._saving_checkpoint: str | None = None  # the checkpoint folder being written (atomic saves, below)
 
-    # -- checkpoints: complete only once every file is on disk (audiothink/plumbing/checkpoints.py) ----------------
+    # -- checkpoints and resume: complete checkpoints only, strict loads (audiothink/plumbing/checkpoints.py) ------
 
     def _save_checkpoint(self, model, trial):
-        """The Trainer's save, inside a "being written" marker that ``_maybe_log_save_evaluate`` removes once
-        the files (the ``on_save`` callbacks' too, e.g. the processor) are flushed; a full disk is one line."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        from audiothink.plumbing.checkpoints import begin_save, disk_full_as_error
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        self._saving_checkpoint = folder
-        with disk_full_as_error(folder):
-            if self.args.should_save:
-                begin_save(folder)
+        """The Trainer's save, marked "being written" until ``_maybe_log_save_evaluate`` has flushed every file (the
+        ``on_save`` callbacks' too); a full disk is one line naming the checkpoint."""
+        with checkpoints.marked_save(self, trial):
             super()._save_checkpoint(model, trial)
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
-        from audiothink.plumbing.checkpoints import disk_full_as_error, end_save
-
-        with disk_full_as_error(lambda: self._saving_checkpoint):
-            out = super()._maybe_log_save_evaluate(*args, **kwargs)
-            if self._saving_checkpoint is not None:
-                if self.accelerator.num_processes > 1:
-                    self.accelerator.wait_for_everyone()  # every rank's files (RNG states, optimizer shards)
-                if self.args.should_save:
-                    end_save(self._saving_checkpoint)
-                self._saving_checkpoint = None
-        return out
-
-    # -- resume -----------------------------------------------------------------------------------------
+        with checkpoints.completing_saves(self):
+            return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """No model card: TRL's draft is written for hub models, and for a local checkpoint (the toy, or
@@ -314,15 +217,13 @@ class AudioGRPOTrainer(GRPOTrainer):
         i.e. nothing, with a warning. LoRA: the adapter's tensors must match the model's exactly. Sharded
         engines (FSDP, DeepSpeed) keep their own loaders.
         """
-        from audiothink.plumbing.checkpoints import check_adapter_checkpoint, load_full_checkpoint
-
         model = self.model if model is None else model
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         if is_peft_model(model):
-            check_adapter_checkpoint(model, resume_from_checkpoint)
+            checkpoints.check_adapter_checkpoint(model, resume_from_checkpoint)
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        n = load_full_checkpoint(model, resume_from_checkpoint)
+        n = checkpoints.load_full_checkpoint(model, resume_from_checkpoint)
         logger.info("resume: loaded %d tensors from %s", n, resume_from_checkpoint)
 
     def load_checkpoint_weights(self, checkpoint: str) -> None:
@@ -345,28 +246,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         check_engine(self.accelerator)
 
     def enable_fast_generation(self, bucket: int = 64, compile_cache_dir: str | os.PathLike | None = None) -> str:
-        """Static KV cache + torch.compile'd decode step for the HF rollout (GPU); returns the compile cache folder.
-
-        2.6x plain `generate` for Qwen2-Audio-7B on an H100 (bench/RESULTS.md). The cache's shape is the
-        padded prompt length + max_new_tokens and a new shape recompiles (about a minute at 7B), so
-        prompts are padded to multiples of `bucket` tokens (unless the config already set a multiple).
-
-        What is compiled, and when (transformers 5.23 + torch 2.13, checked on CPU in
-        tests/test_compile_cache.py): later steps reuse the compiled forward, and so does another trainer in
-        the same process, even on another model object of the same architecture (dynamo's guards are on
-        shapes and types). The first bucket compiles a graph for its exact shapes; the
-        second compiles once more with the changed sizes made symbolic (dynamo's automatic dynamic shapes),
-        and that graph then serves every later bucket without compiling. transformers never shrinks a model's
-        static cache (`_previous_max_cache_length`): after a longer bucket, every rollout decodes with the
-        longest cache seen so far. Between processes, torch.compile's
-        on-disk caches (inductor's FX graph cache, the compiled kernels) are reused from `compile_cache_dir`
-        (see :func:`use_compile_cache`): the next run of the same model shape skips code generation and
-        kernel compilation, though dynamo still traces the model once.
-        """
-        self.generation_config.cache_implementation = "static"
-        self.generation_config.disable_compile = False
-        self.pad_to_multiple_of = self.pad_to_multiple_of or bucket
-        return use_compile_cache(compile_cache_dir)
+        """Static KV cache + torch.compile'd decode for the HF rollout; returns the compile cache folder
+        (:func:`audiothink.fast_rollout.enable_fast_generation`)."""
+        return enable_fast_generation(self, bucket=bucket, compile_cache_dir=compile_cache_dir)
 
     # -- audio plumbing ----------------------------------------------------------------------------------
 
@@ -415,8 +297,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         # clips of this step cut to the audio window, all ranks (a resumed run logs what an uninterrupted one does)
         self._metrics[mode]["audio/clipped_clips"].append(float(self._clipped_in_step))
-        if mode == "train":
-            self._write_completion_sample()
+        if mode == "train":  # the rollout the completion sample writes (audiothink.plumbing.runfiles.CompletionSample)
+            self._train_rollout_columns = self._sample_columns
         return output
 
     def _tokenize_prompts(self, prompts: list):
@@ -444,18 +326,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         # For generate: the flat per-clip tensors, in the model's dtype.
         return prompt_ids, None, self._features_to_model(per_clip)
 
-    def _get_per_token_logps_and_entropies(
-        self,
-        model,
-        input_ids,
-        attention_mask,
-        logits_to_keep,
-        batch_size=None,
-        compute_entropy=False,
-        compute_aux_loss=False,
-        **multimodal_kwargs,
-    ):
-        """TRL's chunked log-prob pass, with each chunk's audio features; images are not supported."""
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal_kwargs):
+        """TRL's chunked log-prob pass, its own body, with each chunk's audio features (no images): a forward
+        pre-hook on `model` adds to each call the features of the rows its `input_ids` are, checked, so a TRL that
+        called the model another way fails here instead of scoring a chunk with another row's audio."""
         unexpected = [k for k, v in multimodal_kwargs.items() if v is not None]
         if unexpected:
             raise ValueError(f"AudioGRPOTrainer does not support image inputs: {unexpected}")
@@ -465,30 +340,31 @@ class AudioGRPOTrainer(GRPOTrainer):
                 "log-prob pass without the batch's audio features "
                 f"({0 if not rows else rows[CLIP_COUNT_KEY].size(0)} audio rows for {input_ids.size(0)} sequences)"
             )
-        batch_size = batch_size or input_ids.size(0)
-        all_logps, all_entropies, all_aux = [], [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            end = min(start + batch_size, input_ids.size(0))
-            ids = input_ids[start:end]
-            mask = attention_mask[start:end]
-            model_inputs = {"input_ids": ids, "attention_mask": mask}
-            model_inputs.update(self._features_to_model(unpack_clips(rows, start, end)))
-            if compute_aux_loss:
-                model_inputs["output_router_logits"] = True
-            # Only the completion tokens are scored
-            labels = ids.masked_fill(mask == 0, -100)
-            labels[:, :-logits_to_keep] = -100
-            with self.accelerator.autocast():
-                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
-            all_logps.append(outputs.log_probs[:, -logits_to_keep:])
-            if compute_entropy:
-                all_entropies.append(outputs.entropy[:, -logits_to_keep:])
-            if compute_aux_loss:
-                all_aux.append(outputs.aux_loss)
-        logps = torch.cat(all_logps, dim=0)
-        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
-        aux = torch.stack(all_aux).mean() if compute_aux_loss else None
-        return logps, entropies, aux
+        fed = 0  # rows whose features went into a forward so far
+
+        def feed_chunk_audio(module, args, kwargs):
+            nonlocal fed
+            ids = kwargs.get("input_ids")
+            n = 0 if ids is None else ids.size(0)
+            if args or not n or not torch.equal(ids, input_ids[fed : fed + n]):
+                raise RuntimeError("TRL's log-prob pass called the model other than once per chunk, rows in order "
+                                   "(input_ids=...): its audio cannot be matched (tests/test_trainer_signatures.py)")
+            kwargs.update(self._features_to_model(unpack_clips(rows, fed, fed + n)))
+            fed += n
+            return args, kwargs
+
+        # prepend: before any wrapper's own pre-hook (FSDP2 casts and moves the inputs), as a direct argument would be
+        handle = model.register_forward_pre_hook(feed_chunk_audio, with_kwargs=True, prepend=True)
+        try:
+            out = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss,
+            )
+        finally:
+            handle.remove()
+        if fed != input_ids.size(0):
+            raise RuntimeError(f"TRL's log-prob pass scored {fed} of {input_ids.size(0)} rows with their audio")
+        return out
 
     def _compute_loss(self, model, inputs):
         rows = {k: v for k, v in inputs.items() if k.startswith(AUDIO_PREFIX)}
@@ -537,7 +413,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         judged = [s[2] for s in shared if s[2] is not None] + self._pending_metrics.pop("judge/failures", [])
         if judged and is_main:
             self._pending_metrics["judge/failures"] = [float(sum(judged))]
-        self._drop_rows_without_optimised_reward(rewards_per_func)
+        drop_rows_without_optimised_reward(rewards_per_func, self.reward_weights)
         # the share of completions with at least one optimised reward (0: nothing to learn from; audiothink.plumbing.health)
         optimised = rewards_per_func[:, (self.reward_weights != 0).to(rewards_per_func.device)]
         mode = "train" if self.model.training else "eval"
@@ -545,21 +421,6 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._log_think_metrics(all_completions, columns)
         self._sample_columns = columns  # for the completion sample, written once the advantages are known
         return rewards_per_func
-
-    def _drop_rows_without_optimised_reward(self, rewards_per_func: torch.Tensor) -> None:
-        """A row whose every weighted reward is None gets None everywhere, so TRL leaves it out of the step.
-
-        TRL drops a row (advantage 0, out of its group's baseline) only when *all* columns are None; a
-        weight-0 column (logged, not optimised: e.g. the components of a formula) would otherwise keep the
-        row in, and TRL's nansum would pay it a made-up 0.
-        """
-        weighted = (self.reward_weights != 0).to(rewards_per_func.device)
-        if not weighted.any() or weighted.all():
-            return
-        nan = torch.isnan(rewards_per_func)
-        drop = nan[:, weighted].all(dim=1) & ~nan.all(dim=1)
-        if drop.any():
-            rewards_per_func[drop] = float("nan")
 
     def _run_async(self, coroutine):
         """Run `coroutine` on TRL's reward event loop (started here if TRL saw no async reward)."""
@@ -576,71 +437,5 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     def _log_think_metrics(self, completions: list, columns: dict[str, list] | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        parsed = [parse(c) for c in completions]
-        thinks = [p for p in parsed if p.thinks]
-        self._metrics[mode]["think/rate"].append(len(thinks) / max(len(parsed), 1))
-        columns = columns or {}
-        correct = None
-        if "answer" in columns and "choices" in columns:
-            # correct by the benchmarks' rule (audiothink.rewards.Accuracy's default), whatever the configured rewards
-            correct = [is_correct(c, a, ch) for c, a, ch in zip(completions, columns["answer"], columns["choices"])]
-            scored = [bool(x) for x in correct if x is not None]
-            if scored:
-                self._metrics[mode]["accuracy/rate"].append(sum(scored) / len(scored))
-        # per difficulty (the toy's easy / hard, MMAU's easy / medium / hard): when to think is the point
-        by: dict[str, list[int]] = {}
-        for i, d in enumerate(columns.get("difficulty") or []):
-            if d:
-                by.setdefault(str(d), []).append(i)
-        for d, idx in sorted(by.items()):
-            self._metrics[mode][f"think/rate/{d}"].append(sum(parsed[i].thinks for i in idx) / len(idx))
-            if correct is not None:
-                flags = [bool(correct[i]) for i in idx if correct[i] is not None]
-                if flags:
-                    self._metrics[mode][f"accuracy/rate/{d}"].append(sum(flags) / len(flags))
-        self._metrics[mode]["format/malformed_rate"].append(
-            sum(not p.well_formed for p in parsed) / max(len(parsed), 1)
-        )
-        # the share with an answer block (audiothink.plumbing.health: a cut completion may still have answered)
-        self._metrics[mode]["completions/answered"].append(sum(p.answer is not None for p in parsed) / max(len(parsed), 1))
-        if thinks:
-            lengths = [len(self._tokenizer(p.think or "", add_special_tokens=False)["input_ids"]) for p in thinks]
-            self._metrics[mode]["think/mean_tokens"].append(float(np.mean(lengths)))
-
-    def _write_completion_sample(self) -> None:
-        """``completions.jsonl``: every logging step, ``completion_prompts`` prompts with all their completions.
-
-        One record per prompt: its question, choices, gold answer, task, difficulty and id, and for each of its
-        G completions the text, each reward's value, the weighted total and the advantage (TRL's gathered
-        copies, the ones the update used). Rolled out at global step k for optimizer step k + 1, so labelled
-        k + 1, like that step's line in metrics.jsonl.
-        """
-        columns = getattr(self, "_sample_columns", None)
-        if not self.accelerator.is_main_process or self.completion_prompts <= 0 or not columns:
-            return
-        step = self.state.global_step + 1
-        every = self.state.logging_steps or self.args.logging_steps
-        if every and step % max(int(every), 1) != 0:
-            return
-        texts = list(self._logs["completion"])
-        advantages = list(self._logs["advantages"])
-        rewards = {name: list(values) for name, values in self._logs["rewards"].items()}
-        weights = dict(zip(self.reward_func_names, self.reward_weights.tolist()))
-        g = self.num_generations
-        n = min(len(texts), len(advantages), len(next(iter(columns.values()))))
-        path = os.path.join(self.args.output_dir, "completions.jsonl")
-        with open(path, "a", encoding="utf-8") as f:
-            for start in range(0, min(n, self.completion_prompts * g), g):
-                row = {k: columns[k][start] for k in ("id", "question", "choices", "answer", "task", "difficulty")
-                       if k in columns}
-                completions = []
-                for i in range(start, min(start + g, n)):
-                    values = {name: (None if v[i] != v[i] else round(v[i], 4)) for name, v in rewards.items()}
-                    scored = [weights[k] * v for k, v in values.items() if v is not None]
-                    completions.append({
-                        "text": self.prefill + completion_text(texts[i]),  # what the rewards read
-                        "rewards": values,
-                        "reward": round(sum(scored), 4) if scored else None,
-                        "advantage": round(advantages[i], 4),
-                    })
-                f.write(json.dumps({"step": step, **row, "completions": completions}, ensure_ascii=False) + "\n")
+        for name, value in think_metrics(completions, columns, self._tokenizer).items():
+            self._metrics[mode][name].append(value)

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-from audiothink import trainer as trainer_module
-from audiothink.trainer import DEFAULT_COMPILE_CACHE, use_compile_cache
+from audiothink.fast_rollout import DEFAULT_COMPILE_CACHE, enable_fast_generation, use_compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,14 +49,14 @@ def test_else_the_default_under_home(monkeypatch, tmp_path, env):
 
 
 def test_enable_fast_generation_sets_the_folder(monkeypatch, tmp_path):
-    """The trainer's switch goes through use_compile_cache (here on a stand-in: no model needed)."""
+    """The fast path's switch goes through use_compile_cache (here on a stand-in trainer: no model needed)."""
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
 
     class Config:
         cache_implementation, disable_compile = None, True
 
     stand_in = type("T", (), {"generation_config": Config(), "pad_to_multiple_of": None})()
-    got = trainer_module.AudioGRPOTrainer.enable_fast_generation(stand_in, bucket=32, compile_cache_dir=tmp_path / "c")
+    got = enable_fast_generation(stand_in, bucket=32, compile_cache_dir=tmp_path / "c")
     assert got == str(tmp_path / "c") == os.environ["TORCHINDUCTOR_CACHE_DIR"]
     assert (stand_in.generation_config.cache_implementation, stand_in.pad_to_multiple_of) == ("static", 32)
 

@@ -7,6 +7,7 @@ import logging
 import pytest
 from transformers import TrainerCallback
 
+from audiothink.plumbing.console import use_run_console
 from audiothink.plumbing.health import CAUSES, HealthMonitor, causes
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.rewards import Format
@@ -36,8 +37,9 @@ def _run(toy_model_dir, toy_files, tmp_path, rewards, **args):
     trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=rewards,
                                args=toy_grpo_args(tmp_path, max_steps=3, **args), train_dataset=_dataset(toy_files),
                                max_audio_seconds=2.0, callbacks=[seen])
+    health = use_run_console(trainer)  # as audiothink.train does
     trainer.train()
-    return [r for r in seen.records if "reward" in r], trainer
+    return [r for r in seen.records if "reward" in r], health
 
 
 @pytest.mark.parametrize("cause, rewards, args", [
@@ -47,12 +49,12 @@ def _run(toy_model_dir, toy_files, tmp_path, rewards, **args):
 ])
 def test_a_run_without_learning_signal_says_why(cause, rewards, args, toy_model_dir, toy_files, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="audiothink.plumbing.health"):
-        logs, trainer = _run(toy_model_dir, toy_files, tmp_path, rewards, **args)
+        logs, health = _run(toy_model_dir, toy_files, tmp_path, rewards, **args)
     assert len(logs) == 3
     assert all(r[f"health/{cause}"] == 1.0 and r["health/ok"] == 0.0 for r in logs), logs
     warnings = [r.getMessage() for r in caplog.records if "no learning signal" in r.getMessage()]
     assert any(f"for 3 logging steps" in w for w in warnings), warnings
-    assert cause in trainer.health.active
+    assert cause in health.active
     if cause == "truncated":  # cut after 2 tokens: no completion reached an answer block
         assert all(r["completions/answered"] == 0.0 for r in logs), logs
 
@@ -60,10 +62,10 @@ def test_a_run_without_learning_signal_says_why(cause, rewards, args, toy_model_
 def test_a_healthy_run_reports_ok(toy_model_dir, toy_files, tmp_path, caplog):
     # rewards that differ within groups (some completions are well formed, some are not, early on)
     with caplog.at_level(logging.WARNING, logger="audiothink.plumbing.health"):
-        logs, trainer = _run(toy_model_dir, toy_files, tmp_path, [Format()], learning_rate=1e-6,
-                             temperature=1.5)
+        logs, health = _run(toy_model_dir, toy_files, tmp_path, [Format()], learning_rate=1e-6,
+                            temperature=1.5)
     assert all(r["health/no_reward"] == 0.0 and r["health/truncated"] == 0.0 for r in logs)
-    assert not trainer.health.active or trainer.health.active == ["zero_variance"]
+    assert not health.active or health.active == ["zero_variance"]
 
 
 def test_causes_table():

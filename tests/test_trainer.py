@@ -276,3 +276,22 @@ def test_each_chunk_gets_the_audio_of_its_own_rows(toy_model_dir, toy_files, tmp
         assert clip == call["features"].size(0)  # no clip left over for a row that is not there
         seen_orders.add(tuple(order))
     assert len(seen_orders) > 2  # the chunks hold different rows (TRL shuffles before it splits)
+
+
+def test_a_trainer_built_from_python_keeps_transformers_console(toy_model_dir, toy_files, tmp_path):
+    """Issue 18: the console policy is audiothink.train's (use_run_console), not the trainer's: a Python user of
+    AudioGRPOTrainer keeps transformers' progress bar / printer and gets no health or progress-line callback."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from audiothink.plumbing.console import ProgressLine, use_run_console
+    from audiothink.plumbing.health import HealthMonitor
+
+    trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=False, max_steps=1)
+    kinds = [type(c) for c in trainer.callback_handler.callbacks]
+    assert ProgressCallback in kinds or PrinterCallback in kinds, kinds
+    assert not {ProgressLine, HealthMonitor} & set(kinds), kinds
+    health = use_run_console(trainer)
+    kinds = [type(c) for c in trainer.callback_handler.callbacks]
+    assert ProgressCallback not in kinds and PrinterCallback not in kinds, kinds
+    # the monitor right after the flow callback, before any logger (TensorBoard, metrics.jsonl): they see health/*
+    assert trainer.callback_handler.callbacks[1] is health and kinds[-1] is ProgressLine, kinds

@@ -7,6 +7,7 @@
 - :mod:`~audiothink.plumbing.runfiles`: files a run writes beside its checkpoints (config, metrics.jsonl, ...).
 - :mod:`~audiothink.plumbing.checkpoints`: checkpoint checks, atomic saves, resume ownership.
 - :mod:`~audiothink.plumbing.resume_config`: ``resume=true`` takes the run's own config.
+- :mod:`~audiothink.plumbing.sampler`: the training sampler, whose epoch order a resume draws again.
 - :mod:`~audiothink.plumbing.console`: the console line, progress and warnings policy.
 - :mod:`~audiothink.plumbing.health`: steps without learning signal, said while training.
 - :mod:`~audiothink.plumbing.sharding`: DDP / FSDP / ZeRO launches and saving sharded models.

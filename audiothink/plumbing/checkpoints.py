@@ -47,6 +47,7 @@ log = logging.getLogger("audiothink")
 
 __all__ = ["CheckpointError", "CheckpointFileError", "complete_checkpoints", "resume_checkpoint", "checkpoint_step",
            "check_resume_owner", "check_checkpoint_files", "check_resume_adapter", "begin_save", "end_save",
+           "marked_save", "completing_saves",
            "disk_full_as_error", "checkpoint_key_map", "load_full_checkpoint", "check_adapter_checkpoint"]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -417,6 +418,34 @@ def disk_full_as_error(folder):
             f"{where}: {reason} while saving the checkpoint ({free}); it is left incomplete and a resume skips it: "
             "free space (or set trainer.save_total_limit lower), then continue with resume=true"
         ) from e
+
+
+@contextmanager
+def marked_save(trainer, trial):
+    """Around a Trainer's ``_save_checkpoint``: the checkpoint's folder is marked "being written" (:func:`begin_save`)
+    until :func:`completing_saves` has flushed it; a full disk is one line naming it (:func:`disk_full_as_error`)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+    trainer._saving_checkpoint = folder
+    with disk_full_as_error(folder):
+        if trainer.args.should_save:
+            begin_save(folder)
+        yield
+
+
+@contextmanager
+def completing_saves(trainer):
+    """Around a Trainer's ``_maybe_log_save_evaluate`` (the save and its ``on_save`` callbacks, e.g. the processor):
+    once it returns, every rank's files are flushed and the marker removed (:func:`end_save`)."""
+    with disk_full_as_error(lambda: trainer._saving_checkpoint):
+        yield
+        if trainer._saving_checkpoint is not None:
+            if trainer.accelerator.num_processes > 1:
+                trainer.accelerator.wait_for_everyone()  # every rank's files (RNG states, optimizer shards)
+            if trainer.args.should_save:
+                end_save(trainer._saving_checkpoint)
+            trainer._saving_checkpoint = None
 
 
 def checkpoint_step(folder: str | os.PathLike) -> int:

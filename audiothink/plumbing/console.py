@@ -4,7 +4,9 @@ TRL's default console prints a 37-key dict of quoted numbers every logging step,
 escape codes end up in any redirected log, and the same harmless warnings on every run; ``train.log`` got
 only audiothink's own four lines. Here:
 
-* :class:`ProgressLine` replaces the Trainer's progress bar and dict printer with one line per logging step::
+* :class:`ProgressLine` replaces the Trainer's progress bar and dict printer with one line per logging step
+  (:func:`use_run_console`, called by ``audiothink.train``; a trainer built from Python keeps transformers'
+  own console)::
 
     step 10/250 | reward 0.804 | adaptive_think 0.333 format 0.943 | think 32.7% | accuracy 66.1% | kl 0.0012 \
 | entropy 0.376 | clipped 0.0% | 1.13 s/step | ETA 4m31s
@@ -28,7 +30,7 @@ import warnings
 
 from transformers import TrainerCallback
 
-__all__ = ["setup_console", "ProgressLine", "ConsoleFormatter", "MainProcessOnly", "format_duration",
+__all__ = ["setup_console", "use_run_console", "ProgressLine", "ConsoleFormatter", "MainProcessOnly", "format_duration",
            "process_rank"]
 
 log = logging.getLogger("audiothink.progress")
@@ -186,3 +188,23 @@ class ProgressLine(TrainerCallback):
         if state.is_world_process_zero and self.started is not None:
             log.info("training: %d steps in %s", state.global_step - self.start_step,
                      format_duration(time.time() - self.started))
+
+
+def use_run_console(trainer):
+    """audiothink's console on `trainer` (a transformers Trainer); returns its health monitor.
+
+    Adds an :class:`audiothink.plumbing.health.HealthMonitor` (``health/*`` metrics, warnings for steps without a
+    learning signal) before the loggers, so that TensorBoard and metrics.jsonl get its keys, and replaces the
+    Trainer's progress bar and printed metrics dict (``ProgressCallback`` / ``PrinterCallback``) with one
+    :class:`ProgressLine` per logging step. Call it once, right after building the trainer.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from audiothink.plumbing.health import HealthMonitor
+
+    health = HealthMonitor()
+    trainer.callback_handler.callbacks.insert(1, health)  # after DefaultFlowCallback, before the loggers
+    for cb in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(ProgressLine(health))
+    return health

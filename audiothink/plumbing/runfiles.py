@@ -7,6 +7,8 @@
   could not: the model it starts from is the checkpoint's).
 * TensorBoard: held-out accuracy and think rate before (at step 0) and after (at the last step), overall, per
   difficulty and per task, under ``heldout/…``, next to the training curves.
+* ``metrics.jsonl`` (:class:`JsonlMetrics`) and ``completions.jsonl`` (:class:`CompletionSample`): every logged
+  metric, and a sample of each logging step's rollouts with their rewards.
 * The printed summary: overall, per difficulty and per task, before -> after.
 """
 
@@ -20,10 +22,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
+from audiothink.formats import completion_text
+
 log = logging.getLogger("audiothink.train")
 
 __all__ = ["write_config", "heldout_settings", "load_before", "save_before", "log_heldout_to_tensorboard",
-           "summary_lines"]
+           "summary_lines", "JsonlMetrics", "CompletionSample", "drop_replayed", "SaveProcessor"]
 
 
 def write_config(run_dir: Path, cfg: DictConfig, resumed_step: int | None) -> Path:
@@ -149,6 +153,67 @@ class JsonlMetrics(TrainerCallback):
             total += losses[step] * (step - previous)
             previous = step
         return total / previous if previous else None
+
+
+class CompletionSample(TrainerCallback):
+    """``completions.jsonl``: every logging step, ``prompts`` prompts with all their completions.
+
+    One record per prompt: its question, choices, gold answer, task, difficulty and id, and for each of its
+    G completions the text, each reward's value, the weighted total and the advantage (TRL's gathered
+    copies, the ones the update used). Rolled out at global step k for optimizer step k + 1, so labelled
+    k + 1, like that step's line in metrics.jsonl. Each training rollout is written once, after the
+    micro-step that made it (a rollout reused by later steps, ``num_iterations`` > 1, is not written again).
+
+    `trainer`: the :class:`audiothink.trainer.AudioGRPOTrainer` it samples (like TRL's own completion
+    callbacks, it reads the trainer's record of the last rollout: TRL's ``_logs``, and the gathered dataset
+    columns the trainer keeps in ``_train_rollout_columns``).
+    """
+
+    def __init__(self, trainer, prompts: int = 2):
+        self.trainer = trainer
+        self.prompts = prompts
+        self._written = None  # the columns of the rollout written last (a new object per rollout)
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        # a micro-step before the optimizer step (gradient accumulation): its rollout is the coming step's
+        self._write_new_rollout(args, state, state.global_step + 1)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._write_new_rollout(args, state, state.global_step)
+
+    def _write_new_rollout(self, args, state, step: int) -> None:
+        trainer = self.trainer
+        columns = getattr(trainer, "_train_rollout_columns", None)
+        if columns is None or columns is self._written:
+            return
+        self._written = columns
+        if not state.is_world_process_zero or self.prompts <= 0 or not columns:
+            return
+        every = state.logging_steps or args.logging_steps
+        if every and step % max(int(every), 1) != 0:
+            return
+        texts = list(trainer._logs["completion"])
+        advantages = list(trainer._logs["advantages"])
+        rewards = {name: list(values) for name, values in trainer._logs["rewards"].items()}
+        weights = dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
+        g = trainer.num_generations
+        n = min(len(texts), len(advantages), len(next(iter(columns.values()))))
+        path = os.path.join(args.output_dir, "completions.jsonl")
+        with open(path, "a", encoding="utf-8") as f:
+            for start in range(0, min(n, self.prompts * g), g):
+                row = {k: columns[k][start] for k in ("id", "question", "choices", "answer", "task", "difficulty")
+                       if k in columns}
+                completions = []
+                for i in range(start, min(start + g, n)):
+                    values = {name: (None if v[i] != v[i] else round(v[i], 4)) for name, v in rewards.items()}
+                    scored = [weights[k] * v for k, v in values.items() if v is not None]
+                    completions.append({
+                        "text": trainer.prefill + completion_text(texts[i]),  # what the rewards read
+                        "rewards": values,
+                        "reward": round(sum(scored), 4) if scored else None,
+                        "advantage": round(advantages[i], 4),
+                    })
+                f.write(json.dumps({"step": step, **row, "completions": completions}, ensure_ascii=False) + "\n")
 
 
 def drop_replayed(run_dir: Path, checkpoint: str | os.PathLike) -> dict[str, int]:
