@@ -27,7 +27,8 @@ What is overridden, and why (each signature is pinned by tests/test_trainer_sign
 Also, outside those overrides: each distinct clip of a batch goes through the audio encoder once, not
 once per completion (`audiothink.models.share_audio_encoder_passes`, exact); with `use_vllm` TRL's engine
 is replaced by `audiothink.vllm_rollout.AudioVLLMGeneration` (unexpanded prompt ids + the audio for vLLM,
-weights synced under checkpoint names).
+weights synced under checkpoint names), and every step logs how well vLLM's sampled-token log-probs agree
+with the trainer's (`rollout/logprob_corr`, `rollout/logprob_abs_diff`, a warning below 0.995).
 
 Rows are TRL's: `prompt` is the user text; the `audio` column holds the clip paths of each row. Audio
 tensors are stored per row as `(rows, max_clips, ...)` plus a clip count, so TRL's row shuffling and
@@ -62,7 +63,7 @@ from audiothink.console import ProgressLine
 from audiothink.health import HealthMonitor
 from audiothink.models import share_audio_encoder_passes
 from audiothink.sharding import check_engine, fsdp_on_cpu_processes
-from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
+from audiothink.vllm_rollout import audio_engine_in, check_vllm_config, rollout_agreement
 from rewards.accuracy import is_correct
 
 logger = logging.getLogger(__name__)
@@ -365,18 +366,18 @@ class AudioGRPOTrainer(GRPOTrainer):
         trl_funcs = [_trl_reward(f, i, self._batch_wide) for i, f in enumerate(reward_funcs)]
         # TRL is given the tokenizer: it then treats the model as text-in/text-out, and this class supplies
         # the audio. (Handed a processor, TRL assumes an image model and reads `config.image_token_id`.)
-        super().__init__(
-            model=model,
-            reward_funcs=trl_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            processing_class=tokenizer,
-            **kwargs,
-        )
-        if self.use_vllm:
-            # TRL's engine would send vLLM the expanded ids without the audio, and weights under in-memory names
-            self.vllm_generation = AudioVLLMGeneration.adopt(
-                self.vllm_generation, processor, waves=lambda: self._pending_waves
+        # With use_vllm, TRL builds AudioVLLMGeneration instead of its engine (which would send vLLM the expanded
+        # ids without the audio, and weights under in-memory names): audiothink/vllm_rollout.py
+        import trl.trainer.grpo_trainer as trl_grpo
+
+        with audio_engine_in(trl_grpo, processor, waves=lambda: self._pending_waves):
+            super().__init__(
+                model=model,
+                reward_funcs=trl_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                processing_class=tokenizer,
+                **kwargs,
             )
         if fast_generation:
             self.enable_fast_generation(compile_cache_dir=compile_cache_dir)
@@ -542,6 +543,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         # clips of this batch cut to the audio window (per step: a resumed run logs what an uninterrupted one does)
         self._metrics[mode]["audio/clipped_clips"].append(float(self._clipped_in_batch))
+        if self.use_vllm:  # rollout/logprob_corr, rollout/logprob_abs_diff: vLLM's log-probs vs the trainer's
+            gate = rollout_agreement(output, self.accelerator.gather, warn=self.accelerator.is_main_process,
+                                     step=self.state.global_step + 1)
+            for name, value in gate.items():
+                self._metrics[mode][name].append(value)
         if mode == "train":
             self._write_completion_sample()
         return output
