@@ -184,8 +184,9 @@ def test_weights_synced_after_every_step(engine, toy30, toy_files, tmp_path, mon
     diff = max(abs(a - b) for s, h in zip(logps, hf_logps) for a, b in zip(s, h))
     assert diff < 1e-3, diff
     if lora:  # the adapter is unmerged again after the merged sync: the trainer keeps training the adapter
-        assert any("lora_A" in n for n, _ in trainer.model.named_parameters())
-        assert _hf_greedy(trainer, rows[:1])[1] == hf_logps[:1]
+        lora_layers = [m for m in trainer.model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A")]
+        assert lora_layers and not any(m.merged for m in lora_layers)
+        assert _hf_greedy(trainer, rows[:1])[1][0] == pytest.approx(hf_logps[0], abs=1e-5)  # merge + unmerge: rounding
 
 
 # -- audio: the agreement gate ------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def test_agreement_gate_hears_missing_audio(engine, toy30, toy_files, tmp_path, 
     with caplog.at_level(logging.WARNING, logger="audiothink.vllm_rollout"):
         gate = rollout_agreement(trainer._generate_and_score_completions(batch), trainer.accelerator.gather)
     assert gate["rollout/logprob_corr"] >= AGREEMENT_THRESHOLD and gate["rollout/logprob_abs_diff"] < 1e-3, gate
-    assert not caplog.records
+    assert not [r for r in caplog.records if r.name == "audiothink.vllm_rollout"]
     # the trainer logged the same figures for the step
     assert trainer._metrics["train"]["rollout/logprob_corr"][-1] == pytest.approx(gate["rollout/logprob_corr"])
 
@@ -212,4 +213,6 @@ def test_agreement_gate_hears_missing_audio(engine, toy30, toy_files, tmp_path, 
     with caplog.at_level(logging.WARNING, logger="audiothink.vllm_rollout"):
         deaf = rollout_agreement(trainer._generate_and_score_completions(batch), trainer.accelerator.gather)
     assert deaf["rollout/logprob_corr"] < AGREEMENT_THRESHOLD, deaf
-    assert any("rollout/logprob_corr" in r.getMessage() and "agree poorly" in r.getMessage() for r in caplog.records)
+    assert any("rollout/logprob_corr" in r.getMessage() and "agree poorly" in r.getMessage()
+               for r in caplog.records if r.name == "audiothink.vllm_rollout")
+    print(f"{clips} clip(s): with audio {gate}, without {deaf}")
