@@ -46,7 +46,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -370,7 +370,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         # ids without the audio, and weights under in-memory names): audiothink/vllm_rollout.py
         import trl.trainer.grpo_trainer as trl_grpo
 
-        with audio_engine_in(trl_grpo, processor, waves=lambda: self._pending_waves):
+        swap = audio_engine_in(trl_grpo, processor, waves=lambda: self._pending_waves) if args.use_vllm else nullcontext()
+        with swap:
             super().__init__(
                 model=model,
                 reward_funcs=trl_funcs,
