@@ -197,3 +197,14 @@ def test_toy_30s_copy_answers_as_the_toy(toy_model_dir, tmp_path):
             logps.append((enc["input_ids"], torch.log_softmax(model(**enc).logits[0, -1], -1)))
     assert torch.equal(logps[0][0], logps[1][0])
     assert torch.allclose(logps[0][1], logps[1][1], atol=1e-4)
+
+
+def test_console_line_shows_the_gate():
+    from audiothink.console import ProgressLine
+
+    logs = {"reward": 1.0, "think/rate": 0.5, "rollout/logprob_corr": 0.30270506, "rollout/logprob_abs_diff": 0.967}
+    assert "| vllm corr 0.3027 |dlogp| 0.967" in ProgressLine().line(3, 10, logs)
+    # NaN (a side without variance) is logged as None
+    assert "| vllm corr – |dlogp| –" in ProgressLine().line(3, 10, {**logs, "rollout/logprob_corr": None,
+                                                                      "rollout/logprob_abs_diff": None})
+    assert "vllm corr" not in ProgressLine().line(3, 10, {"reward": 1.0})  # rollout.engine=hf
