@@ -123,6 +123,10 @@ def train(cfg: DictConfig) -> dict:
 
     # Fail on a wrong model path now, not after the data set and trainer are built.
     check_model_path(cfg.model.path)
+    if cfg.rollout.engine == "vllm":  # the toy: its 30 s-window copy, which stock vLLM accepts (audiothink/toy/window30.py)
+        from audiothink.toy.window30 import vllm_model_path
+
+        cfg.model.path = vllm_model_path(cfg.model.path)
     prefill = force_prefill(cfg.get("force_mode"))  # checked above (check_train_config)
     rewards, weights = build_rewards(cfg.reward)
     probe_judges(rewards)  # one short request per judge task: a judge that cannot answer stops the run here

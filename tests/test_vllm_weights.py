@@ -1,5 +1,7 @@
 """Weight sync names: every transformers-5 in-memory parameter lands on a name vLLM's loader accepts.
 
+(The sync itself, into a real vLLM engine, full fine-tuning and LoRA merged: tests/test_vllm_engine.py.)
+
 The vLLM side is recorded here as data, from vLLM's source (github.com/vllm-project/vllm):
 - vllm/model_executor/models/qwen2_audio.py @ cd1e84523cfda18c8631f46a24b9ee753d8614d3:
   Qwen2AudioForConditionalGeneration has the modules `audio_tower`, `multi_modal_projector` and
@@ -17,17 +19,12 @@ The vLLM side is recorded here as data, from vLLM's source (github.com/vllm-proj
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from accelerate import Accelerator
-from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
-from trl.generation.vllm_generation import VLLMGeneration
 
-from audiothink.vllm_rollout import CHECKPOINT_PREFIXES, AudioVLLMGeneration, checkpoint_name
+from audiothink.vllm_rollout import CHECKPOINT_PREFIXES, AudioVLLMGeneration, checkpoint_name, checkpoint_name_mapper
 from tests.conftest import load_toy
 
 # vLLM's loaders, as data (see the module docstring for where each line is from). A child of None takes
@@ -142,66 +139,10 @@ def test_unknown_names_and_models_fail_loudly():
     assert set(CHECKPOINT_PREFIXES) == set(VLLM_LOADERS)
 
 
-class _RecordingLLM:
-    """The part of vLLM's LLM that TRL's colocate sync_weights touches; records what it is given."""
-
-    def __init__(self):
-        from types import SimpleNamespace
-
-        self.loaded: dict[str, torch.Tensor] = {}
-        model = SimpleNamespace(load_weights=lambda ws: self.loaded.update((n, t.detach().clone()) for n, t in ws))
-        self.llm_engine = SimpleNamespace(
-            model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=SimpleNamespace(model=model)))
-        )
-
-    def reset_prefix_cache(self):
-        pass
-
-
-def _engine(model, processor, monkeypatch) -> AudioVLLMGeneration:
-    llm = _RecordingLLM()
-    monkeypatch.setattr(VLLMGeneration, "_init_vllm", lambda self: setattr(self, "llm", llm))
-    base = VLLMGeneration(model=model, accelerator=Accelerator(cpu=True), processing_class=processor.tokenizer,
-                          mode="colocate")
-    return AudioVLLMGeneration.adopt(base, processor, waves=lambda: None)
-
-
-LM_ONLY = r"^model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-
-
-def test_sync_weights_plain_and_lora_merged_land_on_the_same_names(toy_model_dir, monkeypatch):
-    model, processor = load_toy(toy_model_dir)
-    engine = _engine(model, processor, monkeypatch)
-    engine.sync_weights()
-    plain = engine.llm.loaded
-    with safe_open(str(toy_model_dir / "model.safetensors"), "pt") as f:
-        assert set(plain) == set(f.keys())
-
-    torch.manual_seed(0)
-    peft_model = get_peft_model(load_toy(toy_model_dir)[0], LoraConfig(r=4, lora_alpha=8, target_modules=LM_ONLY))
-    for n, p in peft_model.named_parameters():
-        if "lora_B" in n:  # a trained adapter: merging changes the weights
-            p.data.normal_(0, 0.5)
-    expected = {checkpoint_name(n, "qwen2_audio"): p.detach().clone()
-                for n, p in copy.deepcopy(peft_model).merge_and_unload().named_parameters()}
-    base_q = peft_model.base_model.model.model.language_model.layers[0].self_attn.q_proj.base_layer.weight.clone()
-
-    lora_engine = _engine(peft_model, processor, monkeypatch)
-    lora_engine.sync_weights()
-    merged = lora_engine.llm.loaded
-    assert set(merged) == set(plain)  # no lora_A/lora_B, no base_model.model., no .base_layer
-    for name, tensor in merged.items():
-        assert torch.allclose(tensor, expected[name], atol=1e-6), name
-    q = "language_model.model.layers.0.self_attn.q_proj.weight"
-    assert not torch.allclose(merged[q], base_q)  # the adapter was merged into what vLLM got
-    # ... and unmerged again in the training model
-    layer = peft_model.base_model.model.model.language_model.layers[0].self_attn.q_proj
-    assert not layer.merged and torch.allclose(layer.base_layer.weight, base_q, atol=1e-6)
-
-
-def test_trl_name_fixes_then_checkpoint_names(toy_model_dir, monkeypatch):
-    model, processor = load_toy(toy_model_dir)
-    engine = _engine(model, processor, monkeypatch)
+def test_trl_name_fixes_then_checkpoint_names(toy_model):
+    # the engine's naming alone (no vLLM): TRL's prefix fixes, then the checkpoint name
+    engine = AudioVLLMGeneration.__new__(AudioVLLMGeneration)
+    engine._to_checkpoint = checkpoint_name_mapper(toy_model)
     fix = engine._fix_param_name_to_vllm
     # activation checkpointing wrappers (TRL strips them), FSDP and modules_to_save prefixes
     assert fix("model.language_model.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight") == \

@@ -177,6 +177,10 @@ class ProgressLine(TrainerCallback):
         if "kl" in logs:
             parts.append(f"kl {_num(logs['kl'])}")
         parts += [f"entropy {_num(logs.get('entropy'))}", f"clipped {_pct(logs.get('completions/clipped_ratio'))}"]
+        if "rollout/logprob_corr" in logs:  # rollout.engine=vllm: vLLM's log-probs vs the trainer's (vllm_rollout)
+            corr = logs["rollout/logprob_corr"]  # NaN (None once logged) when a side had no variance
+            corr = f"{corr:.4f}" if isinstance(corr, (int, float)) and corr == corr else "–"
+            parts.append(f"vllm corr {corr} |dlogp| {_num(logs.get('rollout/logprob_abs_diff'))}")
         if self.started is not None and step > self.start_step:
             per_step = (time.time() - self.started) / (step - self.start_step)
             parts += [f"{per_step:.3g} s/step", f"ETA {format_duration(per_step * max(total - step, 0))}"]
