@@ -42,17 +42,17 @@ def training_prompt() -> str:
 # to the clip's audio tokens by the processor) and the ``<|audio_bos|>`` / ``<|audio_eos|>`` around it.
 AUDIO_MARKERS = ("audio_token", "audio_bos_token", "audio_eos_token")
 
-# TRL GRPOTrainer arguments (and config keys) that would take the prompt off this path, each with the reason it is
-# refused (audiothink.plumbing.validate for the config, AudioGRPOTrainer for Python arguments). TRL 1.16 renders
-# tool prompts with the tokenizer and re-tokenizes them between tool turns, and hands a rollout_func the raw
-# prompts: either way the model would be asked without its clips.
+# TRL GRPOTrainer arguments (and config keys) that would take the prompt off the audio path, each with the reason it is
+# refused (audiothink.plumbing.validate and cli for the config, AudioGRPOTrainer for Python arguments). TRL 1.16
+# re-tokenizes a tool-calling prompt with the tokenizer between turns, and hands a rollout_func the raw prompt
+# text: either way the model would be asked without its clips.
 BYPASSES_AUDIO_PATH = {
-    "tools": "TRL's tool calling renders and re-tokenizes prompts without the audio (the clips, their "
-             "placeholders and features would be lost between turns); audiothink does not support tools",
-    "environment_factory": "TRL's environments are tool calling (their methods become tools), which renders and "
-                           "re-tokenizes prompts without the audio; audiothink does not support them",
-    "rollout_func": "a custom rollout generates from the raw prompt text, outside the audio path (no clips, no "
-                    "forced-mode prefill, no chat_template_kwargs); audiothink does not support it",
+    "tools": "the audio prompt renders no tool schemas, and TRL's tool loop re-tokenizes each prompt without its "
+             "clips; audiothink does not support tool calling",
+    "environment_factory": "TRL's environments are tool calling (their methods become tools), whose loop "
+                           "re-tokenizes each prompt without its clips; audiothink does not support them",
+    "rollout_func": "TRL hands a rollout_func the raw prompt text, so it would generate without the clips (and "
+                    "without the forced-mode prefill and chat_template_kwargs); audiothink does not support it",
 }
 
 
