@@ -1,4 +1,4 @@
-"""The audio prompt: the one builder of what the model is asked, and the row checks that hold it to the model's limits.
+"""The audio prompt: the one builder of what the model is asked, and the row checks that hold it to its limits.
 
 Every place that puts a question to the model builds it here (:class:`AudioPrompt`): training's rollouts
 (``AudioGRPOTrainer._tokenize_prompts``), evaluation and the held-out summary (``audiothink.inference``, the
@@ -113,7 +113,7 @@ def check_chat_template_kwargs(processor, kwargs: Mapping[str, Any]) -> None:
         from transformers.utils.chat_template_utils import _get_template_variables
     except ImportError:  # a transformers without it: the variables cannot be listed, the kwargs pass as given
         return
-    variables = _get_template_variables(template) | set(processor.tokenizer.special_tokens_map)
+    variables = _get_template_variables(template)
     unread = sorted(set(kwargs) - variables)
     if unread:
         readable = sorted(variables - {"messages", "add_generation_prompt"})
