@@ -107,6 +107,17 @@ def test_training_rolls_out_from_the_ids_evaluation_generates_from(toy_model_dir
     builder = AudioPrompt(processor, prefill=force_prefill(mode))
     texts = [r["prompt"] for r in to_dataset(samples, PROMPT)]
     assert builder.ids(texts, [len(s.audio) for s in samples]) == [_collapsed(i, audio_id) for i in train.ids]
+    # the row checks hold to the limit the prompt the rollout generates from, prefill included
+    assert _row_lengths(processor, samples, prefill=force_prefill(mode)) == [len(i) for i in train.ids]
+
+
+def _row_lengths(processor, samples, **builder):
+    """The prompt length the row checks count for each of ``samples`` (their clips cut to the toy's 2 s)."""
+    from audiothink.audio import audio_info
+    from audiothink.prompts import row_checks
+
+    checks = row_checks(processor, PROMPT, max_prompt_tokens=2048, max_audio_seconds=2.0, **builder)
+    return [checks.prompt_tokens(s, [audio_info(a)[0] for a in s.audio]) for s in samples]
 
 
 def test_chat_template_kwargs_change_the_prompt_in_training_and_evaluation(toy_model_dir, toy_files, tmp_path):
@@ -122,6 +133,7 @@ def test_chat_template_kwargs_change_the_prompt_in_training_and_evaluation(toy_m
     assert train.ids == evaluation.ids
     text = processor.tokenizer.decode(train.ids[0])
     assert "Listen twice." in text and "You listen carefully." not in text
+    assert _row_lengths(processor, samples, chat_template_kwargs=kwargs) == [len(i) for i in train.ids]
     # without kwargs the variable's default: the toy's own prompt, unchanged
     assert plain.ids == _eval_ids(toy_model_dir, samples).ids
 
