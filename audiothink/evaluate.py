@@ -29,7 +29,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from audiothink.formats import FORCE_PREFILLS
-from audiothink.prompts import training_prompt
+from audiothink.prompts import config_chat_template_kwargs, training_prompt
 from audiothink.plumbing.errors import ConfigError
 from audiothink.loading import check_model_path, load_model_and_processor
 from audiothink.plumbing.cli import register_resolvers
@@ -143,7 +143,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     settings = GenerationSettings(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
                                   max_audio_seconds=max_seconds, do_sample=cfg.eval.do_sample,
-                                  temperature=cfg.eval.temperature)
+                                  temperature=cfg.eval.temperature,
+                                  # the prompt training rendered (trainer.chat_template_kwargs), like cfg.prompt
+                                  chat_template_kwargs=config_chat_template_kwargs(cfg) or None)
     # Stored predictions are keyed on contents (model and adapter files, each item's question, choices and
     # audio bytes), checked here, before the model loads: another model or settings are refused, changed items
     # predicted again (store.py).
@@ -379,6 +381,8 @@ def fingerprint(cfg: DictConfig, bench, settings, *, audio: str, files: dict | N
         "max_new_tokens": settings.max_new_tokens, "max_audio_seconds": settings.max_audio_seconds,
         "do_sample": settings.do_sample, "temperature": settings.temperature if settings.do_sample else None,
         "dtype": cfg.model.dtype, "audio": audio, **(files or {}),
+        # only when set: a folder predicted without them keeps its header (and resumes)
+        **({"chat_template_kwargs": settings.chat_template_kwargs} if settings.chat_template_kwargs else {}),
     }
 
 

@@ -1,29 +1,30 @@
 """Batched greedy answering and held-out scoring, shared by training summaries and benchmarks.
 
-The prompt is built exactly as in training (same template, same chat rendering, one audio part per clip),
-so a before/after comparison measures the policy, not a prompt mismatch.
+The prompt is training's, built by the same builder (:class:`audiothink.prompts.AudioPrompt`: the template, the
+chat rendering with ``chat_template_kwargs``, one audio part per clip, the prefill), so a before/after comparison
+measures the policy, not a prompt mismatch.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from audiothink.audio import SAMPLE_RATE, load_audio
+from audiothink.audio import load_audio
 from audiothink.data import Sample, render_prompt
 from audiothink.formats import parse
+from audiothink.prompts import AudioPrompt, marker_ids
 from audiothink.scoring import is_correct
 
 
 def banned_audio_token_ids(processor) -> list[int]:
-    """Audio placeholder/marker ids: never to be generated (they have no features behind them)."""
-    tok = processor.tokenizer
-    names = [getattr(processor, n, None) for n in ("audio_token", "audio_bos_token", "audio_eos_token")]
-    return sorted({tok.convert_tokens_to_ids(t) for t in names if t})
+    """Audio placeholder/marker ids: never to be generated (they have no features behind them); training's
+    list (:func:`audiothink.prompts.marker_ids`)."""
+    return marker_ids(processor)
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -61,6 +62,7 @@ def build_inputs(
     max_audio_seconds: float | None,
     audio_transform: AudioTransform | None = None,
     prefill: str = "",
+    chat_template_kwargs: Mapping | None = None,
 ):
     """The processor's tensors for ``samples``: chat-rendered prompts (plus ``prefill`` after the generation
     prompt, the start of the assistant's reply) and the clips' features."""
@@ -70,19 +72,16 @@ def build_inputs(
         if audio_transform is not None:
             clips = [audio_transform(w, s, k) for k, w in enumerate(clips)]
         waves.append(clips)
-    return encode_prompts(processor, waves, [render_prompt(s, template) for s in samples], prefill)
+    return encode_prompts(processor, waves, [render_prompt(s, template) for s in samples], prefill,
+                          chat_template_kwargs)
 
 
-def encode_prompts(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Sequence[str], prefill: str = ""):
+def encode_prompts(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Sequence[str], prefill: str = "",
+                   chat_template_kwargs: Mapping | None = None):
     """The processor's tensors for user ``prompts`` (rendered texts) with their clips (``waves[i]``: the clips of
-    prompt ``i``): one audio part per clip, then the text, the chat template's generation prompt, ``prefill``.
-    The one prompt builder of evaluation, the held-out summary and supervised fine-tuning (audiothink.sft)."""
-    messages = [[{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": prompt}]}]
-                for prompt, clips in zip(prompts, waves, strict=True)]
-    texts = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    texts = [t + prefill for t in texts]
-    flat = [w for clips in waves for w in clips]
-    return processor(text=texts, audio=flat, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+    prompt ``i``): :meth:`audiothink.prompts.AudioPrompt.encode`, training's builder (one audio part per clip, then
+    the text, the chat template's generation prompt, ``prefill``)."""
+    return AudioPrompt(processor, prefill=prefill, chat_template_kwargs=chat_template_kwargs).encode(prompts, waves)
 
 
 @torch.no_grad()
@@ -98,9 +97,11 @@ def generate_answers(
     do_sample: bool = False,
     temperature: float = 1.0,
     prefill: str = "",
+    chat_template_kwargs: Mapping | None = None,
 ) -> list[str]:
     """Decode one completion per sample (greedy by default), special tokens removed; ``prefill`` (e.g.
-    :func:`audiothink.formats.force_prefill`) starts each reply and is part of the returned completion."""
+    :func:`audiothink.formats.force_prefill`) starts each reply and is part of the returned completion;
+    ``chat_template_kwargs``: training's (``trainer.chat_template_kwargs``)."""
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -118,6 +119,7 @@ def generate_answers(
                     do_sample=do_sample,
                     temperature=temperature,
                     prefill=prefill,
+                    chat_template_kwargs=chat_template_kwargs,
                 ).texts
             )
     finally:
@@ -163,15 +165,17 @@ def generate_batch(
     temperature: float = 1.0,
     audio_transform: AudioTransform | None = None,
     prefill: str = "",
+    chat_template_kwargs: Mapping | None = None,
 ) -> GeneratedBatch:
     """One batched generate() call on ``samples`` (the caller puts the model in eval mode).
 
     ``prefill``: text that starts the assistant's reply (``<think>`` or ``<answer>`` to force a mode, see
     :func:`audiothink.formats.force_prefill`); the model continues it, and each returned text is the prefill plus the
-    continuation, so it is parsed and scored like a completion the model wrote whole.
+    continuation, so it is parsed and scored like a completion the model wrote whole. ``chat_template_kwargs``:
+    extra chat-template variables, training's (:class:`audiothink.prompts.AudioPrompt`).
     """
     tok = processor.tokenizer
-    enc = build_inputs(processor, samples, template, max_audio_seconds, audio_transform, prefill)
+    enc = build_inputs(processor, samples, template, max_audio_seconds, audio_transform, prefill, chat_template_kwargs)
     enc = {k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in enc.items()}
     stops = stop_token_ids(model, tok)  # training's stop ids, not only the tokenizer's eos
     gen = model.generate(

@@ -5,8 +5,9 @@
 
 Rows: the project's unified schema (audiothink/data.py: id, audio, question, choices, answer, ...) plus
 ``target``, the reply to learn: ``<think>…</think><answer>…</answer>`` or ``<answer>…</answer>``. The prompt
-is built by the project's one prompt builder (:func:`audiothink.inference.encode_prompts`: the chat template
-with one audio part per clip, the processor's audio features), so SFT, GRPO and evaluation see the same text.
+is built by the project's one prompt builder (:class:`audiothink.prompts.AudioPrompt`: the chat template
+with one audio part per clip and ``trainer.chat_template_kwargs``, the processor's audio features), so SFT, GRPO
+and evaluation see the same text.
 The target (plus the tokenizer's eos) is appended after the left-padded prompt and is the only thing in the
 loss; the audio features go into every forward pass (a pass without them raises).
 
@@ -52,16 +53,17 @@ TARGET_FIELD = "target"
 
 
 def encode_replies(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Sequence[str],
-                   targets: Sequence[str]) -> dict[str, torch.Tensor]:
+                   targets: Sequence[str], chat_template_kwargs=None) -> dict[str, torch.Tensor]:
     """The model's inputs for rendered user ``prompts`` with their clips (``waves[i]``) and target replies.
 
-    The prompts go through :func:`audiothink.inference.encode_prompts` (left-padded); each target, with the
-    tokenizer's eos appended, follows on the right; ``labels`` are the target tokens, -100 elsewhere.
+    The prompts go through :meth:`audiothink.prompts.AudioPrompt.encode` (left-padded; no prefill: the target is
+    the whole reply); each target, with the tokenizer's eos appended, follows on the right; ``labels`` are the
+    target tokens, -100 elsewhere.
     """
-    from audiothink.inference import encode_prompts
+    from audiothink.prompts import AudioPrompt
 
     tok = processor.tokenizer
-    enc = encode_prompts(processor, waves, prompts)
+    enc = AudioPrompt(processor, chat_template_kwargs=chat_template_kwargs).encode(prompts, waves)
     tgt = [tok(t + tok.eos_token, add_special_tokens=False)["input_ids"] for t in targets]
     width = max(len(t) for t in tgt)
     ids = torch.full((len(tgt), width), tok.pad_token_id)
@@ -186,14 +188,15 @@ def batches_of(samples, *, batch_size: int, accum: int, steps: int, shuffle: boo
         yield [[next(rows) for _ in range(batch_size)] for _ in range(accum)]
 
 
-def sample_inputs(processor, samples, prompt: str, max_audio_seconds: float | None) -> dict[str, torch.Tensor]:
+def sample_inputs(processor, samples, prompt: str, max_audio_seconds: float | None,
+                  chat_template_kwargs=None) -> dict[str, torch.Tensor]:
     """:func:`encode_replies` for rows read from disk (clips loaded and cut to the model's window)."""
     from audiothink.audio import load_audio
     from audiothink.data import render_prompt
 
     waves = [[load_audio(p, max_seconds=max_audio_seconds, row_id=s.id)[0] for p in s.audio] for s in samples]
     return encode_replies(processor, waves, [render_prompt(s, prompt) for s in samples],
-                          [s.extra[TARGET_FIELD] for s in samples])
+                          [s.extra[TARGET_FIELD] for s in samples], chat_template_kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -223,7 +226,7 @@ def sft(cfg: DictConfig) -> dict:
     from audiothink.plumbing.errors import ConfigError
     from audiothink.plumbing.rundir import claim
     from audiothink.loading import build_peft_config, check_model_path, load_model_and_processor, load_model_config, load_processor
-    from audiothink.prompts import row_checks
+    from audiothink.prompts import config_chat_template_kwargs, row_checks
     from audiothink.sources import load_training_data
 
     setup_console()
@@ -246,8 +249,10 @@ def sft(cfg: DictConfig) -> dict:
         from audiothink.toy.data import ensure_toy
 
         ensure_toy(Path(cfg.data.root))
+    template_kwargs = config_chat_template_kwargs(cfg)  # training's (trainer.chat_template_kwargs)
     checks = row_checks(processor, cfg.prompt, max_prompt_tokens=cfg.data.get("max_prompt_tokens"),
-                        max_audio_seconds=cfg.model.max_audio_seconds, model_config=load_model_config(cfg.model))
+                        max_audio_seconds=cfg.model.max_audio_seconds, model_config=load_model_config(cfg.model),
+                        chat_template_kwargs=template_kwargs)
     try:
         train, held_out = load_training_data(cfg.data, max_audio_seconds=cfg.model.max_audio_seconds, checks=checks)
     except ValueError as e:
@@ -291,7 +296,8 @@ def sft(cfg: DictConfig) -> dict:
         metrics.flush()
         log.info("step %d/%d  loss %.4f  lr %.2e  (%.0fs)", step + 1, steps, np.mean(window), lr, time.time() - t0)
 
-    batches = ([sample_inputs(processor, mb, cfg.prompt, cfg.model.max_audio_seconds) for mb in micro]
+    batches = ([sample_inputs(processor, mb, cfg.prompt, cfg.model.max_audio_seconds, template_kwargs)
+                for mb in micro]
                for micro in batches_of(train, batch_size=s.batch_size, accum=s.gradient_accumulation_steps,
                                        steps=steps, shuffle=s.shuffle, seed=cfg.seed))
     with metrics:
@@ -326,13 +332,15 @@ def heldout_figures(model, processor, samples, cfg: DictConfig) -> dict:
     ``eval.forced_modes``, ``after_think`` / ``after_direct`` (each reply prefilled with that mode)."""
     from audiothink.formats import force_prefill
     from audiothink.inference import generate_answers, score
+    from audiothink.prompts import config_chat_template_kwargs
 
     figures = {}
     for key, mode in [("after", None)] + ([("after_think", "think"), ("after_direct", "direct")]
                                           if cfg.eval.forced_modes else []):
         outputs = generate_answers(model, processor, samples, cfg.prompt, batch_size=cfg.eval.batch_size,
                                    max_new_tokens=cfg.eval.max_new_tokens, max_audio_seconds=cfg.model.max_audio_seconds,
-                                   prefill=force_prefill(mode))
+                                   prefill=force_prefill(mode),
+                                   chat_template_kwargs=config_chat_template_kwargs(cfg))
         figures[key] = score(samples, outputs)
     return figures
 

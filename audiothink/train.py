@@ -152,7 +152,8 @@ def train(cfg: DictConfig) -> dict:
     processor = load_processor(cfg.model)
     train_set, eval_samples = build_dataset(cfg.data, prompt=cfg.prompt, max_audio_seconds=cfg.model.max_audio_seconds,
                                             processor=processor, model_config=load_model_config(cfg.model),
-                                            max_completion_length=cfg.trainer.max_completion_length)
+                                            max_completion_length=cfg.trainer.max_completion_length,
+                                            prefill=prefill, chat_template_kwargs=args.chat_template_kwargs)
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
     heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples])  # eval.every_steps: items to score

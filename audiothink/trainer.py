@@ -8,8 +8,10 @@ pinned, and the TRL bodies relied on fingerprinted, by tests/test_trainer_signat
 
 - `_generate_and_score_completions`: loads the batch's audio, runs TRL's generation/scoring with it, and
   attaches the per-row audio features to the returned batch so they travel through TRL's shuffle/split.
-- `_tokenize_prompts`: the chat template with one audio part per clip, through the *processor*, which
-  expands each `<|AUDIO|>` to its feature length and returns the mel features `generate` needs.
+- `_tokenize_prompts`: the prompt of `audiothink.prompts.AudioPrompt` (the builder evaluation uses: one audio
+  part per clip, the chat template with `chat_template_kwargs`, the forced mode's prefill), through the
+  *processor*, which expands each `<|AUDIO|>` to its feature length and returns the mel features `generate`
+  needs. `tools`, `environment_factory` and `rollout_func` are refused.
 - `_get_per_token_logps_and_entropies`: TRL's own chunked pass; a forward pre-hook gives each chunk's model
   call the features of exactly its rows. A pass without audio raises instead of scoring text only.
 - `_compute_loss`: exposes the micro-batch's features to the policy pass.
@@ -50,12 +52,13 @@ from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
 
-from audiothink.audio import SAMPLE_RATE, AudioError, load_audio
+from audiothink.audio import AudioError, load_audio
 from audiothink.fast_rollout import enable_fast_generation
 from audiothink.models import share_audio_encoder_passes
 from audiothink.plumbing import checkpoints
 from audiothink.plumbing.runfiles import CompletionSample
 from audiothink.plumbing.sampler import EpochRepeatSampler
+from audiothink.prompts import BYPASSES_AUDIO_PATH, AudioPrompt, marker_ids
 from audiothink.plumbing.sharding import check_engine, fsdp_on_cpu_processes
 from audiothink.reward_api import (as_reward, collect_errors, drop_rows_without_optimised_reward, raise_failures,
                                    score_batch_wide, score_batch_wide_once)
@@ -143,19 +146,24 @@ class AudioGRPOTrainer(GRPOTrainer):
         prefill: str = "",
         **kwargs,
     ):
+        # tools / environment_factory / rollout_func would take the prompt off the audio path: refused before TRL
+        # builds anything (the config keys are refused by audiothink.plumbing.validate)
+        for name, reason in BYPASSES_AUDIO_PATH.items():
+            if kwargs.get(name):
+                raise ValueError(f"AudioGRPOTrainer({name}=...): {reason}")
         self.processor = processor
         # Text that starts every rollout's reply ("<think>" or "<answer>": a forced mode, see
         # audiothink.formats.force_prefill). It is part of the prompt ids (never trained on) and of the
         # completion the rewards read.
         self.prefill = prefill
+        # The rollouts' prompts: the builder evaluation uses too (audiothink/prompts.py), with the prefill and
+        # TRL's chat_template_kwargs (which TRL's own _tokenize_prompts would apply; ours replaces it)
+        self.audio_prompt = AudioPrompt(processor, prefill=prefill, chat_template_kwargs=args.chat_template_kwargs)
         self.max_audio_seconds = max_audio_seconds
         tokenizer = processor.tokenizer
         # A sampled placeholder token would have no audio feature behind it: the next forward fails (or,
         # worse, the legacy merge path silently shifts features). Ban every audio marker from sampling.
-        audio_tokens = [
-            getattr(processor, name, None) for name in ("audio_token", "audio_bos_token", "audio_eos_token")
-        ]
-        banned = sorted({tokenizer.convert_tokens_to_ids(t) for t in audio_tokens if t})
+        banned = marker_ids(processor)
         args.generation_kwargs = {**(args.generation_kwargs or {}), "suppress_tokens": banned}
         self.banned_token_ids = banned
         # rollout.engine=vllm without vLLM installed, or an unknown vllm_mode, fails here, before TRL starts anything
@@ -313,16 +321,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         waves = self._pending_waves
         if waves is None or len(waves) != len(prompts):
             raise RuntimeError("audio for this batch was not loaded before tokenizing its prompts")
-        messages = [
-            [{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": prompt}]}]
-            for prompt, clips in zip(prompts, waves, strict=True)
-        ]
-        texts = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        texts = [t + self.prefill for t in texts]
-        flat = [w for clips in waves for w in clips]
-        encoded = self.processor(
-            text=texts, audio=flat, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
-        )
+        encoded = self.audio_prompt.encode(prompts, waves)
         prompt_ids = [
             ids[mask.bool()].tolist() for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
         ]

@@ -45,6 +45,8 @@ class GenerationSettings:
     temperature: float = 1.0
     # null: the model chooses its mode; think / direct: the reply is prefilled with <think> / <answer>
     force_mode: str | None = None
+    # extra chat-template variables, training's trainer.chat_template_kwargs (audiothink.prompts.AudioPrompt)
+    chat_template_kwargs: dict | None = None
 
 
 @dataclass
@@ -258,7 +260,7 @@ def _generate_records(model, processor, bench, template, idx, settings, audio_tr
         model, processor, samples, template,
         max_new_tokens=settings.max_new_tokens, max_audio_seconds=settings.max_audio_seconds,
         do_sample=settings.do_sample, temperature=settings.temperature, audio_transform=audio_transform,
-        prefill=prefill,
+        prefill=prefill, chat_template_kwargs=settings.chat_template_kwargs,
     )
     kls = completion_kl(model, batch, [len(s.audio) for s in samples], kl_micro_batch) if kl else None
     lengths = batch.output_lengths  # a forced mode's prefill counts: it is part of the completion

@@ -57,6 +57,11 @@ def _check_key(cfg, key: str, adding: bool) -> None:
         if not isinstance(node, DictConfig):
             raise ConfigError(f"{key}: {'.'.join(parts[:depth])} is a value, not a mapping")
         if part not in node.keys():  # `in` says False for a key whose value is missing (???)
+            if path.startswith("trainer.") and depth == 1:
+                from audiothink.prompts import BYPASSES_AUDIO_PATH  # TRL arguments off the audio path: why not
+
+                if part in BYPASSES_AUDIO_PATH:
+                    raise ConfigError(f"{key}: {BYPASSES_AUDIO_PATH[part]}")
             if adding and path.startswith("trainer.") and depth == 1:
                 fields = _grpo_fields()
                 if part not in fields:

@@ -125,6 +125,17 @@ def prompts_per_step(trainer: DictConfig, processes: int | None = None) -> int:
 def check_trainer(trainer: DictConfig) -> None:
     """The GRPO hyper-parameters (TRL GRPOConfig fields) that TRL accepts but cannot train with."""
     t = "trainer"
+    # TRL arguments that would take the prompt off the audio path, each refused with its reason; the chat
+    # template's variables must be a mapping (audiothink/prompts.py)
+    from audiothink.prompts import BYPASSES_AUDIO_PATH
+
+    for key, reason in BYPASSES_AUDIO_PATH.items():
+        if key in trainer:
+            raise ConfigError(f"trainer.{key}: {reason}")
+    kwargs = trainer.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, DictConfig):
+        raise ConfigError(f"trainer.chat_template_kwargs={kwargs!r}: must be a mapping of chat-template variables "
+                          "({name: value, ...}) or null")
     # every number and switch first, for its type (TRL's own field types): then the ranges below
     check_types(t, trainer, _grpo_field_kinds())
     lr = _number(t, trainer, "learning_rate")

@@ -194,14 +194,16 @@ def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None,
 
 
 def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float | None, processor=None,
-                  model_config=None, max_completion_length: int | None = None):
+                  model_config=None, max_completion_length: int | None = None, prefill: str = "",
+                  chat_template_kwargs=None):
     """Training rows as a `datasets.Dataset`, plus the held-out samples (possibly empty).
 
     `data.format` picks the reader (unified, avqa, hf; audiothink/sources/), which validates every row,
     logs skips, clipped clips and rewrites, and applies the optional abstention transform (data.abstain).
     With the model's ``processor`` (and ``model_config``, its config.json), rows are also checked against the model
     (:func:`row_checks`): audio too short for the model, control tokens in the text, prompts over
-    ``data.max_prompt_tokens`` or the model's context less ``max_completion_length``.
+    ``data.max_prompt_tokens`` or the model's context less ``max_completion_length``, counted as the rollouts
+    build them (``prefill``, ``chat_template_kwargs``: audiothink.prompts.AudioPrompt).
     """
     from audiothink.audio import AudioError
     from audiothink.data import DataError, to_dataset
@@ -215,7 +217,8 @@ def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float
     if processor is not None:
         checks = row_checks(processor, prompt, max_prompt_tokens=data_cfg.get("max_prompt_tokens"),
                             max_audio_seconds=max_audio_seconds, model_config=model_config,
-                            max_completion_length=max_completion_length)
+                            max_completion_length=max_completion_length, prefill=prefill,
+                            chat_template_kwargs=chat_template_kwargs)
     try:
         train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds,
                                                          checks=checks)
