@@ -98,7 +98,10 @@ def test_a_crash_in_the_run_is_reported_by_hydra(launch, monkeypatch, capsys):
     # hydra adds this one silently: the key check after the composition refuses it
     (["+eval.num_sample=8"], "error: unknown key eval.num_sample (did you mean eval.num_samples?); '+' adds keys "
                              "only under reward.* (a new reward), trainer.* (a GRPOConfig field) and hydra.*"),
-], ids=["misspelt key", "bad option", "silently added key"])
+    # as typed, not resolved: the callback reads the override's ${judge} as text, not as the judge mapping
+    (["+eval.num_sample=${judge}"], "error: unknown key eval.num_sample (did you mean eval.num_samples?); '+' adds "
+                                   "keys only under reward.* (a new reward), trainer.* (a GRPOConfig field) and hydra.*"),
+], ids=["misspelt key", "bad option", "silently added key", "silently added interpolation"])
 def test_a_wrong_override_is_one_line_exit_2_and_no_run_folder(launch, tmp_path, capsys, overrides, message):
     run, compositions, configs = launch
     with pytest.raises(SystemExit) as stop:

@@ -224,8 +224,11 @@ class CheckKeysCallback(_HydraCallback):
         entry = OmegaConf.select(config, "hydra.job.config_name")
         if entry not in GROUPS:  # --config-name=<a user's config>: its keys are its own
             return
+        # as typed: read through the config, `+reward.x.fn.judge=${judge}` would come back with ${judge} resolved
+        task = OmegaConf.select(config, "hydra.overrides.task")
+        overrides = OmegaConf.to_container(task, resolve=False) if task is not None else []
         try:
-            check_added_keys(entry, list(OmegaConf.select(config, "hydra.overrides.task") or []))
+            check_added_keys(entry, [str(o) for o in overrides])
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
