@@ -28,6 +28,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from audiothink import CONFIG_DIR
 from audiothink.formats import FORCE_PREFILLS
 from audiothink.prompts import config_chat_template_kwargs, training_prompt
 from audiothink.plumbing.errors import ConfigError
@@ -79,7 +80,7 @@ def register_eval_resolvers() -> None:
 register_eval_resolvers()
 
 
-@hydra.main(config_path="configs", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from audiothink.audio import AudioError
     from audiothink.benchmarks.runner import EvaluationAborted

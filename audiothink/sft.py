@@ -40,6 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import audiothink.train  # noqa: E402,F401 - registers the run folder's resolvers (launch_time, toy_model_dir)
+from audiothink import CONFIG_DIR
 from audiothink.prompts import training_prompt
 
 log = logging.getLogger("audiothink.sft")
@@ -204,7 +205,7 @@ def sample_inputs(processor, samples, prompt: str, max_audio_seconds: float | No
 # ----------------------------------------------------------------------------------------------------------
 
 
-@hydra.main(config_path="configs", config_name="sft", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="sft", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from audiothink.plumbing.errors import USER_ERRORS
     from audiothink.plumbing.rundir import guard_log_files, remove_if_unused

@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from audiothink import CONFIG_DIR
 from audiothink.plumbing.runfiles import JsonlMetrics, SaveProcessor, drop_replayed
 from audiothink.sources import build_dataset
 from audiothink.grpo_config import build_grpo_config
@@ -58,7 +59,7 @@ if not OmegaConf.has_resolver("launch_time"):
     OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True)
 
 
-@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from audiothink.plumbing.errors import USER_ERRORS
     from audiothink.plumbing.rundir import disk_fault, guard_log_files

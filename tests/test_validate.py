@@ -86,6 +86,10 @@ BAD = [
     ("reward.accuracy.fn._target_=reward.Accuracy",
      "reward.accuracy.fn._target_=reward.Accuracy: no module named 'reward' on the Python path (did you mean "
      "audiothink.rewards.Accuracy?)"),
+    # the repository's rewards/ folder is importable as `rewards` in a checkout, but ships as audiothink.rewards only
+    ("reward.format.fn._target_=rewards.Format",
+     "reward.format.fn._target_=rewards.Format: the repository's rewards/ folder is the package audiothink.rewards "
+     "(did you mean audiothink.rewards.Format?)"),
     ("reward.adaptive_think.fn._target_=audiothink.rewards.adaptive_think.AdaptiveThinc",
      "audiothink.rewards.adaptive_think has no 'AdaptiveThinc' (did you mean audiothink.rewards.adaptive_think.AdaptiveThink?)"),
     ("+reward.adaptive_think.fn.balanse=true",
@@ -128,6 +132,33 @@ def test_the_choices_are_trls_own():
     losses = set(re.findall(r'loss_type == "(\w+)"', source)) | set(re.findall(r'loss_type in \[([^\]]+)\]', source))
     losses = {w for item in losses for w in re.findall(r"\w+", item)}
     assert set(grpo_choices("loss_type")) == losses
+
+
+def test_a_written_list_of_loss_types_is_trls_whole_list():
+    """Where the configs or the README list loss types, the list is the installed TRL's (or says it goes on with
+    "..."): a hand copy drifts when TRL adds one (the trainer configs' comments lacked vespo)."""
+    from audiothink.plumbing.validate import grpo_choices
+
+    trl = grpo_choices("loss_type")
+    for path in [*sorted(CONFIGS.rglob("*.yaml")), REPO / "README.md"]:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            # a list: three or more names joined by | or , ("grpo | dr_grpo | dapo", "grpo, dr_grpo, dapo, ...")
+            for found in re.finditer(r"\b\w+(?:\s*[|,]\s*\w+){2,}\b(?P<more>\s*[|,]\s*\.\.\.)?", line):
+                named = re.split(r"\s*[|,]\s*", found.group(0).split("...")[0].strip(" ,|"))
+                if not set(named) <= set(trl):
+                    continue
+                partial = found.group("more") is not None and named == list(trl[:len(named)])
+                assert named == list(trl) or partial, f"{path.relative_to(REPO)}:{number}: {named} is not TRL's {trl}"
+
+
+def test_a_loss_type_trl_does_not_have_stops_the_command_line(tmp_path):
+    from audiothink.plumbing.validate import grpo_choices
+
+    out, seconds = _cli("audiothink.train", ["trainer.loss_type=dapoo", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        f"error: trainer.loss_type='dapoo': must be one of {', '.join(grpo_choices('loss_type'))} (did you mean dapo?)"]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 def test_the_defaults_pass():

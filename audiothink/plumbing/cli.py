@@ -1,11 +1,16 @@
-"""Command-line overrides checked before hydra runs: unknown keys and options are errors, with a suggestion.
+"""Command-line overrides checked: unknown keys and options are errors, with a suggestion.
 
 Hydra accepts ``+eval.num_sample=8`` (a new key, added silently: the run then uses the default
 ``eval.num_samples``) and reports a misspelt ``eval.num_sample=8`` with a traceback-style message and exit 1.
-Here every override of ``python -m audiothink.train`` / ``.evaluate`` is checked against the composed config
-first; a wrong one stops with one line, a did-you-mean and exit 2, the exit code of every user error:
+Here a wrong override of ``python -m audiothink.train`` / ``.evaluate`` / ``.sft`` stops with one line, a
+did-you-mean and exit 2, the exit code of every user error:
 
     error: unknown key eval.num_sample (did you mean eval.num_samples?)
+
+A launch composes its config once, hydra's own composition. Hydra fails it for a misspelt key set without
+``+`` and for a bad group option; only then are the overrides composed again (:func:`check_overrides`), to say
+which one and suggest the fix. A ``+key`` that hydra adds silently is checked after the composition against the
+overrides hydra records (:class:`CheckKeysCallback`, ``hydra.callbacks.keys``), before the run folder exists.
 
 Adding keys with ``+`` is for what is open by design: a new reward (``+reward.<name>.…``), a TRL GRPOConfig
 field the trainer config does not list (``+trainer.<field>``, checked against GRPOConfig), and hydra's own
@@ -16,15 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from audiothink import CONFIG_DIR as CONFIGS  # the package's configs, wherever it is installed
 from audiothink.plumbing.errors import ConfigError
 
-__all__ = ["check_overrides", "run_checked"]
+__all__ = ["check_overrides", "run_checked", "CheckKeysCallback"]
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Config groups each entry point composes (the folders under configs/ that are hydra groups).
 GROUPS = {"train": ("model", "data", "reward", "trainer", "judge"), "evaluate": ("benchmark", "model", "trainer"),
           "sft": ("model", "data", "trainer")}
@@ -94,6 +99,7 @@ def _adding_hint(parts: list[str], depth: int) -> str:
 def check_overrides(entry: str, overrides: list[str]) -> None:
     """Raise ConfigError for an unknown config group option or key among ``overrides`` (hydra's syntax)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -120,8 +126,11 @@ def check_overrides(entry: str, overrides: list[str]) -> None:
             keys.append(o)
     register_resolvers()  # the entry point registered its own resolvers when it was imported
     try:
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        if GlobalHydra.instance().is_initialized():  # called inside the launch (CheckKeysCallback): its configs
             cfg = compose(entry, overrides=selections)
+        else:
+            with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+                cfg = compose(entry, overrides=selections)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     for o in keys:
@@ -130,17 +139,104 @@ def check_overrides(entry: str, overrides: list[str]) -> None:
         _check_key(cfg, o.key_or_group, adding=o.is_add() or o.is_force_add())
 
 
+# Whether this process's launch got past hydra's composition (CheckKeysCallback ran), and whether run_checked set
+# HYDRA_FULL_ERROR (so that the callback hands hydra's own error reporting back to the run).
+_launch = {"composed": False, "full_error_set": False}
+
+
 def run_checked(entry: str, main) -> None:
-    """``main()`` (a @hydra.main function) after :func:`check_overrides` on the command line's overrides."""
+    """``main()`` (a @hydra.main function); a wrong override stops with one line and exit 2 (module docstring).
+
+    The config is composed once, by hydra. While it composes, HYDRA_FULL_ERROR makes hydra raise its
+    composition error instead of printing it; the error is then explained by :func:`check_overrides`, the only
+    second composition, and only for a launch that fails. Once composed (:class:`CheckKeysCallback`), hydra's own
+    reporting is back for the run itself.
+    """
     argv = sys.argv[1:]
     # with hydra's own flags (--help, --cfg job, --multirun, ...) the command line is hydra's business
-    if argv and not any(a.startswith("-") for a in argv):
+    if not argv or any(a.startswith("-") for a in argv):
+        main()
+        return
+    _launch["composed"] = False
+    _launch["full_error_set"] = "HYDRA_FULL_ERROR" not in os.environ
+    if _launch["full_error_set"]:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001 - only a failed composition is explained; the rest is raised again
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if _launch["composed"] or not isinstance(e, (HydraException, OmegaConfBaseException)):
+            raise
+        GlobalHydra.instance().clear()  # the failed launch's; check_overrides composes from CONFIGS
         try:
             check_overrides(entry, argv)
+            # not one check_overrides explains (e.g. `~reward.nothere`, `+eval.num_samples=8`): hydra's words
+            message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        except ConfigError as explained:
+            message = str(explained)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if _launch["full_error_set"]:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+            _launch["full_error_set"] = False
+
+
+def check_added_keys(entry: str, overrides: list[str]) -> None:
+    """After a successful composition of ``overrides``: raise ConfigError for a ``+key`` that adds what may not be
+    added (a misspelt key, silently added by hydra), with the message of :func:`check_overrides`.
+
+    A ``+`` under reward.* or hydra.*, a ``+trainer.<GRPOConfig field>``, a group and a plain ``key=value`` (hydra
+    would have refused an unknown one) need no look at the config as it was before the override added its key;
+    any other ``+`` or ``++`` is judged by :func:`check_overrides`, which composes without the keys (a second
+    composition for such a launch only: ``+eval.num_sample=8``, ``++eval.num_samples=8``).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = GROUPS[entry]
+    for o in OverridesParser.create().parse_overrides(overrides):
+        name = o.key_or_group
+        if not (o.is_add() or o.is_force_add()) or name in groups or "/" in name or name.startswith(OPEN):
+            continue
+        parts = name.split(".")
+        if len(parts) == 2 and parts[0] == "trainer" and parts[1] in _grpo_fields():
+            continue
+        check_overrides(entry, overrides)
+        return
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    _HydraCallback = object
+
+
+class CheckKeysCallback(_HydraCallback):
+    """Hydra callback (``hydra.callbacks.keys``, before ``run_dir``): the launch's config is composed; a ``+key``
+    hydra added silently is checked (:func:`check_added_keys`), before the run folder is claimed. A wrong one
+    prints one line and exits 2."""
+
+    def on_run_start(self, config, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        _launch["composed"] = True
+        if _launch["full_error_set"]:  # the run's own errors: hydra's reporting (run_checked)
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+            _launch["full_error_set"] = False
+        entry = OmegaConf.select(config, "hydra.job.config_name")
+        if entry not in GROUPS:  # --config-name=<a user's config>: its keys are its own
+            return
+        # as typed: read through the config, `+reward.x.fn.judge=${judge}` would come back with ${judge} resolved
+        task = OmegaConf.select(config, "hydra.overrides.task")
+        overrides = OmegaConf.to_container(task, resolve=False) if task is not None else []
+        try:
+            check_added_keys(entry, [str(o) for o in overrides])
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-    main()
 
 
 def register_resolvers() -> None:

@@ -11,12 +11,14 @@ after the data is read and before the model is loaded.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -346,6 +348,11 @@ def locate(key: str, dotted: Any) -> Any:
     if not isinstance(dotted, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", dotted):
         raise ConfigError(f"{key}={dotted!r}: must be a dotted path to a function or class (module.name)")
     parts = dotted.split(".")
+    if parts[0] in _linked_folders():
+        # rewards.Format in a source checkout would import the repository folder a second time, under a name a
+        # wheel does not ship: the config would fail on every installed copy (a cluster image, pip install)
+        raise ConfigError(f"{key}={dotted}: the repository's {parts[0]}/ folder is the package audiothink.{parts[0]} "
+                          f"(did you mean audiothink.{dotted}?)")
     obj, found = None, 0
     for i in range(len(parts), 0, -1):
         module = ".".join(parts[:i])
@@ -360,9 +367,15 @@ def locate(key: str, dotted: Any) -> Any:
             raise ConfigError(f"{key}={dotted}: the import failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if obj is None:
-        options = sorted({m.name for m in pkgutil.iter_modules()})
-        hint = _did_you_mean(parts[0], options)
-        hint = hint.replace("?)", f"{'.' if len(parts) > 1 else ''}{'.'.join(parts[1:])}?)") if hint else ""
+        # the closest module: a top-level one, or one of audiothink's (rewards.Format in a wheel install, where the
+        # built-in rewards are audiothink.rewards)
+        import audiothink
+
+        options = {m.name: m.name for m in pkgutil.iter_modules() if m.name not in _linked_folders()}
+        options.update({m.name: f"audiothink.{m.name}" for m in pkgutil.iter_modules(audiothink.__path__)
+                        if m.name not in options})
+        close = difflib.get_close_matches(parts[0], list(options), n=1, cutoff=0.6)
+        hint = f" (did you mean {'.'.join([options[close[0]], *parts[1:]])}?)" if close else ""
         raise ConfigError(f"{key}={dotted}: no module named {parts[0]!r} on the Python path{hint}")
     for i in range(found, len(parts)):
         if not hasattr(obj, parts[i]):
@@ -375,6 +388,16 @@ def locate(key: str, dotted: Any) -> Any:
             raise ConfigError(f"{key}={dotted}: {prefix} has no {parts[i]!r}{hint}")
         obj = getattr(obj, parts[i])
     return obj
+
+
+@functools.cache
+def _linked_folders() -> frozenset[str]:
+    """The repository's top-level folders linked into the package (rewards/ is audiothink/rewards in a source
+    checkout or an editable install); empty in a wheel install, which ships them inside audiothink only."""
+    import audiothink
+
+    root = Path(audiothink.__file__).parent
+    return frozenset(p.name for p in root.iterdir() if p.is_symlink() and p.is_dir() and (p / "__init__.py").is_file())
 
 
 def _check_judge_tasks(key: str, target: Any, fn: dict, raw: Any) -> None:
