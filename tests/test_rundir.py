@@ -478,7 +478,7 @@ def test_a_disk_that_fills_during_the_run_is_one_line(tmp_path, function, file):
     exit 2, no traceback; nothing was trained, so the stub folder goes."""
     run = tmp_path / "run"
     out = _train_on_a_full_disk([*_TINY, "eval.num_samples=4", f"hydra.run.dir={run}"], tmp_path,
-                                module="runfiles", function=function, file=file)
+                                module="plumbing.runfiles", function=function, file=file)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
