@@ -11,7 +11,7 @@ import pytest
 
 from audiothink.data import DataError
 from audiothink.sources import load_split
-from tests.test_data_sources import _audio_dataset, _data_cfg, _hf_rows
+from tests.sources.test_sources import _audio_dataset, _data_cfg, _hf_rows
 
 
 def test_a_missing_training_file_names_data_train_and_data_root(tmp_path, monkeypatch):

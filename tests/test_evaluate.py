@@ -14,7 +14,7 @@ from audiothink.scoring import string_match
 from audiothink.data import DataError
 from audiothink.evaluate import evaluate, register_eval_resolvers
 from audiothink.prompts import training_prompt
-from tests.test_benchmarks import make_mmar_fixture, make_mmau_fixture
+from tests.benchmarks.test_benchmarks import make_mmar_fixture, make_mmau_fixture
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_eval_resolvers()

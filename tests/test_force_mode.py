@@ -117,7 +117,7 @@ def test_bad_force_mode_is_a_config_error(tmp_path, toy_files):
 def test_training_rollouts_start_with_the_forced_tag_and_are_scored_whole(tmp_path, toy_files):
     """`force_mode=think` in training: every rollout's reply starts with <think>, the rewards read the prefill
     (a thought-out completion is well formed), and the held-out scoring is forced the same way."""
-    from tests.test_console import _cli
+    from tests.plumbing.test_console import _cli
 
     run_dir = tmp_path / "run"
     out = _cli("audiothink.train", [

@@ -1,7 +1,7 @@
 """Held-out scoring during training (eval.every_steps): heldout/* curves, best/, once per interval on 2 processes.
 
 The runs are the real entry point (`python -m audiothink.train`) on the embedded toy model and a small toy
-data set. tests/heldout_probe.py records, per process, the held-out items each scoring generated answers for.
+data set. tests/e2e/heldout_probe.py records, per process, the held-out items each scoring generated answers for.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def test_two_processes_score_once_per_interval(tmp_path, toy_files):
     generated once, not once per process), and one record, one console line per interval."""
     run = tmp_path / "run"
     out = _train(tmp_path, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[]"),
-                 module="tests.heldout_probe", processes=2)
+                 module="tests.e2e.heldout_probe", processes=2)
     calls = {rank: [json.loads(line) for line in (run / f"heldout-probe-rank{rank}.jsonl").read_text().splitlines()]
              for rank in (0, 1)}
     items = {json.loads(line)["id"] for line in Path(toy_files["eval"]).read_text().splitlines()}
