@@ -169,6 +169,7 @@ def test_static_cache_generation_matches_dynamic():
     assert torch.equal(dynamic, static)
 
 
+@pytest.mark.e2e
 def test_cli_trains_and_evaluates_the_omni_config(omni_dir, tmp_path):
     """`model=qwen2_5_omni_7b` through both entry points, on the tiny thinker: LoRA run, then its adapter scored."""
     import json

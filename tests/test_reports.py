@@ -66,6 +66,7 @@ def test_mmar_version_counts_the_items_of_the_file(tmp_path):
     assert load_mmar(tmp_path / "MMAR-meta.jsonl", version="v2").version == "v2"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("module", ["audiothink.plot", "audiothink.toy.warmstart"])
 def test_help_names_the_command_that_runs_it(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,

@@ -72,6 +72,7 @@ def _probe(cache: Path, work: Path, buckets: int, *extra: str) -> tuple[list[dic
     return lines[:-1], lines[-1]["cache_dir"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow  # three processes that compile the toy on CPU: ~2-3 min on a loaded 2-core machine
 def test_a_second_process_reuses_the_compiled_rollout(tmp_path):
     cache = tmp_path / "cache"

@@ -565,6 +565,7 @@ def _two_process_probe(port: int, out_dir: str) -> None:
     accelerator.wait_for_everyone()
 
 
+@pytest.mark.e2e
 def test_two_processes_share_one_server(toy_model_dir, tmp_path):
     pytest.importorskip("requests", reason="TRL's VLLMClient needs requests (the dev extra): pip install -e '.[dev]'")
     _, processor = load_toy(toy_model_dir)

@@ -129,6 +129,7 @@ def test_missing_model_dir_fails_at_once(path):
         check_model_path(path)
 
 
+@pytest.mark.e2e
 def test_train_fails_fast_on_missing_model_dir(tmp_path):
     """The entry point stops on a bad model path before building data, rewards' judges or the trainer."""
     out = subprocess.run(

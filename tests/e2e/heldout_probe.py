@@ -1,5 +1,5 @@
 """`python -m audiothink.train` with a per-process record of the held-out items each scoring during training
-generated answers for, for tests/test_heldout_eval.py.
+generated answers for, for tests/e2e/test_heldout_eval.py.
 
     torchrun --standalone --nproc_per_node 2 -m tests.e2e.heldout_probe eval.every_steps=1 ... hydra.run.dir=DIR
 

@@ -91,6 +91,7 @@ def test_a_bad_probe_setting_is_refused():
         OpenAIJudge(base_url="http://127.0.0.1:9/v1", model="judge", prompts=PROMPTS, on_probe_failure="ignore")
 
 
+@pytest.mark.e2e
 def test_nothing_listening_stops_the_run_before_the_model_loads(tmp_path):
     """The issue's example, as a user types it: one line, exit 2, seconds, no run folder."""
     url = closed_port_url()

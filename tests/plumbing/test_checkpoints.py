@@ -183,6 +183,7 @@ def _train_cli(args, tmp_path, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.e2e
 def test_another_runs_checkpoint_into_a_run_folder_is_refused_before_anything_is_written(tmp_path):
     """resume=<a checkpoint of run B> in run A's folder would drop A's later records and overwrite its checkpoints
     and final/ with B's training: one line naming both folders and the supported ways, exit 2, A untouched."""
@@ -281,6 +282,7 @@ def _nan_weights(path):
               str(path), metadata={"format": "pt"})
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name, damage, what", [
     ("model.safetensors", _nan_weights, r"not finite \(NaN or inf in \d+ of \d+ tensors"),
     ("model.safetensors", _truncate, r"truncated \(\d+ of \d+ bytes\)"),
@@ -310,6 +312,7 @@ def test_a_damaged_checkpoint_file_is_one_line_naming_it_and_the_checkpoint_befo
     assert resume_checkpoint(run, str(run / "checkpoint-1")) == str(run / "checkpoint-1")
 
 
+@pytest.mark.e2e
 def test_no_sound_checkpoint_left_says_so(real_run, tmp_path):
     run = _copy(real_run, tmp_path)
     for step in (1, 2):
@@ -318,6 +321,7 @@ def test_no_sound_checkpoint_left_says_so(real_run, tmp_path):
         resume_checkpoint(run, True)
 
 
+@pytest.mark.e2e
 def test_a_file_without_read_permission_is_unreadable_not_corrupt(real_run, tmp_path, monkeypatch):
     """Run as root, a chmod 000 file stays readable: the permission error is mocked at open()."""
     import builtins
@@ -339,6 +343,7 @@ def test_a_file_without_read_permission_is_unreadable_not_corrupt(real_run, tmp_
     assert "truncated" not in str(e.value) and "damaged" not in str(e.value)
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_with_nan_weights_stops_the_resume_before_anything_loads(real_run, tmp_path):
     """End to end: exit 2 with one line, no traceback (it used to fail at the first rollout: "probability tensor
     contains either inf, nan or element < 0"), nothing trained or rewritten."""
@@ -504,6 +509,7 @@ def test_a_truncated_adapter_is_one_line_naming_it(lora_run, tmp_path):
         resume_checkpoint(run, True)
 
 
+@pytest.mark.e2e
 def test_the_checkpoints_lora_must_be_model_lora_before_anything_loads(lora_run, real_run):
     from omegaconf import OmegaConf
 
@@ -529,6 +535,7 @@ def test_the_checkpoints_lora_must_be_model_lora_before_anything_loads(lora_run,
     check_resume_adapter(real_run / "checkpoint-2", None)
 
 
+@pytest.mark.e2e
 def test_a_resume_with_another_lora_stops_in_one_line_before_loading(lora_run, tmp_path):
     run = _copy(lora_run, tmp_path)
     out = _train_cli([f"hydra.run.dir={run}", "resume=true", "model=toy_lora", "trainer.max_steps=2",
@@ -540,6 +547,7 @@ def test_a_resume_with_another_lora_stops_in_one_line_before_loading(lora_run, t
     assert "training:" not in out.stdout + out.stderr and "model:" not in out.stdout + out.stderr
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_that_does_not_match_the_model_is_one_line_not_a_traceback(real_run, tmp_path):
     """Found only when the weights load (after the model): still one line and exit 2, the run folder kept."""
     run = _copy(real_run, tmp_path)

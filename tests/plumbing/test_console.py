@@ -45,6 +45,7 @@ def run(tmp_path_factory):
     return tmp, tmp / "run", out
 
 
+@pytest.mark.e2e
 def test_one_compact_line_per_logging_step_and_no_noise(run):
     _, _, out = run
     lines = out.stdout.splitlines()
@@ -59,12 +60,14 @@ def test_one_compact_line_per_logging_step_and_no_noise(run):
     assert "pin_memory" not in noise and "is_gradient_checkpointing" not in noise  # known-harmless warnings
 
 
+@pytest.mark.e2e
 def test_summary_json_holds_figures_only(run):
     """No path and no time in summary.json: two runs with the same seed write identical files."""
     _, run_dir, _ = run
     assert set(json.loads((run_dir / "summary.json").read_text())) == {"steps", "before", "after"}
 
 
+@pytest.mark.e2e
 def test_the_final_table_has_the_task_rows(run):
     _, run_dir, out = run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -74,12 +77,14 @@ def test_the_final_table_has_the_task_rows(run):
         assert any(ln.startswith(f"{d} ") for ln in out.stdout.splitlines()), d
 
 
+@pytest.mark.e2e
 def test_no_model_card_in_the_run_folder(run):
     """TRL's hub-oriented model card would call the local base model "None"; the run folder has none."""
     _, run_dir, _ = run
     assert any(run_dir.glob("checkpoint-*")) and not (run_dir / "README.md").exists()
 
 
+@pytest.mark.e2e
 def test_train_log_holds_what_the_console_showed(run):
     _, run_dir, out = run
     log = (run_dir / "train.log").read_text()
@@ -91,6 +96,7 @@ def test_train_log_holds_what_the_console_showed(run):
     assert len(logged) >= 15
 
 
+@pytest.mark.e2e
 def test_completions_jsonl_has_whole_prompts_and_agrees_with_metrics(run):
     _, run_dir, _ = run
     records = [json.loads(x) for x in (run_dir / "completions.jsonl").read_text().splitlines()]
@@ -109,6 +115,7 @@ def test_completions_jsonl_has_whole_prompts_and_agrees_with_metrics(run):
         assert abs(sum(c["advantage"] for c in r["completions"])) < 1e-2
 
 
+@pytest.mark.e2e
 def test_heldout_before_and_after_in_tensorboard(run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -132,6 +139,7 @@ def test_heldout_before_and_after_in_tensorboard(run):
     assert "train/reward" in tags  # next to the training curves
 
 
+@pytest.mark.e2e
 def test_plots_are_written(run):
     _, run_dir, _ = run
     for name in ("training.png", "heldout.png"):
@@ -145,6 +153,7 @@ def test_plots_are_written(run):
     assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_a_resume_of_a_finished_run_trains_nothing_and_keeps_the_first_config(run):
     tmp, run_dir, _ = run
     first_config = (run_dir / "config.yaml").read_text()
@@ -199,6 +208,7 @@ def test_evaluate_keys_are_checked_too():
         check_overrides("evaluate", ["benchmark=mmau"])
 
 
+@pytest.mark.e2e
 def test_cli_unknown_key_exits_2(tmp_path):
     out = _cli("audiothink.train", ["+eval.num_sample=8"], tmp_path)
     assert out.returncode == 2
@@ -207,6 +217,7 @@ def test_cli_unknown_key_exits_2(tmp_path):
         "(a new reward), trainer.* (a GRPOConfig field) and hydra.*"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("entry", ["train", "evaluate", "sft"])
 def test_help_lists_the_groups_of_the_entry_point(entry, tmp_path):
     out = _cli(f"audiothink.{entry}", ["--help"], tmp_path)
@@ -226,6 +237,7 @@ def test_help_lists_the_groups_of_the_entry_point(entry, tmp_path):
 # --------------------------------------------------------------------------- evaluation outputs
 
 
+@pytest.mark.e2e
 def test_evaluation_says_what_was_evaluated_and_leaves_no_empty_folder(run):
     tmp, run_dir, _ = run
     out = _cli("audiothink.evaluate", [f"model.path={run_dir / 'final'}", "eval.limit=4", "eval.max_new_tokens=16",
@@ -262,6 +274,7 @@ def test_tiny_kl_keeps_its_digits(capsys):
 # --------------------------------------------------------------------------- W&B, the LoRA example
 
 
+@pytest.mark.e2e
 def test_wandb_offline_through_the_config(tmp_path):
     pytest.importorskip("wandb")
     out = _cli("audiothink.train", ["trainer.max_steps=1", "trainer.per_device_train_batch_size=16",

@@ -48,6 +48,7 @@ def test_one_process_claims_its_folder_once(tmp_path):
     assert claim(base, resume=False) == base  # and claim() accepts this launch's own folder
 
 
+@pytest.mark.e2e
 def test_a_run_started_in_a_taken_second_gets_a_suffix(tmp_path):
     """Two runs in the same second, no hydra.run.dir: the second takes runs/<time>_2, not the first's folder."""
     now = datetime.now()
@@ -65,6 +66,7 @@ def test_a_run_started_in_a_taken_second_gets_a_suffix(tmp_path):
     assert all((p / "config.yaml").read_text() == "another run\n" for p in others)
 
 
+@pytest.mark.e2e
 def test_a_named_folder_holding_a_run_is_refused_and_left_untouched(tmp_path):
     run = tmp_path / "exp1"
     (run / "checkpoint-50").mkdir(parents=True)
@@ -82,6 +84,7 @@ def test_a_named_folder_holding_a_run_is_refused_and_left_untouched(tmp_path):
     assert (run / "config.yaml").read_text() == "first run\n"
 
 
+@pytest.mark.e2e
 def test_resume_without_a_checkpoint_stops_before_loading(tmp_path):
     run = tmp_path / "exp2"
     out = _train([f"hydra.run.dir={run}", "resume=true"], tmp_path, tmp_path)
@@ -179,6 +182,7 @@ def test_a_live_run_holds_its_folder_and_a_killed_one_does_not(tmp_path):
     assert json.loads((run / MARKER).read_text())["pid"] == os.getpid()
 
 
+@pytest.mark.e2e
 def test_a_resume_beside_a_live_run_stops_at_once_and_leaves_it_alone(tmp_path):
     """`resume=true` on the folder of a run that is still training: one line naming the holder, exit 2, in
     seconds, and not a file of the live run touched (no .hydra/resumed-…, no log, no config)."""
@@ -309,6 +313,7 @@ def test_two_new_runs_started_at_once_on_one_folder(tmp_path):
         assert "is in use by a running process" in next(e for e in errs if e.strip())
 
 
+@pytest.mark.e2e
 def test_a_user_folder_is_never_removed_on_a_user_error(tmp_path):
     """A folder the user made (holding only notes.txt) and `resume=true` without a checkpoint: the run stops on
     the user error and the folder and notes stay (the run did not make the folder)."""
@@ -403,6 +408,7 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     assert list(existing.iterdir()) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["file", "parent_file", "long_name", "log_is_folder"])
 def test_train_on_a_run_folder_that_cannot_be_written(tmp_path, case):
     """The entry point: one line naming the path, exit 2, in seconds, no traceback, nothing left behind."""

@@ -158,6 +158,7 @@ def _cli(module, args, tmp_path):
     return out, time.time() - t0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override", ["trainer.beta=-0.04", "trainer.num_generations=6"])
 def test_train_cli_stops_at_once_with_one_line_and_exit_2(override, tmp_path):
     out, seconds = _cli("audiothink.train", [override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -170,6 +171,7 @@ def test_train_cli_stops_at_once_with_one_line_and_exit_2(override, tmp_path):
     assert seconds < 60
 
 
+@pytest.mark.e2e
 def test_train_cli_stops_on_a_data_set_too_small_for_one_step(tmp_path, toy_files):
     rows = toy_files["train"].read_text().splitlines()[:3]
     small = tmp_path / "small.jsonl"
@@ -181,6 +183,7 @@ def test_train_cli_stops_on_a_data_set_too_small_for_one_step(tmp_path, toy_file
     assert not (tmp_path / "run").exists()  # nothing trained: the new folder is removed again
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override, message", [
     ("eval.batch_size=0", "eval.batch_size=0: must be a whole number >= 1"),
     ("eval.listen_check=loud", "eval.listen_check='loud': must be null, noise or silence"),
@@ -336,6 +339,7 @@ CLI_ERRORS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", list(CLI_ERRORS))
 def test_train_cli_stops_before_anything_loads(case, tmp_path, readme_rewards):
     overrides, message = CLI_ERRORS[case]

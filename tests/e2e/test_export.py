@@ -21,7 +21,7 @@ from audiothink.inference import generate_batch
 from tests.conftest import load_toy
 from tests.test_evaluate import run_eval
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # A learning rate high enough that two steps move the adapter's greedy answers away from the base's.
 TRAIN = ["trainer.max_steps=2", "trainer.per_device_train_batch_size=16", "trainer.learning_rate=0.02",
          "trainer.warmup_steps=0", "eval.num_samples=8", "log.plots=false"]
