@@ -16,7 +16,7 @@ from typing import Any
 from audiothink.data import load_samples, to_dataset
 from audiothink.judge import Judge
 from audiothink.trainer import AudioGRPOTrainer
-from tests.conftest import PROMPT, load_toy, toy_grpo_args
+from tests.helpers import PROMPT, load_toy, toy_grpo_args
 
 MAX_DELAY_S = 2.0
 

@@ -117,8 +117,8 @@ def test_evaluation_refuses_a_one_token_clip_before_the_model_loads(tmp_path, mo
     the item, before the model loads; wrong keeps the item as a wrong answer."""
     from audiothink import evaluate as ev
     from audiothink.data import DataError
-    from tests.benchmarks.test_benchmarks import make_mmau_fixture
-    from tests.test_evaluate import eval_cfg
+    from tests.helpers import make_mmau_fixture
+    from tests.helpers import eval_cfg
 
     meta = make_mmau_fixture(tmp_path / "mmau")
     items = json.loads(meta.read_text())

@@ -11,8 +11,8 @@ import torch
 from audiothink.benchmarks.runner import completion_kl, teacher_forced_logprobs
 from audiothink.data import load_samples
 from audiothink.inference import generate_batch
-from tests.conftest import load_toy
-from tests.test_evaluate import run_eval
+from tests.helpers import load_toy
+from tests.helpers import run_eval
 
 LM_ONLY = r"^model\.language_model\..*\.(q_proj|v_proj)$"
 

@@ -19,8 +19,8 @@ import audiothink.evaluate as evaluate_module
 from audiothink.benchmarks.store import PredictionStore, StoreMismatch
 from audiothink.data import DataError
 from audiothink.plumbing.errors import ConfigError
-from tests.benchmarks.test_benchmarks import make_mmau_fixture
-from tests.test_evaluate import eval_cfg, run_eval
+from tests.helpers import make_mmau_fixture
+from tests.helpers import eval_cfg, run_eval
 
 N = 8
 

@@ -14,7 +14,7 @@ from audiothink.reward_api import build_rewards
 from audiothink.plumbing.cli import register_resolvers
 from audiothink.rewards import AdaptiveThink, Consistency, Format, ThinkQuality
 from tests.reward_testing import TableJudge, toy_trainer
-from tests.configs.test_compose import CONFIGS
+from tests.helpers import CONFIGS
 
 FULL = "adaptive_think * (1 + 0.5 * consistency) + 0.5 * format + think_quality"
 Q, CHOICES, GOLD = "how many beeps do you hear?", ["one", "two"], "two"

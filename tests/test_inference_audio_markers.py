@@ -14,7 +14,7 @@ from audiothink.data import load_samples, to_dataset
 from audiothink.inference import build_inputs, generate_batch
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.rewards import Format
-from tests.conftest import PROMPT, load_toy, toy_grpo_args
+from tests.helpers import PROMPT, load_toy, toy_grpo_args
 
 MARKERS = ("audio_token", "audio_bos_token", "audio_eos_token")
 

@@ -20,7 +20,7 @@ from audiothink.inference import generate_answers, generate_batch, score
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.rewards import Format
 from audiothink.prompts import training_prompt
-from tests.conftest import toy_grpo_args
+from tests.helpers import toy_grpo_args
 
 # the prompt the toy was warm-started with: its replies are then well-formed, so only a wrong stop breaks them
 PROMPT = training_prompt()

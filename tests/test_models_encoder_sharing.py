@@ -10,7 +10,7 @@ import torch
 
 from audiothink.models import share_audio_encoder_passes
 from audiothink.toy.omni import build_omni_processor, build_omni_thinker
-from tests.conftest import load_toy
+from tests.helpers import load_toy
 
 
 def _qwen2_audio(toy_model_dir):

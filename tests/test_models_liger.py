@@ -9,26 +9,14 @@ switch is off. Liger's speed is measured by `bench/gpu_step.py --liger` on a GPU
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
 import torch
 from transformers.models.qwen2 import modeling_qwen2
-from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni
 
 from audiothink.models import use_liger_kernels
 from audiothink.loading import load_model_and_processor
-
-
-class FakeRMSNorm(torch.nn.Module):
-    def __init__(self, hidden_size, eps=1e-6, **_):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, x):
-        var = x.float().pow(2).mean(-1, keepdim=True)
-        return (self.weight * (x.float() * torch.rsqrt(var + self.variance_epsilon))).to(x.dtype)
+from tests.helpers import FakeRMSNorm, install_fake_liger
 
 
 class FakeSwiGLUMLP(modeling_qwen2.Qwen2MLP):
@@ -41,20 +29,6 @@ ROPE_CALLS = []
 def fake_rope(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
     ROPE_CALLS.append(q.shape)
     return modeling_qwen2.apply_rotary_pos_emb.__wrapped_original__(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
-
-
-def install_fake_liger(monkeypatch, norm, mlp, rope) -> None:
-    """A stand-in ``liger_kernel.transformers`` with these classes, for this test only: monkeypatch records the
-    real transformers attributes first (Liger swaps them), so they are back after the test."""
-    for module, names in ((modeling_qwen2, ("Qwen2RMSNorm", "Qwen2MLP", "apply_rotary_pos_emb")),
-                          (modeling_qwen2_5_omni, ("Qwen2_5OmniRMSNorm", "Qwen2MLP", "apply_rotary_pos_emb"))):
-        for name in names:
-            monkeypatch.setattr(module, name, getattr(module, name))
-    pkg = types.ModuleType("liger_kernel")
-    sub = types.ModuleType("liger_kernel.transformers")
-    sub.LigerRMSNorm, sub.LigerSwiGLUMLP, sub.liger_rotary_pos_emb = norm, mlp, rope
-    monkeypatch.setitem(sys.modules, "liger_kernel", pkg)
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", sub)
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ from audiothink.loading import load_model_and_processor
 from audiothink.toy.omni import build_omni_processor, build_omni_thinker, save_tiny_omni
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.rewards import Accuracy, AdaptiveThink, Format
-from tests.conftest import toy_grpo_args
+from tests.helpers import toy_grpo_args
 from tests.test_trainer import _dataset, _full_passes, assert_audio_in_every_pass, spy_audio_forwards
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def _wrapped(model, regex: str) -> set[str]:
 
 
 def test_documented_lora_scopes_wrap_what_they_say(toy_model_dir):
-    from tests.conftest import load_toy
+    from tests.helpers import load_toy
 
     projector, encoder = _documented_regexes("qwen2_audio_7b.yaml")
     wrapped = _wrapped(load_toy(toy_model_dir)[0], projector)

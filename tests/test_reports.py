@@ -59,7 +59,7 @@ def test_held_out_table_lines_up_with_a_long_task_name():
 
 def test_mmar_version_counts_the_items_of_the_file(tmp_path):
     from audiothink.benchmarks import load_mmar
-    from tests.benchmarks.test_benchmarks import make_mmar_fixture
+    from tests.helpers import make_mmar_fixture
 
     b = load_mmar(make_mmar_fixture(tmp_path))
     assert b.version == "MMAR (14 items)"  # not the release's "1,000 items" whatever the file holds

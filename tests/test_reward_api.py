@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.reward_testing import FakeJudgeServer, toy_trainer
-from tests.configs.test_compose import CONFIGS
+from tests.helpers import CONFIGS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -119,7 +119,7 @@ def test_each_group_is_one_prompts_g_completions_in_a_real_step(toy_model_dir, t
     be measured against other prompts' completions.)"""
     from audiothink.trainer import AudioGRPOTrainer
     from audiothink.rewards import Format
-    from tests.conftest import load_toy, toy_grpo_args
+    from tests.helpers import load_toy, toy_grpo_args
     from tests.test_trainer import _dataset
 
     model, processor = load_toy(toy_model_dir)

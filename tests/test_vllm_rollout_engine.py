@@ -28,7 +28,7 @@ from audiothink.plumbing.errors import ConfigError
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.vllm_rollout import AudioVLLMGeneration, audio_token_ids, check_vllm_config, rollout_grpo_fields
 from audiothink.rewards import Accuracy, Format
-from tests.conftest import PROMPT, load_toy, toy_grpo_args
+from tests.helpers import PROMPT, load_toy, toy_grpo_args
 from tests.test_trainer import spy_audio_forwards
 
 ROOT = Path(__file__).resolve().parents[1]

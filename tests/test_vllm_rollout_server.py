@@ -57,7 +57,7 @@ from audiothink.vllm_rollout import (
     place_audio_features,
 )
 from audiothink.rewards import Accuracy, Format
-from tests.conftest import load_toy, toy_grpo_args
+from tests.helpers import load_toy, toy_grpo_args
 from tests.test_trainer import spy_audio_forwards
 from tests.test_vllm_rollout_engine import _batch, _dataset, _waves
 

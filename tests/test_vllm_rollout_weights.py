@@ -28,7 +28,7 @@ from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditio
 from trl.generation.vllm_generation import VLLMGeneration
 
 from audiothink.vllm_rollout import CHECKPOINT_PREFIXES, AudioVLLMGeneration, checkpoint_name
-from tests.conftest import load_toy
+from tests.helpers import load_toy
 
 # vLLM's loaders, as data (see the module docstring for where each line is from). A child of None takes
 # any name below it (the tower's own names, which are the checkpoint's).

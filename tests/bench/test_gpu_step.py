@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers.models.qwen2 import modeling_qwen2
 
-from tests.test_models_liger import FakeRMSNorm, install_fake_liger  # Liger's RMSNorm in plain torch; the stand-in package
+from tests.helpers import FakeRMSNorm, install_fake_liger  # Liger's RMSNorm in plain torch; the stand-in package
 
 ROOT = Path(__file__).resolve().parents[2]
 BOTH = ["qwen2_audio_7b", "qwen2_5_omni_7b"]

@@ -4,138 +4,17 @@ predictions store, breakdowns and the listening check's audio. No model here (se
 from __future__ import annotations
 
 import json
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from audiothink.audio import SAMPLE_RATE, write_wav
 from audiothink.benchmarks import load_benchmark, load_mmar, load_mmau, write_submission
 from audiothink.benchmarks.mmar import CATEGORIES, MODALITIES
 from audiothink.benchmarks.report import breakdown_lines, listen_summary, score_items, summarise
 from audiothink.benchmarks.runner import replace_audio
 from audiothink.benchmarks.store import PredictionStore, StoreMismatch
 from audiothink.data import DataError, Sample, render_prompt
-
-# --------------------------------------------------------------------------- official-format fixtures
-
-# (task, difficulty, category, sub-category, dataset, question, choices, answer): field values as they occur
-# in the released MMAU metadata (tasks, difficulties, the two categories and real sub-category names).
-_MMAU_ROWS = [
-    ("sound", "easy", "Information Extraction", "Sound-Based Event Recognition", "AudioSet",
-     "What is the main sound source in the audio?", ["Dog", "Car", "Bird", "Rain"], "Bird"),
-    ("sound", "medium", "Reasoning", "Acoustic Source Inference", "AudioSet",
-     "Based on the given audio, identify the source of the speaking voice.", ["Man", "Woman", "Child", "Robot"],
-     "Man"),
-    ("sound", "hard", "Reasoning", "Acoustic Scene Reasoning", "Clotho",
-     "Where was this recording most likely made?", ["a kitchen", "a train station", "a forest", "a beach"],
-     "a forest"),
-    ("sound", "medium", ["Reasoning"], "Temporal Event Reasoning", "AudioSet",
-     "Which sound is heard first?", ["a whistle", "a bell", "a horn"], "a bell"),
-    ("music", "easy", "Information Extraction", "Rhythm and Tempo Understanding", "MusicCaps",
-     "What is the tempo of the piece?", ["slow", "moderate", "fast"], "fast"),
-    ("music", "medium", "Reasoning", "Musical Genre Reasoning", "MusicCaps",
-     "Which genre does this piece belong to?", ["jazz", "heavy metal", "classical", "reggae"], "jazz"),
-    ("music", "hard", "Information Extraction", "Harmony and Chord Progressions", "MusicBench",
-     "Which chord is played last?", ["C major", "A minor", "G major", "E minor"], "A minor"),
-    ("music", "hard", ["Information Extraction"], "Melodic Structure Interpretation", "MusicBench",
-     "How does the melody move?", ["it rises", "it falls", "it stays flat", "it rises then falls"],
-     "it rises then falls"),
-    ("speech", "easy", "Information Extraction", "Conversational Fact Retrieval", "MELD",
-     "How many people are speaking?", ["one", "two", "three", "four"], "two"),
-    ("speech", "medium", "Reasoning", "Multi Speaker Role Mapping", "MELD",
-     "What is the role of the second speaker?", ["a doctor", "a teacher", "a waiter", "a pilot"], "a waiter"),
-    ("speech", "hard", "Information Extraction", "Phonemic Stress Pattern Analysis", "LibriSpeech",
-     "Which word is stressed?", ["first", "second", "third"], "second"),
-    ("speech", "hard", "Reasoning", "Emotion Flip Detection", "IEMOCAP",
-     "How does the speaker's emotion change?", ["happy to sad", "sad to happy", "calm to angry", "no change"],
-     "calm to angry"),
-]
-
-# MMAR: the 7 modalities and 4 layers of the release; sub-category names as free strings.
-_MMAR_SUBS = {"Signal Layer": "Acoustic Quality Analysis", "Perception Layer": "Counting and Statistics",
-              "Semantic Layer": "Content Analysis", "Cultural Layer": "Professional Knowledge"}
-
-
-def _tone(path: Path, freq: float, seconds: float) -> None:
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    write_wav(path, 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32))
-
-
-# Quirks of the released MMAU files, by row of _MMAU_ROWS (rows 3 and 7 have `category` as a one-element list
-# in every fixture): an answer missing from the choices (one release had 147), a repeated choice and two
-# choices with the same words (the current test-mini has 27 and 17), a padded choice, a repeated id.
-_MMAU_QUIRKS = {
-    0: {"answer": "a bird"},  # not one of ["Dog", "Car", "Bird", "Rain"]
-    1: {"choices": ["Man", "Woman", "Woman", "Robot"]},
-    2: {"choices": ["from near to far", "From far to near", "a forest", "a beach"], "answer": "a forest"},
-    5: {"choices": ["jazz ", "heavy metal", "classical", "reggae"]},
-    9: {"id": str(uuid.UUID(int=1000 + 8))},  # the id of row 8 again
-}
-
-
-def make_mmau_fixture(root: Path, name: str = "mmau-test-mini.json", *, with_answers: bool = True,
-                      quirks: bool = False) -> Path:
-    """``root/<name>`` (a JSON list, exactly the released fields) and ``root/test-mini-audios/<id>.wav``;
-    with ``quirks``, the released files' quirks in the rows of ``_MMAU_QUIRKS``."""
-    items = []
-    for k, (task, diff, cat, sub, dataset, q, choices, answer) in enumerate(_MMAU_ROWS):
-        rid = str(uuid.UUID(int=1000 + k))
-        _tone(root / "test-mini-audios" / f"{rid}.wav", 300 + 90 * k, 0.4 + 0.1 * (k % 4))
-        item = {"id": rid, "audio_id": f"./test-mini-audios/{rid}.wav", "question": q, "choices": choices,
-                "answer": answer, "dataset": dataset, "task": task, "split": "test-mini", "category": cat,
-                "sub-category": sub, "difficulty": diff}
-        if not with_answers:
-            item.pop("answer")
-            item["split"] = "test"
-        if quirks:
-            item.update(_MMAU_QUIRKS.get(k, {}))
-        items.append(item)
-    path = root / name
-    path.write_text(json.dumps(items, indent=4), encoding="utf-8")
-    return path
-
-
-# Quirks of the released MMAR-meta.jsonl / .json, by item: choice lists ending in "" (4 in the release), a
-# whitespace-only choice (the same thing to the official scorer), a padded answer and choice ("Andrew ").
-_MMAR_QUIRKS = {
-    1: {"choices": ["clip one", "clip two", "the flute", ""]},
-    4: {"choices": ["clip one", "clip two", "the flute", "the bass drum", ""]},
-    6: {"choices": ["clip one", "  ", "clip two"]},
-    9: {"choices": ["clip one", "clip two "], "answer": "clip two "},
-}
-
-
-def make_mmar_fixture(root: Path, container: str = "jsonl", *, quirks: bool = False) -> Path:
-    """``root/MMAR-meta.jsonl`` (or ``.json``, a list) and ``root/audio/<id>.wav``: 14 items, every modality
-    twice, every layer; the newer copies' extra fields (thinking, cue, rubric) on some items; with
-    ``quirks``, the released file's quirks in the items of ``_MMAR_QUIRKS``."""
-    items = []
-    for k in range(14):
-        modality = MODALITIES[k % 7]
-        category = CATEGORIES[k % 4]
-        rid = f"{k:04d}"
-        _tone(root / "audio" / f"{rid}.wav", 250 + 70 * k, 0.3 + 0.05 * k)
-        item = {"id": rid, "audio_path": f"./audio/{rid}.wav", "question": f"Question {k} about the clip?",
-                "choices": ["clip one", "clip two", "the flute", "the bass drum"][: 2 + k % 3],
-                "answer": "clip two" if k % 2 else "clip one", "modality": modality, "category": category,
-                "sub-category": _MMAR_SUBS[category], "language": None if k % 3 else "en",
-                "source": "YouTube", "url": f"https://www.youtube.com/watch?v=fixture{k}",
-                "timestamp": "00:01:00-00:01:10"}
-        if k % 5 == 0:
-            item.update({"thinking": "a hidden rationale", "cue": "a cue", "rubric": ["step 1"]})
-        if quirks:
-            item.update(_MMAR_QUIRKS.get(k, {}))
-        items.append(item)
-    if container == "jsonl":
-        path = root / "MMAR-meta.jsonl"
-        path.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
-    else:
-        path = root / "MMAR-meta.json"
-        path.write_text(json.dumps(items, indent=2), encoding="utf-8")
-    return path
-
+from tests.helpers import make_mmar_fixture, make_mmau_fixture
 
 # --------------------------------------------------------------------------- loaders
 

@@ -152,7 +152,7 @@ def test_fsdp_wrap_classes_exist_in_the_models(toy_model_dir):
     from accelerate.utils.dataclasses import get_module_class_from_name
 
     from audiothink.toy.omni import build_omni_processor, build_omni_thinker
-    from tests.conftest import load_toy
+    from tests.helpers import load_toy
 
     qwen2_audio, _ = load_toy(toy_model_dir)
     cfg = load_config_from_file(str(CONFIGS / "fsdp.yaml"))

@@ -19,7 +19,7 @@ from audiothink.loading import build_peft_config, load_model_and_processor
 from audiothink.toy.omni import build_omni_processor, build_omni_thinker
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.rewards import Accuracy, AdaptiveThink, Format
-from tests.conftest import load_toy, toy_grpo_args
+from tests.helpers import load_toy, toy_grpo_args
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from tests.benchmarks.test_benchmarks import make_mmau_fixture
+from tests.helpers import make_mmau_fixture
 
 
 def test_cli_on_the_official_mmau_format(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from transformers import Qwen2AudioForConditionalGeneration
 
 from audiothink.benchmarks.store import StoreMismatch
-from tests.test_evaluate import run_eval
+from tests.helpers import run_eval
 
 N, BATCH = 40, 8  # five batches of the toy's held-out items
 

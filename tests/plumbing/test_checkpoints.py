@@ -16,7 +16,7 @@ from audiothink.plumbing.checkpoints import (
 )
 from audiothink.plumbing.errors import ConfigError
 from audiothink.plumbing.runfiles import drop_replayed
-from tests.conftest import load_toy
+from tests.helpers import load_toy
 
 
 def _perturbed_copy(model):
@@ -366,7 +366,7 @@ def _toy_trainer(toy_model_dir, toy_files, tmp_path, peft_config=None, **args):
     from audiothink.plumbing.runfiles import SaveProcessor
     from audiothink.trainer import AudioGRPOTrainer
     from audiothink.rewards import Accuracy, Format
-    from tests.conftest import toy_grpo_args
+    from tests.helpers import toy_grpo_args
     from tests.test_trainer import _dataset
 
     model, processor = load_toy(toy_model_dir)

@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 from audiothink.plumbing.health import CAUSES, HealthMonitor, causes
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.rewards import Format
-from tests.conftest import load_toy, toy_grpo_args
+from tests.helpers import load_toy, toy_grpo_args
 from tests.test_trainer import _dataset
 
 

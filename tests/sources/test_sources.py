@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -10,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from omegaconf import OmegaConf
 
 from audiothink.audio import SAMPLE_RATE, audio_info, load_audio, write_wav
@@ -19,6 +17,7 @@ from audiothink.sources.abstain import DEFAULT_LABEL, add_abstention
 from audiothink.sources.avqa import load_avqa
 from audiothink.sources.hf import load_hf
 from audiothink.sources.mapping import FieldMap, RowMapping, map_row
+from tests.helpers import audio_dataset, data_cfg, hf_rows, wav_bytes
 
 # --------------------------------------------------------------------------- AVQA
 
@@ -121,44 +120,10 @@ def test_map_row_keeps_extras_and_drops_unmapped_schema_names():
 # --------------------------------------------------------------------------- Hugging Face
 
 
-def _wav_bytes(seconds: float, rate: int = SAMPLE_RATE, value: float = 0.1) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, np.full(int(seconds * rate), value, np.float32), rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
-def _audio_dataset(rows: list[dict], multi: bool = False):
-    """A datasets.Dataset with a real Audio feature, built from Arrow (encoding would need torchcodec)."""
-    import datasets
-    import pyarrow as pa
-
-    cell = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    audio_type = pa.list_(cell) if multi else cell
-    table = pa.table({
-        "id": [r["id"] for r in rows],
-        "audio": pa.array([r["audio"] for r in rows], type=audio_type),
-        "question": [r["question"] for r in rows],
-        "choices": [r["choices"] for r in rows],
-        "answer": [r["answer"] for r in rows],
-    })
-    audio = datasets.List(datasets.Audio()) if multi else datasets.Audio()
-    features = datasets.Features({"id": datasets.Value("string"), "audio": audio,
-                                  "question": datasets.Value("string"),
-                                  "choices": datasets.List(datasets.Value("string")),
-                                  "answer": datasets.Value("int64")})
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
-
-
-def _hf_rows(n: int) -> list[dict]:
-    return [{"id": f"r{i}", "audio": {"bytes": _wav_bytes(0.1 * (i + 1)), "path": f"clip{i}.wav"},
-             "question": "which sound is in the video?", "choices": ["rain", "wind"], "answer": i % 2}
-            for i in range(n)]
-
-
 def test_hf_dataset_dict_on_disk(tmp_path, caplog):
     import datasets
 
-    datasets.DatasetDict({"train": _audio_dataset(_hf_rows(3)), "test": _audio_dataset(_hf_rows(1))}).save_to_disk(
+    datasets.DatasetDict({"train": audio_dataset(hf_rows(3)), "test": audio_dataset(hf_rows(1))}).save_to_disk(
         str(tmp_path / "ds"))
     with caplog.at_level(logging.INFO, logger="audiothink.sources.hf"):
         result = load_hf(tmp_path / "ds", split="train", cache_dir=tmp_path / "cache",
@@ -183,11 +148,11 @@ def test_hf_dataset_dict_on_disk(tmp_path, caplog):
 
 
 def test_hf_multi_audio_rows_and_parquet_splits(tmp_path):
-    rows = [{**r, "audio": [r["audio"], {"bytes": _wav_bytes(0.5), "path": "second.flac"}]} for r in _hf_rows(2)]
-    ds = _audio_dataset(rows, multi=True)
+    rows = [{**r, "audio": [r["audio"], {"bytes": wav_bytes(0.5), "path": "second.flac"}]} for r in hf_rows(2)]
+    ds = audio_dataset(rows, multi=True)
     (tmp_path / "data").mkdir()
     ds.to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
-    _audio_dataset(_hf_rows(1)).to_parquet(str(tmp_path / "data" / "test-00000-of-00001.parquet"))
+    audio_dataset(hf_rows(1)).to_parquet(str(tmp_path / "data" / "test-00000-of-00001.parquet"))
     result = load_hf(tmp_path, split="train", cache_dir=tmp_path / "cache")
     assert [len(s.audio) for s in result.samples] == [2, 2]
     assert all(p.endswith(".wav") for s in result.samples for p in s.audio)  # named by content, not by "path"
@@ -328,18 +293,6 @@ def test_accuracy_reward_scores_the_abstention_target_like_any_choice(tmp_path):
 # --------------------------------------------------------------------------- build_dataset
 
 
-def _data_cfg(option: str, **overrides):
-    from hydra import compose, initialize_config_dir
-
-    from audiothink.plumbing.cli import register_resolvers
-
-    register_resolvers()
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data={option}"] + [f"data.{k}={v}" for k, v in overrides.items()])
-    return cfg.data
-
-
 def test_build_dataset_avqa_with_skips_clipping_and_abstention(tmp_path, caplog):
     from audiothink.sources import build_dataset
 
@@ -350,7 +303,7 @@ def test_build_dataset_avqa_with_skips_clipping_and_abstention(tmp_path, caplog)
             {**R1AQA_ROW, "id": 2, "audio_path": "/x/short_2.wav"},
             {**R1AQA_ROW, "id": 3, "audio_path": "/x/dead_3.wav"}]  # a dead source video: no audio
     (tmp_path / "train_qa.data").write_text("\n".join(json.dumps(r) for r in rows))
-    cfg = _data_cfg("avqa", root=str(tmp_path), on_error="skip", **{"abstain.share": 0.5, "abstain.seed": 1,
+    cfg = data_cfg("avqa", root=str(tmp_path), on_error="skip", **{"abstain.share": 0.5, "abstain.seed": 1,
                                                                     "abstain.cache_dir": str(tmp_path / "n")})
     with caplog.at_level(logging.INFO, logger="audiothink"):
         train, held_out = build_dataset(cfg, prompt="{question}\n{choices}", max_audio_seconds=2.0)
@@ -365,7 +318,7 @@ def test_build_dataset_avqa_with_skips_clipping_and_abstention(tmp_path, caplog)
     assert "question_rewrite changed 3 questions" in text
     assert "abstention: 1 of 2 training items" in text
 
-    cfg = _data_cfg("avqa", root=str(tmp_path))
+    cfg = data_cfg("avqa", root=str(tmp_path))
     with pytest.raises(DataError, match=r"train_qa.data:3 id=3: audio_path: audio .*dead_3.wav: file not found"):
         build_dataset(cfg, prompt="{question}{choices}", max_audio_seconds=2.0)
 
@@ -374,8 +327,8 @@ def test_build_dataset_hf_and_config_errors(tmp_path):
     from audiothink.plumbing.errors import ConfigError
     from audiothink.sources import build_dataset
 
-    _audio_dataset(_hf_rows(2)).save_to_disk(str(tmp_path / "ds"))
-    cfg = _data_cfg("hf", train=str(tmp_path / "ds"), eval=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c"))
+    audio_dataset(hf_rows(2)).save_to_disk(str(tmp_path / "ds"))
+    cfg = data_cfg("hf", train=str(tmp_path / "ds"), eval=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c"))
     train, held_out = build_dataset(cfg, prompt="{question} {choices}", max_audio_seconds=None)
     assert train["id"] == ["r0", "r1"] and [s.id for s in held_out] == ["r0", "r1"]
     assert all(os.path.isfile(p) for paths in train["audio"] for p in paths)
@@ -384,11 +337,11 @@ def test_build_dataset_hf_and_config_errors(tmp_path):
     cfg.fields.questions = "q"
     with pytest.raises(ConfigError, match="unknown schema field"):
         build_dataset(cfg, prompt="{question}", max_audio_seconds=None)
-    cfg = _data_cfg("hf", train=str(tmp_path / "ds"), format="parquet")
+    cfg = data_cfg("hf", train=str(tmp_path / "ds"), format="parquet")
     with pytest.raises(ConfigError, match="data.format must be one of"):
         build_dataset(cfg, prompt="{question}", max_audio_seconds=None)
 
 
 def test_question_rewrite_can_be_switched_off_from_the_command_line():
-    assert _data_cfg("avqa").question_rewrite == {"video": "audio"}
-    assert _data_cfg("avqa", question_rewrite="null").question_rewrite is None
+    assert data_cfg("avqa").question_rewrite == {"video": "audio"}
+    assert data_cfg("avqa", question_rewrite="null").question_rewrite is None
