@@ -180,6 +180,14 @@ def make_mmar_fixture(root: Path, container: str = "jsonl", *, quirks: bool = Fa
     return path
 
 
+def prediction_records(b, predictions, thinks=None):
+    """Predictions records of benchmark ``b`` as the runner stores them: one per key, in order, with ``thinks``
+    (key -> think text) marking the items answered after thinking."""
+    thinks = thinks or {}
+    return {k: {"key": k, "prediction": p, "think": thinks.get(k), "thinks": k in thinks,
+                "mode": "no_think"} for k, p in zip(b.keys, predictions)}
+
+
 # --------------------------------------------------------------------------- evaluation on the toy model
 
 
