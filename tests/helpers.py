@@ -210,6 +210,15 @@ def run_eval(out: Path, *overrides):
 # --------------------------------------------------------------------------- training data sources
 
 
+# One line of R1-AQA's AVQA annotations (its field names, an absolute audio path of the annotator's machine).
+R1AQA_ROW = {
+    "id": 183, "video_name": "-HG3Omg_89c_000030", "video_id": 341, "question_text": "What happened in the video?",
+    "multi_choice": ["motorboat", "Yacht consignment", "Sailboat set sail", "Consignment car"], "answer": 1,
+    "question_relation": "View", "question_type": "Happening", "dataset_name": "AVQA",
+    "audio_path": "/home/someone/avqa/wavs/-HG3Omg_89c_30.wav",
+}
+
+
 def wav_bytes(seconds: float, rate: int = SAMPLE_RATE, value: float = 0.1) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.full(int(seconds * rate), value, np.float32), rate, format="WAV", subtype="PCM_16")
