@@ -1,5 +1,5 @@
-"""Plain helpers shared by several test files (fixtures stay in conftest.py; a test imports from here, never
-from conftest.py or from another test file: tests/test_layout.py checks it).
+"""Plain helpers shared by several test files. Fixtures stay in conftest.py, which no test imports
+(tests/test_layout.py checks it); a helper that more than one file needs belongs here rather than in a test file.
 
 transformers, TRL, datasets and hydra are imported inside the helpers that need them.
 """
