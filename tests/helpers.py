@@ -207,6 +207,22 @@ def run_eval(out: Path, *overrides):
     return evaluate(eval_cfg([f"output_dir={out}", "eval.progress=false", *overrides]))
 
 
+def toy_lora_adapter(toy_model_dir, path: Path, scale: float) -> Path:
+    """A LoRA adapter of the toy on the language model's q/v projections, saved at ``path``: lora_B drawn with
+    std ``scale`` (seed 0), so 0.0 is a no-op adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_toy(toy_model_dir)
+    lm_only = r"^model\.language_model\..*\.(q_proj|v_proj)$"
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=lm_only, task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(0)
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:  # B = 0 (the init) makes the adapter a no-op
+            p.data = torch.randn(p.shape, generator=g) * scale
+    peft.save_pretrained(path)
+    return path
+
+
 # --------------------------------------------------------------------------- training data sources
 
 
@@ -293,3 +309,34 @@ def install_fake_liger(monkeypatch, norm, mlp, rope) -> None:
     sub.LigerRMSNorm, sub.LigerSwiGLUMLP, sub.liger_rotary_pos_emb = norm, mlp, rope
     monkeypatch.setitem(sys.modules, "liger_kernel", pkg)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", sub)
+
+
+# --------------------------------------------------------------------------- vLLM rollouts (a fake engine)
+
+
+def random_waves(*seconds):
+    """One clip of seeded noise per duration (seconds, 16 kHz float32)."""
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in seconds]
+
+
+def chat_prompt_ids(processor, clip_sets):
+    """The expanded prompt ids the processor makes of one user turn per clip set (its clips, then "Q?")."""
+    ids = []
+    for clips in clip_sets:
+        msgs = [{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": "Q?"}]}]
+        text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        enc = processor(text=[text], audio=clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        ids.append(enc["input_ids"][0].tolist())
+    return ids
+
+
+def mixed_clip_dataset(toy_files, n=8):
+    """``n`` toy training rows as a dataset, half of them multi-clip prompts."""
+    from audiothink.data import load_samples, to_dataset
+
+    samples = load_samples(toy_files["train"]).samples
+    two = [s for s in samples if len(s.audio) > 1][: n // 2]  # multi-clip prompts (toy v3: four clips)
+    one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
+    assert two and one
+    return to_dataset(two + one, PROMPT)

@@ -14,8 +14,7 @@ from audiothink.scoring import string_match
 from audiothink.data import load_samples
 from audiothink.formats import ANSWER_OPEN, THINK_OPEN, extract_answer, force_prefill, parse
 from audiothink.inference import generate_batch
-from tests.helpers import PROMPT, load_toy
-from tests.helpers import run_eval
+from tests.helpers import PROMPT, load_toy, run_eval
 
 
 class ScriptedGenerate:

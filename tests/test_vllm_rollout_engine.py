@@ -23,12 +23,11 @@ from trl.generation.vllm_generation import VLLMGeneration
 
 import audiothink.vllm_rollout as vr
 from audiothink.audio import SAMPLE_RATE
-from audiothink.data import load_samples, to_dataset
 from audiothink.plumbing.errors import ConfigError
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.vllm_rollout import AudioVLLMGeneration, audio_token_ids, check_vllm_config, rollout_grpo_fields
 from audiothink.rewards import Accuracy, Format
-from tests.helpers import PROMPT, load_toy, toy_grpo_args
+from tests.helpers import chat_prompt_ids, load_toy, mixed_clip_dataset, random_waves, toy_grpo_args
 from tests.test_trainer import spy_audio_forwards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +143,7 @@ def test_errors_before_an_engine_starts(monkeypatch, toy_model_dir, toy_files, t
     model, processor = load_toy(toy_model_dir)
     with pytest.raises(ImportError, match="GPU"):
         AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format()],
-                         args=toy_grpo_args(tmp_path, use_vllm=True), train_dataset=_dataset(toy_files, 4))
+                         args=toy_grpo_args(tmp_path, use_vllm=True), train_dataset=mixed_clip_dataset(toy_files, 4))
 
 
 def test_rollout_config_maps_to_grpo_fields(monkeypatch, tmp_path):
@@ -176,11 +175,6 @@ def test_rollout_config_maps_to_grpo_fields(monkeypatch, tmp_path):
 # -- the engine ---------------------------------------------------------------------------------------------
 
 
-def _waves(*seconds):
-    rng = np.random.default_rng(0)
-    return [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in seconds]
-
-
 def _engine(fake_vllm, toy_model_dir, style="plain"):
     model, processor = load_toy(toy_model_dir)
     fake_vllm.update(processor=processor, style=style)
@@ -189,22 +183,12 @@ def _engine(fake_vllm, toy_model_dir, style="plain"):
     return AudioVLLMGeneration.adopt(base, processor, waves=lambda: None), processor
 
 
-def _batch(processor, clip_sets):
-    ids = []
-    for clips in clip_sets:
-        msgs = [{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": "Q?"}]}]
-        text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        enc = processor(text=[text], audio=clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        ids.append(enc["input_ids"][0].tolist())
-    return ids
-
-
 @pytest.mark.parametrize("style", ["plain", "echo"])
 def test_generate_sends_unexpanded_ids_and_audio(fake_vllm, toy_model_dir, style):
     engine, processor = _engine(fake_vllm, toy_model_dir, style)
-    a, b = _waves(0.7, 3.0)
+    a, b = random_waves(0.7, 3.0)
     clip_sets = [[a], [a, b], [b]]
-    training = _batch(processor, clip_sets)
+    training = chat_prompt_ids(processor, clip_sets)
     prompt_ids, completions, logprobs, _ = engine.generate(training, None, 1, waves=clip_sets)
     llm = engine.llm
     (rows, params), = llm.requests
@@ -223,8 +207,8 @@ def test_generate_sends_unexpanded_ids_and_audio(fake_vllm, toy_model_dir, style
 
 def test_generate_adapts_to_a_vllm_that_writes_the_markers(fake_vllm, toy_model_dir, caplog):
     engine, processor = _engine(fake_vllm, toy_model_dir, "markers")
-    clip_sets = [[w] for w in _waves(0.5, 1.5)]
-    training = _batch(processor, clip_sets)
+    clip_sets = [[w] for w in random_waves(0.5, 1.5)]
+    training = chat_prompt_ids(processor, clip_sets)
     engine.generate(training, None, 1, waves=clip_sets)
     llm = engine.llm
     assert len(llm.requests) == 2 and "writes <|audio_bos|>" in caplog.text  # found out, asked again
@@ -239,29 +223,21 @@ def test_generate_adapts_to_a_vllm_that_writes_the_markers(fake_vllm, toy_model_
 
 def test_generate_refuses_a_different_expansion(fake_vllm, toy_model_dir):
     engine, processor = _engine(fake_vllm, toy_model_dir, "off_by_one")
-    clip_sets = [[w] for w in _waves(0.5)]
+    clip_sets = [[w] for w in random_waves(0.5)]
     with pytest.raises(RuntimeError, match="differs from the .*training prompt"):
-        engine.generate(_batch(processor, clip_sets), None, 1, waves=clip_sets)
+        engine.generate(chat_prompt_ids(processor, clip_sets), None, 1, waves=clip_sets)
 
 
 def test_generate_needs_the_audio(fake_vllm, toy_model_dir):
     engine, processor = _engine(fake_vllm, toy_model_dir)
-    clip_sets = [[w] for w in _waves(0.5)]
+    clip_sets = [[w] for w in random_waves(0.5)]
     with pytest.raises(RuntimeError, match="without the batch's audio"):
-        engine.generate(_batch(processor, clip_sets), None, 1)
+        engine.generate(chat_prompt_ids(processor, clip_sets), None, 1)
     with pytest.raises(ValueError, match="images"):
-        engine.generate(_batch(processor, clip_sets), [["img"]], 1, waves=clip_sets)
+        engine.generate(chat_prompt_ids(processor, clip_sets), [["img"]], 1, waves=clip_sets)
 
 
 # -- the trainer through the vLLM path ------------------------------------------------------------------
-
-
-def _dataset(toy_files, n=8):
-    samples = load_samples(toy_files["train"]).samples
-    two = [s for s in samples if len(s.audio) > 1][: n // 2]  # multi-clip prompts (toy v3: four clips)
-    one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
-    assert two and one
-    return to_dataset(two + one, PROMPT)
 
 
 def test_trainer_step_through_vllm(fake_vllm, toy_model_dir, toy_files, tmp_path):
@@ -269,7 +245,7 @@ def test_trainer_step_through_vllm(fake_vllm, toy_model_dir, toy_files, tmp_path
     fake_vllm.update(processor=processor)
     args = toy_grpo_args(tmp_path, use_vllm=True, vllm_mode="colocate", beta=0.04, max_steps=1)
     trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format(), Accuracy()], args=args,
-                               train_dataset=_dataset(toy_files), max_audio_seconds=2.0)
+                               train_dataset=mixed_clip_dataset(toy_files), max_audio_seconds=2.0)
     assert isinstance(trainer.vllm_generation, AudioVLLMGeneration)
     with spy_audio_forwards(trainer.model, trainer.ref_model) as calls:
         trainer.train()
@@ -313,7 +289,7 @@ def test_trainer_logprob_passes_see_vllms_prompts(fake_vllm, toy_model_dir, toy_
     model, processor = load_toy(toy_model_dir)
     fake_vllm.update(processor=processor)
     trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format()],
-                               args=toy_grpo_args(tmp_path, use_vllm=True), train_dataset=_dataset(toy_files),
+                               args=toy_grpo_args(tmp_path, use_vllm=True), train_dataset=mixed_clip_dataset(toy_files),
                                max_audio_seconds=2.0)
     batch = [trainer.train_dataset[i] for i in range(2) for _ in range(4)]
     trainer.model.train()

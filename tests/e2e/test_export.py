@@ -18,8 +18,7 @@ import yaml
 from audiothink.data import load_samples
 from audiothink.export import main as export_main
 from audiothink.inference import generate_batch
-from tests.helpers import load_toy
-from tests.helpers import run_eval
+from tests.helpers import load_toy, run_eval
 
 REPO = Path(__file__).resolve().parents[2]
 # A learning rate high enough that two steps move the adapter's greedy answers away from the base's.
