@@ -54,7 +54,7 @@ def enable_fast_generation(trainer, bucket: int = 64, compile_cache_dir: str | o
     prompts are padded to multiples of `bucket` tokens (unless the config already set a multiple).
 
     What is compiled, and when (transformers 5.23 + torch 2.13, checked on CPU in
-    tests/test_compile_cache.py): later steps reuse the compiled forward, and so does another trainer in
+    tests/test_fast_rollout.py): later steps reuse the compiled forward, and so does another trainer in
     the same process, even on another model object of the same architecture (dynamo's guards are on
     shapes and types). The first bucket compiles a graph for its exact shapes; the
     second compiles once more with the changed sizes made symbolic (dynamo's automatic dynamic shapes),

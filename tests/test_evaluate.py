@@ -14,19 +14,10 @@ from audiothink.scoring import string_match
 from audiothink.data import DataError
 from audiothink.evaluate import evaluate, register_eval_resolvers
 from audiothink.prompts import training_prompt
-from tests.test_benchmarks import make_mmar_fixture, make_mmau_fixture
+from tests.helpers import eval_cfg, make_mmar_fixture, make_mmau_fixture, run_eval
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_eval_resolvers()
-
-
-def eval_cfg(overrides):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("evaluate", overrides=list(overrides))
-
-
-def run_eval(out: Path, *overrides):
-    return evaluate(eval_cfg([f"output_dir={out}", "eval.progress=false", *overrides]))
 
 
 def official_total(submission: Path, field: str) -> tuple[int, int]:
@@ -150,7 +141,7 @@ def test_generate_answers_unchanged_for_training(toy_model_dir, toy_files):
     """The training summary's path (generate_answers) and the benchmark path give the same completions."""
     from audiothink.data import load_samples
     from audiothink.inference import generate_answers, generate_batch
-    from tests.conftest import PROMPT, load_toy
+    from tests.helpers import PROMPT, load_toy
 
     model, processor = load_toy(toy_model_dir)
     samples = load_samples(toy_files["eval"]).samples[:6]

@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from audiothink.benchmarks.runner import completion_kl, teacher_forced_logprobs
 from audiothink.data import load_samples
 from audiothink.inference import generate_batch
-from tests.conftest import load_toy
-from tests.test_evaluate import run_eval
-
-LM_ONLY = r"^model\.language_model\..*\.(q_proj|v_proj)$"
-
-
-def _adapter(toy_model_dir, path: Path, scale: float) -> Path:
-    from peft import LoraConfig, get_peft_model
-
-    model, _ = load_toy(toy_model_dir)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LM_ONLY, task_type="CAUSAL_LM"))
-    g = torch.Generator().manual_seed(0)
-    for name, p in peft.named_parameters():
-        if "lora_B" in name:  # B = 0 (the init) makes the adapter a no-op
-            p.data = torch.randn(p.shape, generator=g) * scale
-    peft.save_pretrained(path)
-    return path
+from tests.helpers import load_toy, run_eval, toy_lora_adapter
 
 
 @pytest.fixture(scope="module")
 def adapters(toy_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    return {"noop": _adapter(toy_model_dir, root / "noop", 0.0), "moved": _adapter(toy_model_dir, root / "moved", 0.3)}
+    return {"noop": toy_lora_adapter(toy_model_dir, root / "noop", 0.0),
+            "moved": toy_lora_adapter(toy_model_dir, root / "moved", 0.3)}
 
 
 def _args(toy_files):

@@ -19,8 +19,7 @@ import audiothink.evaluate as evaluate_module
 from audiothink.benchmarks.store import PredictionStore, StoreMismatch
 from audiothink.data import DataError
 from audiothink.plumbing.errors import ConfigError
-from tests.test_benchmarks import make_mmau_fixture
-from tests.test_evaluate import eval_cfg, run_eval
+from tests.helpers import eval_cfg, make_mmau_fixture, run_eval
 
 N = 8
 
@@ -109,12 +108,12 @@ def test_new_weights_at_the_same_path_are_another_model(tmp_path, toy8, toy_mode
 
 
 def test_an_adapter_changed_in_place_is_another_model(tmp_path, toy8, toy_model_dir, monkeypatch):
-    from tests.test_evaluate_adapter import _adapter
+    from tests.helpers import toy_lora_adapter
 
-    adapter = _adapter(toy_model_dir, tmp_path / "adapter", 0.0)
+    adapter = toy_lora_adapter(toy_model_dir, tmp_path / "adapter", 0.0)
     out = tmp_path / "out"
     run_eval(out, *_toy(toy8), f"adapter={adapter}", "eval.kl=false", "eval.limit=2")
-    _adapter(toy_model_dir, adapter, 0.05)  # written over the same folder
+    toy_lora_adapter(toy_model_dir, adapter, 0.05)  # written over the same folder
     with pytest.raises(StoreMismatch, match="the adapter's files"):
         run_eval(out, *_toy(toy8), f"adapter={adapter}", "eval.kl=false", "eval.limit=2")
 

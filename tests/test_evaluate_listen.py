@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_evaluate import run_eval
+from tests.helpers import run_eval
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from audiothink.scoring import string_match
 from audiothink.data import load_samples
 from audiothink.formats import ANSWER_OPEN, THINK_OPEN, extract_answer, force_prefill, parse
 from audiothink.inference import generate_batch
-from tests.conftest import PROMPT, load_toy
-from tests.test_evaluate import run_eval
+from tests.helpers import PROMPT, load_toy, run_eval
 
 
 class ScriptedGenerate:
@@ -117,7 +116,7 @@ def test_bad_force_mode_is_a_config_error(tmp_path, toy_files):
 def test_training_rollouts_start_with_the_forced_tag_and_are_scored_whole(tmp_path, toy_files):
     """`force_mode=think` in training: every rollout's reply starts with <think>, the rewards read the prefill
     (a thought-out completion is well formed), and the held-out scoring is forced the same way."""
-    from tests.test_console import _cli
+    from tests.plumbing.test_console import _cli
 
     run_dir = tmp_path / "run"
     out = _cli("audiothink.train", [

@@ -1,15 +1,11 @@
-"""Held-out scoring during training (eval.every_steps): heldout/* curves, best/, once per interval on 2 processes.
-
-The runs are the real entry point (`python -m audiothink.train`) on the embedded toy model and a small toy
-data set. tests/heldout_probe.py records, per process, the held-out items each scoring generated answers for.
+"""Held-out scoring during training (eval.every_steps): its config checks before anything loads, how the items are
+shared between processes, and the held-out panel of training.png. The training runs themselves (heldout/* curves,
+best/, once per interval on 2 processes): tests/e2e/test_heldout_eval.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,161 +16,6 @@ from audiothink.plumbing.cli import register_resolvers
 
 REPO = Path(__file__).resolve().parent.parent
 register_resolvers()
-
-
-def _env(tmp_path: Path) -> dict:
-    return dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-                AUDIOTHINK_CACHE=str(tmp_path / "cache"),
-                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-
-
-def _args(toy_files, run_dir: Path, *extra: str) -> list[str]:
-    return ["data=jsonl", f"data.train={toy_files['train']}", f"data.eval={toy_files['eval']}",
-            "trainer.per_device_train_batch_size=16", "trainer.logging_steps=1", "trainer.save_steps=1",
-            "eval.num_samples=8", "eval.every_steps=1", *extra, f"hydra.run.dir={run_dir}"]
-
-
-def _train(tmp_path: Path, args: list[str], module: str = "audiothink.train", processes: int = 1):
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-                if processes > 1 else [sys.executable])
-    out = subprocess.run([*launcher, "-m", module, *args], cwd=REPO, env=_env(tmp_path), capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-    return out
-
-
-def _heldout_records(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if any(k.startswith("heldout/") for k in r)]
-
-
-def _best_step(records: list[dict], metric: str, mode: str) -> int:
-    """The step best/ must hold: the first scoring with the best value (a tie keeps the earlier one)."""
-    best = None
-    for r in records:
-        if best is None or (r[metric] > best[metric] if mode == "max" else r[metric] < best[metric]):
-            best = r
-    return best["step"]
-
-
-def _tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def test_every_step_scored_logged_and_the_best_kept(tmp_path, toy_files):
-    """eval.every_steps=1, 2 steps: heldout/* at each step in metrics.jsonl, TensorBoard and the console, the
-    scoring of the last step equals the end-of-run "after" figures (the same scoring), best/ holds the weights
-    of the best step (checkpoint-<step>'s), final/ the last step's; training.png gets the held-out panels."""
-    run = tmp_path / "run"
-    out = _train(tmp_path, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[tensorboard]"))
-
-    records = _heldout_records(run)
-    assert [r["step"] for r in records] == [1, 2]  # one scoring per interval
-    summary = json.loads((run / "summary.json").read_text())
-    last, after = records[-1], summary["after"]
-    assert last["heldout/accuracy"] == after["overall"]["accuracy"]
-    assert last["heldout/think_rate"] == after["overall"]["think_rate"]
-    assert last["heldout/format_failure_rate"] == after["overall"]["format_failure_rate"]
-    for key in ("difficulty", "task"):
-        assert after[f"by_{key}"]
-        for name, stats in after[f"by_{key}"].items():
-            assert last[f"heldout/{key}/{name}/accuracy"] == stats["accuracy"]
-            assert last[f"heldout/{key}/{name}/think_rate"] == stats["think_rate"]
-    for step in (1, 2):
-        assert out.stdout.count(f"held-out step {step}/2 | accuracy ") == 1
-
-    record = json.loads((run / "best" / "best.json").read_text())
-    step = _best_step(records, "heldout/accuracy", "max")
-    assert record["metric"] == "heldout/accuracy" and record["mode"] == "max" and record["step"] == step
-    assert record["value"] == records[step - 1]["heldout/accuracy"]
-    assert (run / "best" / "processor_config.json").is_file() and (run / "best" / "tokenizer.json").is_file()
-    best = _tensors(run / "best" / "model.safetensors")
-    same = _tensors(run / f"checkpoint-{step}" / "model.safetensors")
-    assert best.keys() == same.keys() and all((best[k] == same[k]).all() for k in best)
-    if step != 2:  # best/ is not simply the last weights
-        final = _tensors(run / "final" / "model.safetensors")
-        assert any(not (best[k] == final[k]).all() for k in best)
-    assert not (run / "best.tmp").exists() and not (run / "best.old").exists()
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    steps = {}
-    for events in run.glob("runs/*"):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        if "heldout/accuracy" in acc.Tags()["scalars"]:
-            steps = {e.step: e.value for e in acc.Scalars("heldout/accuracy")}
-    assert steps == {1: pytest.approx(records[0]["heldout/accuracy"]), 2: pytest.approx(last["heldout/accuracy"])}
-    assert (run / "training.png").is_file()
-
-
-@pytest.mark.slow
-def test_scoring_during_training_changes_no_training_step(tmp_path, toy_files):
-    """The same run without eval.every_steps trains the same: identical training records, completions and final
-    weights (the greedy scorings draw no random numbers and leave the model in training mode)."""
-    runs = {}
-    for name, every in (("with", "1"), ("without", "null")):
-        runs[name] = tmp_path / name
-        _train(tmp_path, _args(toy_files, runs[name], "trainer.max_steps=2", "trainer.report_to=[]",
-                               f"eval.every_steps={every}"))
-
-    def training(run):
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if not any(t in k for t in ("runtime", "per_second", "step_time"))}
-                for r in records if not any(k.startswith("heldout/") for k in r)]
-
-    assert _heldout_records(runs["with"]) and not _heldout_records(runs["without"])
-    assert training(runs["with"]) == training(runs["without"])
-    assert (runs["with"] / "completions.jsonl").read_text() == (runs["without"] / "completions.jsonl").read_text()
-    a, b = (_tensors(runs[n] / "final" / "model.safetensors") for n in ("with", "without"))
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    assert (runs["with"] / "summary.json").read_text() == (runs["without"] / "summary.json").read_text()
-    assert not (runs["without"] / "best").exists()
-
-
-@pytest.mark.slow
-def test_best_record_survives_a_resume(tmp_path, toy_files):
-    """best.json is read back on resume: a later scoring replaces best/ only if it scores better than the
-    best of the steps before the resume. (By the lowest think rate: the toy's greedy think rate starts at its
-    floor, so that no later step can beat the first; a resume that forgot the record would take step 3.)"""
-    run = tmp_path / "run"
-    best = ["eval.best_metric=heldout/think_rate", "eval.best_mode=min"]
-    _train(tmp_path, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[]", *best))
-    first = json.loads((run / "best" / "best.json").read_text())
-    out = _train(tmp_path, _args(toy_files, run, "trainer.max_steps=3", "trainer.report_to=[]", *best,
-                                 "resume=true"))
-    records = _heldout_records(run)
-    assert [r["step"] for r in records] == [1, 2, 3]
-    step = _best_step(records, "heldout/think_rate", "min")
-    assert step != 3, "step 3 scores best: this run cannot tell a kept record from a forgotten one"
-    record = json.loads((run / "best" / "best.json").read_text())
-    assert record == first and record["step"] == step
-    assert "held-out: best so far heldout/think_rate 0.0% at step 1 (best/)" in out.stdout
-
-
-@pytest.mark.slow
-def test_two_processes_score_once_per_interval(tmp_path, toy_files):
-    """2 processes (torchrun, gloo): each scoring splits the items between the processes (each item's answer
-    generated once, not once per process), and one record, one console line per interval."""
-    run = tmp_path / "run"
-    out = _train(tmp_path, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[]"),
-                 module="tests.heldout_probe", processes=2)
-    calls = {rank: [json.loads(line) for line in (run / f"heldout-probe-rank{rank}.jsonl").read_text().splitlines()]
-             for rank in (0, 1)}
-    items = {json.loads(line)["id"] for line in Path(toy_files["eval"]).read_text().splitlines()}
-    for step in (1, 2):
-        per_rank = {rank: [i for c in calls[rank] if c["step"] == step for i in c["ids"]] for rank in (0, 1)}
-        assert all(per_rank.values()), f"step {step}: a process took no part in the scoring: {per_rank}"
-        scored = per_rank[0] + per_rank[1]
-        # the 8 held-out items, each answered once in all (8 split 4 + 4: no filler)
-        assert len(scored) == len(set(scored)) == 8 and set(scored) <= items, f"step {step}: items scored {per_rank}"
-    assert {c["step"] for r in (0, 1) for c in calls[r]} == {1, 2}  # no scoring at other times
-    assert [r["step"] for r in _heldout_records(run)] == [1, 2]
-    for step in (1, 2):
-        assert out.stdout.count(f"held-out step {step}/2 |") == 1
-    assert (run / "best" / "best.json").is_file() and (run / "best" / "model.safetensors").is_file()
 
 
 # -- config checks (before anything loads) ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from audiothink.prompts import BYPASSES_AUDIO_PATH, AudioPrompt, audio_token_ids
 from audiothink.rewards import Format
 from audiothink.toy.model import CHAT_TEMPLATE
 from audiothink.trainer import AudioGRPOTrainer
-from tests.conftest import PROMPT, load_toy, toy_grpo_args
+from tests.helpers import PROMPT, load_toy, toy_grpo_args
 
 # the toy's template with a variable of its own: the system line, when the caller sets it
 SYSTEM_TEMPLATE = CHAT_TEMPLATE.replace("You listen carefully.", "{{ system_text | default('You listen carefully.') }}")
@@ -152,7 +152,7 @@ def test_evaluate_renders_with_trainer_chat_template_kwargs(toy_model_dir, toy_f
     import json
     import shutil
 
-    from tests.test_evaluate import run_eval
+    from tests.helpers import run_eval
 
     model_dir = tmp_path / "model"
     shutil.copytree(toy_model_dir, model_dir)
@@ -196,7 +196,7 @@ def test_config_refuses_fields_that_bypass_the_audio_path(name):
 
 @pytest.mark.parametrize("override", ["+trainer.tools=[my_module.search]", "trainer.rollout_func=my_module.roll"])
 def test_the_command_line_refuses_them_before_anything_loads(tmp_path, override):
-    from tests.test_console import _cli
+    from tests.plumbing.test_console import _cli
 
     out = _cli("audiothink.train", [override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert out.returncode == 2

@@ -132,7 +132,7 @@ def test_config_values_are_in_the_files_the_readme_names():
 @pytest.mark.parametrize("container", ["jsonl", "json"])
 def test_mmar_metadata_names_are_the_ones_evaluation_reads(tmp_path, container):
     from audiothink.evaluate import load_bench
-    from tests.test_benchmarks import make_mmar_fixture
+    from tests.helpers import make_mmar_fixture
 
     row = next(ln for ln in _section("Evaluate").splitlines() if ln.startswith("| `mmar` |"))
     named = re.findall(r"`(MMAR-meta\.jsonl?)`", row)

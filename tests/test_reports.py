@@ -59,13 +59,14 @@ def test_held_out_table_lines_up_with_a_long_task_name():
 
 def test_mmar_version_counts_the_items_of_the_file(tmp_path):
     from audiothink.benchmarks import load_mmar
-    from tests.test_benchmarks import make_mmar_fixture
+    from tests.helpers import make_mmar_fixture
 
     b = load_mmar(make_mmar_fixture(tmp_path))
     assert b.version == "MMAR (14 items)"  # not the release's "1,000 items" whatever the file holds
     assert load_mmar(tmp_path / "MMAR-meta.jsonl", version="v2").version == "v2"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("module", ["audiothink.plot", "audiothink.toy.warmstart"])
 def test_help_names_the_command_that_runs_it(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,

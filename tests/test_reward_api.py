@@ -1,5 +1,5 @@
 """audiothink/reward_api.py: its docstring example runs; one wrapper per reward; batch-wide order and async rules;
-errors that cross processes. (Two real processes: tests/test_reward_ranks.py.)"""
+errors that cross processes. (Two real processes: tests/e2e/test_reward_api_ranks.py.)"""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ def test_spy_catches_an_sft_pass_without_audio(toy_files, tmp_path, monkeypatch)
 
 
 def test_sft_loss_refuses_inputs_without_audio(toy_model_dir, toy_files, tmp_path):
-    from tests.conftest import load_toy
+    from tests.helpers import load_toy
 
     model, processor = load_toy(toy_model_dir)
     samples = [json.loads(line) for line in sft_rows(toy_files, tmp_path, n=2).read_text().splitlines()]
@@ -144,7 +144,7 @@ def test_sft_loss_refuses_inputs_without_audio(toy_model_dir, toy_files, tmp_pat
 
 
 def test_only_the_target_tokens_are_in_the_loss(toy_model_dir):
-    from tests.conftest import load_toy
+    from tests.helpers import load_toy
 
     _, processor = load_toy(toy_model_dir)
     tok = processor.tokenizer

@@ -15,7 +15,7 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioModel
 from audiothink.data import load_samples, to_dataset
 from audiothink.trainer import AudioGRPOTrainer, pack_clips, unpack_clips
 from audiothink.rewards import Accuracy, AdaptiveThink, Format
-from tests.conftest import PROMPT, load_toy, toy_grpo_args
+from tests.helpers import PROMPT, load_toy, toy_grpo_args
 
 LM_ONLY = r"^model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 

@@ -21,7 +21,7 @@ that clip's fact, the conclusion; and the facts themselves (``facts``, one per c
 No shortcuts: every clip's length is drawn from one range (``_CLIP_SECONDS``, within ``WINDOW_SECONDS``)
 whatever it holds, and the sound sits at a random offset in silence, so clip length and audio-token count
 say nothing about the answer; the question and the number of clips are fixed per task and answers are
-balanced within each task. Only the audio decides the answer (``tests/test_toy_shortcuts.py``: a lookup on
+balanced within each task. Only the audio decides the answer (``tests/toy/test_data_shortcuts.py``: a lookup on
 those features scores chance).
 
 Generation is deterministic: item ``i`` of a split draws from its own random stream seeded by

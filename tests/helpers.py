@@ -1,0 +1,342 @@
+"""Plain helpers shared by several test files. Fixtures stay in conftest.py, which no test imports
+(tests/test_layout.py checks it); a helper that more than one file needs belongs here rather than in a test file.
+
+transformers, TRL, datasets and hydra are imported inside the helpers that need them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+import uuid
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from audiothink.audio import SAMPLE_RATE, write_wav
+from audiothink.benchmarks.mmar import CATEGORIES, MODALITIES
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+# --------------------------------------------------------------------------- the toy model and a GRPO step
+
+# A prompt template in the training prompt's shape, for tests that build their dataset by hand.
+PROMPT = "{question}\n{choices}\nThink inside <think></think> if needed, then answer inside <answer></answer>."
+
+
+def load_toy(toy_model_dir: Path):
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(toy_model_dir)
+    processor = AutoProcessor.from_pretrained(toy_model_dir)
+    return model, processor
+
+
+def toy_grpo_args(tmp_path, **overrides):
+    """GRPOConfig for a few CPU steps on the toy: G = 4, 8 completions a step, short completions."""
+    from trl import GRPOConfig
+
+    settings = dict(
+        output_dir=str(tmp_path / "run"),
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_steps=1,
+        learning_rate=1e-3,
+        beta=0.0,
+        max_completion_length=24,
+        bf16=False,
+        activation_checkpointing=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        optim="adamw_torch",
+        disable_dropout=True,
+        seed=0,
+    )
+    return GRPOConfig(**(settings | overrides))
+
+
+# --------------------------------------------------------------------------- official-format benchmark fixtures
+
+# (task, difficulty, category, sub-category, dataset, question, choices, answer): field values as they occur
+# in the released MMAU metadata (tasks, difficulties, the two categories and real sub-category names).
+_MMAU_ROWS = [
+    ("sound", "easy", "Information Extraction", "Sound-Based Event Recognition", "AudioSet",
+     "What is the main sound source in the audio?", ["Dog", "Car", "Bird", "Rain"], "Bird"),
+    ("sound", "medium", "Reasoning", "Acoustic Source Inference", "AudioSet",
+     "Based on the given audio, identify the source of the speaking voice.", ["Man", "Woman", "Child", "Robot"],
+     "Man"),
+    ("sound", "hard", "Reasoning", "Acoustic Scene Reasoning", "Clotho",
+     "Where was this recording most likely made?", ["a kitchen", "a train station", "a forest", "a beach"],
+     "a forest"),
+    ("sound", "medium", ["Reasoning"], "Temporal Event Reasoning", "AudioSet",
+     "Which sound is heard first?", ["a whistle", "a bell", "a horn"], "a bell"),
+    ("music", "easy", "Information Extraction", "Rhythm and Tempo Understanding", "MusicCaps",
+     "What is the tempo of the piece?", ["slow", "moderate", "fast"], "fast"),
+    ("music", "medium", "Reasoning", "Musical Genre Reasoning", "MusicCaps",
+     "Which genre does this piece belong to?", ["jazz", "heavy metal", "classical", "reggae"], "jazz"),
+    ("music", "hard", "Information Extraction", "Harmony and Chord Progressions", "MusicBench",
+     "Which chord is played last?", ["C major", "A minor", "G major", "E minor"], "A minor"),
+    ("music", "hard", ["Information Extraction"], "Melodic Structure Interpretation", "MusicBench",
+     "How does the melody move?", ["it rises", "it falls", "it stays flat", "it rises then falls"],
+     "it rises then falls"),
+    ("speech", "easy", "Information Extraction", "Conversational Fact Retrieval", "MELD",
+     "How many people are speaking?", ["one", "two", "three", "four"], "two"),
+    ("speech", "medium", "Reasoning", "Multi Speaker Role Mapping", "MELD",
+     "What is the role of the second speaker?", ["a doctor", "a teacher", "a waiter", "a pilot"], "a waiter"),
+    ("speech", "hard", "Information Extraction", "Phonemic Stress Pattern Analysis", "LibriSpeech",
+     "Which word is stressed?", ["first", "second", "third"], "second"),
+    ("speech", "hard", "Reasoning", "Emotion Flip Detection", "IEMOCAP",
+     "How does the speaker's emotion change?", ["happy to sad", "sad to happy", "calm to angry", "no change"],
+     "calm to angry"),
+]
+
+# MMAR: the 7 modalities and 4 layers of the release; sub-category names as free strings.
+_MMAR_SUBS = {"Signal Layer": "Acoustic Quality Analysis", "Perception Layer": "Counting and Statistics",
+              "Semantic Layer": "Content Analysis", "Cultural Layer": "Professional Knowledge"}
+
+
+def tone(path: Path, freq: float, seconds: float) -> None:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    write_wav(path, 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32))
+
+
+# Quirks of the released MMAU files, by row of _MMAU_ROWS (rows 3 and 7 have `category` as a one-element list
+# in every fixture): an answer missing from the choices (one release had 147), a repeated choice and two
+# choices with the same words (the current test-mini has 27 and 17), a padded choice, a repeated id.
+_MMAU_QUIRKS = {
+    0: {"answer": "a bird"},  # not one of ["Dog", "Car", "Bird", "Rain"]
+    1: {"choices": ["Man", "Woman", "Woman", "Robot"]},
+    2: {"choices": ["from near to far", "From far to near", "a forest", "a beach"], "answer": "a forest"},
+    5: {"choices": ["jazz ", "heavy metal", "classical", "reggae"]},
+    9: {"id": str(uuid.UUID(int=1000 + 8))},  # the id of row 8 again
+}
+
+
+def make_mmau_fixture(root: Path, name: str = "mmau-test-mini.json", *, with_answers: bool = True,
+                      quirks: bool = False) -> Path:
+    """``root/<name>`` (a JSON list, exactly the released fields) and ``root/test-mini-audios/<id>.wav``;
+    with ``quirks``, the released files' quirks in the rows of ``_MMAU_QUIRKS``."""
+    items = []
+    for k, (task, diff, cat, sub, dataset, q, choices, answer) in enumerate(_MMAU_ROWS):
+        rid = str(uuid.UUID(int=1000 + k))
+        tone(root / "test-mini-audios" / f"{rid}.wav", 300 + 90 * k, 0.4 + 0.1 * (k % 4))
+        item = {"id": rid, "audio_id": f"./test-mini-audios/{rid}.wav", "question": q, "choices": choices,
+                "answer": answer, "dataset": dataset, "task": task, "split": "test-mini", "category": cat,
+                "sub-category": sub, "difficulty": diff}
+        if not with_answers:
+            item.pop("answer")
+            item["split"] = "test"
+        if quirks:
+            item.update(_MMAU_QUIRKS.get(k, {}))
+        items.append(item)
+    path = root / name
+    path.write_text(json.dumps(items, indent=4), encoding="utf-8")
+    return path
+
+
+# Quirks of the released MMAR-meta.jsonl / .json, by item: choice lists ending in "" (4 in the release), a
+# whitespace-only choice (the same thing to the official scorer), a padded answer and choice ("Andrew ").
+_MMAR_QUIRKS = {
+    1: {"choices": ["clip one", "clip two", "the flute", ""]},
+    4: {"choices": ["clip one", "clip two", "the flute", "the bass drum", ""]},
+    6: {"choices": ["clip one", "  ", "clip two"]},
+    9: {"choices": ["clip one", "clip two "], "answer": "clip two "},
+}
+
+
+def make_mmar_fixture(root: Path, container: str = "jsonl", *, quirks: bool = False) -> Path:
+    """``root/MMAR-meta.jsonl`` (or ``.json``, a list) and ``root/audio/<id>.wav``: 14 items, every modality
+    twice, every layer; the newer copies' extra fields (thinking, cue, rubric) on some items; with
+    ``quirks``, the released file's quirks in the items of ``_MMAR_QUIRKS``."""
+    items = []
+    for k in range(14):
+        modality = MODALITIES[k % 7]
+        category = CATEGORIES[k % 4]
+        rid = f"{k:04d}"
+        tone(root / "audio" / f"{rid}.wav", 250 + 70 * k, 0.3 + 0.05 * k)
+        item = {"id": rid, "audio_path": f"./audio/{rid}.wav", "question": f"Question {k} about the clip?",
+                "choices": ["clip one", "clip two", "the flute", "the bass drum"][: 2 + k % 3],
+                "answer": "clip two" if k % 2 else "clip one", "modality": modality, "category": category,
+                "sub-category": _MMAR_SUBS[category], "language": None if k % 3 else "en",
+                "source": "YouTube", "url": f"https://www.youtube.com/watch?v=fixture{k}",
+                "timestamp": "00:01:00-00:01:10"}
+        if k % 5 == 0:
+            item.update({"thinking": "a hidden rationale", "cue": "a cue", "rubric": ["step 1"]})
+        if quirks:
+            item.update(_MMAR_QUIRKS.get(k, {}))
+        items.append(item)
+    if container == "jsonl":
+        path = root / "MMAR-meta.jsonl"
+        path.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+    else:
+        path = root / "MMAR-meta.json"
+        path.write_text(json.dumps(items, indent=2), encoding="utf-8")
+    return path
+
+
+def prediction_records(b, predictions, thinks=None):
+    """Predictions records of benchmark ``b`` as the runner stores them: one per key, in order, with ``thinks``
+    (key -> think text) marking the items answered after thinking."""
+    thinks = thinks or {}
+    return {k: {"key": k, "prediction": p, "think": thinks.get(k), "thinks": k in thinks,
+                "mode": "no_think"} for k, p in zip(b.keys, predictions)}
+
+
+# --------------------------------------------------------------------------- evaluation on the toy model
+
+
+def eval_cfg(overrides):
+    from hydra import compose, initialize_config_dir
+
+    from audiothink.evaluate import register_eval_resolvers
+
+    register_eval_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("evaluate", overrides=list(overrides))
+
+
+def run_eval(out: Path, *overrides):
+    from audiothink.evaluate import evaluate
+
+    return evaluate(eval_cfg([f"output_dir={out}", "eval.progress=false", *overrides]))
+
+
+def toy_lora_adapter(toy_model_dir, path: Path, scale: float) -> Path:
+    """A LoRA adapter of the toy on the language model's q/v projections, saved at ``path``: lora_B drawn with
+    std ``scale`` (seed 0), so 0.0 is a no-op adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_toy(toy_model_dir)
+    lm_only = r"^model\.language_model\..*\.(q_proj|v_proj)$"
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=lm_only, task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(0)
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:  # B = 0 (the init) makes the adapter a no-op
+            p.data = torch.randn(p.shape, generator=g) * scale
+    peft.save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------- training data sources
+
+
+# One line of R1-AQA's AVQA annotations (its field names, an absolute audio path of the annotator's machine).
+R1AQA_ROW = {
+    "id": 183, "video_name": "-HG3Omg_89c_000030", "video_id": 341, "question_text": "What happened in the video?",
+    "multi_choice": ["motorboat", "Yacht consignment", "Sailboat set sail", "Consignment car"], "answer": 1,
+    "question_relation": "View", "question_type": "Happening", "dataset_name": "AVQA",
+    "audio_path": "/home/someone/avqa/wavs/-HG3Omg_89c_30.wav",
+}
+
+
+def wav_bytes(seconds: float, rate: int = SAMPLE_RATE, value: float = 0.1) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.full(int(seconds * rate), value, np.float32), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def audio_dataset(rows: list[dict], multi: bool = False):
+    """A datasets.Dataset with a real Audio feature, built from Arrow (encoding would need torchcodec)."""
+    import datasets
+    import pyarrow as pa
+
+    cell = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    audio_type = pa.list_(cell) if multi else cell
+    table = pa.table({
+        "id": [r["id"] for r in rows],
+        "audio": pa.array([r["audio"] for r in rows], type=audio_type),
+        "question": [r["question"] for r in rows],
+        "choices": [r["choices"] for r in rows],
+        "answer": [r["answer"] for r in rows],
+    })
+    audio = datasets.List(datasets.Audio()) if multi else datasets.Audio()
+    features = datasets.Features({"id": datasets.Value("string"), "audio": audio,
+                                  "question": datasets.Value("string"),
+                                  "choices": datasets.List(datasets.Value("string")),
+                                  "answer": datasets.Value("int64")})
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+
+
+def hf_rows(n: int) -> list[dict]:
+    return [{"id": f"r{i}", "audio": {"bytes": wav_bytes(0.1 * (i + 1)), "path": f"clip{i}.wav"},
+             "question": "which sound is in the video?", "choices": ["rain", "wind"], "answer": i % 2}
+            for i in range(n)]
+
+
+def data_cfg(option: str, **overrides):
+    from hydra import compose, initialize_config_dir
+
+    from audiothink.plumbing.cli import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data={option}"] + [f"data.{k}={v}" for k, v in overrides.items()])
+    return cfg.data
+
+
+# --------------------------------------------------------------------------- a stand-in for Liger's kernels
+
+
+class FakeRMSNorm(torch.nn.Module):
+    def __init__(self, hidden_size, eps=1e-6, **_):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return (self.weight * (x.float() * torch.rsqrt(var + self.variance_epsilon))).to(x.dtype)
+
+
+def install_fake_liger(monkeypatch, norm, mlp, rope) -> None:
+    """A stand-in ``liger_kernel.transformers`` with these classes, for this test only: monkeypatch records the
+    real transformers attributes first (Liger swaps them), so they are back after the test."""
+    from transformers.models.qwen2 import modeling_qwen2
+    from transformers.models.qwen2_5_omni import modeling_qwen2_5_omni
+
+    for module, names in ((modeling_qwen2, ("Qwen2RMSNorm", "Qwen2MLP", "apply_rotary_pos_emb")),
+                          (modeling_qwen2_5_omni, ("Qwen2_5OmniRMSNorm", "Qwen2MLP", "apply_rotary_pos_emb"))):
+        for name in names:
+            monkeypatch.setattr(module, name, getattr(module, name))
+    pkg = types.ModuleType("liger_kernel")
+    sub = types.ModuleType("liger_kernel.transformers")
+    sub.LigerRMSNorm, sub.LigerSwiGLUMLP, sub.liger_rotary_pos_emb = norm, mlp, rope
+    monkeypatch.setitem(sys.modules, "liger_kernel", pkg)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", sub)
+
+
+# --------------------------------------------------------------------------- vLLM rollouts (a fake engine)
+
+
+def random_waves(*seconds):
+    """One clip of seeded noise per duration (seconds, 16 kHz float32)."""
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in seconds]
+
+
+def chat_prompt_ids(processor, clip_sets):
+    """The expanded prompt ids the processor makes of one user turn per clip set (its clips, then "Q?")."""
+    ids = []
+    for clips in clip_sets:
+        msgs = [{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": "Q?"}]}]
+        text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        enc = processor(text=[text], audio=clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        ids.append(enc["input_ids"][0].tolist())
+    return ids
+
+
+def mixed_clip_dataset(toy_files, n=8):
+    """``n`` toy training rows as a dataset, half of them multi-clip prompts."""
+    from audiothink.data import load_samples, to_dataset
+
+    samples = load_samples(toy_files["train"]).samples
+    two = [s for s in samples if len(s.audio) > 1][: n // 2]  # multi-clip prompts (toy v3: four clips)
+    one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
+    assert two and one
+    return to_dataset(two + one, PROMPT)
