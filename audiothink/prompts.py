@@ -205,7 +205,7 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
     """The model's row checks (:class:`audiothink.data.RowChecks`), from its processor and config.json.
 
     The audio-token count of a clip follows the processor's own rule (:func:`audiothink.audio.clip_audio_tokens`);
-    ``tests/test_short_clips.py`` checks it against the processor and a real forward pass at the boundary. The
+    ``tests/test_audio_short_clips.py`` checks it against the processor and a real forward pass at the boundary. The
     shortest clip the model can use is ``min_audio_samples`` (:func:`shortest_clip`: by ``model_config.model_type``,
     Qwen2-Audio needs two audio tokens a clip). Prompts are held to :func:`prompt_limit` (the model's context less the
     completion length, when ``model_config`` is given), counted as :class:`AudioPrompt` builds them (``prefill`` and

@@ -6,7 +6,7 @@ What a reward is -- the contract `(completions, **columns) -> list[float | None]
 metric `rewards/<name>/mean` -- is documented in one place: the docstring of audiothink/reward_api.py.
 The rewards here are plain callables written against it, like a user's.
 
-Three of them on two completions (runnable; tests/test_rewards.py runs it):
+Three of them on two completions (runnable; tests/rewards/test_rewards.py runs it):
 
 >>> from audiothink.rewards import Accuracy, AdaptiveThink, Format
 >>> completions = ["<think>low and bowed</think><answer>(B) cello</answer>", "<answer>violin</answer>"]

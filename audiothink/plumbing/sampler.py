@@ -1,6 +1,6 @@
 """The training sampler: TRL's RepeatSampler, with an epoch order that a resume draws again.
 
-Used by ``AudioGRPOTrainer._get_train_sampler``; checked by tests/test_checkpoints.py (a run resumed in a later
+Used by ``AudioGRPOTrainer._get_train_sampler``; checked by tests/plumbing/test_checkpoints.py (a run resumed in a later
 epoch sees the prompts an uninterrupted run sees).
 """
 
