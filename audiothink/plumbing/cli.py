@@ -33,6 +33,10 @@ __all__ = ["check_overrides", "run_checked", "CheckKeysCallback"]
 # Config groups each entry point composes (the folders under configs/ that are hydra groups).
 GROUPS = {"train": ("model", "data", "reward", "trainer", "judge"), "evaluate": ("benchmark", "model", "trainer"),
           "sft": ("model", "data", "trainer")}
+# Keys of earlier versions -> their names now (the rollout: block's vLLM settings became TRL's own fields).
+RENAMED = {"rollout.vllm_mode": "trainer.vllm_mode",
+           "rollout.gpu_memory_utilization": "trainer.vllm_gpu_memory_utilization",
+           "rollout.server_host": "trainer.vllm_server_host", "rollout.server_port": "trainer.vllm_server_port"}
 # Under these, `+` may add new keys.
 OPEN = ("reward.", "hydra.")
 
@@ -62,6 +66,9 @@ def _check_key(cfg, key: str, adding: bool) -> None:
         if not isinstance(node, DictConfig):
             raise ConfigError(f"{key}: {'.'.join(parts[:depth])} is a value, not a mapping")
         if part not in node.keys():  # `in` says False for a key whose value is missing (???)
+            if path in RENAMED:
+                raise ConfigError(f"unknown key {key}: it is {RENAMED[path]} now (vLLM's settings are TRL's own "
+                                  "GRPOConfig fields; rollout.engine=vllm switches vLLM on)")
             if path.startswith("trainer.") and depth == 1:
                 from audiothink.prompts import BYPASSES_AUDIO_PATH  # TRL arguments off the audio path: why not
 

@@ -459,7 +459,7 @@ def check_train_config(cfg: DictConfig) -> None:
         if (log_cfg.get("completion_prompts") or 0) < 0:
             raise ConfigError(f"log.completion_prompts={log_cfg.completion_prompts}: must be >= 0 (0 writes none)")
     if rollout is not None:
-        check_types("rollout", rollout, {"fast": bool, "gpu_memory_utilization": float, "server_port": int})
+        check_types("rollout", rollout, {"fast": bool})
     threads = cfg.get("cpu_threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"cpu_threads={threads!r}: must be a whole number >= 1 (or null: torch's default)")
