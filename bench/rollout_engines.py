@@ -13,7 +13,8 @@ training prompt of configs/train.yaml. Every engine gets the same rows and the s
   for the log-prob passes);
 - ``hf_fast``: the same with the fast path's settings (``audiothink.fast_rollout.enable_fast_generation``: static
   KV cache, torch.compile'd decode step, prompts padded to 64-token buckets); the first call compiles (timed
-  apart as ``compile_s``), the second is the timed one;
+  apart as ``compile_s``), the second is the timed one. On CPU transformers 5.23 does not compile (its
+  auto-compile in ``generate`` is for cuda/xpu/neuron/tpu devices only): there it is the static cache + buckets;
 - ``vllm``: audiothink's engine (``AudioVLLMGeneration``, TRL's colocate engine in-process, TRL's sampling
   parameters, the 128 rows with n=1 each as TRL sends them), the weights synced once through
   ``sync_weights`` (``reload_weights`` + cache resets). Start-up (``LLM(...)``) and the first warm-up generate
@@ -314,7 +315,7 @@ def rows_of(model: dict):
     """(label, wall, tokens, tok/s) per timed call, HF generate first."""
     e = model["engines"]
     out = []
-    for name, key, label in (("hf", None, "HF generate"), ("hf_fast", None, "fast HF (static cache + compile)"),
+    for name, key, label in (("hf", None, "HF generate"), ("hf_fast", None, "fast HF path (rollout.fast)"),
                              ("vllm", "cold", "vLLM (new batch)"), ("vllm", "warm", "vLLM (same batch again)")):
         if name not in e:
             continue
@@ -350,7 +351,10 @@ def print_table(results: dict, meta: dict) -> None:
         if "processor_s" in hf:
             print(f"  HF feature extraction (apart, the trainer runs it for either engine): {hf['processor_s']:.1f} s")
         if "compile_s" in model["engines"].get("hf_fast", {}):
-            print(f"  fast HF first call (compiles): {model['engines']['hf_fast']['compile_s']:.1f} s")
+            print(f"  fast HF first call: {model['engines']['hf_fast']['compile_s']:.1f} s"
+                  + ("" if torch.cuda.is_available() else " (on CPU transformers' generate does not compile: its "
+                     "auto-compile is for cuda/xpu/neuron/tpu devices, so the fast path is the static KV cache + "
+                     "64-token prompt buckets only)"))
         v = model["engines"].get("vllm", {})
         if "start_s" in v:
             print(f"  vLLM start-up (LLM(...)): {v['start_s']:.1f} s wall; weight sync {v['sync_s']:.2f} s; "
