@@ -240,7 +240,7 @@ def main(argv) -> int:
     ap.add_argument("--big-dir", type=Path, default=Path("/tmp/audiothink-bench-big"))
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "rollout_engines.json")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each engine process (vLLM on CPU: 1)")
-    ap.add_argument("--_child", nargs=4, metavar=("ENGINE", "MODEL_DIR", "ROWS", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--_child", nargs=3, metavar=("ENGINE", "MODEL_DIR", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--table", type=Path, default=None, help="print the table of a results file and exit")
     args = ap.parse_args(argv)
     if args.table:
@@ -248,7 +248,7 @@ def main(argv) -> int:
         print_table(data["models"], data["meta"])
         return 0
     if args._child:
-        args.engine, args.model_dir, args.rows, args.out_json = args._child
+        args.engine, args.model_dir, args.out_json = args._child
         torch.set_num_threads(args.threads)
         return child(args)
 
@@ -280,7 +280,7 @@ def main(argv) -> int:
             t = time.perf_counter()
             print(f"== {m} / {e}", flush=True)
             subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--_child", e, str(dirs[m]),
-                            "-", str(out)], check=False, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+                            str(out)], check=False, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
             res = json.loads(out.read_text()) if out.exists() else {"error": "the engine process died (see above)"}
             res["process_wall_s"] = round(time.perf_counter() - t, 1)
             results[m]["engines"][e] = res
