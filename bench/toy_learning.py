@@ -4,6 +4,7 @@
     python bench/toy_learning.py --seeds 0 1 2     # three runs, one per seed, and the spread
     python bench/toy_learning.py --seeds 0 1 2 --jobs 2   # two runs at a time (one CPU thread each)
     python bench/toy_learning.py -- reward=accuracy   # overrides after -- are passed to every training run
+    python bench/toy_learning.py --rollout vllm    # the same with vLLM rollouts (rollout.engine=vllm; toy: 30 s copy)
 
 Runs the training entry point exactly as the README's first command does (plus `seed=<s>` and the overrides
 given), then reads each run's summary.json: greedy held-out accuracy and think rate, overall and by
@@ -48,7 +49,7 @@ def run(seed: int, overrides: list[str], root: Path, quiet: bool = False) -> dic
     cmd = [sys.executable, "-m", "audiothink.train", f"hydra.run.dir={run_dir}", f"seed={seed}", *overrides]
     wall = run_command(cmd, root / f"seed{seed}.log" if quiet else None)
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"seed": seed, "wall_s": wall, "steps": summary["steps"], "run_dir": str(run_dir),
+    return {"seed": seed, "wall_s": wall, "steps": summary["steps"], "run_dir": str(run_dir), "overrides": overrides,
             **figures(summary)}
 
 
@@ -111,7 +112,12 @@ def parse_run_args(ap: argparse.ArgumentParser, argv: list[str], prefix: str) ->
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed")
+    ap.add_argument("--rollout", choices=["hf", "vllm"], default="hf",
+                    help="rollout engine (rollout.engine): hf (the default) or vllm (needs vLLM; the toy then trains "
+                         "on its 30 s-window copy, ~19x slower HF passes on CPU, see bench/vllm_cpu/FINDINGS.md)")
     args, root = parse_run_args(ap, argv, "toy_learning_")
+    if args.rollout != "hf":  # first, so that an explicit rollout.engine=... after -- still wins
+        args.overrides = [f"rollout.engine={args.rollout}", *args.overrides]
     if args.jobs > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -119,7 +125,7 @@ def main(argv: list[str]) -> int:
             results = list(pool.map(lambda s: run(s, args.overrides, root, quiet=True), args.seeds))
     else:
         results = [run(seed, args.overrides, root) for seed in args.seeds]
-    print(f"\ntoy learning ({results[0]['steps']} GRPO steps per run, runs in {root})")
+    print(f"\ntoy learning ({results[0]['steps']} GRPO steps per run, rollout engine {args.rollout}, runs in {root})")
     print_table(results)
     (root / "toy_learning.json").write_text(json.dumps(results, indent=2) + "\n")
     ok = all(passes(r) for r in results)
