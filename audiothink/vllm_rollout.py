@@ -590,7 +590,9 @@ class AudioVLLMGeneration(VLLMGeneration):
         # trainer's dtype (vLLM's "auto" would run a float32 checkpoint in float16), and on CPU it runs eager
         # (torch.compile of the model would dominate a short run's time)
         extra = {"dtype": str(self.model.dtype).removeprefix("torch."), "enforce_eager": not torch.cuda.is_available()}
-        if self.gpu_memory_utilization is None:  # CPU, trainer.vllm_gpu_memory_utilization null: sized now
+        if self.gpu_memory_utilization is None and torch.cuda.is_available():
+            self.gpu_memory_utilization = DEFAULT_GPU_MEMORY_SHARE
+        elif self.gpu_memory_utilization is None:  # CPU, trainer.vllm_gpu_memory_utilization null: sized now
             self.gpu_memory_utilization = cpu_memory_share()
             logger.info("vLLM on CPU: gpu_memory_utilization %.3f of system memory (this process plus %.1f GiB of KV "
                         "cache)", self.gpu_memory_utilization, CPU_KV_CACHE_BYTES / 2**30)

@@ -200,8 +200,8 @@ def test_the_repeatability_figures_are_the_recorded_ones():
     rows = {}
     for line in (REPO / "bench" / "RESULTS.md").read_text().splitlines():
         m = re.match(r"^(\d)\s+71\.3%\s+([\d.]+)%\s+\S+\s+\S+\s+42\.7->([\d.]+)", line)
-        if m:
-            rows[int(m.group(1))] = (m.group(2), m.group(3))
+        if m:  # the first table is the HF default's seeds; later ones (e.g. the vLLM variant) are other runs
+            rows.setdefault(int(m.group(1)), (m.group(2), m.group(3)))
     assert sorted(rows) == [0, 1, 2]
     text = re.sub(r"\s+", " ", _section("The embedded default"))
     accuracy = " / ".join(rows[s][0] for s in (0, 1, 2))

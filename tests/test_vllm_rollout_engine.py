@@ -49,13 +49,15 @@ def toy30() -> str:
 
 @pytest.fixture(scope="session")
 def engine(toy30):
-    """The session's vLLM engine (TRL's colocate settings + a small memory share), warmed up."""
+    """The session's vLLM engine (TRL's colocate settings; on CPU its memory share sized at start to this process
+    plus its KV cache, as a training run's is: a fixed small share refuses to start in a grown test process), warmed
+    up."""
     saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     model, processor = load_toy(toy30)
     banned = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")]
     eng = AudioVLLMGeneration(audio_processor=processor, waves=lambda: None, model=model,
                               accelerator=Accelerator(cpu=True), processing_class=processor.tokenizer,
-                              mode="colocate", gpu_memory_utilization=0.05, max_num_seqs=64,
+                              mode="colocate", gpu_memory_utilization=None, max_num_seqs=64,
                               max_completion_length=MAX_NEW, generation_kwargs={"suppress_tokens": banned})
     eng.sync_weights()
     # the first generate is slow (one-time lazy set-up): once here, not inside a test's figures
@@ -85,7 +87,7 @@ def _rows(trainer, samples):
 
 def _trainer(toy30, toy_files, tmp_path, *, lora=False, steps=2):
     model, processor = load_toy(toy30)
-    args = toy_grpo_args(tmp_path, use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.05,
+    args = toy_grpo_args(tmp_path, use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=None,
                          num_generations=G, per_device_train_batch_size=2 * G, max_steps=steps,
                          learning_rate=1e-2, max_completion_length=MAX_NEW, temperature=1.0)
     data = to_dataset(_samples(toy_files, 1, 2) + _samples(toy_files, 4, 2), PROMPT)
