@@ -311,7 +311,7 @@ def install_fake_liger(monkeypatch, norm, mlp, rope) -> None:
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", sub)
 
 
-# --------------------------------------------------------------------------- vLLM rollouts (a fake engine)
+# --------------------------------------------------------------------------- vLLM rollouts (tests/test_vllm_rollout_server.py)
 
 
 def random_waves(*seconds):

@@ -57,34 +57,13 @@ from audiothink.vllm_rollout import (
     place_audio_features,
 )
 from audiothink.rewards import Accuracy, Format
-from tests.helpers import PROMPT, load_toy, toy_grpo_args
+from tests.helpers import (chat_prompt_ids, load_toy, mixed_clip_dataset, random_waves,
+                           toy_grpo_args)
 from tests.test_trainer import spy_audio_forwards
-from audiothink.data import load_samples, to_dataset
 
 MODEL = "toy-qwen2-audio"
 
 
-def _waves(*seconds):
-    rng = np.random.default_rng(0)
-    return [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in seconds]
-
-
-def _batch(processor, clip_sets):
-    ids = []
-    for clips in clip_sets:
-        msgs = [{"role": "user", "content": [{"type": "audio"}] * len(clips) + [{"type": "text", "text": "Q?"}]}]
-        text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        enc = processor(text=[text], audio=clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        ids.append(enc["input_ids"][0].tolist())
-    return ids
-
-
-def _dataset(toy_files, n=8):
-    samples = load_samples(toy_files["train"]).samples
-    two = [s for s in samples if len(s.audio) > 1][: n // 2]  # multi-clip prompts (toy v3: four clips)
-    one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
-    assert two and one
-    return to_dataset(two + one, PROMPT)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -326,7 +305,7 @@ def test_trl_server_api_unchanged():
 
 def test_render_hears_the_exact_samples(server_mode, toy):
     _, processor = toy
-    a, b = _waves(0.7, 1.3)
+    a, b = random_waves(0.7, 1.3)
     hot = np.array([1.5, -2.0, 0.123456789, 1e-9] * 400, dtype=np.float32)  # past +-1: float WAV keeps it
     with FakeVLLMServer(processor).running() as server:
         client = VLLMClient(base_url=server.base_url, connection_timeout=5)
@@ -397,9 +376,9 @@ def test_place_audio_features_refuses_a_prompt_that_does_not_match():
 @pytest.mark.parametrize("style", ["plain", "markers"])
 def test_generate_through_the_server(server_mode, toy, style):
     model, processor = toy
-    a, b = _waves(0.7, 1.9)
+    a, b = random_waves(0.7, 1.9)
     clip_sets = [[a], [a, b]]
-    training = _batch(processor, clip_sets)
+    training = chat_prompt_ids(processor, clip_sets)
     G = 3
     prompts = [ids for ids in training for _ in range(G)]
     waves = [clips for clips in clip_sets for _ in range(G)]
@@ -427,8 +406,8 @@ def test_generate_through_the_server(server_mode, toy, style):
 
 def test_generate_refuses_mismatched_prompts(server_mode, toy):
     model, processor = toy
-    a, b = _waves(0.5, 1.2)
-    one_clip_prompt = _batch(processor, [[a]])
+    a, b = random_waves(0.5, 1.2)
+    one_clip_prompt = chat_prompt_ids(processor, [[a]])
     with FakeVLLMServer(processor).running() as server:
         engine = _engine(server, model, processor)
         with pytest.raises(ValueError, match="Found 1 runs of audio tokens in the prompt but 2 clips were processed"):
@@ -471,7 +450,7 @@ def _server_trainer(toy_model_dir, toy_files, tmp_path, server, **kw):
     args = toy_grpo_args(tmp_path, use_vllm=True, vllm_mode="server", vllm_server_host="127.0.0.1",
                          vllm_server_port=server.port, vllm_server_timeout=5, **kw)
     trainer = AudioGRPOTrainer(model=model, processor=processor, reward_funcs=[Format(), Accuracy()], args=args,
-                               train_dataset=_dataset(toy_files), max_audio_seconds=2.0)
+                               train_dataset=mixed_clip_dataset(toy_files), max_audio_seconds=2.0)
     assert isinstance(trainer.vllm_generation, AudioVLLMGeneration) and trainer.vllm_generation.mode == "server"
     return trainer
 
@@ -568,9 +547,9 @@ def _two_process_probe(port: int, out_dir: str) -> None:
     model, processor = load_toy(TOY_MODEL_DIR)
     accelerator = Accelerator(cpu=True)
     rank = accelerator.process_index
-    a, b = _waves(0.6, 1.4)
+    a, b = random_waves(0.6, 1.4)
     clips = [[a], [a, b]][rank]
-    ids = _batch(processor, [clips])[0]
+    ids = chat_prompt_ids(processor, [clips])[0]
     engine = AudioVLLMGeneration(audio_processor=processor, waves=lambda: None, model=model, accelerator=accelerator,
                                  processing_class=processor.tokenizer, mode="server", server_host="127.0.0.1",
                                  server_port=port, server_timeout=10, max_completion_length=8)
