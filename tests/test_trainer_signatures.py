@@ -111,8 +111,8 @@ TRAINER = "transformers.trainer:Trainer."
 RELIED_ON = {
     GRPO + "__init__": ("d794b15d9ea76007", "given processing_class=tokenizer it takes the text-only path (no "
                         "image processor, no config.image_token_id); self._logs holds deques of the last rollout "
-                        "(CompletionSample reads completion/rewards/advantages); use_vllm/vllm_generation "
-                        "(AudioVLLMGeneration.adopt); reward_func_names/reward_weights; async_loop"),
+                        "(CompletionSample reads completion/rewards/advantages); use_vllm builds its engine inline "
+                        "(audio_engine_in swaps in AudioVLLMGeneration); reward_func_names/reward_weights; async_loop"),
     GRPO + "_generate_and_score_completions": (
         "4e80ae958e5da4c5", "it calls _generate (hence _tokenize_prompts) and then the old/reference log-prob "
         "passes within the one call (AudioGRPOTrainer._audio covers them), _calculate_rewards(inputs, prompts, "

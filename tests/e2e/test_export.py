@@ -69,6 +69,20 @@ def _counts(model) -> tuple[str, str]:
 # -- the training run: log line and model card ------------------------------------------------------------
 
 
+def _merged_answers_as_the_adapter(merged, adapter, processor, samples, prompt, **generation) -> None:
+    """Greedy completions of the merged model equal the base + adapter's, and differ from the base alone's (so the
+    adapter matters for these prompts and the equality says something)."""
+    def greedy(model):
+        batch = generate_batch(model, processor, samples, prompt, **generation)
+        return [row[m.bool()].tolist() for row, m in zip(batch.completion_ids, batch.completion_mask)]
+
+    with torch.no_grad():
+        tuned = greedy(adapter)
+        assert greedy(merged) == tuned
+        with adapter.disable_adapter():
+            assert greedy(adapter) != tuned
+
+
 def test_training_log_line_says_lora_and_trainable_parameters(lora_run, toy_model_dir):
     from omegaconf import OmegaConf
     from peft import get_peft_model
@@ -158,15 +172,8 @@ def test_merged_model_answers_as_the_adapter_does(lora_run, toy_model_dir, toy_f
     changed = {k for k, v in base_state.items() if not torch.equal(v, merged_state[k])}
     assert changed and all(re.search(r"language_model\..*_proj\.weight$", k) for k in changed), sorted(changed)[:5]
 
-    def greedy(model):
-        batch = generate_batch(model, processor, samples, prompt, max_new_tokens=24, max_audio_seconds=1.0)
-        return [row[m.bool()].tolist() for row, m in zip(batch.completion_ids, batch.completion_mask)]
-
-    with torch.no_grad():
-        tuned = greedy(adapter)
-        assert greedy(merged) == tuned
-        with adapter.disable_adapter():
-            assert greedy(adapter) != tuned  # the adapter matters for these prompts: the equality above says something
+    _merged_answers_as_the_adapter(merged, adapter, processor, samples, prompt, max_new_tokens=24,
+                                   max_audio_seconds=1.0)
 
 
 def test_evaluate_on_the_export_equals_the_adapter(lora_run, toy_files, tmp_path):
@@ -281,15 +288,8 @@ def test_omni_thinker_lora_export_with_its_processor(omni_dir, toy_files, tmp_pa
     adapter = PeftModel.from_pretrained(base, str(run / "final")).eval()
     samples = load_samples(toy_files["eval"]).samples[:6]
 
-    def greedy(m):
-        batch = generate_batch(m, processor, samples, prompt, max_new_tokens=16, max_audio_seconds=2.0)
-        return [row[mask.bool()].tolist() for row, mask in zip(batch.completion_ids, batch.completion_mask)]
-
-    with torch.no_grad():
-        tuned = greedy(adapter)
-        assert greedy(merged) == tuned
-        with adapter.disable_adapter():
-            assert greedy(adapter) != tuned
+    _merged_answers_as_the_adapter(merged, adapter, processor, samples, prompt, max_new_tokens=16,
+                                   max_audio_seconds=2.0)
 
 
 def test_checkpoint_export_leaves_the_training_state_and_says_which_weights(lora_run, tmp_path):
