@@ -425,7 +425,8 @@ class AudioGRPOTrainer(GRPOTrainer):
         optimised = rewards_per_func[:, (self.reward_weights != 0).to(rewards_per_func.device)]
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["health/scored"].append((~torch.isnan(optimised)).any(dim=1).float().mean().item())
-        self._log_think_metrics(all_completions, columns)
+        for name, value in think_metrics(all_completions, columns, self._tokenizer).items():  # think/*
+            self._metrics[mode][name].append(value)
         self._sample_columns = columns  # for the completion sample, written once the advantages are known
         return rewards_per_func
 
@@ -441,8 +442,3 @@ class AudioGRPOTrainer(GRPOTrainer):
         # TRL's sampler lays out each prompt's G completions contiguously, rank after rank.
         g = self.num_generations if self.model.training else self.num_generations_eval
         return [i // g for i in range(n)]
-
-    def _log_think_metrics(self, completions: list, columns: dict[str, list] | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        for name, value in think_metrics(completions, columns, self._tokenizer).items():
-            self._metrics[mode][name].append(value)
