@@ -4,6 +4,7 @@
     python -m audiothink.evaluate benchmark=toy model.path=runs/<run>/final eval.force_mode=think   # what thinking is worth
     python -m audiothink.evaluate benchmark=mmau_test_mini model=qwen2_audio_7b model.path=/models/Qwen2-Audio-7B-Instruct
     python -m audiothink.evaluate benchmark=mmar model=qwen2_audio_7b adapter=runs/<run>/final
+    python -m audiothink.evaluate benchmark=mmau_test_mini benchmark.source=/data/MMAU-test-mini ...   # a hub copy
     python -m audiothink.evaluate benchmark=mmar ... hydra.run.dir=runs/eval/mmar/<folder>   # resume
 
 Reads top to bottom: config -> benchmark metadata -> audio check -> stored predictions checked against what

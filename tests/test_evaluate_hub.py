@@ -73,6 +73,30 @@ def test_hub_copy_evaluates_to_the_official_results(reference, tmp_path, capsys,
     assert f"layout {layout}" in report and r["prompt_sha256"] in report
 
 
+def test_mmau_test_split_copy_writes_the_submission(tmp_path):
+    """benchmark=mmau_test on a copy of the test split (answers withheld): checked against the official test
+    metadata, unscored, and the submission file is the official items plus the predictions."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = make_mmau_fixture(tmp_path / "mmau", "mmau-test.json", with_answers=False)
+    cols = hub_columns(meta, "lmms-lab-audio/mmau")
+    cols["answer"] = [None] * len(cols["id"])  # one schema for both splits: the test split's answers are null
+    src = tmp_path / "copy" / "test-00000-of-00001.parquet"
+    src.parent.mkdir()
+    pq.write_table(pa.table({**cols, "answer": pa.array(cols["answer"], pa.string())}), src)
+    r = run_eval(tmp_path / "out", *hub_overrides("mmau", "lmms-lab-audio/mmau", meta, src, tmp_path)[1:],
+                 "benchmark=mmau_test")
+    assert r["benchmark"]["name"] == "mmau_test" and "answers withheld" in r["lines"][0]
+    assert r["benchmark"]["source"]["checked"] and r["benchmark"]["source"]["differences"] == []
+    rows = json.loads(Path(r["submission"]).read_text())
+    original = json.loads(meta.read_text())
+    assert [{k: row[k] for k in item} for row, item in zip(rows, original)] == \
+           [{**item, "category": item["category"][0] if isinstance(item["category"], list) else item["category"]}
+            for item in original]  # the copy's category column holds strings (tests/helpers.py: _label)
+    assert all("model_output" in row and "answer" not in row for row in rows)
+
+
 def test_differences_stop_the_run_or_are_scored_as_official_with_the_list(reference, tmp_path, capsys, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq

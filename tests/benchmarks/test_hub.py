@@ -181,3 +181,22 @@ def test_other_attributes_as_json_or_python_text(tmp_path):
     pq.write_table(pa.table(cols), path)
     b = load_hub(path, "mmau", cache_dir=tmp_path / "cache")
     assert b.groups == ref.groups and [s.id for s in b.samples] == [s.id for s in ref.samples]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("benchmark.layout=lmms-lab/mmau", "benchmark.layout='lmms-lab/mmau': must be null (detect it) or one of "
+                                       "gamma-lab-umd/MMAU-test-mini, AudioLLMs/MMAU-mini"),
+    ("benchmark.on_mismatch=ignore", "benchmark.on_mismatch='ignore': must be error or official"),
+    ("benchmark.format=unified", "benchmark.format='unified' reads neither"),
+])
+def test_hub_settings_are_checked_before_anything_loads(tmp_path, override, message):
+    from audiothink.evaluate import check_eval_config
+    from audiothink.plumbing.errors import ConfigError
+    from tests.helpers import eval_cfg
+
+    cfg = eval_cfg(["benchmark=mmau_test_mini", f"benchmark.source={tmp_path / 'nowhere.parquet'}", override,
+                    "output_dir=/x"])
+    with pytest.raises(ConfigError) as e:
+        check_eval_config(cfg)  # the copy is not there: nothing was read
+    assert message in str(e.value)
+    check_eval_config(eval_cfg(["benchmark=mmau_test_mini", f"benchmark.source={tmp_path}", "output_dir=/x"]))
