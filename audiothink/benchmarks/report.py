@@ -225,19 +225,21 @@ def source_lines(source: dict | None) -> list[str]:
 def not_comparable(a: dict, b: dict) -> list[str]:
     """Why two results.json are not comparable (empty: they are): another benchmark kind or version, other items
     (ids, questions, choices, answers or audio bytes: ``items_sha256``, equal for the official layout and a hub
-    copy of the same items), another prompt (``prompt_sha256``), other decoding, or a limited run."""
+    copy of the same items), another prompt (``prompt_sha256``), other decoding, or runs limited differently
+    (``eval.limit``)."""
     reasons = []
     for key in ("kind", "version", "items", "limited_to", "items_sha256"):
         x, y = a["benchmark"].get(key), b["benchmark"].get(key)
-        if x is None or y is None or x != y:
+        # limited_to is None for a full run; anything else must be there (older results lack the hashes)
+        if x != y or (x is None and key != "limited_to"):
             what = {"items_sha256": "other items (ids, questions, choices, answers or audio)"}.get(key, key)
-            reasons.append(f"benchmark {what}: {x!r} vs {y!r}" if key != "limited_to" or x != y else "")
+            reasons.append(f"benchmark {what}: {x!r} vs {y!r}")
     if a.get("prompt_sha256") is None or a.get("prompt_sha256") != b.get("prompt_sha256"):
         reasons.append(f"prompt: {a.get('prompt_sha256')!r} vs {b.get('prompt_sha256')!r}")
     for key in ("do_sample", "temperature", "max_new_tokens", "max_audio_seconds"):
         if a["generation"].get(key) != b["generation"].get(key):
             reasons.append(f"generation {key}: {a['generation'].get(key)!r} vs {b['generation'].get(key)!r}")
-    return [r for r in reasons if r]
+    return reasons
 
 
 # --------------------------------------------------------------------------- report.md
