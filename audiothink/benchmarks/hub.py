@@ -394,7 +394,8 @@ def _load(path: Path, kind: str, sources, files, chosen, saved: bool, *, cache_d
                  cache.written + cache.reused, cache.folder, cache.written, cache.reused)
 
     differences: list[dict] = []
-    if official is not None:
+    # rows that cannot be mapped, or have no id, cannot be matched: their problems are listed first (by the builder)
+    if official is not None and not problems.lines and all(it.get("id") not in (None, "") for _, it in rows):
         off_rows, _ = read_metadata(official)
         differences = compare_with_official([it for _, it in rows], [loc for loc, _ in rows], off_rows, Path(official))
         if differences:

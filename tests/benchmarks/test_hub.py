@@ -200,3 +200,26 @@ def test_hub_settings_are_checked_before_anything_loads(tmp_path, override, mess
         check_eval_config(cfg)  # the copy is not there: nothing was read
     assert message in str(e.value)
     check_eval_config(eval_cfg(["benchmark=mmau_test_mini", f"benchmark.source={tmp_path}", "output_dir=/x"]))
+
+
+def test_the_hub_revision_is_read_from_a_hub_cache_snapshot(tmp_path):
+    meta, _ = official(tmp_path, "mmar")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "datasets--ngqtrung--mmar" / "snapshots" / commit / "data"
+    b = load_hub(make_hub_copy(meta, "ngqtrung/mmar", snapshot), "mmar", cache_dir=tmp_path / "cache")
+    assert b.source["revision"] == commit
+    assert load_hub(make_hub_copy(meta, "ngqtrung/mmar", tmp_path / "plain"), "mmar",
+                    cache_dir=tmp_path / "cache").source["revision"] is None
+
+
+def test_rows_without_ids_are_listed_not_compared(tmp_path):
+    meta, _ = official(tmp_path, "mmar")
+
+    def edit(cols):
+        cols["id"][4] = None
+
+    copy = _edited_copy(tmp_path, meta, "ngqtrung/mmar", edit)
+    with pytest.raises(DataError) as e:
+        load_hub(copy, "mmar", cache_dir=tmp_path / "cache", official=meta)
+    assert "test-00000-of-00001.parquet:4 id=?: id: missing" in str(e.value)
+    assert "differs from the official metadata" not in str(e.value)
