@@ -4,6 +4,7 @@
     python -m audiothink.evaluate benchmark=toy model.path=runs/<run>/final eval.force_mode=think   # what thinking is worth
     python -m audiothink.evaluate benchmark=mmau_test_mini model=qwen2_audio_7b model.path=/models/Qwen2-Audio-7B-Instruct
     python -m audiothink.evaluate benchmark=mmar model=qwen2_audio_7b adapter=runs/<run>/final
+    python -m audiothink.evaluate benchmark=mmau_test_mini benchmark.source=/data/MMAU-test-mini ...   # a hub copy
     python -m audiothink.evaluate benchmark=mmar ... hydra.run.dir=runs/eval/mmar/<folder>   # resume
 
 Reads top to bottom: config -> benchmark metadata -> audio check -> stored predictions checked against what
@@ -197,7 +198,12 @@ def evaluate(cfg: DictConfig) -> dict:
     results = {
         "benchmark": {"name": bench.name, "kind": bench.kind, "version": bench.version,
                       "meta": str(bench.meta_path), "items": len(bench), "scored_items": sum(bench.scored),
-                      "limited_to": cfg.eval.limit, "quirks": quirks},
+                      "limited_to": cfg.eval.limit, "quirks": quirks,
+                      # where the items came from (a hub copy: its layout, file hash, revision, the official check)
+                      # and what decides whether two results are comparable (report.not_comparable)
+                      "source": bench.source, "data_sha256": data_sha256(bench),
+                      "items_sha256": items_sha256(bench, inputs)},
+        "prompt_sha256": prompt_sha256(cfg.prompt, settings.chat_template_kwargs),
         "model": {"path": str(cfg.model.path), "cls": cfg.model.cls, "adapter": cfg.adapter, **files,
                   "name": model_tag(cfg.model.path, cfg.adapter), "description": describe_model(cfg.model.path, cfg.adapter)},
         "prompt": cfg.prompt,
@@ -252,8 +258,24 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"benchmark.format={cfg.benchmark.format!r}: must be one of {', '.join(LOADERS)} (mmau and mmar read "
             "the official JSON/JSONL metadata and the audio files it names, unified the project's schema). A "
-            "Hugging Face hub copy (parquet) is not read yet (issue #22): convert it to the official layout "
-            "(a metadata file and its audio folder, data_cards/)")
+            "Hugging Face hub copy (parquet or a save_to_disk folder) is read with benchmark=mmau_test_mini, "
+            "mmau_test or mmar and benchmark.source=<it> (data_cards/hub_copies.md)")
+    check_hub_settings(cfg.benchmark)
+
+
+def check_hub_settings(b: DictConfig) -> None:
+    """benchmark.source / layout / on_mismatch, before anything loads (the toy's config has none of them)."""
+    from audiothink.benchmarks.hub import LAYOUTS, ON_MISMATCH
+
+    if b.get("source") is None:
+        return
+    if b.format not in ("mmau", "mmar"):
+        raise ConfigError(f"benchmark.source is a hub copy of MMAU or MMAR; benchmark.format={b.format!r} reads "
+                          "neither (use benchmark=mmau_test_mini, mmau_test or mmar)")
+    if b.get("layout") is not None and b.layout not in LAYOUTS:
+        raise ConfigError(f"benchmark.layout={b.layout!r}: must be null (detect it) or one of {', '.join(LAYOUTS)}")
+    if b.get("on_mismatch", "error") not in ON_MISMATCH:
+        raise ConfigError(f"benchmark.on_mismatch={b.on_mismatch!r}: must be error or official")
 
 
 
@@ -264,6 +286,8 @@ def load_bench(b: DictConfig):
     from audiothink.sources import setting_source
 
     version = b.version
+    if b.get("source") is not None:
+        return load_hub_bench(b)
     if b.generate_toy:
         from audiothink.toy.data import TOY_VERSION, ensure_toy
 
@@ -292,6 +316,29 @@ def load_bench(b: DictConfig):
         raise DataError(f"{b.data_root}: audio folder not found (set by "
                         f"{setting_source(b, 'data_root', 'benchmark')})")
     return load_benchmark(b.format, meta, b.data_root, name=b.name, version=version)
+
+
+def load_hub_bench(b: DictConfig):
+    """A hub copy (benchmark.source), checked against the official metadata when that file is there: benchmark.meta,
+    for MMAR <root>/MMAR-meta.jsonl (or .json) when meta is null."""
+    from audiothink.benchmarks.hub import load_hub
+    from audiothink.data import DataError
+    from audiothink.sources import setting_source
+
+    meta = b.meta
+    if meta is None and b.format == "mmar":
+        root = Path(b.root)
+        meta = next((root / n for n in ("MMAR-meta.jsonl", "MMAR-meta.json") if (root / n).is_file()), None)
+    official = Path(meta) if meta is not None and Path(meta).is_file() else None
+    if official is None:
+        # said once here and in results.json / report.md: the copy's answers are its own, unchecked
+        log.warning("benchmark.source=%s is not checked against the official metadata (no file at %s)", b.source,
+                    meta if meta is not None else f"{b.root}/MMAR-meta.jsonl")
+    if b.data_root is not None and not Path(b.data_root).is_dir():
+        raise DataError(f"{b.data_root}: audio folder not found (set by "
+                        f"{setting_source(b, 'data_root', 'benchmark')})")
+    return load_hub(b.source, b.format, cache_dir=b.cache_dir, layout=b.layout, split=b.split, data_root=b.data_root,
+                    official=official, on_mismatch=b.on_mismatch, name=b.name, version=b.version)
 
 
 def _audio_from(b: DictConfig, bench) -> str:
@@ -397,14 +444,44 @@ def item_inputs(bench) -> dict[str, str]:
             for key, s in zip(bench.keys, bench.samples)}
 
 
+def data_sha256(bench) -> str:
+    """The sha256 of the files the items were read from: the official metadata file, or the hub copy's files."""
+    from audiothink.benchmarks.store import file_sha256
+
+    if bench.source is not None:
+        return bench.source["sha256"]
+    return file_sha256([bench.meta_path])[0] or ""
+
+
+def items_sha256(bench, inputs: dict[str, str]) -> str:
+    """A hash of what is scored: every item's key, what the model is shown (question, choices, audio bytes:
+    ``inputs``, :func:`item_inputs`) and the released answer and choices the official rule reads. Equal for an
+    official layout and a hub copy of the same items."""
+    import hashlib
+
+    rows = [[k, inputs.get(k), str(item.get("answer") or ""), [str(c) for c in item.get("choices") or []]]
+            for k, item in zip(bench.keys, bench.items)]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def prompt_sha256(prompt: str, chat_template_kwargs: dict | None = None) -> str:
+    """A hash of the prompt template and the chat-template settings it is rendered with."""
+    import hashlib
+
+    text = json.dumps({"prompt": prompt, "chat_template_kwargs": chat_template_kwargs or None}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _print(results: dict) -> None:
-    from audiothink.benchmarks.report import quirk_lines
+    from audiothink.benchmarks.report import quirk_lines, source_lines
 
     b, s = results["benchmark"], results["summary"]["overall"]
     print(f"\n{b['name']} ({b['version']}), {b['items']} items"
           + (f" (limited to the first {b['limited_to']})" if b["limited_to"] else "")
           + f"; model {results['model']['description']}")
     print("\n".join(results["lines"]))
+    for line in source_lines(b.get("source")):
+        print(line)
     for line in quirk_lines(b.get("quirks") or {}):
         print(f"metadata quirk (accepted, as by the official scorer) {line}")
 

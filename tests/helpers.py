@@ -180,6 +180,90 @@ def make_mmar_fixture(root: Path, container: str = "jsonl", *, quirks: bool = Fa
     return path
 
 
+# --------------------------------------------------------------------------- hub copies of the fixtures above
+
+HUB_LAYOUTS = {"mmau": ("gamma-lab-umd/MMAU-test-mini", "AudioLLMs/MMAU-mini", "lmms-lab-audio/mmau"),
+               "mmar": ("BoJack/MMAR", "ngqtrung/mmar")}
+
+
+def _official_items(meta: Path) -> list[dict]:
+    text = meta.read_text(encoding="utf-8")
+    return [json.loads(x) for x in text.splitlines() if x.strip()] if meta.suffix == ".jsonl" else json.loads(text)
+
+
+def _label(value):
+    """A one-element list label (an MMAU quirk) as its string: an Arrow column holds one type."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def hub_columns(meta: Path, layout: str) -> dict[str, list]:
+    """The official fixture ``meta`` (and the clips it names, next to it) in the columns of hub copy ``layout``,
+    audio embedded as ``{"bytes", "path"}`` (the official files' bytes) except for BoJack/MMAR, which names
+    them in ``audio_path`` as the official file does. Column names and value formats: data_cards/hub_copies.md."""
+    items = _official_items(meta)
+
+    def clip(item):
+        rel = item.get("audio_id") or item["audio_path"]
+        return {"bytes": (meta.parent / rel).read_bytes(), "path": Path(rel).name}
+
+    def lettered(choices, fmt):
+        return [fmt.format(chr(65 + i), c) for i, c in enumerate(choices)]
+
+    rows = []
+    for it in items:
+        if layout in ("gamma-lab-umd/MMAU-test-mini", "AudioLLMs/MMAU-mini"):
+            attrs = {k: it[k] for k in ("id", "audio_id", "dataset", "task", "split", "category", "sub-category",
+                                        "difficulty") if k in it}
+            row = {"context": clip(it), "instruction": it["question"], "choices": it["choices"]}
+            if "answer" in it:
+                row["answer"] = it["answer"]
+            if layout == "AudioLLMs/MMAU-mini":  # AudioBench's copy: "(A) x" options and answer, attributes a struct
+                k = it["choices"].index(it["answer"]) if "answer" in it else None
+                row["choices"] = lettered(it["choices"], "({}) {}")
+                if k is not None:
+                    row["answer"] = row["choices"][k]
+                row["other_attributes"] = {n: _label(v) for n, v in attrs.items()}
+            else:  # JSON text (the copy's loaders parse a string or take a dict)
+                row["other_attributes"] = json.dumps(attrs)
+        elif layout == "lmms-lab-audio/mmau":
+            row = {"audio": clip(it), **{k: _label(v) for k, v in it.items()}, "choices": json.dumps(it["choices"])}
+        elif layout == "BoJack/MMAR":
+            row = dict(it)
+        elif layout == "ngqtrung/mmar":
+            row = {"audio": clip(it), **{k: v for k, v in it.items() if k not in ("audio_path", "sub-category")},
+                   "subcategory": it["sub-category"], "choices": lettered(it["choices"], "{}. {}"),
+                   "answer": chr(65 + it["choices"].index(it["answer"]))}
+        else:
+            raise ValueError(layout)
+        rows.append(row)
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: [r.get(k) for r in rows] for k in names}
+
+
+def make_hub_copy(meta: Path, layout: str, out: Path, form: str = "parquet") -> Path:
+    """``hub_columns(meta, layout)`` written as ``out/test-00000-of-00001.parquet`` (``form="parquet"``; the path
+    returned is the file), as that file in ``out`` (``"folder"``; the folder), or as a datasets ``save_to_disk``
+    folder (``"save_to_disk"``, ``out``) with a real Audio feature (built from Arrow: encoding needs torchcodec)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = hub_columns(meta, layout)
+    table = pa.table(cols)
+    if form == "save_to_disk":
+        import datasets
+
+        features = datasets.Features.from_arrow_schema(table.schema)
+        for name in ("audio", "context"):
+            if name in features:
+                features[name] = datasets.Audio()
+        datasets.Dataset(table, info=datasets.DatasetInfo(features=features)).save_to_disk(str(out))
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "test-00000-of-00001.parquet"
+    pq.write_table(table, path)
+    return out if form == "folder" else path
+
+
 def prediction_records(b, predictions, thinks=None):
     """Predictions records of benchmark ``b`` as the runner stores them: one per key, in order, with ``thinks``
     (key -> think text) marking the items answered after thinking."""

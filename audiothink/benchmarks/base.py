@@ -57,6 +57,9 @@ class Benchmark:
     # fields added to each item in the submission file: name -> which part of the prediction
     submission_fields: dict[str, str] = field(default_factory=dict)
     quirks: list[tuple[str, ...]] = field(default_factory=list)
+    # a hub copy (audiothink/benchmarks/hub.py): where it came from, its layout, file hash and revision, and
+    # how it compared with the official metadata; None for the official layout
+    source: dict | None = None
 
     def __post_init__(self) -> None:
         n = len(self.samples)
@@ -83,7 +86,7 @@ class Benchmark:
             name=self.name, kind=self.kind, version=self.version, meta_path=self.meta_path,
             samples=self.samples[:n], items=self.items[:n], groups=self.groups[:n], dimensions=self.dimensions,
             keys=self.keys[:n], scored=self.scored[:n], container=self.container,
-            submission_fields=self.submission_fields, quirks=self.quirks[:n],
+            submission_fields=self.submission_fields, quirks=self.quirks[:n], source=self.source,
         )
 
 
@@ -210,10 +213,9 @@ def refuse_binary(path: Path, head: bytes) -> None:
     kind = next((name for magic, name in _BINARY_MAGIC if head.startswith(magic)), None)
     if kind is not None:
         raise DataError(
-            f"{path}: looks like {kind}, not the benchmark's metadata. The loader reads the official JSON (a list "
-            "of items) or JSONL metadata file and the audio files it names (data_cards/). A Hugging Face hub copy "
-            "(parquet) is not read yet (issue #22): convert it to the official layout and set benchmark.meta to "
-            "that file")
+            f"{path}: looks like {kind}, not the benchmark's metadata. benchmark.meta is the official JSON (a list "
+            "of items) or JSONL metadata file, whose audio files it names (data_cards/); a Hugging Face hub copy "
+            "(parquet or a save_to_disk folder) is read with benchmark.source=<it> (data_cards/hub_copies.md)")
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[list[tuple[int, Any]], str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from audiothink.benchmarks.base import Benchmark, MetaProblems, find_quirks, join_audio, read_metadata
 from audiothink.data import Sample
 
-__all__ = ["load_mmar", "MODALITIES", "CATEGORIES", "DIMENSIONS", "SUBMISSION_FIELDS"]
+__all__ = ["load_mmar", "build_mmar", "MODALITIES", "CATEGORIES", "DIMENSIONS", "SUBMISSION_FIELDS"]
 
 MODALITIES = ("sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
               "mix-sound-music-speech")
@@ -46,25 +46,37 @@ def load_mmar(
     meta = Path(meta)
     root = Path(os.path.abspath(data_root if data_root is not None else meta.parent))
     rows, container = read_metadata(meta)
-    problems = MetaProblems(meta)
+    return build_mmar(rows, meta, root, container=container, name=name, version=version)
+
+
+def build_mmar(rows: list[tuple[int | str, object]], meta: Path, root: Path | None, *, container: str = "jsonl",
+               name: str = "mmar", version: str | None = None, audio: list[str] | None = None,
+               problems: MetaProblems | None = None) -> Benchmark:
+    """A :class:`Benchmark` of official-shaped MMAR items ``[(location, item), ...]`` (from the metadata file or
+    mapped from a hub copy, :mod:`audiothink.benchmarks.hub`).
+
+    ``audio``: each row's clip path, when the clips are not named by ``audio_path`` (a hub copy's embedded
+    audio, written to files); ``audio_path`` is then optional. ``problems`` may already hold mapping problems.
+    """
+    problems = problems or MetaProblems(meta)
     samples, items, groups, quirks = [], [], [], []
-    for loc, item in rows:
+    for n, (loc, item) in enumerate(rows):
         if not isinstance(item, dict):
             problems.add(loc, item, "item", f"expected a JSON object, got {type(item).__name__}")
             continue
         rid = problems.text(loc, item, "id")
-        audio = problems.text(loc, item, "audio_path")
+        clip = audio[n] if audio is not None else problems.text(loc, item, "audio_path")
         question = problems.text(loc, item, "question")
         choices = problems.choices(loc, item)
         answer = problems.text(loc, item, "answer", required=False) or ""
         modality = problems.label(loc, item, "modality")
         category = problems.label(loc, item, "category")
         sub = problems.label(loc, item, "sub-category")
-        if None in (rid, audio, question, choices):
+        if None in (rid, clip, question, choices):
             continue
         samples.append(
             Sample(
-                id=rid, audio=(join_audio(root, audio),), question=question.strip(),
+                id=rid, audio=(clip if audio is not None else join_audio(root, clip),), question=question.strip(),
                 # an empty choice (a tolerated quirk) has nothing to show: it is left out of the prompt
                 choices=tuple(c.strip() for c in choices if c.strip()), answer=answer.strip(),
                 task=modality or None,

@@ -27,7 +27,7 @@ from pathlib import Path
 from audiothink.benchmarks.base import Benchmark, MetaProblems, find_quirks, join_audio, read_metadata
 from audiothink.data import Sample
 
-__all__ = ["load_mmau", "TASKS", "DIFFICULTIES", "DIMENSIONS", "SUBMISSION_FIELDS"]
+__all__ = ["load_mmau", "build_mmau", "TASKS", "DIFFICULTIES", "DIMENSIONS", "SUBMISSION_FIELDS"]
 
 TASKS = ("sound", "music", "speech")
 DIFFICULTIES = ("easy", "medium", "hard")
@@ -56,14 +56,26 @@ def load_mmau(
     meta = Path(meta)
     root = Path(os.path.abspath(data_root if data_root is not None else meta.parent))
     rows, container = read_metadata(meta)
-    problems = MetaProblems(meta)
+    return build_mmau(rows, meta, root, container=container, name=name, version=version or guess_version(meta))
+
+
+def build_mmau(rows: list[tuple[int | str, object]], meta: Path, root: Path | None, *, container: str = "json",
+               name: str = "mmau", version: str, audio: list[str] | None = None,
+               problems: MetaProblems | None = None) -> Benchmark:
+    """A :class:`Benchmark` of official-shaped MMAU items ``[(location, item), ...]`` (from the metadata file or
+    mapped from a hub copy, :mod:`audiothink.benchmarks.hub`).
+
+    ``audio``: each row's clip path, when the clips are not named by ``audio_id`` (a hub copy's embedded audio,
+    written to files); ``audio_id`` is then optional. ``problems`` may already hold the rows' mapping problems.
+    """
+    problems = problems or MetaProblems(meta)
     samples, items, groups, quirks = [], [], [], []
-    for loc, item in rows:
+    for n, (loc, item) in enumerate(rows):
         if not isinstance(item, dict):
             problems.add(loc, item, "item", f"expected a JSON object, got {type(item).__name__}")
             continue
         rid = problems.text(loc, item, "id")
-        audio = problems.text(loc, item, "audio_id")
+        clip = audio[n] if audio is not None else problems.text(loc, item, "audio_id")
         question = problems.text(loc, item, "question")
         choices = problems.choices(loc, item)
         answer = problems.text(loc, item, "answer", required=False) or ""
@@ -71,11 +83,11 @@ def load_mmau(
         difficulty = problems.label(loc, item, "difficulty")
         category = problems.label(loc, item, "category")
         sub = problems.label(loc, item, "sub-category")
-        if None in (rid, audio, question, choices):
+        if None in (rid, clip, question, choices):
             continue
         samples.append(
             Sample(
-                id=rid, audio=(join_audio(root, audio),), question=question.strip(),
+                id=rid, audio=(clip if audio is not None else join_audio(root, clip),), question=question.strip(),
                 # an empty choice (a tolerated quirk) has nothing to show: it is left out of the prompt
                 choices=tuple(c.strip() for c in choices if c.strip()), answer=answer.strip(),
                 task=task or None,
@@ -89,7 +101,7 @@ def load_mmau(
                        "sub-category": sub or "unknown"})
     problems.raise_if_any()
     return Benchmark(
-        name=name, kind="mmau", version=version or guess_version(meta), meta_path=meta, samples=samples,
+        name=name, kind="mmau", version=version, meta_path=meta, samples=samples,
         items=items, groups=groups, dimensions=DIMENSIONS, container=container,
         submission_fields=dict(SUBMISSION_FIELDS), quirks=quirks,
     )

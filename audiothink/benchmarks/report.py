@@ -12,7 +12,8 @@ from audiothink.benchmarks.mmau import DIFFICULTIES, TASKS
 from audiothink.scoring import format_line, string_match
 
 __all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forced_summary", "forced_lines",
-           "forgetting_summary", "quirk_lines", "write_report", "write_charts", "paired_bars_figure"]
+           "forgetting_summary", "quirk_lines", "source_lines", "not_comparable", "write_report", "write_charts",
+           "paired_bars_figure"]
 
 # Canonical order of known labels; anything else follows alphabetically.
 _ORDER = {v: i for i, v in enumerate((*TASKS, *DIFFICULTIES, *MODALITIES, *CATEGORIES))}
@@ -198,6 +199,49 @@ def quirk_lines(quirks: dict[str, dict]) -> list[str]:
     return lines
 
 
+def source_lines(source: dict | None) -> list[str]:
+    """Where a hub copy's items came from and how they compared with the official metadata (``Benchmark.source``):
+    one line, then one line per difference. Nothing for the official layout."""
+    if not source:
+        return []
+    from audiothink.benchmarks.hub import difference_line
+
+    where = f"revision {source['revision']}" if source.get("revision") else "revision unknown"
+    lines = [f"source: hub copy {source['path']} (layout {source['layout']}, {source['format']}, {where}, "
+             f"files sha256 {source['sha256'][:16]})"]
+    diffs = source.get("differences") or []
+    if not source.get("checked"):
+        lines.append("source: not checked against the official metadata (none given): answers and choices are the "
+                     "copy's")
+    elif not diffs:
+        lines.append(f"source: same ids, answers and choices as the official metadata {source['official_metadata']}")
+    else:
+        lines.append(f"source: {len(diffs)} difference(s) from the official metadata {source['official_metadata']}; "
+                     "the official items were scored (benchmark.on_mismatch=official):")
+        lines += [f"  {difference_line(d)}" for d in diffs]
+    return lines
+
+
+def not_comparable(a: dict, b: dict) -> list[str]:
+    """Why two results.json are not comparable (empty: they are): another benchmark kind or version, other items
+    (ids, questions, choices, answers or audio bytes: ``items_sha256``, equal for the official layout and a hub
+    copy of the same items), another prompt (``prompt_sha256``), other decoding, or runs limited differently
+    (``eval.limit``)."""
+    reasons = []
+    for key in ("kind", "version", "items", "limited_to", "items_sha256"):
+        x, y = a["benchmark"].get(key), b["benchmark"].get(key)
+        # limited_to is None for a full run; anything else must be there (older results lack the hashes)
+        if x != y or (x is None and key != "limited_to"):
+            what = {"items_sha256": "other items (ids, questions, choices, answers or audio)"}.get(key, key)
+            reasons.append(f"benchmark {what}: {x!r} vs {y!r}")
+    if a.get("prompt_sha256") is None or a.get("prompt_sha256") != b.get("prompt_sha256"):
+        reasons.append(f"prompt: {a.get('prompt_sha256')!r} vs {b.get('prompt_sha256')!r}")
+    for key in ("do_sample", "temperature", "max_new_tokens", "max_audio_seconds"):
+        if a["generation"].get(key) != b["generation"].get(key):
+            reasons.append(f"generation {key}: {a['generation'].get(key)!r} vs {b['generation'].get(key)!r}")
+    return reasons
+
+
 # --------------------------------------------------------------------------- report.md
 
 
@@ -225,6 +269,10 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
         "- scoring: the official MMAU/MMAR rule on the extracted answer text (first `<answer>` block, else the "
         "raw output); micro average",
         f"- submission file: `{results.get('submission')}`",
+        f"- items sha256 `{results['benchmark'].get('items_sha256')}`, data sha256 "
+        f"`{results['benchmark'].get('data_sha256')}`, prompt sha256 `{results.get('prompt_sha256')}` (two results "
+        "are comparable when these, the version and the decoding agree: `report.not_comparable`)",
+        *[f"- {line}" for line in source_lines(results["benchmark"].get("source"))],
         "",
         "## Accuracy",
         "",

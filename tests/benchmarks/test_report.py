@@ -50,3 +50,20 @@ def test_listen_summary_drop(tmp_path):
     assert lc["drop_points"] == pytest.approx(50.0) and lc["answers_changed"] == 0.5
     same = listen_summary(b, real, real, "silence")
     assert same["drop_points"] == 0.0  # a model that does not listen shows no drop
+
+
+def test_not_comparable_names_what_differs():
+    from audiothink.benchmarks.report import not_comparable
+
+    a = {"benchmark": {"kind": "mmau", "version": "v05.15.25", "items": 12, "limited_to": None,
+                       "items_sha256": "i" * 64},
+         "prompt_sha256": "p" * 64,
+         "generation": {"do_sample": False, "temperature": 1.0, "max_new_tokens": 512, "max_audio_seconds": 30}}
+    assert not_comparable(a, a) == []
+    b = {**a, "benchmark": {**a["benchmark"], "items_sha256": "j" * 64, "limited_to": 5}, "prompt_sha256": "q" * 64,
+         "generation": {**a["generation"], "max_new_tokens": 64}}
+    reasons = not_comparable(a, b)
+    assert len(reasons) == 4 and any("other items" in r for r in reasons) and any("limited_to" in r for r in reasons)
+    assert any(r.startswith("prompt:") for r in reasons) and any("max_new_tokens" in r for r in reasons)
+    old = {**a, "benchmark": {k: v for k, v in a["benchmark"].items() if k != "items_sha256"}}
+    assert any("other items" in r for r in not_comparable(old, old))  # results without the hash: not comparable
