@@ -193,10 +193,11 @@ def test_truncate_gives_one_clip_cut_to_the_window(toy_model_dir, tmp_path):
 
 
 def _jsonl(tmp_path, seconds: float, long_rows: int):
-    """Eight training rows, the first ``long_rows`` with a clip of ``seconds``, the others a 0.5 s one."""
+    """16 training rows (one step's prompts on the toy: a run would get to the model), the first ``long_rows`` with
+    a clip of ``seconds``, the others a 0.5 s one."""
     audio = _wav(tmp_path / "long.wav", seconds)
     short = _wav(tmp_path / "short.wav", 0.5)
-    names = ["long.wav"] * long_rows + ["short.wav"] * (8 - long_rows)
+    names = ["long.wav"] * long_rows + ["short.wav"] * (16 - long_rows)
     rows = [{"id": f"r{i}", "audio": name, "question": "What is heard?", "choices": ["a tone", "a voice"],
              "answer": "a tone"} for i, name in enumerate(names)]
     meta = tmp_path / "train.jsonl"
