@@ -212,10 +212,12 @@ def test_truncate_warns_with_a_count_in_training(toy_model_dir, tmp_path, caplog
     from audiothink.sources import build_dataset
     from tests.helpers import data_cfg
 
-    meta, _, _ = _jsonl(tmp_path, 3.02, long_rows=4)  # chunked: 4 clips, a prompt within the toy's context
     processor = AutoProcessor.from_pretrained(toy_model_dir)
     config = AutoConfig.from_pretrained(toy_model_dir)
-    for mode in ("truncate", "chunk"):
+    # chunked, a 3.02 s clip is 4 clips (95 s would be 95: a prompt over the toy's context, a row problem)
+    for mode, seconds in (("truncate", 95.0), ("chunk", 3.02)):
+        (tmp_path / mode).mkdir()
+        meta, _, _ = _jsonl(tmp_path / mode, seconds, long_rows=4)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="audiothink"):
             build_dataset(data_cfg("jsonl", train=str(meta), long_audio=mode), prompt=PROMPT,
@@ -322,3 +324,41 @@ def test_a_wrong_value_is_refused_before_anything_loads(tmp_path, monkeypatch, c
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: data.long_audio='split': must be chunk (split into window-long clips of the same prompt), truncate "
         "(cut to the window, counted) or error (stop before the model loads)"]
+
+
+def test_the_held_out_scoring_splits_as_the_run_says(toy_model_dir, tmp_path):
+    """The held-out summary of a run with data.long_audio=chunk asks what evaluation asks under chunk."""
+    from hydra import compose, initialize_config_dir
+
+    from audiothink.heldout_eval import summarise
+    from audiothink.plumbing.cli import register_resolvers
+    from tests.helpers import CONFIGS
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["data.long_audio=chunk", "eval.max_new_tokens=8"])
+    cfg.prompt = PROMPT
+    samples = [_sample(_wav(tmp_path / "long.wav", 3.02))]
+    model, processor = load_toy(toy_model_dir)
+    recorder = GenerateRecorder()
+    model.generate = recorder
+    with pytest.raises(Captured):
+        summarise(model, processor, samples, cfg)
+    assert recorder.ids == _eval_ids(toy_model_dir, samples, cfg.model.max_audio_seconds, "chunk").ids
+    assert len(_runs(recorder.ids[0], processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>"))) == 4
+
+
+def test_evaluation_scores_a_chunked_item_with_its_clips(toy_model_dir, tmp_path):
+    """Through evaluation's runner: a chunked item among one-clip items is answered and its forgetting monitor
+    (teacher-forced passes that take each row's clips out of the batch's) counted, no item failed."""
+    from tests.helpers import run_eval, toy_lora_adapter
+
+    meta, _, _ = _mmau(tmp_path, 3.02)
+    adapter = toy_lora_adapter(toy_model_dir, tmp_path / "adapter", 0.05)
+    results = run_eval(tmp_path / "out", "benchmark=mmau_test_mini", f"benchmark.meta={meta}", f"adapter={adapter}",
+                       "data.long_audio=chunk", "eval.max_new_tokens=4", "eval.batch_size=4", "eval.charts=false")
+    assert results["run"]["failed"] == 0 and results["run"]["predicted"] == 12
+    assert results["audio"] == {"clips_clipped": 1, "unreadable": 0, "long_audio": "chunk", "window_seconds": 1.0}
+    assert results["forgetting"]["tokens"] > 0
+    header = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])
+    assert header["_header"].get("long_audio") == "chunk"  # a folder predicted under another split is not reused
