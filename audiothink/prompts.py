@@ -10,7 +10,9 @@ One prompt is: a user turn holding one audio part per clip, then the rendered qu
 (``audiothink.data.render_prompt``); the chat template (with ``chat_template_kwargs``, TRL's
 ``GRPOConfig.chat_template_kwargs``, as template variables) and its generation prompt; then the forced mode's
 prefill (``audiothink.formats.force_prefill``: ``<think>`` / ``<answer>``, or nothing). The processor expands each
-clip's one ``<|AUDIO|>`` to its audio tokens and computes the clips' features.
+clip's one ``<|AUDIO|>`` to its audio tokens and computes the clips' features. A file longer than the model's audio
+window is the clips ``data.long_audio`` makes of it (:class:`audiothink.audio.AudioWindow`: under chunk, each
+window-long piece its own audio part), the same for every caller.
 """
 
 from __future__ import annotations
