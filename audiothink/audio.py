@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "check_audio", "write_wav", "clip_audio_tokens",
-           "min_audio_tokens", "min_clip_samples", "short_clip_problem"]
+           "min_audio_tokens", "min_clip_samples", "short_clip_problem", "LONG_AUDIO", "AudioWindow",
+           "model_audio_window"]
 
 SAMPLE_RATE = 16_000
 
@@ -252,13 +254,118 @@ def shortest_clip(feature_extractor, model_type: str | None, max_audio_seconds: 
     return min_samples
 
 
-def short_clip_check(model_cfg: DictConfig):
+def short_clip_check(model_cfg: DictConfig, window: AudioWindow | None = None):
     """``(path, seconds, row_id) -> message or None``: the model's shortest-clip rule
     (:func:`audiothink.audio.min_clip_samples`), read from its processor and config.json (no weights), for a
-    check before the model loads. Training's rows get it through :func:`row_checks`; evaluation calls this."""
+    check before the model loads; ``window``: the model's :func:`model_audio_window`, when already read.
+    Training's rows get it through :func:`row_checks`; evaluation calls this."""
+    window = window or model_audio_window(model_cfg)
+    return lambda path, clip_seconds, row_id=None: short_clip_problem(path, clip_seconds, window.min_samples,
+                                                                      window.model_type, row_id)
+
+
+# What a clip longer than the model's audio window becomes (data.long_audio): split into consecutive window-long
+# clips of the same prompt (chunk), cut to the window (truncate, counted and warned), or refused before the model
+# loads (error). The default, truncate, is what the model's processor does and what published benchmark numbers
+# measured (Qwen2-Audio's evaluation cuts at 30 s); chunk changes the prompt (a 95 s clip is 4 clips, 4 x 750 audio
+# tokens) and is the user's choice.
+LONG_AUDIO = ("chunk", "truncate", "error")
+
+
+@dataclass(frozen=True)
+class AudioWindow:
+    """The model's audio window and what a longer clip becomes: the one rule that decides the clips a file is given
+    to the model as. Training's rollouts (``AudioGRPOTrainer``), evaluation and the held-out scoring
+    (``audiothink.inference.build_inputs``), SFT, the row checks (prompt length, ``data.long_audio=error``), the
+    benchmark's audio check and so the vLLM rows (the trainer's clips) all call :meth:`pieces` / :meth:`load`.
+
+    ``samples``: the window at 16 kHz, the feature extractor's ``n_samples`` or ``model.max_audio_seconds`` if
+    shorter (the processor cuts every clip to ``n_samples``). ``long_audio``: one of :data:`LONG_AUDIO`.
+    ``min_samples``: the shortest clip the model can take (:func:`min_clip_samples`), which a chunked clip's last
+    piece is held to; ``model_type``: the checkpoint's, for messages.
+    """
+
+    samples: int
+    long_audio: str = "truncate"
+    min_samples: int = 1
+    model_type: str | None = None
+
+    def __post_init__(self):
+        if self.long_audio not in LONG_AUDIO:
+            raise ConfigError(f"data.long_audio={self.long_audio!r}: must be chunk, truncate or error")
+        if not 1 <= self.min_samples <= self.samples:
+            raise ValueError(f"min_samples={self.min_samples} must be in [1, window={self.samples}]")
+
+    @classmethod
+    def of(cls, feature_extractor, model_type: str | None, max_audio_seconds: float | None,
+           long_audio: str = "truncate") -> AudioWindow:
+        """The window of a model from its feature extractor (``n_samples``, ``hop_length``), ``config.model_type``
+        and ``model.max_audio_seconds``; a :class:`ConfigError` when no clip fits it (:func:`shortest_clip`)."""
+        window = int(feature_extractor.n_samples)
+        if max_audio_seconds:
+            window = min(window, int(round(max_audio_seconds * SAMPLE_RATE)))
+        return cls(window, long_audio, shortest_clip(feature_extractor, model_type, max_audio_seconds), model_type)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    def too_long(self, seconds: float) -> bool:
+        """Whether a clip of ``seconds`` (counted as the resampler makes it, ``round(seconds * 16000)``) is longer
+        than the window."""
+        return int(round(seconds * SAMPLE_RATE)) > self.samples
+
+    def pieces(self, samples: int) -> list[tuple[int, int]]:
+        """``(start, end)`` sample ranges of the clips the model is given for a clip of ``samples`` (16 kHz).
+
+        Within the window, or under truncate / error: one, ``(0, min(samples, window))``. Under chunk: consecutive
+        window-long pieces, the last one shorter; a last piece under ``min_samples`` (it would expand to fewer
+        audio tokens than the model takes: no audio, or Qwen2-Audio's failing merge) is instead the clip's last
+        ``min_samples``, repeating at most that much (60 ms for Qwen2-Audio) of the piece before it, so nothing
+        of the clip is lost and every piece is usable. So a clip gives ``ceil(samples / window)`` pieces.
+        """
+        w = self.samples
+        if self.long_audio != "chunk" or samples <= w:
+            return [(0, min(samples, w))]
+        bounds = [(start, min(start + w, samples)) for start in range(0, samples, w)]
+        start, end = bounds[-1]
+        if end - start < self.min_samples:
+            bounds[-1] = (end - self.min_samples, end)
+        return bounds
+
+    def count(self, seconds: float) -> int:
+        """Clips the model is given for a clip of ``seconds`` (what the row checks count a prompt's clips by)."""
+        return len(self.pieces(int(round(seconds * SAMPLE_RATE))))
+
+    def problem(self, path: str | os.PathLike, seconds: float, row_id: str | None = None) -> str | None:
+        """Under ``long_audio=error``, the message for a clip longer than the window (it names the file); None for
+        any other clip or mode."""
+        if self.long_audio != "error" or not self.too_long(seconds):
+            return None
+        chunks = len(AudioWindow(self.samples, "chunk", self.min_samples).pieces(int(round(seconds * SAMPLE_RATE))))
+        return str(_fail(path, f"{seconds:.4g} s, longer than the model's audio window of {self.seconds:.4g} s "
+                               f"(data.long_audio=error; chunk gives it as {chunks} clips, truncate keeps its first "
+                               f"{self.seconds:.4g} s)", row_id))
+
+    def load(self, path: str | os.PathLike, row_id: str | None = None) -> tuple[list[np.ndarray], bool]:
+        """The clips the model is given for ``path`` (mono float32 at 16 kHz, :meth:`pieces` of it) and whether
+        audio was cut off (truncate: the clip was longer than the window). Under error a longer clip is an
+        :class:`AudioError` (the pre-load checks refuse it first; here, the file changed since)."""
+        if self.long_audio != "chunk":
+            wave, clipped = load_audio(path, max_seconds=self.seconds, row_id=row_id)
+            if clipped and self.long_audio == "error":
+                seconds = audio_info(path, row_id)[0]
+                raise AudioError(self.problem(path, seconds, row_id) or f"audio {os.fspath(path)}: longer than "
+                                 f"the model's audio window of {self.seconds:.4g} s (data.long_audio=error)")
+            return [wave], clipped
+        wave, _ = load_audio(path, row_id=row_id)
+        return [wave[a:b] for a, b in self.pieces(wave.shape[0])], False
+
+
+def model_audio_window(model_cfg: DictConfig, long_audio: str = "truncate") -> AudioWindow:
+    """The :class:`AudioWindow` of ``model.*`` (its processor and config.json, no weights), for checks before the
+    model loads."""
     from audiothink.loading import load_model_config, load_processor
 
     processor, model_type = load_processor(model_cfg), load_model_config(model_cfg).model_type
-    min_samples = shortest_clip(processor.feature_extractor, model_type, model_cfg.get("max_audio_seconds"))
-    return lambda path, clip_seconds, row_id=None: short_clip_problem(path, clip_seconds, min_samples, model_type,
-                                                                      row_id)
+    return AudioWindow.of(processor.feature_extractor, model_type, model_cfg.get("max_audio_seconds"), long_audio)

@@ -75,7 +75,7 @@ class Sample:
 class LoadResult:
     samples: list[Sample]
     skipped: list[str]  # one reason per skipped row
-    clips_too_long: int = 0  # clips longer than max_seconds; clipped at load time, not an error
+    clips_too_long: int = 0  # clips longer than the model's window (max_seconds without checks): data.long_audio
     rows: int = 0  # rows read (good and bad)
     # rows with a problem, by field name (as the source names it); a row with two bad fields counts twice
     problems_by_field: dict[str, int] = field(default_factory=dict)
@@ -95,7 +95,9 @@ class RowChecks:
     (``(Sample, clip durations in s) -> int``, the prompt's length in tokens, audio included) and
     ``max_prompt_tokens``: a longer prompt is a row problem, found before the model loads instead of as an
     out-of-memory at the first step; ``prompt_limit`` says in words where the limit comes from (the setting, or
-    the model's context less the completion length).
+    the model's context less the completion length). ``window``: the model's audio window and what a longer
+    clip becomes (:class:`audiothink.audio.AudioWindow`, ``data.long_audio``): under ``error`` such a clip is a
+    row problem naming the file, otherwise it is counted in ``clips_too_long``.
     """
 
     min_audio_samples: int = 0
@@ -104,6 +106,7 @@ class RowChecks:
     max_prompt_tokens: int | None = None
     model_type: str | None = None
     prompt_limit: str | None = None
+    window: Any = None
 
 
 @dataclass
@@ -416,7 +419,12 @@ def _validate_row(
                 problems.add("audio", error)
                 continue
             durations.append(duration or 0.0)
-            if checker.too_long(duration):
+            if checks.window is not None:  # the model's window (data.long_audio=error: a problem naming the file)
+                long_problem = checks.window.problem(path, duration or 0.0)
+                if long_problem is not None:
+                    problems.add("audio", long_problem)
+                too_long += checks.window.too_long(duration or 0.0)
+            elif checker.too_long(duration):
                 too_long += 1
             short = short_clip_problem(path, duration or 0.0, checks.min_audio_samples, checks.model_type)
             if short is not None:
@@ -476,7 +484,9 @@ def load_rows(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     names = dict(field_names or {})
     root = Path(os.path.abspath(audio_root))
-    checker = _AudioChecker(max_seconds) if check_audio else None
+    # under data.long_audio=chunk the whole of every clip is heard: a float file is scanned to its end for NaN/inf
+    chunked = checks is not None and checks.window is not None and checks.window.long_audio == "chunk"
+    checker = _AudioChecker(None if chunked else max_seconds) if check_audio else None
 
     samples: list[Sample] = []
     bad_rows: list[list[str]] = []

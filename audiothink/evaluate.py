@@ -35,7 +35,7 @@ from audiothink.prompts import config_chat_template_kwargs, training_prompt
 from audiothink.plumbing.errors import ConfigError
 from audiothink.loading import check_model_path, load_model_and_processor
 from audiothink.plumbing.cli import register_resolvers
-from audiothink.audio import short_clip_check
+from audiothink.audio import model_audio_window, short_clip_check
 
 log = logging.getLogger("audiothink.evaluate")
 # eval.force_mode -> the forced modes evaluated next to the model's own choice
@@ -133,12 +133,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if listen and not any(bench.scored):
         raise ConfigError(f"eval.listen_check needs answers; {bench.name} has them withheld")
     max_seconds = cfg.model.max_audio_seconds
+    # the model's audio window and what a longer clip becomes (data.long_audio), training's rule
+    window = model_audio_window(cfg.model, cfg.data.long_audio)
     durations, unreadable, clipped = check_audio(bench, cfg.eval.on_audio_error, max_seconds,
-                                                 short_clip_check(cfg.model),
-                                                 audio_from=_audio_from(cfg.benchmark, bench))
+                                                 short_clip_check(cfg.model, window),
+                                                 audio_from=_audio_from(cfg.benchmark, bench), window=window)
     order = sorted(range(len(bench)), key=lambda i: (-durations[i], i))  # longest first: OOM shows at once
-    log.info("%s (%s): %d items, %d clips longer than %s s (clipped), %d unreadable", bench.name, bench.version,
-             len(bench), clipped, max_seconds, len(unreadable))
+    log.info("%s (%s): %d items, %d clips longer than the model's audio window of %.4g s, %d unusable", bench.name,
+             bench.version, len(bench), clipped, window.seconds, len(unreadable))
+    long_audio_note(clipped, window)
     quirks = quirk_summary(bench)
     for line in quirk_lines(quirks):  # accepted as the official scorer accepts them; named, never silent
         log.info("metadata quirk %s", line)
@@ -147,7 +150,8 @@ def evaluate(cfg: DictConfig) -> dict:
                                   max_audio_seconds=max_seconds, do_sample=cfg.eval.do_sample,
                                   temperature=cfg.eval.temperature,
                                   # the prompt training rendered (trainer.chat_template_kwargs), like cfg.prompt
-                                  chat_template_kwargs=config_chat_template_kwargs(cfg) or None)
+                                  chat_template_kwargs=config_chat_template_kwargs(cfg) or None,
+                                  long_audio=window.long_audio)
     # Stored predictions are keyed on contents (model and adapter files, each item's question, choices and
     # audio bytes), checked here, before the model loads: another model or settings are refused, changed items
     # predicted again (store.py).
@@ -210,7 +214,9 @@ def evaluate(cfg: DictConfig) -> dict:
         "generation": {"greedy": not cfg.eval.do_sample, "do_sample": cfg.eval.do_sample,
                        "temperature": cfg.eval.temperature, "max_new_tokens": cfg.eval.max_new_tokens,
                        "batch_size": cfg.eval.batch_size, "max_audio_seconds": max_seconds},
-        "audio": {"clips_clipped": clipped, "unreadable": len(unreadable)},
+        # clips_clipped: clips longer than the window (cut to it under truncate, split under chunk)
+        "audio": {"clips_clipped": clipped, "unreadable": len(unreadable), "long_audio": window.long_audio,
+                  "window_seconds": window.seconds},
         "summary": summary,
         "lines": breakdown_lines(bench, summary),
         "listen_check": listen_summary(bench, store.records, listen_store.records, listen) if listen else None,
@@ -235,7 +241,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def check_eval_config(cfg: DictConfig) -> None:
     """The eval.* values and the audio window: one ConfigError line, before the benchmark or model loads."""
-    from audiothink.plumbing.validate import check_audio_window, check_eval_settings
+    from audiothink.plumbing.validate import check_audio_window, check_eval_settings, check_long_audio
 
     e = cfg.eval
     check_eval_settings("eval", e.batch_size, max_new_tokens=e.max_new_tokens)
@@ -252,6 +258,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     if e.do_sample and not (isinstance(e.temperature, (int, float)) and e.temperature > 0):
         raise ConfigError(f"eval.temperature={e.temperature!r}: must be > 0 when eval.do_sample=true")
     check_audio_window(cfg.model)
+    check_long_audio(cfg.get("data"))
     from audiothink.benchmarks import LOADERS
 
     if cfg.benchmark.format not in LOADERS:
@@ -351,10 +358,11 @@ def _audio_from(b: DictConfig, bench) -> str:
 
 
 def check_audio(bench, on_error: str, max_seconds: float | None, short_clip=None, *,
-                audio_from: str | None = None) -> tuple[list[float], dict[int, str], int]:
-    """Every clip, before the model loads: durations (for ordering), unusable items (unreadable, or too short for
-    the model: ``short_clip``, :func:`audiothink.audio.short_clip_check`), clips over the window.
-    ``audio_from``: where relative audio paths were joined, named in the error."""
+                audio_from: str | None = None, window=None) -> tuple[list[float], dict[int, str], int]:
+    """Every clip, before the model loads: durations (for ordering), unusable items (unreadable, too short for
+    the model: ``short_clip``, :func:`audiothink.audio.short_clip_check`; longer than the model's ``window`` under
+    ``data.long_audio=error``: :class:`audiothink.audio.AudioWindow`), clips over the window (``max_seconds``
+    without a ``window``). ``audio_from``: where relative audio paths were joined, named in the error."""
     from audiothink.audio import AudioError, audio_info
     from audiothink.data import DataError
 
@@ -372,8 +380,11 @@ def check_audio(bench, on_error: str, max_seconds: float | None, short_clip=None
             if short_clip is not None and (short := short_clip(path, seconds, s.id)):
                 unreadable[i] = short
                 continue
+            if window is not None and (too_long := window.problem(path, seconds, s.id)):
+                unreadable[i] = too_long
+                continue
             total += seconds
-            clipped += bool(max_seconds and seconds > max_seconds)
+            clipped += window.too_long(seconds) if window is not None else bool(max_seconds and seconds > max_seconds)
         durations.append(total)
     if unreadable and on_error == "raise":
         msgs = list(unreadable.values())
@@ -385,6 +396,19 @@ def check_audio(bench, on_error: str, max_seconds: float | None, short_clip=None
     if unreadable:
         log.warning("%d item(s) have unusable audio: empty predictions, counted wrong", len(unreadable))
     return durations, unreadable, clipped
+
+
+def long_audio_note(clipped: int, window) -> None:
+    """The count of clips over the model's window, as a warning under truncate (audio the model does not hear)."""
+    if not clipped:
+        return
+    if window.long_audio == "chunk":
+        log.info("%d clips are longer than the model's audio window of %.4g s and are split into clips of %.4g s "
+                 "(data.long_audio=chunk)", clipped, window.seconds, window.seconds)
+    else:
+        log.warning("%d clips are longer than the model's audio window of %.4g s and are cut to their first %.4g s "
+                    "(data.long_audio=truncate; chunk hears all of them, error stops)", clipped, window.seconds,
+                    window.seconds)
 
 
 def check_adapter(adapter: str, prompt: str) -> None:
@@ -431,6 +455,9 @@ def fingerprint(cfg: DictConfig, bench, settings, *, audio: str, files: dict | N
         "dtype": cfg.model.dtype, "audio": audio, **(files or {}),
         # only when set: a folder predicted without them keeps its header (and resumes)
         **({"chat_template_kwargs": settings.chat_template_kwargs} if settings.chat_template_kwargs else {}),
+        # only when not truncate (what every folder predicted before the setting existed did): another split of
+        # the long clips is another prompt
+        **({"long_audio": settings.long_audio} if settings.long_audio != "truncate" else {}),
     }
 
 

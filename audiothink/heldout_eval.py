@@ -184,7 +184,7 @@ class HeldoutEval(TrainerCallback):
 
         from audiothink.formats import force_prefill
         from audiothink.inference import generate_answers
-        from audiothink.prompts import config_chat_template_kwargs
+        from audiothink.prompts import config_chat_template_kwargs, config_long_audio
 
         trainer, cfg = self.trainer, self.cfg
         with (
@@ -199,7 +199,7 @@ class HeldoutEval(TrainerCallback):
                 model, self.processor, [self.samples[i] for i in indices], cfg.prompt,
                 batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
                 max_audio_seconds=cfg.model.max_audio_seconds, prefill=force_prefill(cfg.get("force_mode")),
-                chat_template_kwargs=config_chat_template_kwargs(cfg),
+                chat_template_kwargs=config_chat_template_kwargs(cfg), long_audio=config_long_audio(cfg),
             )
 
     def score(self, args, state, control) -> dict[str, float]:
@@ -304,7 +304,7 @@ def summarise(model, processor, samples, cfg: DictConfig) -> dict:
     mode if it has one."""
     from audiothink.formats import force_prefill
     from audiothink.inference import generate_answers, score
-    from audiothink.prompts import config_chat_template_kwargs
+    from audiothink.prompts import config_chat_template_kwargs, config_long_audio
 
     outputs = generate_answers(
         model,
@@ -316,5 +316,6 @@ def summarise(model, processor, samples, cfg: DictConfig) -> dict:
         max_audio_seconds=cfg.model.max_audio_seconds,
         prefill=force_prefill(cfg.get("force_mode")),  # checked at start-up (check_train_config)
         chat_template_kwargs=config_chat_template_kwargs(cfg),  # the rollouts' (trainer.chat_template_kwargs)
+        long_audio=config_long_audio(cfg),  # the rollouts' split of long clips (data.long_audio)
     )
     return score(samples, outputs)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from audiothink.audio import load_audio
+from audiothink.audio import AudioWindow
 from audiothink.data import Sample, render_prompt
 from audiothink.formats import parse
 from audiothink.prompts import AudioPrompt, marker_ids
@@ -63,17 +63,34 @@ def build_inputs(
     audio_transform: AudioTransform | None = None,
     prefill: str = "",
     chat_template_kwargs: Mapping | None = None,
+    *,
+    long_audio: str = "truncate",
+    model_type: str | None = None,
 ):
     """The processor's tensors for ``samples``: chat-rendered prompts (plus ``prefill`` after the generation
-    prompt, the start of the assistant's reply) and the clips' features."""
+    prompt, the start of the assistant's reply) and the clips' features. A clip longer than the model's window
+    is what ``long_audio`` makes it (:class:`audiothink.audio.AudioWindow`, training's rule: under chunk, its
+    consecutive window-long pieces, each its own audio part); ``model_type``: the checkpoint's, which decides the
+    shortest piece."""
+    return encode_prompts(processor, load_waves(processor, samples, max_audio_seconds, audio_transform,
+                                                long_audio=long_audio, model_type=model_type),
+                          [render_prompt(s, template) for s in samples], prefill, chat_template_kwargs)
+
+
+def load_waves(processor, samples: Sequence[Sample], max_audio_seconds: float | None,
+               audio_transform: AudioTransform | None = None, *, long_audio: str = "truncate",
+               model_type: str | None = None) -> list[list[np.ndarray]]:
+    """Per sample, the clips the model is given (float32, 16 kHz): each of its files as
+    :meth:`audiothink.audio.AudioWindow.load` gives it, pieces in order, then ``audio_transform`` (its clip index
+    counts the pieces)."""
+    window = AudioWindow.of(processor.feature_extractor, model_type, max_audio_seconds, long_audio)
     waves = []
     for s in samples:
-        clips = [load_audio(p, max_seconds=max_audio_seconds, row_id=s.id)[0] for p in s.audio]
+        clips = [w for p in s.audio for w in window.load(p, row_id=s.id)[0]]
         if audio_transform is not None:
             clips = [audio_transform(w, s, k) for k, w in enumerate(clips)]
         waves.append(clips)
-    return encode_prompts(processor, waves, [render_prompt(s, template) for s in samples], prefill,
-                          chat_template_kwargs)
+    return waves
 
 
 def encode_prompts(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Sequence[str], prefill: str = "",
@@ -98,10 +115,12 @@ def generate_answers(
     temperature: float = 1.0,
     prefill: str = "",
     chat_template_kwargs: Mapping | None = None,
+    long_audio: str = "truncate",
 ) -> list[str]:
     """Decode one completion per sample (greedy by default), special tokens removed; ``prefill`` (e.g.
     :func:`audiothink.formats.force_prefill`) starts each reply and is part of the returned completion;
-    ``chat_template_kwargs``: training's (``trainer.chat_template_kwargs``)."""
+    ``chat_template_kwargs``: training's (``trainer.chat_template_kwargs``); ``long_audio``: training's
+    (``data.long_audio``)."""
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -120,6 +139,7 @@ def generate_answers(
                     temperature=temperature,
                     prefill=prefill,
                     chat_template_kwargs=chat_template_kwargs,
+                    long_audio=long_audio,
                 ).texts
             )
     finally:
@@ -138,6 +158,9 @@ class GeneratedBatch:
     stop_ids: tuple[int, ...] = ()  # the ids that ended a completion (stop_token_ids)
     # tokens of the text put after the prompt and generated from (part of `texts`, not of completion_ids)
     prefill_tokens: int = 0
+    # per row, the clips it was given (more than its files when data.long_audio=chunk split one): the rows of
+    # inputs' per-clip features (input_features, feature_attention_mask)
+    clip_counts: tuple[int, ...] = ()
 
     @property
     def output_lengths(self) -> list[int]:
@@ -166,16 +189,22 @@ def generate_batch(
     audio_transform: AudioTransform | None = None,
     prefill: str = "",
     chat_template_kwargs: Mapping | None = None,
+    long_audio: str = "truncate",
 ) -> GeneratedBatch:
     """One batched generate() call on ``samples`` (the caller puts the model in eval mode).
 
     ``prefill``: text that starts the assistant's reply (``<think>`` or ``<answer>`` to force a mode, see
     :func:`audiothink.formats.force_prefill`); the model continues it, and each returned text is the prefill plus the
     continuation, so it is parsed and scored like a completion the model wrote whole. ``chat_template_kwargs``:
-    extra chat-template variables, training's (:class:`audiothink.prompts.AudioPrompt`).
+    extra chat-template variables, training's (:class:`audiothink.prompts.AudioPrompt`). ``long_audio``: what a
+    clip longer than the model's window becomes (``data.long_audio``; :class:`audiothink.audio.AudioWindow`).
     """
     tok = processor.tokenizer
-    enc = build_inputs(processor, samples, template, max_audio_seconds, audio_transform, prefill, chat_template_kwargs)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    waves = load_waves(processor, samples, max_audio_seconds, audio_transform, long_audio=long_audio,
+                       model_type=model_type)
+    enc = encode_prompts(processor, waves, [render_prompt(s, template) for s in samples], prefill,
+                         chat_template_kwargs)
     enc = {k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in enc.items()}
     stops = stop_token_ids(model, tok)  # training's stop ids, not only the tokenizer's eos
     gen = model.generate(
@@ -200,6 +229,7 @@ def generate_batch(
         completion_mask=mask.long(),
         stop_ids=tuple(stops),
         prefill_tokens=len(tok(prefill, add_special_tokens=False)["input_ids"]) if prefill else 0,
+        clip_counts=tuple(len(clips) for clips in waves),
     )
 
 

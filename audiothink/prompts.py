@@ -10,7 +10,9 @@ One prompt is: a user turn holding one audio part per clip, then the rendered qu
 (``audiothink.data.render_prompt``); the chat template (with ``chat_template_kwargs``, TRL's
 ``GRPOConfig.chat_template_kwargs``, as template variables) and its generation prompt; then the forced mode's
 prefill (``audiothink.formats.force_prefill``: ``<think>`` / ``<answer>``, or nothing). The processor expands each
-clip's one ``<|AUDIO|>`` to its audio tokens and computes the clips' features.
+clip's one ``<|AUDIO|>`` to its audio tokens and computes the clips' features. A file longer than the model's audio
+window is the clips ``data.long_audio`` makes of it (:class:`audiothink.audio.AudioWindow`: under chunk, each
+window-long piece its own audio part), the same for every caller.
 """
 
 from __future__ import annotations
@@ -72,6 +74,15 @@ def config_chat_template_kwargs(cfg) -> dict[str, Any]:
         raise ConfigError(f"trainer.chat_template_kwargs={value!r}: must be a mapping of chat-template variables "
                           "({name: value, ...}) or null")
     return dict(value)
+
+
+def config_long_audio(cfg) -> str:
+    """``data.long_audio`` of a composed config (train, sft, evaluate: each has it), ``truncate`` when absent (a
+    config written before the setting existed): what a clip longer than the model's window becomes, for every
+    side that builds a prompt (:class:`audiothink.audio.AudioWindow`)."""
+    data = cfg.get("data") if hasattr(cfg, "get") else None
+    value = data.get("long_audio") if data is not None else None
+    return "truncate" if value is None else value
 
 
 def marker_tokens(processor) -> list[str]:
@@ -201,7 +212,7 @@ def prompt_limit(max_prompt_tokens: int | None, model_config, max_completion_len
 
 def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_audio_seconds: float | None,
                model_config=None, max_completion_length: int | None = None, prefill: str = "",
-               chat_template_kwargs: Mapping[str, Any] | None = None):
+               chat_template_kwargs: Mapping[str, Any] | None = None, long_audio: str = "truncate"):
     """The model's row checks (:class:`audiothink.data.RowChecks`), from its processor and config.json.
 
     The audio-token count of a clip follows the processor's own rule (:func:`audiothink.audio.clip_audio_tokens`);
@@ -209,18 +220,18 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
     shortest clip the model can use is ``min_audio_samples`` (:func:`shortest_clip`: by ``model_config.model_type``,
     Qwen2-Audio needs two audio tokens a clip). Prompts are held to :func:`prompt_limit` (the model's context less the
     completion length, when ``model_config`` is given), counted as :class:`AudioPrompt` builds them (``prefill`` and
-    ``chat_template_kwargs`` as training's).
+    ``chat_template_kwargs`` as training's). A clip longer than the model's window counts as the clips
+    ``long_audio`` makes of it (:class:`audiothink.audio.AudioWindow`, the rollouts' rule), and under ``error`` is
+    a row problem naming the file.
     """
-    from audiothink.audio import SAMPLE_RATE, clip_audio_tokens, shortest_clip
+    from audiothink.audio import SAMPLE_RATE, AudioWindow, clip_audio_tokens
     from audiothink.data import RowChecks, render_prompt
 
     tok = processor.tokenizer
     fe = processor.feature_extractor
-    window = int(fe.n_samples)
-    if max_audio_seconds:
-        window = min(window, int(round(max_audio_seconds * SAMPLE_RATE)))
     model_type = getattr(model_config, "model_type", None)
-    min_samples = shortest_clip(fe, model_type, max_audio_seconds)
+    audio_window = AudioWindow.of(fe, model_type, max_audio_seconds, long_audio)
+    window, min_samples = audio_window.samples, audio_window.min_samples
     limit, limit_text = prompt_limit(max_prompt_tokens, model_config, max_completion_length)
     if limit != max_prompt_tokens:
         log.info("data: prompts are held to %s", limit_text)
@@ -228,9 +239,9 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
     builder = AudioPrompt(processor, prefill=prefill, chat_template_kwargs=chat_template_kwargs)
 
     def prompt_tokens(sample, durations) -> int:
-        return builder.text_tokens(render_prompt(sample, prompt), len(sample.audio)) + sum(
-            clip_audio_tokens(int(round(d * SAMPLE_RATE)), hop_length=fe.hop_length, window=window)
-            for d in durations)
+        pieces = [b - a for d in durations for a, b in audio_window.pieces(int(round(d * SAMPLE_RATE)))]
+        return builder.text_tokens(render_prompt(sample, prompt), len(pieces)) + sum(
+            clip_audio_tokens(n, hop_length=fe.hop_length, window=window) for n in pieces)
 
     return RowChecks(min_audio_samples=min_samples, control_tokens=control, prompt_tokens=prompt_tokens,
-                     max_prompt_tokens=limit, model_type=model_type, prompt_limit=limit_text)
+                     max_prompt_tokens=limit, model_type=model_type, prompt_limit=limit_text, window=audio_window)

@@ -190,12 +190,14 @@ def batches_of(samples, *, batch_size: int, accum: int, steps: int, shuffle: boo
 
 
 def sample_inputs(processor, samples, prompt: str, max_audio_seconds: float | None,
-                  chat_template_kwargs=None) -> dict[str, torch.Tensor]:
-    """:func:`encode_replies` for rows read from disk (clips loaded and cut to the model's window)."""
-    from audiothink.audio import load_audio
+                  chat_template_kwargs=None, *, long_audio: str = "truncate",
+                  model_type: str | None = None) -> dict[str, torch.Tensor]:
+    """:func:`encode_replies` for rows read from disk (clips loaded as GRPO's rollouts load them: a clip over the
+    model's window as ``long_audio`` makes it, :class:`audiothink.audio.AudioWindow`)."""
     from audiothink.data import render_prompt
+    from audiothink.inference import load_waves
 
-    waves = [[load_audio(p, max_seconds=max_audio_seconds, row_id=s.id)[0] for p in s.audio] for s in samples]
+    waves = load_waves(processor, samples, max_audio_seconds, long_audio=long_audio, model_type=model_type)
     return encode_replies(processor, waves, [render_prompt(s, prompt) for s in samples],
                           [s.extra[TARGET_FIELD] for s in samples], chat_template_kwargs)
 
@@ -227,11 +229,13 @@ def sft(cfg: DictConfig) -> dict:
     from audiothink.plumbing.errors import ConfigError
     from audiothink.plumbing.rundir import claim
     from audiothink.loading import build_peft_config, check_model_path, load_model_and_processor, load_model_config, load_processor
+    from audiothink.plumbing.validate import check_long_audio
     from audiothink.prompts import config_chat_template_kwargs, row_checks
     from audiothink.sources import load_training_data
 
     setup_console()
     check_sft_config(cfg)
+    check_long_audio(cfg.data)
     if cfg.get("resume") not in (None, False):
         raise ConfigError("resume: SFT runs keep no checkpoints; start the run again")
     run_dir = claim(Path(cfg.output_dir), resume=False)
@@ -251,9 +255,11 @@ def sft(cfg: DictConfig) -> dict:
 
         ensure_toy(Path(cfg.data.root))
     template_kwargs = config_chat_template_kwargs(cfg)  # training's (trainer.chat_template_kwargs)
+    model_config = load_model_config(cfg.model)
+    model_type = model_config.model_type  # the shortest clip a chunked clip's last piece is held to
     checks = row_checks(processor, cfg.prompt, max_prompt_tokens=cfg.data.get("max_prompt_tokens"),
-                        max_audio_seconds=cfg.model.max_audio_seconds, model_config=load_model_config(cfg.model),
-                        chat_template_kwargs=template_kwargs)
+                        max_audio_seconds=cfg.model.max_audio_seconds, model_config=model_config,
+                        chat_template_kwargs=template_kwargs, long_audio=cfg.data.long_audio)
     try:
         train, held_out = load_training_data(cfg.data, max_audio_seconds=cfg.model.max_audio_seconds, checks=checks)
     except ValueError as e:
@@ -297,7 +303,8 @@ def sft(cfg: DictConfig) -> dict:
         metrics.flush()
         log.info("step %d/%d  loss %.4f  lr %.2e  (%.0fs)", step + 1, steps, np.mean(window), lr, time.time() - t0)
 
-    batches = ([sample_inputs(processor, mb, cfg.prompt, cfg.model.max_audio_seconds, template_kwargs)
+    batches = ([sample_inputs(processor, mb, cfg.prompt, cfg.model.max_audio_seconds, template_kwargs,
+                              long_audio=cfg.data.long_audio, model_type=model_type)
                 for mb in micro]
                for micro in batches_of(train, batch_size=s.batch_size, accum=s.gradient_accumulation_steps,
                                        steps=steps, shuffle=s.shuffle, seed=cfg.seed))
@@ -333,7 +340,7 @@ def heldout_figures(model, processor, samples, cfg: DictConfig) -> dict:
     ``eval.forced_modes``, ``after_think`` / ``after_direct`` (each reply prefilled with that mode)."""
     from audiothink.formats import force_prefill
     from audiothink.inference import generate_answers, score
-    from audiothink.prompts import config_chat_template_kwargs
+    from audiothink.prompts import config_chat_template_kwargs, config_long_audio
 
     figures = {}
     for key, mode in [("after", None)] + ([("after_think", "think"), ("after_direct", "direct")]
@@ -341,7 +348,8 @@ def heldout_figures(model, processor, samples, cfg: DictConfig) -> dict:
         outputs = generate_answers(model, processor, samples, cfg.prompt, batch_size=cfg.eval.batch_size,
                                    max_new_tokens=cfg.eval.max_new_tokens, max_audio_seconds=cfg.model.max_audio_seconds,
                                    prefill=force_prefill(mode),
-                                   chat_template_kwargs=config_chat_template_kwargs(cfg))
+                                   chat_template_kwargs=config_chat_template_kwargs(cfg),
+                                   long_audio=config_long_audio(cfg))
         figures[key] = score(samples, outputs)
     return figures
 

@@ -187,6 +187,7 @@ def train(cfg: DictConfig) -> dict:
         train_dataset=train_set,
         peft_config=build_peft_config(cfg.model.lora),
         max_audio_seconds=cfg.model.max_audio_seconds,
+        long_audio=cfg.data.long_audio,  # the row checks' and the held-out scoring's split of long clips too
         fast_generation=cfg.rollout.fast,
         prefill=prefill,
         compile_cache_dir=cfg.rollout.get("compile_cache_dir"),

@@ -52,7 +52,7 @@ from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
 
-from audiothink.audio import AudioError, load_audio
+from audiothink.audio import AudioError, AudioWindow
 from audiothink.fast_rollout import enable_fast_generation
 from audiothink.models import share_audio_encoder_passes
 from audiothink.plumbing import checkpoints
@@ -105,9 +105,10 @@ def unpack_clips(packed: dict[str, torch.Tensor], start: int, end: int) -> dict[
 
 
 @lru_cache(maxsize=256)
-def _cached_audio(path: str, max_seconds: float | None) -> tuple[np.ndarray, bool]:
-    # Each clip of a step is needed G times (once per completion); 256 clips of 30 s stay under 0.5 GB.
-    return load_audio(path, max_seconds=max_seconds)
+def _cached_audio(path: str, window: AudioWindow) -> tuple[list[np.ndarray], bool]:
+    # Each clip of a step is needed G times (once per completion); 256 clips of 30 s stay under 0.5 GB (chunked
+    # long clips are kept whole: 2 MB a minute). The G copies share the arrays (the vLLM rows send each once).
+    return window.load(path)
 
 
 class AudioGRPOTrainer(GRPOTrainer):
@@ -139,6 +140,7 @@ class AudioGRPOTrainer(GRPOTrainer):
         processor,
         *,
         max_audio_seconds: float | None = None,
+        long_audio: str = "truncate",
         completion_prompts: int = 2,
         fast_generation: bool = False,
         compile_cache_dir: str | os.PathLike | None = None,
@@ -160,6 +162,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         # TRL's chat_template_kwargs (which TRL's own _tokenize_prompts would apply; ours replaces it)
         self.audio_prompt = AudioPrompt(processor, prefill=prefill, chat_template_kwargs=args.chat_template_kwargs)
         self.max_audio_seconds = max_audio_seconds
+        # What each clip becomes under the model's window (data.long_audio: chunk, truncate, error): the rule
+        # evaluation, the held-out scoring and the row checks use (audiothink.audio.AudioWindow); the vLLM rows get
+        # the clips it gives
+        self.audio_window = AudioWindow.of(processor.feature_extractor,
+                                           getattr(getattr(model, "config", None), "model_type", None),
+                                           max_audio_seconds, long_audio)
         tokenizer = processor.tokenizer
         # A sampled placeholder token would have no audio feature behind it: the next forward fails (or,
         # worse, the legacy merge path silently shifts features). Ban every audio marker from sampling.
@@ -281,13 +289,13 @@ class AudioGRPOTrainer(GRPOTrainer):
             clips = []
             for path in paths:
                 try:
-                    wave, clipped = _cached_audio(str(path), self.max_audio_seconds)
+                    pieces, clipped = _cached_audio(str(path), self.audio_window)
                 except AudioError:
                     # validated at load time, so the file changed since: name the row and fail
-                    load_audio(path, max_seconds=self.max_audio_seconds, row_id=str(row.get("id", "?")))
+                    self.audio_window.load(path, row_id=str(row.get("id", "?")))
                     raise
                 self._clipped_in_batch += bool(clipped)
-                clips.append(wave)
+                clips.extend(pieces)  # a clip over the window under data.long_audio=chunk: its pieces, in order
             waves.append(clips)
         return waves
 

@@ -47,6 +47,9 @@ class GenerationSettings:
     force_mode: str | None = None
     # extra chat-template variables, training's trainer.chat_template_kwargs (audiothink.prompts.AudioPrompt)
     chat_template_kwargs: dict | None = None
+    # what a clip longer than the model's window becomes: chunk, truncate or error (data.long_audio,
+    # audiothink.audio.AudioWindow)
+    long_audio: str = "truncate"
 
 
 @dataclass
@@ -260,9 +263,10 @@ def _generate_records(model, processor, bench, template, idx, settings, audio_tr
         model, processor, samples, template,
         max_new_tokens=settings.max_new_tokens, max_audio_seconds=settings.max_audio_seconds,
         do_sample=settings.do_sample, temperature=settings.temperature, audio_transform=audio_transform,
-        prefill=prefill, chat_template_kwargs=settings.chat_template_kwargs,
+        prefill=prefill, chat_template_kwargs=settings.chat_template_kwargs, long_audio=settings.long_audio,
     )
-    kls = completion_kl(model, batch, [len(s.audio) for s in samples], kl_micro_batch) if kl else None
+    # per row its clips as given to the model (a chunked file is several)
+    kls = completion_kl(model, batch, batch.clip_counts, kl_micro_batch) if kl else None
     lengths = batch.output_lengths  # a forced mode's prefill counts: it is part of the completion
     ended = batch.ended  # any of training's stop ids, not only the tokenizer's eos
     return [

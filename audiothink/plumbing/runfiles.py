@@ -48,7 +48,9 @@ def heldout_settings(cfg: DictConfig, n_items: int) -> dict:
     scoring = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items() if k not in INTERVAL_KEYS}
     return {"items": n_items, "eval": scoring, "prompt": cfg.prompt,
             "data_eval": str(cfg.data.get("eval")), "model": str(cfg.model.path),
-            "max_audio_seconds": cfg.model.max_audio_seconds}
+            "max_audio_seconds": cfg.model.max_audio_seconds,
+            # only when set otherwise: figures recorded before the setting existed (truncate) stay reusable
+            **({"long_audio": cfg.data.long_audio} if cfg.data.get("long_audio", "truncate") != "truncate" else {})}
 
 
 def load_before(run_dir: Path, settings: dict) -> dict | None:

@@ -252,6 +252,16 @@ def check_audio_window(model: DictConfig) -> None:
         raise ConfigError(f"model.max_audio_seconds={seconds!r}: must be > 0 (the model's audio window, in seconds)")
 
 
+def check_long_audio(data: DictConfig | None) -> None:
+    """``data.long_audio``: what a clip longer than the model's window becomes (training, SFT and evaluation)."""
+    from audiothink.audio import LONG_AUDIO
+
+    value = data.get("long_audio") if data is not None else None
+    if value not in LONG_AUDIO:
+        raise ConfigError(f"data.long_audio={value!r}: must be chunk (split into window-long clips of the same "
+                          "prompt), truncate (cut to the window, counted) or error (stop before the model loads)")
+
+
 def check_reward_weights(reward: DictConfig) -> None:
     """All weights 0 and no formula: every reward is 0, every advantage 0, the run learns nothing."""
     entries = {k: v for k, v in reward.items() if k != "formula"}
@@ -472,6 +482,7 @@ def check_train_config(cfg: DictConfig) -> None:
     limit = cfg.data.get("max_prompt_tokens")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"data.max_prompt_tokens={limit!r}: must be a whole number >= 1 (or null: no limit)")
+    check_long_audio(cfg.data)
 
 
 def check_dataset_size(rows: int, trainer: DictConfig) -> None:

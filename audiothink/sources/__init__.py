@@ -9,8 +9,9 @@ problems are reported (``data.on_error=raise``) or skipped and counted (``skip``
 - ``hf``: a Hugging Face dataset saved to disk or parquet files (:mod:`audiothink.sources.hf`).
 
 Then the optional abstention transform (:mod:`audiothink.sources.abstain`) runs on the training
-items. Long audio is never an error: clips longer than the model's window are clipped to it when
-loaded (the first ``max_audio_seconds``), and the log says how many.
+items. A clip longer than the model's audio window is what ``data.long_audio`` says
+(:class:`audiothink.audio.AudioWindow`): cut to the window (truncate, the default; a warning gives the count),
+split into window-long clips of the same prompt (chunk), or a row problem naming the file (error).
 """
 
 from __future__ import annotations
@@ -152,13 +153,21 @@ def _read_split(data_cfg: Any, which: str, path: Any, fmt: str, *, max_seconds: 
     raise ValueError(f"data.format must be one of {FORMATS}, got {fmt!r}")
 
 
-def _log_loaded(which: str, result: LoadResult, max_seconds: float | None) -> None:
+def _log_loaded(which: str, result: LoadResult, max_seconds: float | None, checks: RowChecks | None = None) -> None:
     # the skipped rows themselves were already counted by field in a warning from audiothink.data
     skipped = f" ({len(result.skipped)} skipped, data.on_error=skip)" if result.skipped else ""
     log.info("data: %s: %d of %d rows usable%s", which, len(result.samples), result.rows, skipped)
     if result.clips_too_long:
-        log.info("data: %s: %d clips are longer than %.1f s and are clipped to their first %.1f s", which,
-                 result.clips_too_long, max_seconds, max_seconds)
+        window = checks.window if checks is not None else None
+        if window is not None and window.long_audio == "chunk":
+            log.info("data: %s: %d clips are longer than the model's audio window of %.4g s and are split into "
+                     "clips of %.4g s (data.long_audio=chunk)", which, result.clips_too_long, window.seconds,
+                     window.seconds)
+        else:
+            seconds = window.seconds if window is not None else max_seconds
+            log.warning("data: %s: %d clips are longer than the model's audio window of %.4g s and are cut to "
+                        "their first %.4g s (data.long_audio=truncate; chunk hears all of them, error stops)",
+                        which, result.clips_too_long, seconds, seconds)
     if result.counts.get("questions_rewritten"):
         log.info("data: %s: question_rewrite changed %d questions", which, result.counts["questions_rewritten"])
 
@@ -169,7 +178,7 @@ def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None,
     train = load_split(data_cfg, "train", max_seconds=max_audio_seconds, checks=checks)
     if train is None:
         raise ValueError("data.train is not set")
-    _log_loaded("train", train, max_audio_seconds)
+    _log_loaded("train", train, max_audio_seconds, checks)
     samples = train.samples
 
     abstain = data_cfg.get("abstain") or {}
@@ -189,7 +198,7 @@ def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None,
 
     held_out = load_split(data_cfg, "eval", max_seconds=max_audio_seconds, checks=checks)
     if held_out is not None:
-        _log_loaded("eval", held_out, max_audio_seconds)
+        _log_loaded("eval", held_out, max_audio_seconds, checks)
     return samples, held_out.samples if held_out is not None else []
 
 
@@ -218,7 +227,8 @@ def build_dataset(data_cfg: DictConfig, *, prompt: str, max_audio_seconds: float
         checks = row_checks(processor, prompt, max_prompt_tokens=data_cfg.get("max_prompt_tokens"),
                             max_audio_seconds=max_audio_seconds, model_config=model_config,
                             max_completion_length=max_completion_length, prefill=prefill,
-                            chat_template_kwargs=chat_template_kwargs)
+                            chat_template_kwargs=chat_template_kwargs,
+                            long_audio=data_cfg.get("long_audio") or "truncate")
     try:
         train_samples, eval_samples = load_training_data(data_cfg, max_audio_seconds=max_audio_seconds,
                                                          checks=checks)
