@@ -28,9 +28,6 @@ PACKAGE = REPO / "audiothink"
 
 # module (path from the repository root) -> (the test file that covers it, why it has no file of its own)
 COVERED_ELSEWHERE = {
-    "audiothink/think_metrics.py": ("tests/test_force_mode.py",
-                                    "the think/* metrics are the trainer's logged values: tested on real training "
-                                    "steps (forced modes, tests/test_trainer.py, tests/test_reward_api_batch_wide.py)"),
     "audiothink/plumbing/sampler.py": ("tests/plumbing/test_checkpoints.py",
                                        "the epoch order a resume draws again is tested with the resume it serves"),
     "audiothink/toy/window30.py": ("tests/test_vllm_rollout_config.py",

@@ -1,8 +1,10 @@
 """Judges: models (or rules) that score a completion's reasoning for the judge-based rewards.
 
-Three backends behind one interface, picked in config with ``judge=rule|hf|openai``:
+Four backends behind one interface, picked in config with ``judge=rule|toy_logic|hf|openai``:
 
 * :class:`RuleJudge` (default) -- no model; reads the stated conclusion of the reasoning. Offline.
+* :class:`ToyLogicJudge` -- the rule judge, whose think quality on the toy checks each step of the chain against
+  the task's rule (``audiothink/judge/toy_logic.py``); free text keeps the rule judge's surface stand-in.
 * :class:`HFJudge` -- a local causal LM via transformers, batched, greedy, on its own device if asked.
 * :class:`OpenAIJudge` -- an OpenAI-compatible server; async, bounded concurrency, timeouts, retries.
 
@@ -20,5 +22,6 @@ from audiothink.judge.base import Judge, Prompt, prompts_from_config
 from audiothink.judge.hf import HFJudge
 from audiothink.judge.openai import OpenAIJudge
 from audiothink.judge.rule import RuleJudge
+from audiothink.judge.toy_logic import ToyLogicJudge
 
-__all__ = ["HFJudge", "Judge", "OpenAIJudge", "Prompt", "RuleJudge", "prompts_from_config"]
+__all__ = ["HFJudge", "Judge", "OpenAIJudge", "Prompt", "RuleJudge", "ToyLogicJudge", "prompts_from_config"]

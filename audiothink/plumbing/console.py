@@ -11,7 +11,9 @@ only audiothink's own four lines. Here:
     step 10/250 | reward 0.804 | adaptive_think 0.333 format 0.943 | think 32.7% | accuracy 66.1% | kl 0.0012 \
 | entropy 0.376 | clipped 0.0% | 1.13 s/step | ETA 4m31s
 
-  (and the causes of a step without learning signal, from :mod:`audiothink.plumbing.health`). Every metric still goes to
+  (on the toy ``think 32.7% (inconsistent 1.2%, invalid 3.4%)``: of the thought-out completions, the share whose
+  thought concludes another option than the answer, and the share whose chain breaks the task's rule; and the
+  causes of a step without learning signal, from :mod:`audiothink.plumbing.health`). Every metric still goes to
   ``metrics.jsonl`` and TensorBoard.
 * :func:`setup_console` routes transformers' and TRL's log records through the run's handlers (so
   ``train.log`` holds what the console showed, without progress-bar control codes), turns off the library
@@ -171,7 +173,11 @@ class ProgressLine(TrainerCallback):
                  if k.startswith("rewards/") and k.endswith("/mean")]
         if means:
             parts.append(" ".join(f"{name} {_num(v)}" for name, v in means))
-        parts.append(f"think {_pct(logs.get('think/rate'))}")
+        think = f"think {_pct(logs.get('think/rate'))}"
+        if "think/inconsistent_share" in logs:  # how it thinks, on toy rows (audiothink/think_metrics.py: chain_metrics)
+            think += (f" (inconsistent {_pct(logs['think/inconsistent_share'])}, "
+                      f"invalid {_pct(logs.get('think/invalid_chain_share'))})")
+        parts.append(think)
         if "accuracy/rate" in logs:
             parts.append(f"accuracy {_pct(logs['accuracy/rate'])}")
         if "kl" in logs:

@@ -47,7 +47,7 @@ import numpy as np
 from audiothink.audio import SAMPLE_RATE, write_wav
 
 __all__ = ["TOY_VERSION", "WINDOW_SECONDS", "TASKS", "DIFFICULTY", "ToyItem", "toy_items", "answer_from_facts",
-           "generate_toy", "ensure_toy", "default_root"]
+           "task_of_question", "task_values", "generate_toy", "ensure_toy", "default_root"]
 
 # v3: clips of content-independent length (no length shortcut); easy one-step items and hard four-clip items
 # with stepwise rationales. v2: absolute judgments of unpadded single tones; v1: first-vs-second comparisons.
@@ -208,6 +208,29 @@ _QUESTIONS = {
 }
 _CHOICES = {"pitch": PITCH_CLASSES, "count": COUNTS, "pitch_hop": PITCH_CLASSES, "count_hop": COUNTS}
 _CATEGORIES = {"pitch": "pitch", "count": "counting", "pitch_hop": "pitch", "count_hop": "counting"}
+
+
+def task_of_question(question: object) -> str | None:
+    """The toy task whose (fixed) question this is, else None: how a reader of the text alone, such as the
+    toy logic judge (``audiothink/judge/toy_logic.py``), knows which rule a thought must follow.
+    Case and runs of whitespace do not matter.
+
+    >>> task_of_question("How many beeps are there?"), task_of_question("which instrument?")
+    ('count', None)
+    """
+    if not isinstance(question, str):
+        return None
+    return _TASK_BY_QUESTION.get(" ".join(question.lower().split()))
+
+
+def task_values(task: str) -> tuple[str, ...]:
+    """The facts a clip of ``task`` can hold, which are also its answer options: pitch classes or counts."""
+    if task not in DIFFICULTY:
+        raise ValueError(f"unknown toy task {task!r}")
+    return _values(task)
+
+
+_TASK_BY_QUESTION = {" ".join(q.lower().split()): task for task, q in _QUESTIONS.items()}
 
 
 def _facts(task: str, combo: int) -> tuple[str, ...]:

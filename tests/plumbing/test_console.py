@@ -140,6 +140,39 @@ def test_heldout_before_and_after_in_tensorboard(run):
 
 
 @pytest.mark.e2e
+def test_how_it_thinks_reaches_the_console_metrics_and_tensorboard(run):
+    """The toy's consistency and chain validity (audiothink.think_metrics.chain_metrics) of every logging step: in
+    metrics.jsonl, in TensorBoard next to think/rate, and on the console line."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, out = run
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "reward" in m]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("step ")]
+    assert len(steps) == len(lines) == 2
+    for m, line in zip(steps, lines):
+        for key in ("think/inconsistent_share", "think/invalid_chain_share"):
+            assert 0.0 <= m[key] <= 1.0
+        assert (f"think {100 * m['think/rate']:.1f}% (inconsistent {100 * m['think/inconsistent_share']:.1f}%, "
+                f"invalid {100 * m['think/invalid_chain_share']:.1f}%)") in line, line
+    tags = set()
+    for events in (run_dir / "runs").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/think/inconsistent_share", "train/think/invalid_chain_share"} <= tags
+
+
+def test_the_progress_line_shows_how_it_thinks_only_when_measured():
+    from audiothink.plumbing.console import ProgressLine
+
+    logs = {"reward": 1.0, "think/rate": 0.5}
+    assert "| think 50.0% |" in ProgressLine().line(3, 10, logs)  # not the toy: no chain figures
+    shown = ProgressLine().line(3, 10, {**logs, "think/inconsistent_share": 0.125, "think/invalid_chain_share": 0.25})
+    assert "| think 50.0% (inconsistent 12.5%, invalid 25.0%) |" in shown
+
+
+@pytest.mark.e2e
 def test_plots_are_written(run):
     _, run_dir, _ = run
     for name in ("training.png", "heldout.png"):

@@ -256,12 +256,16 @@ TASKS = {
     "politeness by name": ["reward=full", "reward.consistency.fn.prompt=politeness"],
     "the README's Listens": LISTENS,
 }
-JUDGES = {"rule": ["judge=rule"], "hf": ["judge=hf", "judge.path=/models/judge"], "openai": ["judge=openai"]}
+JUDGES = {"rule": ["judge=rule"], "toy_logic": ["judge=toy_logic"], "hf": ["judge=hf", "judge.path=/models/judge"],
+          "openai": ["judge=openai"]}
 # the pairings no judge can score, with the reason in the message
 REFUSED = {
     ("rule", "politeness by name"): "reward.consistency: the rule judge has no rule for 'politeness'",
     ("rule", "the README's Listens"): "reward.listens: the rule judge has no rule for 'listens' (only "
                                       "['consistency', 'think_quality']): use judge=hf or judge=openai",
+    ("toy_logic", "politeness by name"): "reward.consistency: the rule judge has no rule for 'politeness'",
+    ("toy_logic", "the README's Listens"): "reward.listens: the rule judge has no rule for 'listens' (only "
+                                           "['consistency', 'think_quality']): use judge=hf or judge=openai",
     ("hf", "politeness by name"): "reward.consistency: HFJudge: no prompt named 'politeness' in judge.prompts",
     ("openai", "politeness by name"): "reward.consistency: OpenAIJudge: no prompt named 'politeness' in judge.prompts",
 }
