@@ -1,21 +1,17 @@
-"""`python -m audiothink.curate` (the items a model answers right without their audio) and `data.exclude`
-(training without them): the rule, the entry point on the toy, the list dropping exactly its ids, and the
-errors of a wrong list."""
+"""`python -m audiothink.curate`: the items a model answers right without their audio. The rule (a positional
+guess is never listed), the entry point on the toy (its list is what training's data.exclude drops), and the
+settings checked before anything loads. data.exclude itself: tests/sources/test_sources_exclude.py; the
+command lines: tests/e2e/test_curate_cli.py."""
 
 from __future__ import annotations
 
 import json
-import logging
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 
-from audiothink.audio import write_wav
-from audiothink.data import DataError, Sample
+from audiothink.data import Sample
 from audiothink.plumbing.errors import ConfigError
-from tests.helpers import CONFIGS, REPO, data_cfg
+from tests.helpers import CONFIGS, data_cfg
 
 
 def curate_cfg(overrides):
@@ -102,88 +98,3 @@ def test_curate_settings_are_checked_before_anything_loads():
         with pytest.raises(ConfigError, match=match):
             check_curate_config(curate_cfg(["output_dir=/tmp/x", bad]))
     check_curate_config(curate_cfg(["output_dir=/tmp/x"]))
-
-
-# --------------------------------------------------------------------------- data.exclude
-
-
-def _tiny_set(tmp_path):
-    rows = []
-    for i, task in enumerate(("a", "a", "b", "b", "b")):
-        write_wav(tmp_path / f"c{i}.wav", np.full(8000, 0.1, np.float32))
-        rows.append({"id": f"r{i}", "audio": f"c{i}.wav", "question": "which?", "choices": ["x", "y"],
-                     "answer": "x", "task": task})
-    meta = tmp_path / "train.jsonl"
-    meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return meta
-
-
-def test_exclude_drops_exactly_the_listed_ids(tmp_path, caplog):
-    from audiothink.sources import load_training_data
-
-    meta = _tiny_set(tmp_path)
-    ids = tmp_path / "ids.txt"
-    ids.write_text("# a header line\nr1\n\n  r3 \nr1\nnot-there\n")
-    with caplog.at_level(logging.INFO, logger="audiothink"):
-        kept, _ = load_training_data(data_cfg("jsonl", train=str(meta), exclude=str(ids)), max_audio_seconds=None)
-    assert [s.id for s in kept] == ["r0", "r2", "r4"]
-    assert f"data.exclude={ids} dropped 2 of 5 rows (a 1, b 1); 3 left" in caplog.text
-    assert "lists 1 id(s) that are not training ids (ignored): not-there" in caplog.text
-    kept, _ = load_training_data(data_cfg("jsonl", train=str(meta)), max_audio_seconds=None)  # null: all rows
-    assert len(kept) == 5
-
-
-def test_an_exclude_list_of_another_data_set_or_of_every_row_is_an_error(tmp_path):
-    from audiothink.sources import load_training_data
-
-    meta = _tiny_set(tmp_path)
-    other = tmp_path / "other.txt"
-    other.write_text("z1\nz2\n")
-    with pytest.raises(DataError, match="none of its 2 ids is a training id .*another data set"):
-        load_training_data(data_cfg("jsonl", train=str(meta), exclude=str(other)), max_audio_seconds=None)
-    every = tmp_path / "every.txt"
-    every.write_text("".join(f"r{i}\n" for i in range(5)))
-    with pytest.raises(DataError, match="drops every one of the 5 training rows"):
-        load_training_data(data_cfg("jsonl", train=str(meta), exclude=str(every)), max_audio_seconds=None)
-
-
-def test_a_wrong_exclude_path_stops_training_before_the_model_loads(tmp_path, monkeypatch):
-    import audiothink.train as train_mod
-    from tests.helpers import eval_cfg  # noqa: F401 - imports hydra's compose with the resolvers registered
-
-    def loaded(*a, **k):
-        raise AssertionError("the processor or model was loaded")
-
-    monkeypatch.setattr(train_mod, "check_model_path", loaded)
-    monkeypatch.setattr(train_mod, "load_processor", loaded)
-    from hydra import compose, initialize_config_dir
-
-    (tmp_path / "folder").mkdir()
-    (tmp_path / "folder" / "text_answerable.txt").write_text("r1\n")
-    for path, match in ((tmp_path / "nope.txt", "no such file"),
-                        (tmp_path / "folder", "is a folder, not an id list; the list curate writes is .*folder/"
-                                              "text_answerable.txt")):
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            cfg = compose("train", overrides=[f"output_dir={tmp_path / 'run'}", f"data.exclude={path}"])
-        with pytest.raises(ConfigError, match=f"^data.exclude={path}: {match}"):
-            train_mod.train(cfg)
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("entry,args,line", [
-    ("audiothink.train", ["data.exclude=/no/such/ids.txt"],
-     "error: data.exclude=/no/such/ids.txt: no such file (the id list, one id a line: python -m audiothink.curate "
-     "writes one as <run>/text_answerable.txt)"),
-    ("audiothink.curate", ["data=jsonl", "data.train=/no/such/train.jsonl"],
-     "error: /no/such/train.jsonl: metadata file not found (set by data.train = /no/such/train.jsonl)"),
-])
-def test_the_cli_says_one_line_and_exits_2(entry, args, line, tmp_path):
-    import os
-
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(tmp_path / "cache"),
-               PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-m", entry, f"hydra.run.dir={tmp_path / 'run'}", *args], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == [line]
-    assert not (tmp_path / "run").exists()  # the folder it made goes again
