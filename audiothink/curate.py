@@ -32,9 +32,10 @@ model they pay without listening, which is what the list is for.
 Outputs, in the run folder: text_answerable.txt (the listed ids, one a line, after a ``#`` header; give it to
 ``data.exclude``), curate.jsonl (per item: the answer with audio, the silent answer per order, listed or
 not), summary.json (counts per task, the settings), predictions*.jsonl (the raw answers; a rerun into the
-same folder resumes from them, as evaluation does). Down-weighting instead of dropping is not offered: GRPO
-here has no per-item weight (the loss averages over tokens of a group), and a weight on the reward would
-change the group's advantages, not the item's share of the update.
+same folder resumes from them, as evaluation does). Down-weighting instead of dropping is not offered: it needs
+a per-item weight in the loss or in TRL's sampler, which the trainer does not have; scaling an item's rewards
+instead cancels out under the recipe's per-group standardisation (trainer.scale_rewards=group) and would need
+a weight column the data set does not carry. To keep some of them, list fewer ids.
 """
 
 from __future__ import annotations

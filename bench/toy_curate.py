@@ -2,6 +2,7 @@
 
     python bench/toy_curate.py                    # 400 items, 100 of them planted; ~4 min on 2 busy cores
     python bench/toy_curate.py --items 200 --planted 0.2 --out /tmp/curate-bench
+    python bench/toy_curate.py --out /tmp/curate-sampled -- curate.do_sample=true   # overrides of the curated run
 
 What the toy model can exploit without audio decides what "planted" can mean, so it is measured first, with
 the entry point itself, on the toy's held-out split (never the curated items):
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--planted", type=float, default=0.25, help="share of them planted")
     ap.add_argument("--calibrate", type=int, default=60, help="held-out items the prior is measured on")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="after --: overrides of the curated run (not the calibration)")
     args = ap.parse_args()
     from audiothink.toy.data import generate_toy
 
@@ -118,7 +120,7 @@ def main() -> None:
     (out / "set" / "planted.txt").write_text("".join(f"{i}\n" for i in sorted(planted)))
 
     # 3. curate, then found and false positives
-    rows, listed, wall = curate(curated, out / "curate")
+    rows, listed, wall = curate(curated, out / "curate", *args.overrides)
     listed_set = set(listed)
     unplanted = {r["id"] for r in chosen} - planted
     found = len(planted & listed_set) / len(planted)
@@ -130,7 +132,8 @@ def main() -> None:
     result = {"items": len(chosen), "planted": len(planted), "listed": len(listed_set), "found": found,
               "false_positive_rate": false_pos, "by_task": by_task, "prior": prior, "silent_accuracy": silent_acc,
               "wall_s": {"calibration": round(t_cal + t_cue, 1), "curate": round(wall, 1)},
-              "command": f"python -m audiothink.curate data=jsonl data.train={curated} hydra.run.dir={out / 'curate'}"}
+              "command": " ".join(["python -m audiothink.curate data=jsonl", f"data.train={curated}",
+                                   f"hydra.run.dir={out / 'curate'}", *args.overrides])}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nplanted {len(planted)} of {len(chosen)} items; listed {len(listed_set)}: found {100 * found:.1f}% of "
           f"the planted, false positives {100 * false_pos:.1f}% of the {len(unplanted)} others "

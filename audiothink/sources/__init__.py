@@ -191,7 +191,7 @@ def read_exclude(path: str | os.PathLike) -> list[str]:
 
     >>> import tempfile, pathlib
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "ids.txt"
-    >>> _ = f.write_text("# made by curate\n a1 \n\na2\na1\n")
+    >>> _ = f.write_text("# made by curate\\n a1 \\n\\na2\\na1\\n")
     >>> read_exclude(f)
     ['a1', 'a2']
     """
