@@ -32,7 +32,7 @@ __all__ = ["check_overrides", "run_checked", "CheckKeysCallback"]
 
 # Config groups each entry point composes (the folders under configs/ that are hydra groups).
 GROUPS = {"train": ("model", "data", "reward", "trainer", "judge"), "evaluate": ("benchmark", "model", "trainer"),
-          "sft": ("model", "data", "trainer")}
+          "sft": ("model", "data", "trainer"), "curate": ("model", "data", "trainer")}
 # Keys of earlier versions -> their names now (the rollout: block's vLLM settings became TRL's own fields).
 RENAMED = {"rollout.vllm_mode": "trainer.vllm_mode",
            "rollout.gpu_memory_utilization": "trainer.vllm_gpu_memory_utilization",

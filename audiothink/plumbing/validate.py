@@ -483,6 +483,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"data.max_prompt_tokens={limit!r}: must be a whole number >= 1 (or null: no limit)")
     check_long_audio(cfg.data)
+    from audiothink.sources import check_exclude_path
+
+    check_exclude_path(cfg.data.get("exclude"))  # a wrong list path: before the data set and the model load
 
 
 def check_dataset_size(rows: int, trainer: DictConfig) -> None:

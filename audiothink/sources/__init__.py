@@ -8,7 +8,9 @@ problems are reported (``data.on_error=raise``) or skipped and counted (``skip``
 - ``avqa``: AVQA metadata as R1-AQA / Audio-Thinker use it (:mod:`audiothink.sources.avqa`);
 - ``hf``: a Hugging Face dataset saved to disk or parquet files (:mod:`audiothink.sources.hf`).
 
-Then the optional abstention transform (:mod:`audiothink.sources.abstain`) runs on the training
+Then ``data.exclude`` drops the training items a list names (:func:`apply_exclude`; the list
+``python -m audiothink.curate`` writes of the items the model answers right without their audio), and the
+optional abstention transform (:mod:`audiothink.sources.abstain`) runs on the training
 items. A clip longer than the model's audio window is what ``data.long_audio`` says
 (:class:`audiothink.audio.AudioWindow`): cut to the window (truncate, the default; a warning gives the count),
 split into window-long clips of the same prompt (chunk), or a row problem naming the file (error).
@@ -29,7 +31,8 @@ from audiothink.sources.mapping import FieldMap
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["FORMATS", "load_split", "load_training_data", "setting_source"]
+__all__ = ["FORMATS", "apply_exclude", "check_exclude_path", "load_split", "load_training_data", "read_exclude",
+           "setting_source"]
 
 log = logging.getLogger("audiothink")
 
@@ -172,14 +175,86 @@ def _log_loaded(which: str, result: LoadResult, max_seconds: float | None, check
         log.info("data: %s: question_rewrite changed %d questions", which, result.counts["questions_rewritten"])
 
 
+# --------------------------------------------------------------------------- data.exclude
+
+
+def check_exclude_path(path: Any) -> None:
+    """``data.exclude`` names a readable file (or is null): a ConfigError line, before any data or model loads."""
+    if path is None:
+        return
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"data.exclude={path!r}: must be the path of an id list (one id a line), or null")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        hint = (f"; the list curate writes is {p / 'text_answerable.txt'}" if (p / "text_answerable.txt").is_file()
+                else "")
+        raise ConfigError(f"data.exclude={path}: is a folder, not an id list{hint}")
+    if not p.is_file():
+        raise ConfigError(f"data.exclude={path}: no such file (the id list, one id a line: python -m "
+                          "audiothink.curate writes one as <run>/text_answerable.txt)")
+
+
+def read_exclude(path: str | os.PathLike) -> list[str]:
+    """The ids of an exclude list, in file order, each once: one id a line, spaces around it stripped; blank
+    lines and lines starting with ``#`` (curate's header) are skipped. DataError when the file cannot be read.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "ids.txt"
+    >>> _ = f.write_text("# made by curate\\n a1 \\n\\na2\\na1\\n")
+    >>> read_exclude(f)
+    ['a1', 'a2']
+    """
+    check_exclude_path(str(path))
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"data.exclude={path}: cannot read the id list ({exc})") from exc
+    ids = (line.strip() for line in text.splitlines())
+    return list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
+
+
+def apply_exclude(samples: list[Sample], path: str | os.PathLike) -> list[Sample]:
+    """``samples`` without the ids listed in ``path`` (:func:`read_exclude`), logged as one line with the count
+    per task.
+
+    Ids the list names that are not among ``samples`` are a warning with their count and the first few (a list
+    made before rows were fixed or skipped still applies); a non-empty list none of whose ids is in the data is
+    a DataError: it was made for another data set. Every row dropped is a DataError too: nothing to train on.
+    """
+    listed = read_exclude(path)
+    drop = set(listed)
+    kept = [s for s in samples if s.id not in drop]
+    dropped = [s for s in samples if s.id in drop]
+    found = {s.id for s in dropped}
+    unknown = [i for i in listed if i not in found]
+    if listed and not dropped:
+        raise DataError(f"data.exclude={path}: none of its {len(listed)} ids is a training id (first: "
+                        f"{', '.join(listed[:3])}): a list made for another data set?")
+    if not kept:
+        raise DataError(f"data.exclude={path}: drops every one of the {len(samples)} training rows")
+    by_task: dict[str, int] = {}
+    for s in dropped:
+        by_task[s.task or "no task"] = by_task.get(s.task or "no task", 0) + 1
+    tasks = ", ".join(f"{t} {n}" for t, n in sorted(by_task.items()))
+    log.info("data: train: data.exclude=%s dropped %d of %d rows (%s); %d left", path, len(dropped), len(samples),
+             tasks or "none", len(kept))
+    if unknown:
+        log.warning("data: train: data.exclude=%s lists %d id(s) that are not training ids (ignored): %s%s", path,
+                    len(unknown), ", ".join(unknown[:5]), ", …" if len(unknown) > 5 else "")
+    return kept
+
+
 def load_training_data(data_cfg: Any, *, max_audio_seconds: float | None,
                        checks: RowChecks | None = None) -> tuple[list[Sample], list[Sample]]:
-    """``(training samples, held-out samples)`` for a ``data=`` config, logged and transformed."""
+    """``(training samples, held-out samples)`` for a ``data=`` config, logged and transformed (``data.exclude``,
+    then ``data.abstain``; held-out items are never changed)."""
     train = load_split(data_cfg, "train", max_seconds=max_audio_seconds, checks=checks)
     if train is None:
         raise ValueError("data.train is not set")
     _log_loaded("train", train, max_audio_seconds, checks)
     samples = train.samples
+    if data_cfg.get("exclude") is not None:  # before abstention: the list names the data's own items
+        samples = apply_exclude(samples, data_cfg.get("exclude"))
 
     abstain = data_cfg.get("abstain") or {}
     share = float(abstain.get("share", 0.0) or 0.0)

@@ -251,7 +251,7 @@ def test_cli_unknown_key_exits_2(tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("entry", ["train", "evaluate", "sft"])
+@pytest.mark.parametrize("entry", ["train", "evaluate", "sft", "curate"])
 def test_help_lists_the_groups_of_the_entry_point(entry, tmp_path):
     out = _cli(f"audiothink.{entry}", ["--help"], tmp_path)
     assert out.returncode == 0
@@ -260,7 +260,7 @@ def test_help_lists_the_groups_of_the_entry_point(entry, tmp_path):
     for line in section.strip().splitlines():
         group, options = line.split(":", 1)
         listed[group] = {o.strip() for o in options.split("(")[0].split(",")}
-    shown = set(GROUPS[entry]) - ({"trainer"} if entry in ("evaluate", "sft") else set())
+    shown = set(GROUPS[entry]) - ({"trainer"} if entry in ("evaluate", "sft", "curate") else set())
     assert set(listed) == shown
     for group, options in listed.items():
         assert options == {p.stem for p in (REPO / "configs" / group).glob("*.yaml")}, group
