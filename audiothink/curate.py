@@ -85,7 +85,7 @@ def curate(cfg: DictConfig) -> dict:
     from audiothink.evaluate import item_inputs
     from audiothink.loading import load_model_and_processor, load_processor
     from audiothink.plumbing.console import setup_console
-    from audiothink.prompts import config_chat_template_kwargs
+    from audiothink.prompts import config_chat_template_kwargs, config_long_audio
 
     setup_console()
     c = cfg.curate
@@ -101,12 +101,14 @@ def curate(cfg: DictConfig) -> dict:
     settings = GenerationSettings(batch_size=c.batch_size, max_new_tokens=c.max_new_tokens,
                                   max_audio_seconds=cfg.model.max_audio_seconds, do_sample=c.do_sample,
                                   temperature=c.temperature,
-                                  chat_template_kwargs=config_chat_template_kwargs(cfg) or None)
+                                  chat_template_kwargs=config_chat_template_kwargs(cfg) or None,
+                                  long_audio=config_long_audio(cfg))  # the clips training will hear
     header = {"data": bench.name, "model": str(cfg.model.path), "model_files": folder_fingerprint(cfg.model.path),
               "prompt": cfg.prompt, "max_new_tokens": c.max_new_tokens,
               "max_audio_seconds": cfg.model.max_audio_seconds, "do_sample": c.do_sample,
               "temperature": c.temperature if c.do_sample else None, "dtype": cfg.model.dtype,
-              **({"chat_template_kwargs": settings.chat_template_kwargs} if settings.chat_template_kwargs else {})}
+              **({"chat_template_kwargs": settings.chat_template_kwargs} if settings.chat_template_kwargs else {}),
+              **({"long_audio": settings.long_audio} if settings.long_audio != "truncate" else {})}
     real = PredictionStore(out / "predictions.jsonl", {**header, "audio": "real"}, restart=c.restart,
                            inputs=item_inputs(bench))
     orders = [rotated(bench, r) for r in range(c.rotations)]
@@ -169,7 +171,7 @@ def load_items(cfg: DictConfig, processor):
     """The training items of ``data.train``, checked as training checks them, as a Benchmark (task breakdown)."""
     from audiothink.benchmarks.base import Benchmark
     from audiothink.loading import load_model_config
-    from audiothink.prompts import config_chat_template_kwargs, row_checks
+    from audiothink.prompts import config_chat_template_kwargs, config_long_audio, row_checks
     from audiothink.sources import load_split
 
     if cfg.data.generate_toy:
@@ -179,7 +181,7 @@ def load_items(cfg: DictConfig, processor):
     checks = row_checks(processor, cfg.prompt, max_prompt_tokens=cfg.data.get("max_prompt_tokens"),
                         max_audio_seconds=cfg.model.max_audio_seconds, model_config=load_model_config(cfg.model),
                         max_completion_length=cfg.curate.max_new_tokens,
-                        chat_template_kwargs=config_chat_template_kwargs(cfg))
+                        chat_template_kwargs=config_chat_template_kwargs(cfg), long_audio=config_long_audio(cfg))
     loaded = load_split(cfg.data, "train", max_seconds=cfg.model.max_audio_seconds, checks=checks)
     if loaded is None:
         from audiothink.plumbing.errors import ConfigError
