@@ -12,8 +12,10 @@ is evaluated (the model's and adapter's files, each item's question, choices and
 model (+ adapter) -> predictions (batched, greedy, appended to predictions.jsonl as they are made, finished
 items skipped on a rerun) ->
 listening check (same items, audio replaced) -> forced modes (same items, the reply prefilled with <think>
-or <answer>) -> official scores, breakdowns, think statistics, KL to the base -> submission file,
-results.json, report.md, charts. The prompt is training's (configs/train.yaml).
+or <answer>) -> official scores, breakdowns, think statistics, KL to the base -> with eval.rubric=true, the
+MMAR rubric score of the thought-out completions (a judge server; its rubric file read and the judge probed
+before the model loads; benchmarks/rubric.py) -> submission file, results.json, report.md, charts. The
+prompt is training's (configs/train.yaml).
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     setup_console()  # as in training: library records through the run's handlers, no loading bars
     check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded
+    rubric_judge = make_rubric_judge(cfg.eval) if cfg.eval.rubric else None
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -132,6 +135,8 @@ def evaluate(cfg: DictConfig) -> dict:
     bench = load_bench(cfg.benchmark).head(cfg.eval.limit)
     if listen and not any(bench.scored):
         raise ConfigError(f"eval.listen_check needs answers; {bench.name} has them withheld")
+    rubric_file, rubrics, rubric_script = (prepare_rubric(cfg.eval, bench, rubric_judge)
+                                           if rubric_judge is not None else (None, None, None))
     max_seconds = cfg.model.max_audio_seconds
     # the model's audio window and what a longer clip becomes (data.long_audio), training's rule
     window = model_audio_window(cfg.model, cfg.data.long_audio)
@@ -195,6 +200,14 @@ def evaluate(cfg: DictConfig) -> dict:
                             desc=f"{bench.name} (forced {mode})", **common))
 
     summary = summarise(bench, store.records)
+    rubric = None
+    if rubric_judge is not None:  # after every prediction, from the stored records: accuracy is untouched
+        from audiothink.benchmarks.rubric import rubric_summary, score_rubric
+
+        raters = cfg.eval.rubric_raters
+        rubric = rubric_summary(bench, score_rubric(bench, store.records, rubrics, rubric_judge,
+                                                    out / "rubric.jsonl", script=rubric_script, raters=raters),
+                                rubric_judge, rubric_file, raters, rubric_script)
     suffix = ".jsonl" if bench.container == "jsonl" else ".json"
     submission = write_submission(bench, store.records, out / f"submission_{bench.meta_path.stem}{suffix}")
     seconds = sum(r.seconds for r in runs)
@@ -219,6 +232,7 @@ def evaluate(cfg: DictConfig) -> dict:
                   "window_seconds": window.seconds},
         "summary": summary,
         "lines": breakdown_lines(bench, summary),
+        "rubric": rubric,
         "listen_check": listen_summary(bench, store.records, listen_store.records, listen) if listen else None,
         "forced_modes": (forced_summary(bench, store.records, {m: st.records for m, st in forced_stores.items()})
                          if forced_stores else None),
@@ -257,6 +271,14 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.max_failures={e.max_failures!r}: must be a whole number >= 0")
     if e.do_sample and not (isinstance(e.temperature, (int, float)) and e.temperature > 0):
         raise ConfigError(f"eval.temperature={e.temperature!r}: must be > 0 when eval.do_sample=true")
+    if not isinstance(e.rubric, bool):
+        raise ConfigError(f"eval.rubric={e.rubric!r}: must be true or false")
+    if isinstance(e.rubric_raters, bool) or not isinstance(e.rubric_raters, int) or e.rubric_raters < 1:
+        raise ConfigError(f"eval.rubric_raters={e.rubric_raters!r}: must be a whole number >= 1")
+    if e.rubric and e.rubric_script is None:
+        raise ConfigError("eval.rubric=true needs eval.rubric_script: the official code/evaluation_rubrics.py of "
+                          "your MMAR repository copy (the judge's system message and prompt are read from it), "
+                          "e.g. eval.rubric_script=<MMAR repo>/code/evaluation_rubrics.py")
     check_audio_window(cfg.model)
     check_long_audio(cfg.get("data"))
     from audiothink.benchmarks import LOADERS
@@ -284,6 +306,50 @@ def check_hub_settings(b: DictConfig) -> None:
     if b.get("on_mismatch", "error") not in ON_MISMATCH:
         raise ConfigError(f"benchmark.on_mismatch={b.on_mismatch!r}: must be error or official")
 
+
+
+def make_rubric_judge(e: DictConfig):
+    """The judge server of ``eval.rubric_judge`` (nothing is sent yet); a bad setting is a ConfigError."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        judge = instantiate(e.rubric_judge)
+    except InstantiationException as exc:  # hydra wraps the judge's own ValueError
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"eval.rubric_judge: {str(cause).splitlines()[0]}") from None
+    if not callable(getattr(judge, "ask", None)):
+        raise ConfigError(f"eval.rubric_judge: {type(judge).__name__} cannot send the rubric prompt (needs an ask() "
+                          "method, as audiothink.judge.OpenAIJudge has)")
+    return judge
+
+
+def prepare_rubric(e: DictConfig, bench, judge):
+    """Before the model loads: the judge's texts read from ``eval.rubric_script`` and the rubric definitions of
+    every item from ``eval.rubric_file`` (one-line DataError when missing, unreadable or incomplete), then the
+    judge probed with one request (a failure stops the run unless ``eval.rubric_judge.on_probe_failure=warn``).
+    Returns ``(rubric file, rubrics, rubric script)``."""
+    from audiothink.benchmarks.rubric import load_rubric_script, load_rubrics, probe_rubric_judge
+
+    if bench.kind != "mmar":
+        raise ConfigError(f"eval.rubric=true scores MMAR completions against MMAR's rubrics; benchmark "
+                          f"{bench.name} ({bench.kind}) has none: use benchmark=mmar, or eval.rubric=false")
+    path = Path(e.rubric_file) if e.rubric_file is not None else bench.meta_path
+    setting = (f"eval.rubric_file={e.rubric_file}" if e.rubric_file is not None
+               else "eval.rubric_file=null: the benchmark's metadata file")
+    script = load_rubric_script(e.rubric_script, f"eval.rubric_script={e.rubric_script}")
+    rubrics = load_rubrics(path, bench, setting)
+    problem = probe_rubric_judge(judge, bench, rubrics, script)
+    if problem is not None:
+        message = f"the rubric judge at {judge.where} failed its start-up probe: {problem}"
+        if judge.on_probe_failure == "stop":
+            raise ConfigError(f"{message}; start it or fix eval.rubric_judge, or set "
+                              "eval.rubric_judge.on_probe_failure=warn to evaluate on (its items then fail, counted)")
+        log.warning("%s; evaluating on (eval.rubric_judge.on_probe_failure=warn)", message)
+    else:
+        log.info("rubric: the judge at %s answers the rubric prompt; rubrics of %d items from %s, the prompt "
+                 "from %s (%s)", judge.where, len(rubrics), path, script.path, ", ".join(script.functions))
+    return path, rubrics, script
 
 
 def load_bench(b: DictConfig):
@@ -528,6 +594,10 @@ def _print(results: dict) -> None:
 
         print("forced mode (reply prefilled with <think> / <answer>): accuracy by slice, next to the free choice")
         print("\n".join(forced_lines(fm)))
+    if results.get("rubric"):
+        from audiothink.benchmarks.report import rubric_lines
+
+        print("\n".join(rubric_lines(results["rubric"])))
     fg = results["forgetting"]
     if fg:
         print(f"forgetting monitor: KL(tuned || base) {fg['kl_per_token']:.3g} nats/token over {fg['tokens']} tokens")

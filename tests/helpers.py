@@ -264,6 +264,76 @@ def make_hub_copy(meta: Path, layout: str, out: Path, form: str = "parquet") -> 
     return out if form == "folder" else path
 
 
+# Two criteria in MMAR-meta.jsonl's rubric format (name, scoring_point, note, choices); the second is worth 2, so
+# a rater's score is (first + second) / 3. Written by the tests: the release's rubric texts are not copied here.
+RUBRIC_CRITERIA = [
+    {"name": "Cue: the tone", "scoring_point": "Award 1 point if the reasoning names the tone.",
+     "note": "a test criterion", "choices": [0, 1]},
+    {"name": "Reasoning chain", "scoring_point": "Award 1 point per sound step from the tone to the answer.",
+     "note": "a test criterion", "choices": [0, 1, 2]},
+]
+
+
+def make_rubric_file(meta: Path, path: Path) -> Path:
+    """``path``: the MMAR fixture's items at ``meta`` with the newer release's ``thinking`` and ``rubric`` fields
+    (:data:`RUBRIC_CRITERIA`), one JSON object a line, as MMAR-meta.jsonl has them."""
+    text = meta.read_text(encoding="utf-8")
+    items = json.loads(text) if meta.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    rows = [{**item, "thinking": f"reference reasoning for {item['id']}", "cue": ["tone"],
+             "rubric": RUBRIC_CRITERIA} for item in items]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# A stand-in for the official code/evaluation_rubrics.py, written for the tests (its wording is ours, not the
+# official one): the names and signatures the project reads from it, and top-level statements that fail if the
+# script is ever imported or run (the official one asks for an API key when imported).
+RUBRIC_SCRIPT = '''"""Rubric judge of the tests: a stand-in for MMAR's code/evaluation_rubrics.py."""
+import module_that_is_not_installed  # importing the script fails here
+from typing import List
+
+raise SystemExit("the rubric script was run; only its constant and prompt function may be read")
+
+EVALUATE_SYS_PROMPT = "{system}"
+UNRELATED = compute_something()  # another top-level statement: never evaluated
+
+
+def unrelated_helper(x: List[str]):
+    raise AssertionError("not called by the prompt function")
+
+
+def tidy(text: str):
+    return "\\n".join(line.strip() for line in text.strip().splitlines())
+
+
+def create_evaluation_user_prompt(question: str, answer: str, thinking: str, cue: List[str],
+                                  thinking_prediction: str, answer_prediction: str, rubric) -> str:
+    points = "\\n".join(f"* {{c['name']}} {{c['choices']}}: {{c['scoring_point']}}" for c in rubric)
+    return tidy(f"""
+        Q: {{question}} | right answer: {{answer}} | reference: {{thinking}} | cues: {{", ".join(cue)}}
+        Grade each point:
+        {{points}}
+        Reasoning to judge:
+        {{thinking_prediction}} The answer is {{answer_prediction}}.
+        """)
+'''
+RUBRIC_SYSTEM = "You grade a model's reasoning against a rubric (the tests' judge)."
+# what precedes the model's reasoning in the stand-in's prompt (the fake judge servers look for it)
+REASONING_HEAD = "Reasoning to judge:\n"
+
+
+def make_rubric_script(path: Path, system: str = RUBRIC_SYSTEM, text: str | None = None) -> Path:
+    """``path``: :data:`RUBRIC_SCRIPT` with ``system`` as its system message (or ``text`` as the whole file)."""
+    path.write_text(RUBRIC_SCRIPT.format(system=system) if text is None else text, encoding="utf-8")
+    return path
+
+
+def rubric_reply(*scores) -> str:
+    """A judge's reply to the rubric prompt giving :data:`RUBRIC_CRITERIA` these scores, wrapped in prose."""
+    rows = [{"name": c["name"], "score": s, "justification": "because"} for c, s in zip(RUBRIC_CRITERIA, scores)]
+    return "Here is my evaluation:\n```json\n" + json.dumps(rows, indent=2) + "\n```"
+
+
 def prediction_records(b, predictions, thinks=None):
     """Predictions records of benchmark ``b`` as the runner stores them: one per key, in order, with ``thinks``
     (key -> think text) marking the items answered after thinking."""

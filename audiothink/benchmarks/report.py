@@ -12,8 +12,8 @@ from audiothink.benchmarks.mmau import DIFFICULTIES, TASKS
 from audiothink.scoring import format_line, string_match
 
 __all__ = ["score_items", "summarise", "breakdown_lines", "listen_summary", "forced_summary", "forced_lines",
-           "forgetting_summary", "quirk_lines", "source_lines", "not_comparable", "write_report", "write_charts",
-           "paired_bars_figure"]
+           "forgetting_summary", "quirk_lines", "rubric_lines", "source_lines", "not_comparable", "write_report",
+           "write_charts", "paired_bars_figure"]
 
 # Canonical order of known labels; anything else follows alphabetically.
 _ORDER = {v: i for i, v in enumerate((*TASKS, *DIFFICULTIES, *MODALITIES, *CATEGORIES))}
@@ -242,6 +242,28 @@ def not_comparable(a: dict, b: dict) -> list[str]:
     return reasons
 
 
+def rubric_lines(rs: dict) -> list[str]:
+    """The rubric score as text: the official script's ``score=`` style (x100), then the counts."""
+    def pts(x):
+        return "–" if x is None else f"{100 * x:.2f}"
+
+    lines = [f"rubric score (MMAR-Rubrics, judge {rs['judge']['model']}): {pts(rs['score'])} over "
+             f"{rs['n_scored']} thought-out item(s) ({rs['judged']} judged, {rs['wrong_answer']} wrong answer(s) "
+             f"at 0)"]
+    not_scored = [f"{rs['direct_not_scored']} direct answer(s) (no reasoning to judge)"]
+    if rs["no_answer_not_scored"]:
+        not_scored.append(f"{rs['no_answer_not_scored']} without an answer in the metadata")
+    if rs["failed_not_scored"]:
+        why = ", ".join(f"{k} x{v}" for k, v in rs["failure_reasons"].items())
+        not_scored.append(f"{rs['failed_not_scored']} the judge could not score ({why}; a rerun judges them again)")
+    lines.append("not scored: " + "; ".join(not_scored))
+    for dim, groups in rs["by"].items():
+        shown = [f"{v} {pts(b['score'])} ({b['n_scored']})" for v, b in groups.items() if b["n_scored"]]
+        if shown:  # per slice: score (items scored)
+            lines.append(f"[{dim}] " + ", ".join(shown))
+    return lines
+
+
 # --------------------------------------------------------------------------- report.md
 
 
@@ -281,6 +303,24 @@ def write_report(path: Path, results: dict, charts: list[str]) -> Path:
         "```",
         "",
     ]
+    rs = results.get("rubric")
+    if rs:
+        head = rubric_lines(rs)
+        lines += [f"**{head[0]}**; {head[1]}.", "",
+                  "## Rubric score (MMAR-Rubrics)", "",
+                  f"Method: {rs['method']}. Judge `{rs['judge']['model']}` ({rs['judge']['where']}, "
+                  f"{rs['judge']['endpoint']} endpoint, seed {rs['judge']['seed']}); rubrics from "
+                  f"`{rs['rubric_file']}`, the judge's prompt from `{rs['rubric_script']['path']}`. A fraction "
+                  "in [0, 1], shown x100 as the official script prints it; "
+                  f"this run judged {rs['run']['judged']} item(s) and took {rs['run']['resumed']} from "
+                  "rubric.jsonl.", "",
+                  "| slice | items scored | rubric score |", "|---|---:|---:|",
+                  f"| **overall** | {rs['n_scored']} | {_num(None if rs['score'] is None else 100 * rs['score'], '{:.2f}')} |"]
+        for dim, groups in rs["by"].items():
+            lines += [f"| *{dim}* | | |"] + [
+                f"| {v} | {b['n_scored']} | {_num(None if b['score'] is None else 100 * b['score'], '{:.2f}')} |"
+                for v, b in groups.items()]
+        lines.append("")
     quirks = results["benchmark"].get("quirks") or {}
     lines += ["## Quirks of the metadata", ""]
     if quirks:

@@ -154,8 +154,11 @@ class PredictionStore:
     is written with the first record, so a run that stops before predicting anything leaves no file."""
 
     def __init__(self, path: str | os.PathLike, header: dict, *, restart: bool = False,
-                 inputs: dict[str, str] | None = None):
+                 inputs: dict[str, str] | None = None, changed: str = "question, choices or audio",
+                 redone: str = "predicted again"):
         self.path = Path(path)
+        # the stale records' warning: what an item's input is made of, and what happens to a changed one
+        self._changed, self._redone = changed, redone
         self.header = json.loads(json.dumps(header))  # plain JSON types, as they will read back
         self.inputs = dict(inputs or {})
         self.records: dict[str, dict] = {}
@@ -230,9 +233,9 @@ class PredictionStore:
                 self.stale[key] = self.records.pop(key)
         if self.stale:
             ids = [str(r.get("id", k)) for k, r in self.stale.items()]
-            log.warning("%s: %d stored prediction(s) were made for other item contents (question, choices or "
-                        "audio changed since: id %s%s); predicted again", self.path, len(ids), ", ".join(ids[:5]),
-                        ", …" if len(ids) > 5 else "")
+            log.warning("%s: %d stored prediction(s) were made for other item contents (%s changed since: id "
+                        "%s%s); %s", self.path, len(ids), self._changed, ", ".join(ids[:5]),
+                        ", …" if len(ids) > 5 else "", self._redone)
 
     def _write_lines(self, rows: list[dict]) -> None:
         with self.path.open("a", encoding="utf-8") as f:

@@ -12,6 +12,10 @@ logged once per call.
 
 The API key is read from the environment variable named by ``api_key_env`` and kept out of ``repr``,
 logs and error messages; the config holds only the variable's name.
+
+Besides the prompts of ``score``, :meth:`OpenAIJudge.ask` sends any texts (with an optional system message)
+and reads each reply with a caller's parser, under the same retries and accounting: the MMAR rubric score
+(``audiothink/benchmarks/rubric.py``) asks its own prompt and parses a JSON reply that way.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from audiothink.judge.base import Judge, Prompt, unparsable
@@ -93,7 +97,9 @@ class OpenAIJudge(Judge):
         backoff_s: wait before the first retry; doubles for each further one. A longer ``Retry-After``
             from the server wins (capped at ``timeout_s``).
         retry_unparsable: also retry replies whose text does not parse.
-        max_tokens: reply length; the score must be on the reply's first line.
+        max_tokens: reply length; the score must be on the reply's first line (a rubric reply needs more).
+        seed: sent with every request when set (servers that honour it, vLLM and OpenAI's, sample
+            reproducibly); None = not sent.
         on_probe_failure: ``stop`` (the run, at start-up, when the probe gets no parsable reply) or ``warn``.
         max_failure_share, failure_window: warn once during training when more than this share of the
             samples of the last ``failure_window`` steps got no score (``audiothink/judge/watch.py``).
@@ -112,6 +118,7 @@ class OpenAIJudge(Judge):
         backoff_s: float = 0.5,
         retry_unparsable: bool = False,
         max_tokens: int = 8,
+        seed: int | None = None,
         on_probe_failure: str = "stop",
         max_failure_share: float = 0.5,
         failure_window: int = 10,
@@ -140,6 +147,7 @@ class OpenAIJudge(Judge):
         self.backoff_s = float(backoff_s)
         self.retry_unparsable = retry_unparsable
         self.max_tokens = int(max_tokens)
+        self.seed = None if seed is None else int(seed)
         self.requests_sent = 0  # HTTP attempts, retries included (tests and profiling)
         if api_key_env and not os.environ.get(api_key_env):
             log.info("judge: %s is not set; requests go without an API key", api_key_env)
@@ -177,11 +185,79 @@ class OpenAIJudge(Judge):
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _payload(self, text: str) -> tuple[str, dict[str, Any]]:
+    def _payload(self, text: str, system: str | None = None) -> tuple[str, dict[str, Any]]:
+        """The request for ``text``; ``system``: a system message (chat), or text put before the prompt
+        with a blank line (completions, which has no roles)."""
         common = {"model": self.model, "max_tokens": self.max_tokens, "temperature": 0.0}
+        if self.seed is not None:
+            common["seed"] = self.seed
         if self.endpoint == "chat":
-            return "/chat/completions", {**common, "messages": [{"role": "user", "content": text}]}
-        return "/completions", {**common, "prompt": text}
+            messages = ([{"role": "system", "content": system}] if system is not None else [])
+            return "/chat/completions", {**common, "messages": [*messages, {"role": "user", "content": text}]}
+        return "/completions", {**common, "prompt": text if system is None else f"{system}\n\n{text}"}
+
+    async def ask(self, texts: Sequence[str], parse: Callable[[str], Any] | Sequence[Callable[[str], Any]], *,
+                  system: str | None = None, retries: int | None = None,
+                  timeout_s: float | None = None) -> list[tuple[Any, str | None]]:
+        """Send each of ``texts`` (one request each, identical texts included: e.g. several raters) and read
+        each reply with ``parse`` (one parser for all, or one per text), which returns the value or raises
+        ``ValueError`` naming what is wrong.
+
+        Returns ``(value, None)`` or ``(None, reason)`` per text, in order: ``reason`` is the last failed
+        attempt's (``timeout after 30 s``, ``HTTP 500``, ``malformed response``, ``unparsable reply: ...``).
+        Retries as :meth:`score` does (``retries`` overrides ``self.retries``; an unparsable reply is retried
+        only with ``retry_unparsable``); ``timeout_s`` overrides ``self.timeout_s``. Never raises on what the
+        server sends; failures are added to ``failures`` and ``samples``.
+        """
+        import httpx2 as httpx
+
+        texts = list(texts)
+        parsers = [parse] * len(texts) if callable(parse) else list(parse)
+        if len(parsers) != len(texts):
+            raise ValueError(f"ask: {len(parsers)} parsers for {len(texts)} texts")
+        timeout_s = self.timeout_s if timeout_s is None else float(timeout_s)
+        retries = self.retries if retries is None else int(retries)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        reasons: Counter[str] = Counter()
+        async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers(),
+                                     timeout=httpx.Timeout(timeout_s)) as client:
+            results = await asyncio.gather(*(self._attempts(client, semaphore, t, f, reasons, system=system,
+                                                            retries=retries, timeout_s=timeout_s)
+                                             for t, f in zip(texts, parsers)))
+        failed = sum(reason is not None for _, reason in results)
+        self.failures += failed
+        self.samples += len(texts)
+        self.calls += 1
+        return list(results)
+
+    async def _attempts(self, client, semaphore: asyncio.Semaphore, text: str, parse: Callable[[str], Any],
+                        reasons: Counter[str], *, system: str | None, retries: int,
+                        timeout_s: float) -> tuple[Any, str | None]:
+        """One text's attempts for :meth:`ask`: ``(value, None)`` or ``(None, last reason)``."""
+        path, payload = self._payload(text, system)
+        asked: float | None = None  # the previous reply's Retry-After, seconds
+        reason = "no attempt"
+        for attempt in range(retries + 1):
+            if attempt:
+                await asyncio.sleep(self.retry_wait(attempt, asked))
+            try:
+                async with semaphore:
+                    reply = await self._post(client, path, payload, timeout_s=timeout_s)
+                try:
+                    return parse(reply), None
+                except ValueError as e:
+                    raise _Failure(f"unparsable reply: {e}", self.retry_unparsable) from None
+            except _Failure as failure:
+                reason = failure.reason
+                reasons[failure.reason] += 1
+                if not failure.retryable:
+                    return None, reason
+                asked = failure.retry_after
+            except Exception as e:  # noqa: BLE001 - whatever happens, this text gets no value, the run goes on
+                reason = f"unexpected {type(e).__name__}"
+                reasons[reason] += 1
+                return None, reason
+        return None, reason
 
     async def _score(self, task: str | Prompt, items: list[Mapping[str, Any]]) -> tuple[list[float | None], int]:
         import httpx2 as httpx

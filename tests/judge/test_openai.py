@@ -75,6 +75,25 @@ def test_concurrency_is_bounded():
         assert server.max_in_flight == 2
 
 
+def test_ask_sends_every_text_with_its_parser_system_text_and_seed():
+    """ask(): one request per text, identical texts too (several raters); the system text before the prompt on
+    the completions endpoint; the seed on every request; a parser's ValueError is the failure's reason."""
+    def parse_int(reply):
+        if not reply.strip().isdigit():
+            raise ValueError(f"{reply!r} is not a number")
+        return int(reply)
+
+    replies = {"a": "1", "b": "two"}
+    with FakeJudgeServer(lambda p: (200, completion_body(replies[p[-1]]), 0.0)) as server:
+        judge = _judge(server.url, seed=7)
+        got = asyncio.run(judge.ask(["q a", "q a", "q b"], [parse_int, lambda r: r + "!", parse_int],
+                                    system="SYS", retries=0))
+    assert got == [(1, None), ("1!", None), (None, "unparsable reply: 'two' is not a number")]
+    assert sorted(p["prompt"] for _, p, _ in server.requests) == ["SYS\n\nq a", "SYS\n\nq a", "SYS\n\nq b"]
+    assert all(p["seed"] == 7 for _, p, _ in server.requests)
+    assert (judge.failures, judge.samples) == (1, 3)
+
+
 FAULTS = {
     # name: (server behaviour for an affected prompt, judge kwargs, attempts per affected prompt)
     # past the timeout; the timeout leaves good replies room on a loaded machine
