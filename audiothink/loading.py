@@ -114,6 +114,8 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
         attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
     keep_used_weight_renamings(model)  # saves under the hub names after a DeepSpeed ZeRO-3 load too
+    if model_cfg.get("router_aux_loss_coef") is not None:
+        set_router_aux_loss(model, model_cfg.router_aux_loss_coef)
     if model_cfg.get("freeze_audio_encoder"):
         from audiothink.models import freeze_audio_encoder
 
@@ -124,6 +126,20 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
         log.info("model.freeze_audio_encoder: %d audio-encoder parameters frozen (%.1f M); %.1f M parameters "
                  "left to train", frozen, frozen / 1e6, trainable / 1e6)
     return model, processor if processor is not None else load_processor(model_cfg)
+
+
+def set_router_aux_loss(model, coef: float) -> None:
+    """A mixture-of-experts model's router load-balancing loss: weight ``coef``, computed at all only when > 0
+    (``output_router_logits``; transformers adds it to the loss only with labels). ``model.router_aux_loss_coef``;
+    plumbing/validate.py admits 0.0 (off) only. A ConfigError for a model without a router."""
+    text = model.config.get_text_config()
+    if not hasattr(text, "router_aux_loss_coef"):
+        raise ConfigError(f"model.router_aux_loss_coef={coef}: {type(model).__name__} has no mixture-of-experts "
+                          "router; remove the key")
+    text.router_aux_loss_coef = float(coef)
+    text.output_router_logits = coef > 0
+    if hasattr(model, "router_aux_loss_coef"):  # the thinker copies the weight off its config when built
+        model.router_aux_loss_coef = float(coef)
 
 
 def build_peft_config(lora_cfg: DictConfig | None):
@@ -138,6 +154,8 @@ def build_peft_config(lora_cfg: DictConfig | None):
         lora_dropout=lora_cfg.dropout,
         # a string is a full-match regex over module names (keeps LoRA off the audio encoder)
         target_modules=target if isinstance(target, str) else list(target),
+        # parameters (not modules) by name suffix: a mixture of experts' fused 3-D expert weights (PEFT >= 0.17)
+        target_parameters=list(lora_cfg.target_parameters) if lora_cfg.get("target_parameters") else None,
         task_type="CAUSAL_LM",
     )
 

@@ -229,7 +229,8 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
 
     def prompt_tokens(sample, durations) -> int:
         return builder.text_tokens(render_prompt(sample, prompt), len(sample.audio)) + sum(
-            clip_audio_tokens(int(round(d * SAMPLE_RATE)), hop_length=fe.hop_length, window=window)
+            clip_audio_tokens(int(round(d * SAMPLE_RATE)), hop_length=fe.hop_length, window=window,
+                              model_type=model_type)
             for d in durations)
 
     return RowChecks(min_audio_samples=min_samples, control_tokens=control, prompt_tokens=prompt_tokens,
