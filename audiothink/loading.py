@@ -129,25 +129,51 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
 
 
 def set_router_aux_loss(model, coef: float) -> None:
-    """A mixture-of-experts model's router load-balancing loss: weight ``coef``, computed at all only when > 0
-    (``output_router_logits``; transformers adds it to the loss only with labels). ``model.router_aux_loss_coef``;
-    plumbing/validate.py admits 0.0 (off) only. A ConfigError for a model without a router."""
+    """A mixture-of-experts model's router load-balancing loss in GRPO: weight ``coef`` (``model.router_aux_loss_coef``;
+    0.0 turns it off). TRL's GRPOTrainer reads the weight off the model's text config (unless its own
+    ``router_aux_loss_coef`` is set) and, when it is not 0, asks the policy passes for the router logits and adds
+    ``coef`` x the load-balancing loss to the loss (logged as ``aux_loss``). Without this the checkpoint's own
+    pretraining weight would apply unasked (Qwen3-Omni's config.json: 0.001). ``output_router_logits`` stays false,
+    so no other pass (rollout, old and reference log-probs) computes router logits. A ConfigError for a model
+    without a router."""
     text = model.config.get_text_config()
-    if not hasattr(text, "router_aux_loss_coef"):
+    if not hasattr(text, "router_aux_loss_coef") or not hasattr(text, "output_router_logits"):
         raise ConfigError(f"model.router_aux_loss_coef={coef}: {type(model).__name__} has no mixture-of-experts "
                           "router; remove the key")
     text.router_aux_loss_coef = float(coef)
-    text.output_router_logits = coef > 0
+    text.output_router_logits = False
     if hasattr(model, "router_aux_loss_coef"):  # the thinker copies the weight off its config when built
         model.router_aux_loss_coef = float(coef)
 
 
-def build_peft_config(lora_cfg: DictConfig | None):
+def _peft_rewrites_regex(model) -> bool:
+    """Whether PEFT rewrites a regex ``target_modules`` for ``model`` before matching it. For the mixture-of-experts
+    models whose expert layout changed in transformers 5 (Qwen3-Omni's thinker among them), PEFT 0.21
+    (utils/transformers_weight_conversion.py, ``_convert_peft_config_moe``) resolves the regex to the *leaf* names it
+    matched, {q_proj, k_proj, ...}, and then wraps every module ending in them: the audio encoder's q/k/v too."""
+    try:
+        from peft.utils.transformers_weight_conversion import _MODEL_TO_CONVERSION_PATTERN
+    except ImportError:  # another PEFT: resolve anyway, which matches the same modules
+        return True
+    return getattr(model.config, "model_type", None) in _MODEL_TO_CONVERSION_PATTERN
+
+
+def build_peft_config(lora_cfg: DictConfig | None, model=None):
+    """PEFT's LoraConfig from ``model.lora`` (None: full fine-tuning). With ``model``, a regex ``target_modules`` that
+    PEFT would rewrite for this model (:func:`_peft_rewrites_regex`) is resolved here to the full names of the
+    modules it matches, which PEFT takes as they are: the adapter goes exactly where the regex says."""
     if lora_cfg is None:
         return None
+    import re
+
     from peft import LoraConfig
 
     target = lora_cfg.target_modules
+    if model is not None and isinstance(target, str) and _peft_rewrites_regex(model):
+        target = sorted(name for name, _ in model.named_modules() if name and re.fullmatch(target, name))
+        if not target:
+            raise ConfigError(f"model.lora.target_modules={lora_cfg.target_modules!r} matches no module of "
+                              f"{type(model).__name__}")
     return LoraConfig(
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,

@@ -185,7 +185,7 @@ def train(cfg: DictConfig) -> dict:
         reward_funcs=rewards,
         args=args,
         train_dataset=train_set,
-        peft_config=build_peft_config(cfg.model.lora),
+        peft_config=build_peft_config(cfg.model.lora, model),
         max_audio_seconds=cfg.model.max_audio_seconds,
         fast_generation=cfg.rollout.fast,
         prefill=prefill,

@@ -245,10 +245,9 @@ def check_model(model: DictConfig) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"model.{key}={value!r}: must be true or false")
     coef = _number("model", model, "router_aux_loss_coef")
-    if coef is not None and coef != 0:
-        raise ConfigError(f"model.router_aux_loss_coef={coef!r}: only 0.0 (off) is supported: TRL's GRPO loss is "
-                          "computed from the sampled tokens' log-probs and has no place for the router's "
-                          "load-balancing loss")
+    if coef is not None and coef < 0:
+        raise ConfigError(f"model.router_aux_loss_coef={coef!r}: must be >= 0 (the weight of the router's "
+                          "load-balancing loss; 0.0 turns it off)")
 
 
 def check_audio_window(model: DictConfig) -> None:
