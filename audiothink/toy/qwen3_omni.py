@@ -144,7 +144,8 @@ def build_qwen3_omni_thinker(processor: Qwen3OmniAudioProcessor, seed: int = 0,
 
     torch.manual_seed(seed)
     model = Qwen3OmniMoeThinkerForConditionalGeneration(build_qwen3_omni_config(processor, **kw))
-    # the router starts at zero (transformers' init): every expert would tie; random routing as a trained one has
+    # transformers' init (std 0.02) gives router logits near 0: near-ties between experts that any change flips;
+    # std 0.5 makes the routing decisive, as a trained router's is
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("mlp.gate.weight"):
