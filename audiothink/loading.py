@@ -114,6 +114,12 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
         attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
     keep_used_weight_renamings(model)  # saves under the hub names after a DeepSpeed ZeRO-3 load too
+    if model_cfg.get("freeze_vision_tower"):
+        from audiothink.models import freeze_idle_towers
+
+        frozen = freeze_idle_towers(model)
+        log.info("model.freeze_vision_tower: %.1f M vision-encoder parameters frozen (never run on audio)",
+                 frozen / 1e6)
     if model_cfg.get("router_aux_loss_coef") is not None:
         set_router_aux_loss(model, model_cfg.router_aux_loss_coef)
     if model_cfg.get("freeze_audio_encoder"):

@@ -260,6 +260,20 @@ def freeze_audio_encoder(model: torch.nn.Module) -> tuple[int, int]:
 _IDLE_IN_AUDIO_QA = ("visual", "vision_tower", "vision_model")
 
 
+def freeze_idle_towers(model: torch.nn.Module) -> int:
+    """``requires_grad=False`` on every parameter of the sub-models an audio question never runs (the thinkers'
+    vision encoders); returns how many parameters that froze. Exact: they get no gradient anyway, so no weight
+    changes. It keeps the optimizer from holding them without state, which FSDP2's sharded optimizer checkpoint
+    cannot load back (torch's DCP asks for each trainable parameter's state: "Missing key in checkpoint
+    state_dict: optimizer.state.model.visual....step"), and DDP needs no search for unused parameters."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if set(name.split(".")) & set(_IDLE_IN_AUDIO_QA) and p.requires_grad:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
 def idle_trainable_parameters(model: torch.nn.Module) -> bool:
     """Whether a trainable parameter of `model` sits in a sub-model an audio question never uses.
 

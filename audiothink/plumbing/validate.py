@@ -240,7 +240,7 @@ def check_heldout_interval(eval_cfg: DictConfig) -> None:
 def check_model(model: DictConfig) -> None:
     """model.*: the audio window, the switches that must be true or false, the router's auxiliary loss."""
     check_audio_window(model)
-    for key in ("freeze_audio_encoder", "liger_kernels"):
+    for key in ("freeze_audio_encoder", "liger_kernels", "freeze_vision_tower"):
         value = model.get(key, False)
         if not isinstance(value, bool):
             raise ConfigError(f"model.{key}={value!r}: must be true or false")
