@@ -20,7 +20,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.e2e.test_distributed import check_batch_wide_rewards
 from tests.e2e.test_sharded import COMMON, STEPS, Run, _check_engine, _check_generates, _check_reference_pass, _check_resume
 
 pytestmark = pytest.mark.slow
@@ -65,7 +64,8 @@ def test_fsdp2_trains_the_moe_thinker_sharded(fsdp_qwen3):
     full, _ = fsdp_qwen3
     _check_engine(full, "FSDP2", sharded_parameters=True)
     _check_reference_pass(full, STEPS)
-    check_batch_wide_rewards(full.records, STEPS)
+    # (the batch-wide reward's one λ across ranks is model-independent: tests/e2e/test_sharded.py checks it on the
+    # warm-started toy; this random thinker never thinks, so rank-local and global λ could not be told apart)
     # the experts' fused weights and the router are sharded too: half of each in each rank's file
     import torch.distributed.checkpoint as dcp
 
@@ -90,7 +90,9 @@ def test_fsdp2_writes_whole_weights(fsdp_qwen3, qwen3_omni_dir, toy_files):
     weights, start = load_file(final / "model.safetensors"), load_file(qwen3_omni_dir / "model.safetensors")
     assert sorted(weights) == sorted(start)
     assert all(weights[k].shape == start[k].shape for k in start)  # whole tensors, not one rank's shard
-    for suffix in ("mlp.experts.gate_up_proj", "mlp.gate.weight", "self_attn.q_proj.weight"):
+    # on disk the experts are per expert (hub layout), as save_pretrained writes them
+    assert any(".mlp.experts.3.down_proj.weight" in k for k in weights)
+    for suffix in ("mlp.experts.0.gate_proj.weight", "mlp.gate.weight", "self_attn.q_proj.weight"):
         name = next(k for k in start if k.endswith(suffix))
         assert not torch.equal(weights[name], start[name]), f"{name} did not train"
     _check_generates(model, Qwen3OmniAudioProcessor.from_pretrained(final), toy_files)
