@@ -158,10 +158,13 @@ def _peft_rewrites_regex(model) -> bool:
     (utils/transformers_weight_conversion.py, ``_convert_peft_config_moe``) resolves the regex to the *leaf* names it
     matched, {q_proj, k_proj, ...}, and then wraps every module ending in them: the audio encoder's q/k/v too."""
     try:
-        from peft.utils.transformers_weight_conversion import _MODEL_TO_CONVERSION_PATTERN
+        from peft.utils.transformers_weight_conversion import (_MODEL_TO_CONVERSION_PATTERN, _MOE_FUSED_TARGETS,
+                                                               _MOE_TARGET_MODULE_MAPPING)
     except ImportError:  # another PEFT: resolve anyway, which matches the same modules
         return True
-    return getattr(model.config, "model_type", None) in _MODEL_TO_CONVERSION_PATTERN
+    # PEFT's own conditions for the rewrite (the others, Qwen2.5-Omni's thinker among them, keep the regex)
+    base = _MODEL_TO_CONVERSION_PATTERN.get(getattr(model.config, "model_type", None))
+    return bool(base and _MOE_TARGET_MODULE_MAPPING.get(base) and _MOE_FUSED_TARGETS.get(base))
 
 
 def build_peft_config(lora_cfg: DictConfig | None, model=None):
