@@ -54,19 +54,38 @@ def min_audio_tokens(model_type: str | None) -> int:
     return _MIN_AUDIO_TOKENS.get(model_type or "", 1)
 
 
-def feat_extract_output_length(mel_frames: int) -> int:
-    """Audio placeholders for a clip of ``mel_frames`` mel frames: Qwen2-Audio's and Qwen2.5-Omni's encoder
-    (a stride-2 convolution, then 2x pooling). vLLM's ``_get_feat_extract_output_lengths`` in qwen2_audio.py
-    (also used by qwen2_5_omni_thinker.py) and transformers' processors compute the same."""
+def _qwen3_omni_audio_tokens(mel_frames: int) -> int:
+    # Qwen3-Omni's AuT encoder: 1 s chunks of 100 mel frames (n_window = 50, as published and as the processor
+    # and vLLM's qwen3_omni_moe_thinker.py fix it), three stride-2 convolutions each: 13 tokens a full chunk
+    chunk = 100
+    rest = mel_frames % chunk
+    for _ in range(3):
+        rest = (rest - 1) // 2 + 1
+    return rest + (mel_frames // chunk) * 13
+
+
+# Audio placeholders per clip by ``config.model_type``, where the encoder is not Qwen2-Audio's (the full Qwen3-Omni
+# checkpoint's config is ``qwen3_omni_moe``, a thinker saved alone ``qwen3_omni_moe_thinker``).
+_AUDIO_TOKEN_RULES = {"qwen3_omni_moe": _qwen3_omni_audio_tokens, "qwen3_omni_moe_thinker": _qwen3_omni_audio_tokens}
+
+
+def feat_extract_output_length(mel_frames: int, model_type: str | None = None) -> int:
+    """Audio placeholders for a clip of ``mel_frames`` mel frames. Qwen2-Audio's and Qwen2.5-Omni's encoder
+    (a stride-2 convolution, then 2x pooling; vLLM's ``_get_feat_extract_output_lengths`` in qwen2_audio.py,
+    also used by qwen2_5_omni_thinker.py, and transformers' processors compute the same), or the rule of
+    ``model_type`` (Qwen3-Omni: 13 a 1 s chunk, transformers' and vLLM's qwen3_omni_moe)."""
+    rule = _AUDIO_TOKEN_RULES.get(model_type or "")
+    if rule is not None:
+        return rule(mel_frames)
     conv = (mel_frames - 1) // 2 + 1
     return (conv - 2) // 2 + 1
 
 
-def clip_audio_tokens(samples: int, *, hop_length: int, window: int) -> int:
+def clip_audio_tokens(samples: int, *, hop_length: int, window: int, model_type: str | None = None) -> int:
     """Audio tokens of a clip of ``samples`` (16 kHz), by the processor's rule: mel frames = ceil(samples / hop),
-    the clip cut to the ``window`` (samples) first, then the encoder's stride-2 convolution and 2x pooling
-    (:func:`feat_extract_output_length`, Qwen2-Audio's and Qwen2.5-Omni's)."""
-    return feat_extract_output_length(math.ceil(min(samples, window) / hop_length))
+    the clip cut to the ``window`` (samples) first, then the encoder's downsampling
+    (:func:`feat_extract_output_length` for ``model_type``)."""
+    return feat_extract_output_length(math.ceil(min(samples, window) / hop_length), model_type)
 
 
 def min_clip_samples(feature_extractor, model_type: str | None, max_seconds: float | None = None) -> int | None:
@@ -82,7 +101,7 @@ def min_clip_samples(feature_extractor, model_type: str | None, max_seconds: flo
         samples = (frames - 1) * hop + 1  # the shortest clip with this many mel frames
         if samples > window:
             break
-        if clip_audio_tokens(samples, hop_length=hop, window=window) >= need:
+        if clip_audio_tokens(samples, hop_length=hop, window=window, model_type=model_type) >= need:
             return samples
     return None
 

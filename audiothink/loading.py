@@ -114,6 +114,14 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
         attn_implementation=resolve_attention(model_cfg.attn_implementation),
     )
     keep_used_weight_renamings(model)  # saves under the hub names after a DeepSpeed ZeRO-3 load too
+    if model_cfg.get("freeze_vision_tower"):
+        from audiothink.models import freeze_idle_towers
+
+        frozen = freeze_idle_towers(model)
+        log.info("model.freeze_vision_tower: %.1f M vision-encoder parameters frozen (never run on audio)",
+                 frozen / 1e6)
+    if model_cfg.get("router_aux_loss_coef") is not None:
+        set_router_aux_loss(model, model_cfg.router_aux_loss_coef)
     if model_cfg.get("freeze_audio_encoder"):
         from audiothink.models import freeze_audio_encoder
 
@@ -126,18 +134,63 @@ def load_model_and_processor(model_cfg: DictConfig, processor=None):
     return model, processor if processor is not None else load_processor(model_cfg)
 
 
-def build_peft_config(lora_cfg: DictConfig | None):
+def set_router_aux_loss(model, coef: float) -> None:
+    """A mixture-of-experts model's router load-balancing loss in GRPO: weight ``coef`` (``model.router_aux_loss_coef``;
+    0.0 turns it off). TRL's GRPOTrainer reads the weight off the model's text config (unless its own
+    ``router_aux_loss_coef`` is set) and, when it is not 0, asks the policy passes for the router logits and adds
+    ``coef`` x the load-balancing loss to the loss (logged as ``aux_loss``). Without this the checkpoint's own
+    pretraining weight would apply unasked (Qwen3-Omni's config.json: 0.001). ``output_router_logits`` stays false,
+    so no other pass (rollout, old and reference log-probs) computes router logits. A ConfigError for a model
+    without a router."""
+    text = model.config.get_text_config()
+    if not hasattr(text, "router_aux_loss_coef") or not hasattr(text, "output_router_logits"):
+        raise ConfigError(f"model.router_aux_loss_coef={coef}: {type(model).__name__} has no mixture-of-experts "
+                          "router; remove the key")
+    text.router_aux_loss_coef = float(coef)
+    text.output_router_logits = False
+    if hasattr(model, "router_aux_loss_coef"):  # the thinker copies the weight off its config when built
+        model.router_aux_loss_coef = float(coef)
+
+
+def _peft_rewrites_regex(model) -> bool:
+    """Whether PEFT rewrites a regex ``target_modules`` for ``model`` before matching it. For the mixture-of-experts
+    models whose expert layout changed in transformers 5 (Qwen3-Omni's thinker among them), PEFT 0.21
+    (utils/transformers_weight_conversion.py, ``_convert_peft_config_moe``) resolves the regex to the *leaf* names it
+    matched, {q_proj, k_proj, ...}, and then wraps every module ending in them: the audio encoder's q/k/v too."""
+    try:
+        from peft.utils.transformers_weight_conversion import (_MODEL_TO_CONVERSION_PATTERN, _MOE_FUSED_TARGETS,
+                                                               _MOE_TARGET_MODULE_MAPPING)
+    except ImportError:  # another PEFT: resolve anyway, which matches the same modules
+        return True
+    # PEFT's own conditions for the rewrite (the others, Qwen2.5-Omni's thinker among them, keep the regex)
+    base = _MODEL_TO_CONVERSION_PATTERN.get(getattr(model.config, "model_type", None))
+    return bool(base and _MOE_TARGET_MODULE_MAPPING.get(base) and _MOE_FUSED_TARGETS.get(base))
+
+
+def build_peft_config(lora_cfg: DictConfig | None, model=None):
+    """PEFT's LoraConfig from ``model.lora`` (None: full fine-tuning). With ``model``, a regex ``target_modules`` that
+    PEFT would rewrite for this model (:func:`_peft_rewrites_regex`) is resolved here to the full names of the
+    modules it matches, which PEFT takes as they are: the adapter goes exactly where the regex says."""
     if lora_cfg is None:
         return None
+    import re
+
     from peft import LoraConfig
 
     target = lora_cfg.target_modules
+    if model is not None and isinstance(target, str) and _peft_rewrites_regex(model):
+        target = sorted(name for name, _ in model.named_modules() if name and re.fullmatch(target, name))
+        if not target:
+            raise ConfigError(f"model.lora.target_modules={lora_cfg.target_modules!r} matches no module of "
+                              f"{type(model).__name__}")
     return LoraConfig(
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
         # a string is a full-match regex over module names (keeps LoRA off the audio encoder)
         target_modules=target if isinstance(target, str) else list(target),
+        # parameters (not modules) by name suffix: a mixture of experts' fused 3-D expert weights (PEFT >= 0.17)
+        target_parameters=list(lora_cfg.target_parameters) if lora_cfg.get("target_parameters") else None,
         task_type="CAUSAL_LM",
     )
 

@@ -1,4 +1,4 @@
-"""What the two supported model families need beyond `from_pretrained`.
+"""What the supported model families (Qwen2-Audio, Qwen2.5-Omni, Qwen3-Omni) need beyond `from_pretrained`.
 
 - `OmniAudioProcessor`: Qwen2.5-Omni's processor restricted to audio + text. transformers'
   `Qwen2_5OmniProcessor` insists on an image and a video processor, and the video one needs torchvision;
@@ -24,7 +24,7 @@ import logging
 from typing import Any
 
 import torch
-from transformers import Qwen2_5OmniProcessor
+from transformers import Qwen2_5OmniProcessor, Qwen3OmniMoeProcessor
 from transformers.processing_utils import OmniModalProcessorMixin
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,34 @@ class OmniAudioProcessor(Qwen2_5OmniProcessor):
         for name in ("audio", "image", "video"):
             token = getattr(self, f"{name}_token")
             setattr(self, f"{name}_token_id", None if token is None else tokenizer.convert_tokens_to_ids(token))
+
+
+class Qwen3OmniAudioProcessor(Qwen3OmniMoeProcessor):
+    """Qwen3-Omni's processor for audio and text: a feature extractor and a tokenizer, nothing else.
+
+    As `OmniAudioProcessor` is for Qwen2.5-Omni: `Qwen3OmniMoeProcessor` wants an image and a video processor
+    (the video one needs torchvision). Tokenization, the `<|audio_pad|>` expansion (13 tokens per 1 s chunk of
+    `n_window * 2` mel frames, Qwen3-Omni's rule) and the features are Qwen3-Omni's own. Loads from a full
+    Qwen3-Omni checkpoint or from a directory this class saved.
+    """
+
+    def __init__(self, feature_extractor=None, tokenizer=None, chat_template=None):
+        OmniModalProcessorMixin.__init__(self, feature_extractor, tokenizer, chat_template=chat_template)
+        for name in ("audio_token", "audio_bos_token", "audio_eos_token", "image_token", "video_token",
+                     "vision_bos_token", "vision_eos_token"):
+            setattr(self, name, getattr(tokenizer, name, None))
+        if self.audio_token is None:
+            raise ValueError("Qwen3OmniAudioProcessor: the tokenizer defines no audio_token (is this a Qwen3-Omni "
+                             "checkpoint?)")
+        for name in ("audio", "image", "video"):
+            token = getattr(self, f"{name}_token")
+            setattr(self, f"{name}_token_id", None if token is None else tokenizer.convert_tokens_to_ids(token))
+
+    @property
+    def model_input_names(self):
+        # Qwen3OmniMoeProcessor's adds the image and video processors' names; there are none here
+        return list(dict.fromkeys(self.tokenizer.model_input_names + self.feature_extractor.model_input_names
+                                  + ["feature_attention_mask"]))
 
 
 # -- one encoder pass per distinct clip --------------------------------------------------------------------
@@ -129,10 +157,23 @@ def _share_qwen2_audio(tower: torch.nn.Module, stats: _SharedPasses) -> None:
     tower.register_forward_hook(after)
 
 
-def _share_omni(tower: torch.nn.Module, stats: _SharedPasses) -> None:
+def _qwen2_5_omni_rows(module: torch.nn.Module, lens: torch.Tensor) -> torch.Tensor:
+    return module._get_feat_extract_output_lengths(lens)[1]
+
+
+def _qwen3_omni_rows(module: torch.nn.Module, lens: torch.Tensor) -> torch.Tensor:
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+    return _get_feat_extract_output_lengths(lens, module.n_window)
+
+
+def _share_omni(tower: torch.nn.Module, stats: _SharedPasses, out_rows=_qwen2_5_omni_rows) -> None:
     # Qwen2_5OmniAudioEncoder.forward(input_features (mels, total frames: the clips concatenated),
     # feature_lens (clips,), aftercnn_lens (clips,)) -> last_hidden_state (total output rows, d): clip i
-    # contributes a block of output_length(feature_lens[i]) rows, in order.
+    # contributes a block of out_rows(feature_lens[i]) rows, in order. Qwen3OmniMoeAudioEncoder.forward takes
+    # the same first two (no aftercnn_lens) and returns the same blocks. Qwen3-Omni's encoder pads its 1 s chunks
+    # to the batch's longest and sizes its attention windows by it: the distinct clips hold that longest chunk
+    # too, so their outputs are the full batch's, bit for bit.
     def before(module, args, kwargs):
         features = _arg(args, kwargs, 0, "input_features")
         lens = _arg(args, kwargs, 1, "feature_lens")
@@ -148,7 +189,7 @@ def _share_omni(tower: torch.nn.Module, stats: _SharedPasses) -> None:
             return None
         first, inverse = groups
         stats.encoded += first.numel()
-        _, out_lens = module._get_feat_extract_output_lengths(lens[first])
+        out_lens = out_rows(module, lens[first])
         setattr(module, _STASH, (inverse, out_lens.tolist()))
         args, kwargs = _with_arg(args, kwargs, 0, "input_features", torch.cat([pieces[i] for i in first.tolist()], 1))
         args, kwargs = _with_arg(args, kwargs, 1, "feature_lens", lens[first])
@@ -170,14 +211,15 @@ def _share_omni(tower: torch.nn.Module, stats: _SharedPasses) -> None:
     tower.register_forward_hook(after)
 
 
-_TOWERS = {"Qwen2AudioEncoder": _share_qwen2_audio, "Qwen2_5OmniAudioEncoder": _share_omni}
+_TOWERS = {"Qwen2AudioEncoder": _share_qwen2_audio, "Qwen2_5OmniAudioEncoder": _share_omni,
+           "Qwen3OmniMoeAudioEncoder": lambda tower, stats: _share_omni(tower, stats, _qwen3_omni_rows)}
 
 
 def share_audio_encoder_passes(model: torch.nn.Module) -> _SharedPasses:
     """Make `model`'s audio encoder run once per distinct clip of a batch; returns the pass counters.
 
-    Works on Qwen2AudioForConditionalGeneration and Qwen2_5OmniThinkerForConditionalGeneration (before or
-    after PEFT wrapping); calling it twice is harmless. Other models: a ValueError naming the class.
+    Works on Qwen2AudioForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration and
+    Qwen3OmniMoeThinkerForConditionalGeneration (before or after PEFT wrapping); calling it twice is harmless. Other models: a ValueError naming the class.
     """
     towers = [m for m in model.modules() if type(m).__name__ in _TOWERS]
     if not towers:
@@ -216,6 +258,20 @@ def freeze_audio_encoder(model: torch.nn.Module) -> tuple[int, int]:
 
 # Sub-models that an audio-and-text forward never calls: the Qwen2.5-Omni thinker's vision encoder.
 _IDLE_IN_AUDIO_QA = ("visual", "vision_tower", "vision_model")
+
+
+def freeze_idle_towers(model: torch.nn.Module) -> int:
+    """``requires_grad=False`` on every parameter of the sub-models an audio question never runs (the thinkers'
+    vision encoders); returns how many parameters that froze. Exact: they get no gradient anyway, so no weight
+    changes. It keeps the optimizer from holding them without state, which FSDP2's sharded optimizer checkpoint
+    cannot load back (torch's DCP asks for each trainable parameter's state: "Missing key in checkpoint
+    state_dict: optimizer.state.model.visual....step"), and DDP needs no search for unused parameters."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if set(name.split(".")) & set(_IDLE_IN_AUDIO_QA) and p.requires_grad:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
 
 
 def idle_trainable_parameters(model: torch.nn.Module) -> bool:

@@ -241,7 +241,7 @@ def row_checks(processor, prompt: str, *, max_prompt_tokens: int | None, max_aud
     def prompt_tokens(sample, durations) -> int:
         pieces = [b - a for d in durations for a, b in audio_window.pieces(int(round(d * SAMPLE_RATE)))]
         return builder.text_tokens(render_prompt(sample, prompt), len(pieces)) + sum(
-            clip_audio_tokens(n, hop_length=fe.hop_length, window=window) for n in pieces)
+            clip_audio_tokens(n, hop_length=fe.hop_length, window=window, model_type=model_type) for n in pieces)
 
     return RowChecks(min_audio_samples=min_samples, control_tokens=control, prompt_tokens=prompt_tokens,
                      max_prompt_tokens=limit, model_type=model_type, prompt_limit=limit_text, window=audio_window)

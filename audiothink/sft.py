@@ -279,7 +279,7 @@ def sft(cfg: DictConfig) -> dict:
     if lora:
         from peft import get_peft_model
 
-        model = get_peft_model(model, build_peft_config(cfg.model.lora))
+        model = get_peft_model(model, build_peft_config(cfg.model.lora, model))
     if torch.cuda.is_available():
         model.to("cuda")
     if s.activation_checkpointing:

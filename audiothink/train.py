@@ -185,7 +185,7 @@ def train(cfg: DictConfig) -> dict:
         reward_funcs=rewards,
         args=args,
         train_dataset=train_set,
-        peft_config=build_peft_config(cfg.model.lora),
+        peft_config=build_peft_config(cfg.model.lora, model),
         max_audio_seconds=cfg.model.max_audio_seconds,
         long_audio=cfg.data.long_audio,  # the row checks' and the held-out scoring's split of long clips too
         fast_generation=cfg.rollout.fast,

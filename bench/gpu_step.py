@@ -1,7 +1,9 @@
-"""The GRPO step at 7B scale on one GPU, both models, in one run: every figure of issue 12, as one JSON file.
+"""The GRPO step at 7B scale on one GPU, both 7B models, in one run: every figure of issue 12, as one JSON file
+(and the Qwen3-Omni-30B-A3B thinker, a mixture of experts, by itself with --model qwen3_omni_30b_a3b).
 
     python bench/gpu_step.py                          # both models, <= --budget-s (480 s) on an H100/H200
     python bench/gpu_step.py --model qwen2_audio_7b   # one model (qwen2_5_omni_7b: the Omni thinker)
+    python bench/gpu_step.py --model qwen3_omni_30b_a3b   # the Qwen3-Omni thinker (MoE), alone: not in "all"
     python bench/gpu_step.py --out /tmp/x.json --budget-s 600
     python bench/gpu_step.py --prompts 2 --new-tokens 32   # a quick smoke run (figures not comparable)
 
@@ -24,7 +26,7 @@ in micro-batches of 16 rows without activation checkpointing. Per model, in this
 3. liger (optional): the update of the last plain step's batch timed again, Liger off then on (Liger's
    RMSNorm, SwiGLU and RoPE put into the built model in place of transformers' own, the same modules
    `model.liger_kernels=true` builds, then put back); "not installed" without liger-kernel;
-4. exactness (required for Omni, optional for Qwen2-Audio): 2 prompts decoded greedily by the fast path
+4. exactness (required for the Omni thinkers, optional for Qwen2-Audio): 2 prompts decoded greedily by the fast path
    (in a batch of the compiled shape) and by plain generate; same tokens or not, the ids on a mismatch, and the
    plain model's logit margin between the two tokens where they part (a near-tie says bf16 rounding, a wide
    margin a bug);
@@ -45,7 +47,8 @@ Figures, per model (JSON "models".<model>; all measured in this run):
   bandwidth (rollout.floor_*). The fast figure is the last fast step's rollout (compiled, steady).
 - update: the policy forward + backward over the step's micro-batches (the optimizer step, milliseconds for
   LoRA, is in "other"); mfu = 4 x N x T / (seconds x measured bf16 matmul rate), N = language-model
-  parameters (with the LM head), T = tokens in the update (prompt + completion, padding excluded); 4 =
+  parameters (with the LM head; for the mixture of experts the active ones: its routed share of the experts,
+  params_lm_active), T = tokens in the update (prompt + completion, padding excluded); 4 =
   forward 2 + backward to the activations 2 (LoRA leaves the base weights without gradient). update.s/mfu:
   in the training loop's last plain step; update.liger_off / liger_on: the same batch timed again each way.
 - peak_GiB: peak GPU memory over the training loop (per step in step.*.peak_GiB).
@@ -126,9 +129,41 @@ QWEN2_5_OMNI_7B_THINKER = {
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
     },
 }
-MODELS = {"qwen2_audio_7b": "Qwen2-Audio-7B-Instruct", "qwen2_5_omni_7b": "Qwen2.5-Omni-7B thinker"}
+QWEN3_OMNI_30B_A3B_THINKER = {
+    # published Qwen3-Omni-30B-A3B-Instruct thinker dimensions (config.json, thinker_config): a mixture of experts,
+    # 128 experts of 768 in each of 48 layers, 8 routed per token
+    "audio_config": {
+        "num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
+        "d_model": 1280, "max_source_positions": 1500, "n_window": 50, "n_window_infer": 800,
+        "downsample_hidden_size": 480, "output_dim": 2048,
+    },
+    "vision_config": {
+        "depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "out_hidden_size": 2048,
+        "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": [8, 16, 24],
+    },
+    "text_config": {
+        "vocab_size": 152064, "hidden_size": 2048, "intermediate_size": 768, "num_hidden_layers": 48,
+        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "max_position_embeddings": 65536,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "num_experts": 128, "num_experts_per_tok": 8,
+        "moe_intermediate_size": 768, "norm_topk_prob": True, "decoder_sparse_step": 1,
+        "router_aux_loss_coef": 0.001, "output_router_logits": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [24, 20, 20],
+                            "interleaved": True, "mrope_interleaved": True},
+    },
+    "position_id_per_seconds": 13,
+}
+MODELS = {"qwen2_audio_7b": "Qwen2-Audio-7B-Instruct", "qwen2_5_omni_7b": "Qwen2.5-Omni-7B thinker",
+          "qwen3_omni_30b_a3b": "Qwen3-Omni-30B-A3B thinker"}
 MODEL_CLASSES = {"qwen2_audio_7b": "Qwen2AudioForConditionalGeneration",
-                 "qwen2_5_omni_7b": "Qwen2_5OmniThinkerForConditionalGeneration"}
+                 "qwen2_5_omni_7b": "Qwen2_5OmniThinkerForConditionalGeneration",
+                 "qwen3_omni_30b_a3b": "Qwen3OmniMoeThinkerForConditionalGeneration"}
+# --model all: the two 7B models (~17 GB of bf16 weights each, one after the other in the default budget). The
+# Qwen3-Omni thinker (~63 GB of bf16 weights for its ~31.7 B parameters) runs alone: --model qwen3_omni_30b_a3b.
+ALL = ("qwen2_audio_7b", "qwen2_5_omni_7b")
+
+# the models whose fast-path exactness is a required part (3-D positions that depend on the audio lengths)
+EXACTNESS_REQUIRED = ("qwen2_5_omni_7b", "qwen3_omni_30b_a3b")
 
 CUDA = torch.cuda.is_available()  # the benchmark is for a GPU; tests run its code paths on CPU at toy size
 LIVE_TRAINERS = weakref.WeakSet()  # trainers not yet freed: one model at a time on the GPU
@@ -376,6 +411,44 @@ def build_omni_thinker():
     return _random_weights(Qwen2_5OmniThinkerForConditionalGeneration, cfg), processor, cfg
 
 
+def build_qwen3_omni_thinker():
+    from transformers import Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration
+    from transformers import WhisperFeatureExtractor
+
+    from audiothink.models import Qwen3OmniAudioProcessor
+    from audiothink.toy.qwen3_omni import build_qwen3_omni_processor, qwen3_omni_token_fields
+
+    toy = build_qwen3_omni_processor()
+    tok = toy.tokenizer
+    # Qwen3-Omni's feature extractor: 128 mel bins, 10 ms hop; its encoder runs on the valid frames only
+    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400,
+                                 return_attention_mask=True)
+    processor = Qwen3OmniAudioProcessor(feature_extractor=fe, tokenizer=tok, chat_template=toy.chat_template)
+    cfg = Qwen3OmniMoeThinkerConfig(**QWEN3_OMNI_30B_A3B_THINKER, **qwen3_omni_token_fields(tok))
+    cfg.text_config.eos_token_id = tok.eos_token_id
+    cfg.text_config.pad_token_id = tok.pad_token_id
+    return _random_weights(Qwen3OmniMoeThinkerForConditionalGeneration, cfg), processor, cfg
+
+
+BUILDERS = {"qwen2_audio_7b": build_qwen2_audio, "qwen2_5_omni_7b": build_omni_thinker,
+            "qwen3_omni_30b_a3b": build_qwen3_omni_thinker}
+
+
+def active_lm_parameters(model) -> int:
+    """Language-model parameters (LM head included) a token goes through: all of a dense model's; for a mixture of
+    experts the non-expert ones plus top-k / experts of the expert weights (what MFU counts: ~3.3 B of Qwen3-Omni's
+    ~30.5 B)."""
+    text = model.config.get_text_config()
+    experts, top_k = getattr(text, "num_experts", None), getattr(text, "num_experts_per_tok", None)
+    total = 0.0
+    for n, p in model.named_parameters():
+        if "language_model" not in n and "lm_head" not in n:
+            continue
+        share = top_k / experts if experts and top_k and ".mlp.experts." in n else 1.0
+        total += p.numel() * share
+    return int(total)
+
+
 PROMPT = "{question}\n{choices}\nThink inside <think></think> if needed, then answer inside <answer></answer>."
 
 
@@ -388,7 +461,7 @@ def build(args, model_name: str, work: Path):
     from audiothink.trainer import AudioGRPOTrainer
     from audiothink.rewards import Accuracy, AdaptiveThink, Format
 
-    model, processor, cfg = (build_qwen2_audio if model_name == "qwen2_audio_7b" else build_omni_thinker)()
+    model, processor, cfg = BUILDERS[model_name]()
     tok = processor.tokenizer
     model.config._attn_implementation = "sdpa"
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -420,7 +493,10 @@ def build(args, model_name: str, work: Path):
     trainer = AudioGRPOTrainer(
         model=model, processor=processor, reward_funcs=[AdaptiveThink(), Format(), Accuracy()], args=targs,
         train_dataset=dataset, max_audio_seconds=30.0, share_encoder_passes=not args.no_share_encoder,
-        peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=lm_only, task_type="CAUSAL_LM"),
+        # the regex resolved to module names: for a mixture of experts PEFT 0.21 would rewrite it to leaf names and
+        # wrap the audio encoder's q/k/v too (audiothink.loading.build_peft_config does the same)
+        peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, task_type="CAUSAL_LM",
+                               target_modules=sorted(n for n, _ in model.named_modules() if re.fullmatch(lm_only, n))),
         completion_prompts=0,
     )
     return trainer, cfg
@@ -429,7 +505,7 @@ def build(args, model_name: str, work: Path):
 def decode_floor(cfg, rows: int, prompt_len: int, new_tokens: int, bandwidth: float, lm_bytes: float) -> float:
     """Seconds for `new_tokens` decode steps if each step only had to read the LM weights and the KV cache."""
     t = cfg.text_config
-    head_dim = t.hidden_size // t.num_attention_heads
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads  # Qwen3: 128, not 2048 / 32
     kv_per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * head_dim * 2  # K and V, bf16
     total = 0.0
     for step in range(new_tokens):
@@ -754,7 +830,7 @@ class ModelRun:
             self.out.setdefault("out_of_memory_at_micro", []).append(micro)
             micro //= 2
         self.part("liger", self.liger, required=False)
-        self.part("exactness", self.exactness, required=self.name == "qwen2_5_omni_7b")
+        self.part("exactness", self.exactness, required=self.name in EXACTNESS_REQUIRED)
         if self.part("bucket_b", lambda: self.extra_bucket(1), required=False):
             self.part("bucket_c", lambda: self.extra_bucket(2), required=False)
         else:
@@ -776,6 +852,8 @@ class ModelRun:
         self.out["params_total"] = sum(p.numel() for p in base.parameters())
         self.out["params_lm"] = sum(p.numel() for n, p in base.named_parameters()
                                     if "language_model" in n or "lm_head" in n)
+        # MFU's N: the parameters a token goes through (a mixture of experts: its routed share of the experts)
+        self.out["params_lm_active"] = active_lm_parameters(base)
         self.out["micro"] = self.args.micro
         print(f"[{self.name}] built model + trainer", flush=True)
 
@@ -838,7 +916,7 @@ class ModelRun:
                                     "pct_of_floor": 100 * floor / plain["rollout"]}}
         update_tokens = plain["prompt_tokens"] + plain["completion_tokens"]
         out["update"] = {"s": plain["update"], "tokens": update_tokens,
-                         "mfu": 4 * out["params_lm"] * update_tokens / (plain["update"] * self.mm)}
+                         "mfu": 4 * out["params_lm_active"] * update_tokens / (plain["update"] * self.mm)}
         out["peak_GiB"] = gib(max(peaks.values()))
         print(f"\n{MODELS[self.name]} shape, {args.prompts} prompts x G={args.G}, {args.audio_seconds:g} s audio "
               f"({prompt_len} prompt tokens), {args.new_tokens} new tokens, LoRA r={args.lora_r}, beta={args.beta}, "
@@ -926,13 +1004,17 @@ class ModelRun:
         seconds = time.perf_counter() - t0
         model.zero_grad(set_to_none=True)
         tokens = sum(int(b["prompt_mask"].sum() + b["completion_mask"].sum()) for b in batches)
-        return {"s": seconds, "tokens": tokens, "mfu": 4 * self.out["params_lm"] * tokens / (seconds * self.mm),
+        return {"s": seconds, "tokens": tokens, "mfu": 4 * self.out["params_lm_active"] * tokens / (seconds * self.mm),
                 "peak_GiB": gib(peak_bytes())}
 
     def liger(self):
         update = self.out["update"]
         update["liger_off"] = self.measure_update(self.update_batches)
+        from audiothink.models import _LIGER_TARGETS
+
         missing = liger_available() if self.args.liger == "auto" else "off (--liger off)"
+        if MODEL_CLASSES[self.name] not in _LIGER_TARGETS:  # a mixture of experts: no SwiGLU MLP to swap
+            missing = f"no Liger mapping for {MODEL_CLASSES[self.name]}"
         if missing:
             update["liger_on"] = missing
         else:
@@ -1102,7 +1184,7 @@ def main(argv=None, *, floors: tuple[float, float] | None = None) -> dict:
             measure_bandwidth(0.05, "cpu"), measure_matmul(256, "cpu"))
     bw, mm = floors
     print(f"device: {device}  copy {bw / 1e9:.0f} GB/s  bf16 matmul {mm / 1e12:.1f} TFLOP/s", flush=True)
-    models = list(MODELS) if args.model == "all" else [args.model]
+    models = list(ALL) if args.model == "all" else [args.model]
 
     estimates = dict(ESTIMATE_S)
     estimates["train"] = (args.plain_steps * ESTIMATE_S["plain_step"]
@@ -1113,7 +1195,7 @@ def main(argv=None, *, floors: tuple[float, float] | None = None) -> dict:
         budget.add(m, "build", True)
         budget.add(m, "train", True)
         for name in ("liger", "exactness", "bucket_b", "bucket_c", "warm_cache"):
-            budget.add(m, name, name == "exactness" and m == "qwen2_5_omni_7b")
+            budget.add(m, name, name == "exactness" and m in EXACTNESS_REQUIRED)
     if budget.required_total() > args.budget_s:
         print(f"warning: the required parts alone are estimated at ~{budget.required_total():.0f} s, over "
               f"--budget-s {args.budget_s:.0f}", flush=True)

@@ -31,3 +31,12 @@ def omni_dir(tmp_path_factory) -> Path:
     from audiothink.toy.omni import save_tiny_omni
 
     return save_tiny_omni(tmp_path_factory.mktemp("omni") / "tiny-omni")
+
+
+@pytest.fixture(scope="session")
+def qwen3_omni_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen3-Omni thinker checkpoint (mixture of experts; config, weights, processor), built offline once
+    per session."""
+    from audiothink.toy.qwen3_omni import save_tiny_qwen3_omni
+
+    return save_tiny_qwen3_omni(tmp_path_factory.mktemp("qwen3-omni") / "tiny-qwen3-omni")

@@ -10,6 +10,7 @@ import torch
 
 from audiothink.models import share_audio_encoder_passes
 from audiothink.toy.omni import build_omni_processor, build_omni_thinker
+from audiothink.toy.qwen3_omni import build_qwen3_omni_processor, build_qwen3_omni_thinker
 from tests.helpers import load_toy
 
 
@@ -22,7 +23,12 @@ def _omni(_):
     return build_omni_thinker(processor), processor
 
 
-MODELS = {"qwen2_audio": _qwen2_audio, "omni": _omni}
+def _qwen3_omni(_):
+    processor = build_qwen3_omni_processor()
+    return build_qwen3_omni_thinker(processor), processor
+
+
+MODELS = {"qwen2_audio": _qwen2_audio, "omni": _omni, "qwen3_omni": _qwen3_omni}
 
 
 def _batch(processor, clips_per_row):

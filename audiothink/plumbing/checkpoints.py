@@ -326,7 +326,15 @@ def check_resume_adapter(folder: str | os.PathLike, lora_cfg) -> None:
         lora_cfg.target_modules if isinstance(lora_cfg.target_modules, str) else list(lora_cfg.target_modules))}
     have = {"r": saved.get("r"), "alpha": float(saved.get("lora_alpha", "nan")),
             "target_modules": targets(saved.get("target_modules"))}
-    diff = [k for k in want if want[k] != have[k]]
+
+    def same(key) -> bool:
+        # a regex that audiothink.loading.build_peft_config resolved to module names for PEFT (a mixture of
+        # experts): the adapter's list is the regex's matches; the tensors are checked again when they load
+        if key == "target_modules" and isinstance(want[key], str) and isinstance(have[key], list) and have[key]:
+            return all(re.fullmatch(want[key], name) for name in have[key])
+        return want[key] == have[key]
+
+    diff = [k for k in want if not same(k)]
     if diff:
         def show(d):
             return ", ".join(f"{k}={d[k]!r}" for k in diff)
@@ -461,8 +469,8 @@ def checkpoint_key_map(model: torch.nn.Module) -> dict[str, str]:
 
     Computed by running transformers' own save-time conversion (``revert_weight_conversion``) over the
     model's state dict and following each tensor object to its new name. Only renamings are supported (all
-    that Qwen2-Audio and the Qwen2.5-Omni thinker use); a conversion that builds new tensors (e.g. fused
-    projections) raises NotImplementedError.
+    that Qwen2-Audio and the Qwen2.5-Omni thinker use); a conversion that builds new tensors (e.g. a mixture of
+    experts' per-expert weights) raises NotImplementedError (:func:`load_full_checkpoint` then moves elements).
     """
     from transformers.core_model_loading import revert_weight_conversion
 
@@ -507,7 +515,10 @@ def load_full_checkpoint(model: torch.nn.Module, folder: str | os.PathLike) -> i
     """
     folder = Path(folder)
     tensors = _read_tensors(folder)
-    mapping = checkpoint_key_map(model)
+    try:
+        mapping = checkpoint_key_map(model)
+    except NotImplementedError:  # save_pretrained builds new tensors (a mixture of experts' per-expert weights)
+        return _load_converted_checkpoint(model, folder, tensors)
     state = model.state_dict()
     unexpected = sorted(k for k in tensors if k not in mapping)
     renamed = {mapping[k]: v for k, v in tensors.items() if k in mapping}
@@ -548,3 +559,58 @@ def check_adapter_checkpoint(model: torch.nn.Module, folder: str | os.PathLike) 
             f"{folder}: the adapter does not match the model: {len(missing)} missing (first: {missing[:3]}), "
             f"{len(unexpected)} unexpected (first: {unexpected[:3]}), {len(shapes)} with another shape"
         )
+
+
+def _load_converted_checkpoint(model: torch.nn.Module, folder: Path, tensors: dict[str, torch.Tensor]) -> int:
+    """:func:`load_full_checkpoint` for a model whose ``save_pretrained`` converts tensors rather than renaming
+    them: transformers 5 keeps a mixture of experts' weights fused in memory (Qwen3-Omni:
+    ``mlp.experts.gate_up_proj`` of shape (experts, 2 x inner, hidden)) and writes them per expert
+    (``mlp.experts.<e>.gate_proj.weight``, ...), as the hub checkpoints are.
+
+    Where each element went is found by running transformers' own save-time conversion
+    (``revert_weight_conversion``) over each tensor's element *indices* (one tensor at a time, so the index
+    tensors never exceed the largest weight); every checkpoint element is then put back at its index. A
+    conversion that computes values (not a pure move) would give non-index values and is refused; so is any
+    missing, unexpected or misshapen tensor, and any element left unfilled or filled twice."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    state = model.state_dict()
+    storage = {k: t.untyped_storage().data_ptr() for k, t in state.items()}
+    loaded: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    shapes, missing = [], []
+    for key, tensor in state.items():
+        index = torch.arange(tensor.numel(), dtype=torch.int64).view(tensor.shape)
+        saved = revert_weight_conversion(model, {key: index})
+        if not all(n in tensors for n in saved):
+            missing.append(key)
+            continue
+        flat = torch.empty(tensor.numel(), dtype=tensor.dtype)
+        filled = torch.zeros(tensor.numel(), dtype=torch.int32)
+        for name, where in saved.items():
+            if where.dtype != torch.int64:
+                raise NotImplementedError(f"checkpoint tensor {name!r} is computed from {key!r}, not moved: "
+                                          "cannot load it")
+            if tuple(tensors[name].shape) != tuple(where.shape):
+                shapes.append(name)
+                continue
+            flat[where.reshape(-1)] = tensors[name].reshape(-1).to(tensor.dtype)
+            filled.index_add_(0, where.reshape(-1), torch.ones(where.numel(), dtype=torch.int32))
+            used.add(name)
+        if not shapes and not bool((filled == 1).all()):
+            raise CheckpointError(f"{folder}: the checkpoint's tensors do not fill {key} exactly once")
+        loaded[key] = flat.view(tensor.shape)
+    present = {storage[k] for k in loaded}
+    missing = [k for k in missing if storage[k] not in present]  # a tied copy loads with the tensor it shares
+    unexpected = sorted(set(tensors) - used)
+    if unexpected or missing or shapes:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {what} (first: {sorted(keys)[:3]})")
+        raise CheckpointError(f"{folder}: the checkpoint does not match the model: " + "; ".join(parts))
+    result = model.load_state_dict(loaded, strict=False)
+    left = [k for k in result.missing_keys if storage.get(k) not in present]
+    if left or result.unexpected_keys:
+        raise CheckpointError(f"{folder}: loading left {left[:3]} missing, {result.unexpected_keys[:3]} unexpected")
+    return len(used)

@@ -247,10 +247,18 @@ class CheckKeysCallback(_HydraCallback):
 
 
 def register_resolvers() -> None:
-    """``${toy_model_dir:}`` in the configs: the shipped toy checkpoint."""
+    """``${toy_model_dir:}`` in the configs: the shipped toy checkpoint; ``${tiny_qwen3_omni_dir:}``: the tiny
+    Qwen3-Omni thinker, built into the cache on first use (audiothink/toy/qwen3_omni.py)."""
     from omegaconf import OmegaConf
 
     from audiothink.toy import TOY_MODEL_DIR
 
     if not OmegaConf.has_resolver("toy_model_dir"):
         OmegaConf.register_new_resolver("toy_model_dir", lambda: str(TOY_MODEL_DIR))
+    if not OmegaConf.has_resolver("tiny_qwen3_omni_dir"):
+        def tiny_qwen3_omni_dir() -> str:
+            from audiothink.toy.qwen3_omni import tiny_qwen3_omni_dir as build
+
+            return str(build())
+
+        OmegaConf.register_new_resolver("tiny_qwen3_omni_dir", tiny_qwen3_omni_dir)

@@ -238,12 +238,16 @@ def check_heldout_interval(eval_cfg: DictConfig) -> None:
 
 
 def check_model(model: DictConfig) -> None:
-    """model.*: the audio window, and the switches that must be true or false."""
+    """model.*: the audio window, the switches that must be true or false, the router's auxiliary loss."""
     check_audio_window(model)
-    for key in ("freeze_audio_encoder", "liger_kernels"):
+    for key in ("freeze_audio_encoder", "liger_kernels", "freeze_vision_tower"):
         value = model.get(key, False)
         if not isinstance(value, bool):
             raise ConfigError(f"model.{key}={value!r}: must be true or false")
+    coef = _number("model", model, "router_aux_loss_coef")
+    if coef is not None and coef < 0:
+        raise ConfigError(f"model.router_aux_loss_coef={coef!r}: must be >= 0 (the weight of the router's "
+                          "load-balancing loss; 0.0 turns it off)")
 
 
 def check_audio_window(model: DictConfig) -> None:

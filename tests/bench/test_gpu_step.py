@@ -56,6 +56,20 @@ def bench(monkeypatch):
         "text_config": omni["text_config"] | small_text | {
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 1, 1]}},
     })
+    qwen3 = module.QWEN3_OMNI_30B_A3B_THINKER
+    monkeypatch.setattr(module, "QWEN3_OMNI_30B_A3B_THINKER", {
+        "audio_config": qwen3["audio_config"] | {"encoder_layers": 1, "encoder_attention_heads": 2,
+                                                 "encoder_ffn_dim": 32, "d_model": 16, "output_dim": 32,
+                                                 "downsample_hidden_size": 8},
+        "vision_config": qwen3["vision_config"] | {"depth": 1, "hidden_size": 16, "intermediate_size": 16,
+                                                   "num_heads": 2, "out_hidden_size": 32, "num_position_embeddings": 16,
+                                                   "deepstack_visual_indexes": [0]},
+        "text_config": qwen3["text_config"] | small_text | {
+            "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 2, 2],
+                                "interleaved": True, "mrope_interleaved": True}},
+        "position_id_per_seconds": qwen3["position_id_per_seconds"],
+    })
     return module
 
 
@@ -366,3 +380,35 @@ def test_out_of_memory_retries_with_half_the_micro_batch(bench, no_liger, tmp_pa
     assert model["micro"] == model["shape"]["micro"] == 1
     assert model["trainers_alive_before_build"] == 0  # the failed attempt's model was freed first
     check_required_figures(model, rows=4, new_tokens=4)
+
+
+@pytest.mark.slow  # ~40 s on a loaded 2-core CPU
+def test_toy_run_of_the_qwen3_omni_thinker(bench, fake_liger, tmp_path):
+    """--model qwen3_omni_30b_a3b (the mixture of experts, shrunk): every required figure, the fast path exact, MFU
+    over the active parameters (the routed share of the experts), Liger said to have no mapping."""
+    out = tmp_path / "result.json"
+    bench.main([*TOY_ARGS, "--model", "qwen3_omni_30b_a3b", "--out", str(out), "--budget-s", "1e9"],
+               floors=(1e11, 1e12))
+    on_disk = json.loads(out.read_text())
+    assert on_disk["complete"] is True and set(on_disk["models"]) == {"qwen3_omni_30b_a3b"}
+    model = on_disk["models"]["qwen3_omni_30b_a3b"]
+    check_required_figures(model, rows=4, new_tokens=4)
+    assert model["exactness"]["same_tokens"] is True
+    assert model["update"]["liger_on"] == "no Liger mapping for Qwen3OmniMoeThinkerForConditionalGeneration"
+    assert 0 < model["params_lm_active"] < model["params_lm"]
+    update = model["update"]
+    assert update["mfu"] == pytest.approx(4 * model["params_lm_active"] * update["tokens"] / (update["s"] * 1e12))
+    assert model["encoder"]["clips_encoded"] * 2 == model["encoder"]["clips_requested"]
+
+
+def test_active_parameters_count_the_routed_share_of_the_experts(bench):
+    from audiothink.toy.qwen3_omni import build_qwen3_omni_processor, build_qwen3_omni_thinker
+
+    model = build_qwen3_omni_thinker(build_qwen3_omni_processor())  # 4 experts, 2 routed
+    lm = {n: p.numel() for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n}
+    experts = sum(v for n, v in lm.items() if ".mlp.experts." in n)
+    assert experts > 0
+    assert bench.active_lm_parameters(model) == sum(lm.values()) - experts // 2
+    dense, _, _ = bench.build_qwen2_audio()
+    assert bench.active_lm_parameters(dense) == sum(p.numel() for n, p in dense.named_parameters()
+                                                    if "language_model" in n or "lm_head" in n)

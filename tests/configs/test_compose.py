@@ -100,7 +100,7 @@ def test_comment_check_can_fail():
 
 
 def test_7b_models_select_the_published_recipe():
-    for option in ("qwen2_audio_7b", "qwen2_5_omni_7b"):
+    for option in ("qwen2_audio_7b", "qwen2_5_omni_7b", "qwen3_omni_30b_a3b"):
         t = _compose([f"model={option}"]).trainer
         assert (t.num_generations, t.learning_rate, t.beta, t.temperature) == (8, 1e-6, 0.04, 1.0)
         assert _compose([f"model={option}"]).model.lora.r == 16

@@ -72,8 +72,9 @@ def _toy_model_cfg(**overrides):
 
 
 def test_freeze_audio_encoder_is_documented_and_off_by_default():
-    for config in ("toy", "qwen2_audio_7b", "qwen2_5_omni_7b"):
-        section = _model_section(config) if config != "toy" else yaml.safe_load((CONFIGS / "toy.yaml").read_text())
+    for config in ("toy", "qwen2_audio_7b", "qwen2_5_omni_7b", "qwen3_omni_30b_a3b", "qwen3_omni_tiny"):
+        section = (_model_section(config) if config not in ("toy", "qwen3_omni_tiny")
+                   else yaml.safe_load((CONFIGS / f"{config}.yaml").read_text()))
         assert section["freeze_audio_encoder"] is False, config
 
 

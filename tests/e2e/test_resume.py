@@ -1,6 +1,7 @@
 """Resume is exact: a run killed with SIGKILL and resumed continues as if it had never stopped.
 
-For full fine-tuning and LoRA, on the toy Qwen2-Audio and on the tiny Qwen2.5-Omni thinker: run A trains 4
+For full fine-tuning and LoRA, on the toy Qwen2-Audio, the tiny Qwen2.5-Omni thinker and the tiny Qwen3-Omni thinker
+(mixture of experts): run A trains 4
 steps uninterrupted (checkpoint every 2); run B is killed when step 4 starts (steps 1-3 done and logged, the
 newest checkpoint is step 2), then resumed with `resume=true`. From the checkpoint on, B's rollouts (row ids,
 prompt ids, sampled completion ids, the weights they were sampled from), its logged metrics and its
@@ -52,10 +53,15 @@ def _step_metrics(run_dir: Path) -> dict[int, dict]:
 MODELS = {
     "toy": [],
     "omni": ["model=qwen2_5_omni_7b", "model.dtype=float32", "trainer=toy", "model.max_audio_seconds=2.0"],
+    # the tiny Qwen3-Omni thinker (mixture of experts), built into the run's cache on first use
+    "qwen3_omni": ["model=qwen3_omni_tiny"],
 }
+QWEN3_OMNI_LORA = ("model.lora={r:4,alpha:8,dropout:0.0,"
+                   "target_modules:'^model\\.language_model\\.layers\\.\\d+\\.self_attn\\.(q_proj|v_proj)$'}")
 ADAPTERS = {
-    "full": {"toy": ["model.lora=null"], "omni": ["model.lora=null"]},
-    "lora": {"toy": [TOY_LORA], "omni": ["model.lora.r=4", "model.lora.alpha=8", "model.lora.dropout=0.0"]},
+    "full": {"toy": ["model.lora=null"], "omni": ["model.lora=null"], "qwen3_omni": []},
+    "lora": {"toy": [TOY_LORA], "omni": ["model.lora.r=4", "model.lora.alpha=8", "model.lora.dropout=0.0"],
+             "qwen3_omni": [QWEN3_OMNI_LORA]},
 }
 
 
@@ -72,7 +78,7 @@ def _uninterrupted_and_killed(args, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("adapter", ["full", "lora"])
-@pytest.mark.parametrize("model", ["toy", "omni"])
+@pytest.mark.parametrize("model", ["toy", "omni", "qwen3_omni"])
 def test_killed_run_resumes_exactly(model, adapter, tmp_path, omni_dir):
     args = [*MODELS[model], *ADAPTERS[adapter][model]]
     if model == "omni":

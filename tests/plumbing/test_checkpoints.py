@@ -563,3 +563,46 @@ def test_a_checkpoint_that_does_not_match_the_model_is_one_line_not_a_traceback(
     assert "Traceback" not in out.stderr and len(err) == 1, out.stderr[-3000:]
     assert "the checkpoint does not match the model: 1 unexpected" in err[0]
     assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-3").exists()
+
+
+def test_a_mixture_of_experts_checkpoint_loads_its_per_expert_tensors_into_the_fused_ones(qwen3_omni_dir, tmp_path):
+    """Qwen3-Omni's thinker keeps each layer's experts fused in memory and saves them one expert at a time: the
+    resume of a full fine-tuning run puts every element back (a rename map alone cannot)."""
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+    model = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(qwen3_omni_dir)
+    model.save_pretrained(tmp_path)
+    on_disk = load_file(str(tmp_path / "model.safetensors"))
+    assert "model.layers.0.mlp.experts.3.up_proj.weight" in on_disk  # per expert on disk
+    assert "model.language_model.layers.0.mlp.experts.gate_up_proj" in model.state_dict()  # fused in memory
+    with pytest.raises(NotImplementedError, match="converted, not renamed"):
+        checkpoint_key_map(model)
+    saved = _perturbed_copy(model)
+    assert load_full_checkpoint(model, tmp_path) == len(on_disk)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    # one expert's tensor missing: an error naming the fused weight it belongs to
+    from safetensors.torch import save_file
+
+    del on_disk["model.layers.1.mlp.experts.2.down_proj.weight"]
+    save_file(on_disk, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"1 missing .*layers\.1\.mlp\.experts\.down_proj"):
+        load_full_checkpoint(model, tmp_path)
+
+
+def test_a_resolved_target_list_resumes_under_the_regex_it_came_from(tmp_path):
+    """A mixture of experts' adapter lists the modules its regex matched (audiothink.loading.build_peft_config
+    resolves it for PEFT): the run's own model.lora regex accepts it; a regex that misses one of them does not."""
+    from omegaconf import OmegaConf
+
+    from audiothink.plumbing.checkpoints import check_resume_adapter
+
+    names = [f"model.language_model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": names}))
+
+    def lora(target):
+        return OmegaConf.create({"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": target})
+
+    check_resume_adapter(tmp_path, lora(r"^model\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)$"))
+    with pytest.raises(CheckpointError, match="target_modules"):
+        check_resume_adapter(tmp_path, lora(r"^model\.language_model\.layers\.\d+\.self_attn\.q_proj$"))

@@ -93,8 +93,8 @@ def test_a_crash_in_the_run_is_reported_by_hydra(launch, monkeypatch, capsys):
 @pytest.mark.parametrize("overrides, message", [
     # hydra refuses these: the overrides are composed a second time, only to say which and why
     (["eval.num_sample=8"], "error: unknown key eval.num_sample (did you mean eval.num_samples?)"),
-    (["model=toyy"], "error: model=toyy: no such option; model is one of qwen2_5_omni_7b, qwen2_audio_7b, toy, "
-                     "toy_lora (did you mean model=toy?)"),
+    (["model=toyy"], "error: model=toyy: no such option; model is one of qwen2_5_omni_7b, qwen2_audio_7b, "
+                     "qwen3_omni_30b_a3b, qwen3_omni_tiny, toy, toy_lora (did you mean model=toy?)"),
     # hydra adds this one silently: the key check after the composition refuses it
     (["+eval.num_sample=8"], "error: unknown key eval.num_sample (did you mean eval.num_samples?); '+' adds keys "
                              "only under reward.* (a new reward), trainer.* (a GRPOConfig field) and hydra.*"),

@@ -163,7 +163,7 @@ def test_a_loss_type_trl_does_not_have_stops_the_command_line(tmp_path):
 
 def test_the_defaults_pass():
     check_train_config(_compose())
-    for model in ("qwen2_audio_7b", "qwen2_5_omni_7b"):
+    for model in ("qwen2_audio_7b", "qwen2_5_omni_7b", "qwen3_omni_30b_a3b", "qwen3_omni_tiny"):
         check_train_config(_compose([f"model={model}"]))
 
 
