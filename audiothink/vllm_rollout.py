@@ -288,6 +288,23 @@ CHECKPOINT_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# The model classes whose weights this module can sync into vLLM (their CHECKPOINT_PREFIXES). Qwen3-Omni's thinker
+# is not one: vLLM 0.30 has the class, but its experts are fused in memory and per-expert in vLLM's loader, and on
+# CPU vLLM's module imports torchvision. A config with another class is refused before anything loads.
+VLLM_MODEL_CLASSES = ("Qwen2AudioForConditionalGeneration", "Qwen2_5OmniThinkerForConditionalGeneration")
+
+
+def check_vllm_model(model_cls: str | None) -> None:
+    """ConfigError unless ``model.cls`` (a dotted class path) is one the vLLM rollout path supports
+    (:data:`VLLM_MODEL_CLASSES`)."""
+    from audiothink.plumbing.errors import ConfigError
+
+    name = str(model_cls or "").rsplit(".", 1)[-1]
+    if name and name not in VLLM_MODEL_CLASSES:
+        raise ConfigError(f"rollout.engine=vllm: model.cls={model_cls} is not supported by the vLLM rollout path yet "
+                          f"(supported: {', '.join(VLLM_MODEL_CLASSES)}); use rollout.engine=hf for it")
+
+
 def checkpoint_name(name: str, model_type: str) -> str:
     """The checkpoint name vLLM's loader takes for the transformers-5 in-memory parameter `name`."""
     try:

@@ -474,6 +474,10 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"log.completion_prompts={log_cfg.completion_prompts}: must be >= 0 (0 writes none)")
     if rollout is not None:
         check_types("rollout", rollout, {"fast": bool})
+        if rollout.get("engine") == "vllm":  # a model the weight sync cannot serve: before anything loads
+            from audiothink.vllm_rollout import check_vllm_model
+
+            check_vllm_model(cfg.model.get("cls"))
     threads = cfg.get("cpu_threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"cpu_threads={threads!r}: must be a whole number >= 1 (or null: torch's default)")

@@ -390,3 +390,19 @@ def test_train_cli_stops_before_anything_loads(case, tmp_path, readme_rewards):
     assert not (tmp_path / "cache").exists()  # not even the toy data set was built
     assert not (tmp_path / "run").exists()  # no stub run folder
     assert seconds < 60
+
+
+@pytest.mark.parametrize("model, refused", [("toy", False), ("qwen2_5_omni_7b", False), ("qwen3_omni_tiny", True),
+                                            ("qwen3_omni_30b_a3b", True)])
+def test_vllm_rollouts_only_for_a_model_the_weight_sync_serves(model, refused):
+    """rollout.engine=vllm with a model whose weights vllm_rollout cannot sync (Qwen3-Omni: fused experts) is one
+    config error before anything loads, not a traceback after the model loads."""
+    cfg = _compose([f"model={model}", "rollout.engine=vllm"])
+    if refused:
+        with pytest.raises(ConfigError, match=r"rollout.engine=vllm: model.cls=.*Qwen3OmniMoe.* is not supported"):
+            check_train_config(cfg)
+    else:
+        try:
+            check_train_config(cfg)
+        except ConfigError as e:  # other checks (vLLM not installed here, a 7B path) may refuse; not this one
+            assert "is not supported by the vLLM rollout path" not in str(e)
