@@ -91,11 +91,12 @@ def train(cfg: DictConfig) -> dict:
 
     from audiothink import heldout_eval
     from audiothink.plumbing import runfiles
-    from audiothink.plumbing.checkpoints import check_resume_adapter, checkpoint_step, resume_checkpoint
+    from audiothink.plumbing.checkpoints import (check_resume_adapter, check_resume_processes, checkpoint_step,
+                                                 resume_checkpoint)
     from audiothink.plumbing.console import setup_console, use_run_console
     from audiothink.plumbing.rundir import claim, disk_fault
     from audiothink.trainer import AudioGRPOTrainer
-    from audiothink.plumbing.validate import check_dataset_size, check_train_config
+    from audiothink.plumbing.validate import check_dataset_size, check_train_config, world_size
 
     setup_console()
     if cfg.resume not in (None, False):
@@ -109,6 +110,7 @@ def train(cfg: DictConfig) -> dict:
     resume_from = resume_checkpoint(run_dir, cfg.resume)  # resume=true without a checkpoint fails here
     if resume_from:
         check_resume_adapter(resume_from, cfg.model.lora)  # the checkpoint's LoRA (or none) is model.lora's
+        check_resume_processes(resume_from, world_size())  # saved by as many processes as this launch has
     resumed_step = checkpoint_step(resume_from) if resume_from else None
     main_process = int(os.environ.get("RANK", "0")) == 0  # the launchers set RANK before torch.distributed exists
     if main_process:
