@@ -159,7 +159,12 @@ def train(cfg: DictConfig) -> dict:
                                             prefill=prefill, chat_template_kwargs=args.chat_template_kwargs)
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
-    heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples])  # eval.every_steps: items to score
+    # eval.benchmark: its items and audio checked now, before the model loads
+    from audiothink.audio import short_clip_check
+
+    bench = (heldout_eval.load_training_benchmark(cfg, short_clip_check(cfg.model)) if cfg.eval.get("benchmark")
+             else None)
+    heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples], bench)  # eval.every_steps: items
     model, processor = load_model_and_processor(cfg.model, processor)
 
     eval_samples = eval_samples[: cfg.eval.num_samples]
@@ -200,7 +205,7 @@ def train(cfg: DictConfig) -> dict:
     # after the trainer is built: TRL wraps the model with the LoRA adapter (peft_config) in its constructor
     log.info("model: %s (%s), %s", cfg.model.cls.rsplit(".", 1)[-1], cfg.model.path, parameter_line(trainer.model))
     # eval.every_steps: held-out scoring every N steps, heldout/* curves, <run>/best/ (audiothink/heldout_eval.py)
-    heldout_eval.attach(trainer, processor, eval_samples, cfg, run_dir)
+    heldout_eval.attach(trainer, processor, eval_samples, cfg, run_dir, bench)
     if resume_from and resumed_step >= args.max_steps:
         # The Trainer would train one more step; there is nothing left to train.
         log.info("run complete: %s is at step %d of trainer.max_steps=%d; nothing to train (raise "
