@@ -14,6 +14,15 @@ adapter) of the best scoring so far go to ``<run>/best/`` with the processor and
 value, step, the scoring's figures); ``final/`` stays the last step's. A resume reads ``best.json`` back, so a
 later, worse scoring does not replace the best one.
 
+With ``eval.benchmark`` (a benchmark config's name, ``toy``, ``mmau_test_mini``, ``mmar``, or the path of such a
+yaml file) the benchmark's items (the first ``eval.limit``) are scored at the same steps through the evaluation
+code (:func:`audiothink.benchmarks.runner.answer_items`, the official rule of
+:func:`audiothink.benchmarks.report.summarise`), besides the held-out items (or instead of them, with
+``eval.num_samples=0``), and logged as ``benchmark/<name>/accuracy``, ``benchmark/<name>/think_rate``,
+``benchmark/<name>/format_failure_rate`` and per slice ``benchmark/<name>/<dimension>/<value>/accuracy|think_rate``
+(:func:`benchmark_logs`), everywhere the ``heldout/…`` figures go; ``eval.best_metric`` may name one. Each
+scoring's records go to ``<run>/benchmark/<name>/predictions-step-<N>.jsonl``.
+
 Under a multi-process launch the items are split between the processes: each generates the answers of its
 share (every process takes part in every forward pass, which the sharded engines need), the answers are
 gathered, and every process computes the same figures (so that all take the same decision about ``best/``,
@@ -28,6 +37,7 @@ import logging
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -38,16 +48,20 @@ from audiothink.plumbing.errors import ConfigError
 log = logging.getLogger("audiothink.heldout")
 
 __all__ = ["OVERALL_STATS", "SLICE_STATS", "metric_problem", "heldout_logs", "check_heldout_eval", "shard",
-           "HeldoutEval", "attach", "BEST_DIR", "BEST_RECORD"]
+           "HeldoutEval", "attach", "BEST_DIR", "BEST_RECORD", "BENCHMARK_PREFIX", "benchmark_config",
+           "benchmark_logs", "load_training_benchmark"]
 
 # the figures of inference.score logged for all items, and for each slice (difficulty=<d>, task=<t>)
 OVERALL_STATS = ("accuracy", "think_rate", "format_failure_rate")
 SLICE_STATS = ("accuracy", "think_rate")
 BEST_DIR, BEST_RECORD = "best", "best.json"
+# the keys of a benchmark scored during training: benchmark/<name>/<stat>, benchmark/<name>/<dim>/<value>/<stat>
+BENCHMARK_PREFIX = "benchmark"
 
 
-def metric_problem(metric: object) -> str | None:
-    """Why ``metric`` cannot be an ``eval.best_metric`` (None: it has the form of a logged ``heldout/`` key)."""
+def metric_problem(metric: object, benchmark: str | None = None) -> str | None:
+    """Why ``metric`` cannot be an ``eval.best_metric`` (None: it has the form of a logged ``heldout/`` key, or of a
+    ``benchmark/<benchmark>/…`` key when ``benchmark``, the name of eval.benchmark's benchmark, is given)."""
     if not isinstance(metric, str):
         return "must be a heldout/... metric name (or null: keep no best/)"
     parts = metric.split("/")
@@ -56,8 +70,80 @@ def metric_problem(metric: object) -> str | None:
     if (len(parts) == 4 and parts[0] == "heldout" and parts[1] in ("difficulty", "task") and parts[2]
             and parts[3] in SLICE_STATS):
         return None
+    if benchmark is not None and parts[:2] == [BENCHMARK_PREFIX, benchmark]:
+        if len(parts) == 3 and parts[2] in OVERALL_STATS:
+            return None
+        if len(parts) == 5 and parts[2] and parts[3] and parts[4] in SLICE_STATS:
+            return None
+    bench = (f", {BENCHMARK_PREFIX}/{benchmark}/<{'|'.join(OVERALL_STATS)}> or {BENCHMARK_PREFIX}/{benchmark}/"
+             f"<dimension>/<value>/<{'|'.join(SLICE_STATS)}> (eval.benchmark)" if benchmark is not None else "")
     return ("must be one of " + ", ".join(f"heldout/{s}" for s in OVERALL_STATS)
-            + " or heldout/<difficulty|task>/<name>/<" + "|".join(SLICE_STATS) + ">")
+            + " or heldout/<difficulty|task>/<name>/<" + "|".join(SLICE_STATS) + ">" + bench)
+
+
+def _tag(value: object) -> str:
+    """A slice or benchmark name as one segment of a metric key ('/' would split it)."""
+    return str(value).replace("/", "-")
+
+
+def benchmark_config(value: str) -> DictConfig:
+    """``eval.benchmark``'s ``benchmark:`` block, resolved: a benchmark config's name (configs/benchmark/<name>.yaml,
+    as ``python -m audiothink.evaluate benchmark=<name>`` reads it: MMAU_ROOT / MMAR_ROOT name the data folders) or
+    the path of a yaml file holding such a block. ConfigError when there is none (no data is read)."""
+    from omegaconf import OmegaConf
+
+    from audiothink import CONFIG_DIR
+
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"eval.benchmark={value!r}: must be a benchmark config's name (e.g. toy, mmau_test_mini, "
+                          "mmar) or the path of a benchmark yaml file (or null: none)")
+    path = Path(value).expanduser()
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = Path(CONFIG_DIR) / "benchmark" / f"{value}.yaml"
+    names = sorted(p.stem for p in (Path(CONFIG_DIR) / "benchmark").glob("*.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"eval.benchmark={value!r}: no such benchmark config (one of {', '.join(names)}, or the "
+                          "path of a yaml file with a benchmark: block)")
+    try:
+        node = OmegaConf.load(path).get("benchmark")
+        block = OmegaConf.create(OmegaConf.to_container(node, resolve=True)) if node is not None else None
+    except Exception as e:  # noqa: BLE001 - a yaml or interpolation error: one line naming the file
+        raise ConfigError(f"eval.benchmark={value!r}: {path}: {e}") from None
+    if block is None or not all(k in block for k in ("name", "format", "meta", "root")):
+        raise ConfigError(f"eval.benchmark={value!r}: {path} has no benchmark: block with name, format, root and "
+                          "meta (see configs/benchmark/toy.yaml)")
+    return block
+
+
+def load_training_benchmark(cfg: DictConfig, short_clip=None):
+    """The benchmark ``eval.benchmark`` scores during training (its first ``eval.limit`` items), or None. Its
+    metadata is read and every clip checked (unusable audio is a DataError naming the items) before the model
+    loads, as ``python -m audiothink.evaluate`` does; answers withheld (MMAU test) is a ConfigError."""
+    value = cfg.eval.get("benchmark")
+    if value is None:
+        return None
+    from audiothink.evaluate import check_audio, load_bench
+
+    bench = load_bench(benchmark_config(value)).head(cfg.eval.get("limit"))
+    if not any(bench.scored):
+        raise ConfigError(f"eval.benchmark={value}: {bench.name} has its answers withheld: nothing to score during "
+                          "training (choose one with answers, e.g. mmau_test_mini)")
+    check_audio(bench, "raise", cfg.model.max_audio_seconds, short_clip)
+    return bench
+
+
+def benchmark_logs(name: str, summary: dict) -> dict[str, float]:
+    """:func:`audiothink.benchmarks.report.summarise`'s result as flat ``benchmark/<name>/…`` metrics (overall, then
+    each value of each of the benchmark's dimensions); figures without items (None) are left out."""
+    prefix = f"{BENCHMARK_PREFIX}/{_tag(name)}"
+    logs = {f"{prefix}/{stat}": float(summary["overall"][stat]) for stat in OVERALL_STATS
+            if summary["overall"].get(stat) is not None}
+    for dim, groups in summary.get("by", {}).items():
+        for value, stats in groups.items():
+            for stat in SLICE_STATS:
+                if stats.get(stat) is not None:
+                    logs[f"{prefix}/{_tag(dim)}/{_tag(value)}/{stat}"] = float(stats[stat])
+    return logs
 
 
 def heldout_logs(result: dict) -> dict[str, float]:
@@ -75,21 +161,30 @@ def _slices(samples) -> set[str]:
             | {f"task/{s.task or 'unknown'}" for s in samples})
 
 
-def check_heldout_eval(eval_cfg: DictConfig, samples) -> None:
-    """After the data is read (before the model loads): ``eval.every_steps`` needs held-out items, and a
-    per-slice ``eval.best_metric`` a slice the items have."""
+def check_heldout_eval(eval_cfg: DictConfig, samples, bench=None) -> None:
+    """After the data is read (before the model loads): ``eval.every_steps`` needs held-out items or a benchmark
+    (``bench``, :func:`load_training_benchmark`), and a per-slice ``eval.best_metric`` a slice they have."""
     every = eval_cfg.get("every_steps")
     if every is None:
         return
-    if not samples:
+    if not samples and bench is None:
         raise ConfigError(f"eval.every_steps={every}: the data has no held-out items to score (data.eval, or the "
                           "data's held-out share)")
     metric = eval_cfg.get("best_metric")
-    if isinstance(metric, str) and metric.count("/") == 3:
+    if isinstance(metric, str) and metric.startswith("heldout/") and not samples:
+        raise ConfigError(f"eval.best_metric={metric}: no held-out items are scored (eval.num_samples=0); name a "
+                          f"{BENCHMARK_PREFIX}/{bench.name}/... figure")
+    if isinstance(metric, str) and metric.startswith("heldout/") and metric.count("/") == 3:
         name = metric.rpartition("/")[0].partition("/")[2]
         have = _slices(samples)
         if name not in have:
             raise ConfigError(f"eval.best_metric={metric}: the held-out items have no slice {name} (they have "
+                              f"{', '.join(sorted(have))})")
+    if isinstance(metric, str) and metric.startswith(f"{BENCHMARK_PREFIX}/") and metric.count("/") == 4:
+        name = "/".join(metric.split("/")[2:4])
+        have = {f"{_tag(d)}/{_tag(g[d])}" for g in bench.groups for d in bench.dimensions}
+        if name not in have:
+            raise ConfigError(f"eval.best_metric={metric}: {bench.name}'s items have no slice {name} (they have "
                               f"{', '.join(sorted(have))})")
 
 
@@ -102,11 +197,12 @@ def shard(n: int, rank: int, world: int) -> list[int]:
     return padded[rank * per : (rank + 1) * per]
 
 
-def attach(trainer, processor, samples, cfg: DictConfig, run_dir) -> "HeldoutEval | None":
-    """With ``eval.every_steps`` set: a :class:`HeldoutEval` added to ``trainer``'s callbacks (else nothing)."""
-    if cfg.eval.get("every_steps") is None or not samples:
+def attach(trainer, processor, samples, cfg: DictConfig, run_dir, bench=None) -> "HeldoutEval | None":
+    """With ``eval.every_steps`` set: a :class:`HeldoutEval` added to ``trainer``'s callbacks (else nothing);
+    ``bench``: eval.benchmark's benchmark (:func:`load_training_benchmark`), scored with the held-out items."""
+    if cfg.eval.get("every_steps") is None or not (samples or bench is not None):
         return None
-    callback = HeldoutEval(trainer, processor, samples, cfg, run_dir)
+    callback = HeldoutEval(trainer, processor, samples, cfg, run_dir, bench=bench)
     trainer.add_callback(callback)
     return callback
 
@@ -116,11 +212,19 @@ class HeldoutEval(TrainerCallback):
 
     ``trainer``: the :class:`audiothink.trainer.AudioGRPOTrainer` (its model, as the engine holds it, and its
     callbacks, which get the figures); ``cfg``: the run's config (prompt, eval.*, model.max_audio_seconds,
-    force_mode, as :func:`audiothink.heldout_eval.summarise` reads them).
+    force_mode, as :func:`audiothink.heldout_eval.summarise` reads them); ``bench``: a benchmark scored at the same
+    steps (eval.benchmark), or None.
     """
 
-    def __init__(self, trainer, processor, samples, cfg: DictConfig, run_dir: str | os.PathLike):
+    def __init__(self, trainer, processor, samples, cfg: DictConfig, run_dir: str | os.PathLike, bench=None):
         self.trainer, self.processor, self.samples, self.cfg = trainer, processor, list(samples), cfg
+        self.bench = bench
+        if bench is not None:
+            from audiothink.audio import audio_info
+
+            # longest audio first, as python -m audiothink.evaluate orders them (an out-of-memory batch at once)
+            seconds = [sum(audio_info(p, row_id=s.id)[0] for p in s.audio) for s in bench.samples]
+            self.bench_order = sorted(range(len(bench)), key=lambda i: (-seconds[i], i))
         self.every = int(cfg.eval.every_steps)
         self.metric = cfg.eval.get("best_metric")
         self.mode = cfg.eval.get("best_mode", "max")
@@ -176,17 +280,14 @@ class HeldoutEval(TrainerCallback):
         if state.global_step % self.every == 0:
             self.score(args, state, control)
 
-    def _generate(self, indices: list[int]) -> list[str]:
-        """Greedy answers for ``indices``, with the model as the engine holds it (gathered where TRL's
-        rollouts gather it, activation checkpointing off), exactly as :func:`audiothink.heldout_eval.summarise`."""
+    @contextmanager
+    def _generation_model(self):
+        """The model as the engine holds it, ready to generate: gathered where TRL's rollouts gather it,
+        activation checkpointing off, no gradients."""
         import torch
         from trl.models import unwrap_model_for_generation
 
-        from audiothink.formats import force_prefill
-        from audiothink.inference import generate_answers
-        from audiothink.prompts import config_chat_template_kwargs, config_long_audio
-
-        trainer, cfg = self.trainer, self.cfg
+        trainer = self.trainer
         with (
             unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                         gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
@@ -195,6 +296,17 @@ class HeldoutEval(TrainerCallback):
             torch.no_grad(),
             trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
         ):
+            yield model
+
+    def _generate(self, indices: list[int]) -> list[str]:
+        """Greedy answers for ``indices``, with the model as the engine holds it (:meth:`_generation_model`),
+        exactly as :func:`audiothink.heldout_eval.summarise`."""
+        from audiothink.formats import force_prefill
+        from audiothink.inference import generate_answers
+        from audiothink.prompts import config_chat_template_kwargs, config_long_audio
+
+        cfg = self.cfg
+        with self._generation_model() as model:
             return generate_answers(
                 model, self.processor, [self.samples[i] for i in indices], cfg.prompt,
                 batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
@@ -203,26 +315,59 @@ class HeldoutEval(TrainerCallback):
             )
 
     def score(self, args, state, control) -> dict[str, float]:
-        """Score the held-out items now; log the figures; update best/. Returns the logged figures."""
+        """Score the held-out items (and eval.benchmark's) now; log the figures; update best/. Returns the logged
+        figures."""
         from audiothink.inference import score
 
         accelerator = self.trainer.accelerator
         rank, world = accelerator.process_index, accelerator.num_processes
-        mine = shard(len(self.samples), rank, world)
-        pairs = list(zip(mine, self._generate(mine)))
-        if world > 1:
-            from accelerate.utils import gather_object
+        logs: dict[str, float] = {}
+        if self.samples:
+            mine = shard(len(self.samples), rank, world)
+            pairs = list(zip(mine, self._generate(mine)))
+            if world > 1:
+                from accelerate.utils import gather_object
 
-            pairs = gather_object(pairs)
-        answers = dict(pairs)  # the repeated filler items collapse
-        result = score(self.samples, [answers[i] for i in range(len(self.samples))])
+                pairs = gather_object(pairs)
+            answers = dict(pairs)  # the repeated filler items collapse
+            logs.update(heldout_logs(score(self.samples, [answers[i] for i in range(len(self.samples))])))
+        if self.bench is not None:
+            logs.update(self._score_benchmark(state.global_step))
         self.scorings += 1
-        logs = heldout_logs(result)
         saved = self._better(logs.get(self.metric, math.nan)) if self.metric else False
         if saved:
             self._save_best(state.global_step, logs)
         self._log(args, state, control, logs, saved)
         return logs
+
+    def _score_benchmark(self, step: int) -> dict[str, float]:
+        """eval.benchmark's items, split between the processes as the held-out items are, answered through the
+        evaluation code and scored with its official rule; the records into
+        ``<run>/benchmark/<name>/predictions-step-<step>.jsonl`` (main process). Returns the benchmark/… figures."""
+        from audiothink.benchmarks.report import summarise as summarise_benchmark
+        from audiothink.benchmarks.runner import GenerationSettings, answer_items
+        from audiothink.prompts import config_chat_template_kwargs, config_long_audio
+
+        cfg, bench, accelerator = self.cfg, self.bench, self.trainer.accelerator
+        settings = GenerationSettings(
+            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+            max_audio_seconds=cfg.model.max_audio_seconds, do_sample=False, force_mode=cfg.get("force_mode"),
+            chat_template_kwargs=config_chat_template_kwargs(cfg) or None, long_audio=config_long_audio(cfg))
+        mine = [self.bench_order[j] for j in shard(len(bench), accelerator.process_index, accelerator.num_processes)]
+        with self._generation_model() as model:
+            pairs = list(zip(mine, answer_items(model, self.processor, bench, cfg.prompt, mine, settings)))
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            pairs = gather_object(pairs)
+        records = {bench.keys[i]: record for i, record in pairs}  # the repeated filler items collapse
+        if self.trainer.args.should_save:
+            folder = self.run_dir / BENCHMARK_PREFIX / _tag(bench.name)
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / f"predictions-step-{step}.jsonl", "w", encoding="utf-8") as f:
+                for key in bench.keys:
+                    f.write(json.dumps(records[key], ensure_ascii=False) + "\n")
+        return benchmark_logs(bench.name, summarise_benchmark(bench, records))
 
     def _log(self, args, state, control, logs: dict[str, float], saved: bool) -> None:
         """As ``Trainer.log`` does, without TRL's flush of the training metrics gathered since the last log:
@@ -261,12 +406,23 @@ class HeldoutEval(TrainerCallback):
                      if k.startswith(f"heldout/{kind}/") and k.endswith(f"/{stat}")]
             return f" ({' '.join(parts)})" if parts else ""
 
-        parts = [f"held-out step {step}/{total}",
-                 f"accuracy {pct(logs['heldout/accuracy'])}{per_slice('difficulty', 'accuracy')}",
-                 f"think {pct(logs['heldout/think_rate'])}{per_slice('difficulty', 'think_rate')}"]
-        if tasks := per_slice("task", "accuracy"):
-            parts.append(f"accuracy by task{tasks}")
-        parts.append(f"format failures {pct(logs['heldout/format_failure_rate'])}")
+        parts = [f"held-out step {step}/{total}"]
+        if "heldout/accuracy" in logs:
+            parts += [f"accuracy {pct(logs['heldout/accuracy'])}{per_slice('difficulty', 'accuracy')}",
+                      f"think {pct(logs['heldout/think_rate'])}{per_slice('difficulty', 'think_rate')}"]
+            if tasks := per_slice("task", "accuracy"):
+                parts.append(f"accuracy by task{tasks}")
+            parts.append(f"format failures {pct(logs['heldout/format_failure_rate'])}")
+        if self.bench is not None:
+            name = _tag(self.bench.name)
+            prefix = f"{BENCHMARK_PREFIX}/{name}"
+            slices = " ".join(f"{k.split('/')[3]} {pct(v)}" for k, v in logs.items()
+                              if k.startswith(f"{prefix}/difficulty/") and k.endswith("/accuracy"))
+            figures = [f"accuracy {pct(logs[f'{prefix}/accuracy'])}" + (f" ({slices})" if slices else "")]
+            for stat, label in (("think_rate", "think"), ("format_failure_rate", "format failures")):
+                if f"{prefix}/{stat}" in logs:
+                    figures.append(f"{label} {pct(logs[f'{prefix}/{stat}'])}")
+            parts.append(f"{prefix} " + " ".join(figures))
         if self.metric and self.best is not None:
             parts.append(f"best {self.metric} {pct(self.best['value'])} at step {self.best['step']}"
                          + (f" (written to {BEST_DIR}/)" if saved else ""))

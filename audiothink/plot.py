@@ -11,7 +11,8 @@ run is going):
   KL to the reference (when β > 0) and the policy's entropy.
   With ``eval.every_steps`` (held-out scoring during training: ``heldout/…`` records) a third row: the held-out
   accuracy and think rate at each scoring, overall and per difficulty (per task dotted), from the starting
-  weights' figures at step 0.
+  weights' figures at step 0. With ``eval.benchmark`` (``benchmark/<name>/…`` records) one more row per
+  benchmark: its accuracy and think rate at each scoring, overall and per slice (the benchmark's dimensions).
 * ``heldout.png``: greedy held-out accuracy and think rate before and after training, per slice (overall,
   each difficulty, each task).
 
@@ -50,8 +51,14 @@ def _records(run: Path) -> list[dict]:
 
 
 def _heldout_records(run: Path) -> list[dict]:
-    """The held-out scorings during training (eval.every_steps): the records with ``heldout/…`` figures."""
-    return [r for r in _metric_records(run) if any(k.startswith("heldout/") for k in r)]
+    """The scorings during training (eval.every_steps): the records with ``heldout/…`` or ``benchmark/…``
+    figures."""
+    return [r for r in _metric_records(run) if any(k.startswith(("heldout/", "benchmark/")) for k in r)]
+
+
+def _benchmark_names(records: list[dict]) -> list[str]:
+    """The benchmarks scored during training (eval.benchmark): ``benchmark/<name>/accuracy`` records."""
+    return sorted({k.split("/")[1] for r in records for k in r if k.startswith("benchmark/") and k.count("/") == 2})
 
 
 # a dot at every logged step: a run with few logging steps still shows its points
@@ -101,40 +108,52 @@ def _legend_outside(ax) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
-def _heldout_panels(axes, heldout: list[dict], before: dict | None) -> None:
+def _heldout_panels(axes, heldout: list[dict], before: dict | None, prefix: str = "heldout") -> None:
     """Held-out accuracy (left) and think rate (right) at each scoring during training: all items thick, each
-    difficulty solid, each task dotted; ``before`` (the starting weights' figures) is their point at step 0."""
+    difficulty solid, each task dotted; ``before`` (the starting weights' figures) is their point at step 0.
+    ``prefix``: ``heldout``, or ``benchmark/<name>`` for a benchmark scored during training (eval.benchmark; no
+    point at step 0, each of its slices named by dimension)."""
     start = {}
-    if before:
+    if before and prefix == "heldout":
         from audiothink.heldout_eval import heldout_logs
 
         start = heldout_logs(before)
-    keys = sorted({k for r in heldout for k in r if k.startswith("heldout/")})
+    depth = prefix.count("/") + 1  # the segments of an overall key's name before its stat
+    keys = sorted({k for r in heldout for k in r if k.startswith(f"{prefix}/")})
     for ax, stat, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "think_rate", "think rate")):
-        for key in [f"heldout/{stat}"] + [k for k in keys if k.count("/") == 3 and k.endswith(f"/{stat}")]:
+        for key in [f"{prefix}/{stat}"] + [k for k in keys if k.count("/") == depth + 2 and k.endswith(f"/{stat}")]:
             steps, values = _series(heldout, key)
             if key in start:
                 steps, values = [0, *steps], [start[key], *values]
             if not steps:
                 continue
-            task = key.startswith("heldout/task/")
-            name = "all items" if key.count("/") == 1 else f"task {key.split('/')[2]}" if task else key.split("/")[2]
-            style = {"color": "black", "linewidth": 2} if key.count("/") == 1 else {"linestyle": ":"} if task else {}
+            parts = key.split("/")[depth:]
+            task = parts[0] == "task"
+            overall = len(parts) == 1
+            name = ("all items" if overall else f"task {parts[1]}" if task
+                    else parts[1] if parts[0] == "difficulty" else f"{parts[0]} {parts[1]}")
+            style = {"color": "black", "linewidth": 2} if overall else {"linestyle": ":"} if task else {}
             ax.plot(steps, values, label=name, **style, **_STYLE)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"held-out {label} (greedy, every eval.every_steps)")
+        what = "held-out" if prefix == "heldout" else prefix.split("/", 1)[1]
+        ax.set_title(f"{what} {label} (greedy, every eval.every_steps)")
 
 
 def training_figure(records: list[dict], title: str, heldout: list[dict] | None = None,
                     before: dict | None = None):
     """The four training panels (reward, think rate and accuracy, lengths, KL and entropy) against the step;
-    with ``heldout`` (the ``heldout/…`` records of eval.every_steps), a row of two held-out panels below them."""
+    with ``heldout`` (the ``heldout/…`` records of eval.every_steps), a row of two held-out panels below them, and
+    one more for each benchmark of ``benchmark/<name>/…`` records (eval.benchmark)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     if heldout:
-        fig, axes = plt.subplots(3, 2, figsize=(15, 12), layout="constrained")
-        _heldout_panels(axes[2], heldout, before)
+        # a row for the held-out items (if scored), one per benchmark (eval.benchmark)
+        rows = (["heldout"] if any(k.startswith("heldout/") for r in heldout for k in r) else [])
+        rows += [f"benchmark/{name}" for name in _benchmark_names(heldout)]
+        fig, axes = plt.subplots(2 + len(rows), 2, figsize=(15, 8 + 4 * len(rows)), layout="constrained")
+        for row, prefix in enumerate(rows, start=2):
+            _heldout_panels(axes[row], heldout, before, prefix)
     else:
         fig, axes = plt.subplots(2, 2, figsize=(15, 8), layout="constrained")
     ax = axes[0][0]

@@ -91,11 +91,12 @@ def train(cfg: DictConfig) -> dict:
 
     from audiothink import heldout_eval
     from audiothink.plumbing import runfiles
-    from audiothink.plumbing.checkpoints import check_resume_adapter, checkpoint_step, resume_checkpoint
+    from audiothink.plumbing.checkpoints import (check_resume_adapter, check_resume_processes, checkpoint_step,
+                                                 resume_checkpoint)
     from audiothink.plumbing.console import setup_console, use_run_console
     from audiothink.plumbing.rundir import claim, disk_fault
     from audiothink.trainer import AudioGRPOTrainer
-    from audiothink.plumbing.validate import check_dataset_size, check_train_config
+    from audiothink.plumbing.validate import check_dataset_size, check_train_config, world_size
 
     setup_console()
     if cfg.resume not in (None, False):
@@ -109,6 +110,7 @@ def train(cfg: DictConfig) -> dict:
     resume_from = resume_checkpoint(run_dir, cfg.resume)  # resume=true without a checkpoint fails here
     if resume_from:
         check_resume_adapter(resume_from, cfg.model.lora)  # the checkpoint's LoRA (or none) is model.lora's
+        check_resume_processes(resume_from, world_size())  # saved by as many processes as this launch has
     resumed_step = checkpoint_step(resume_from) if resume_from else None
     main_process = int(os.environ.get("RANK", "0")) == 0  # the launchers set RANK before torch.distributed exists
     if main_process:
@@ -157,7 +159,12 @@ def train(cfg: DictConfig) -> dict:
                                             prefill=prefill, chat_template_kwargs=args.chat_template_kwargs)
     check_dataset_size(len(train_set), cfg.trainer)
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
-    heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples])  # eval.every_steps: items to score
+    # eval.benchmark: its items and audio checked now, before the model loads
+    from audiothink.audio import short_clip_check
+
+    bench = (heldout_eval.load_training_benchmark(cfg, short_clip_check(cfg.model)) if cfg.eval.get("benchmark")
+             else None)
+    heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples], bench)  # eval.every_steps: items
     model, processor = load_model_and_processor(cfg.model, processor)
 
     eval_samples = eval_samples[: cfg.eval.num_samples]
@@ -199,7 +206,7 @@ def train(cfg: DictConfig) -> dict:
     # after the trainer is built: TRL wraps the model with the LoRA adapter (peft_config) in its constructor
     log.info("model: %s (%s), %s", cfg.model.cls.rsplit(".", 1)[-1], cfg.model.path, parameter_line(trainer.model))
     # eval.every_steps: held-out scoring every N steps, heldout/* curves, <run>/best/ (audiothink/heldout_eval.py)
-    heldout_eval.attach(trainer, processor, eval_samples, cfg, run_dir)
+    heldout_eval.attach(trainer, processor, eval_samples, cfg, run_dir, bench)
     if resume_from and resumed_step >= args.max_steps:
         # The Trainer would train one more step; there is nothing left to train.
         log.info("run complete: %s is at step %d of trainer.max_steps=%d; nothing to train (raise "

@@ -26,8 +26,8 @@ from audiothink.formats import extract_answer, parse
 from audiothink.formats import force_prefill
 from audiothink.inference import AudioTransform, GeneratedBatch, generate_batch
 
-__all__ = ["GenerationSettings", "RunStats", "EvaluationAborted", "predict", "make_record", "replace_audio",
-           "completion_kl", "teacher_forced_logprobs"]
+__all__ = ["GenerationSettings", "RunStats", "EvaluationAborted", "predict", "answer_items", "make_record",
+           "replace_audio", "completion_kl", "teacher_forced_logprobs"]
 
 log = logging.getLogger("audiothink.evaluate")
 
@@ -232,6 +232,23 @@ def predict(
         model.train(was_training)
         stats.seconds = time.perf_counter() - start
     return stats
+
+
+def answer_items(model, processor, bench: Benchmark, template: str, indices: Sequence[int],
+                 settings: GenerationSettings) -> list[dict]:
+    """The records (:func:`make_record`) of items ``indices`` of ``bench``, in that order, made as
+    :func:`predict` makes them (batches of ``settings.batch_size``, a failing batch retried item by item, an item
+    that still fails recorded with its error) but kept in memory, not in a store: the scoring of a benchmark
+    during training (``eval.benchmark``, audiothink/heldout_eval.py), which splits the items between processes."""
+    was_training = model.training
+    model.eval()
+    records: list[dict] = []
+    try:
+        for chunk in _batches(list(indices), settings.batch_size):
+            records += _answer(model, processor, bench, template, chunk, settings, None, False, 1, RunStats())
+    finally:
+        model.train(was_training)
+    return records
 
 
 def _answer(model, processor, bench, template, idx, settings, audio_transform, kl, kl_micro_batch, stats

@@ -46,7 +46,8 @@ from audiothink.plumbing.errors import ConfigError
 log = logging.getLogger("audiothink")
 
 __all__ = ["CheckpointError", "CheckpointFileError", "complete_checkpoints", "resume_checkpoint", "checkpoint_step",
-           "check_resume_owner", "check_checkpoint_files", "check_resume_adapter", "begin_save", "end_save",
+           "check_resume_owner", "check_checkpoint_files", "check_resume_adapter", "checkpoint_processes",
+           "check_resume_processes", "resume_target", "begin_save", "end_save",
            "marked_save", "completing_saves",
            "disk_full_as_error", "checkpoint_key_map", "load_full_checkpoint", "check_adapter_checkpoint"]
 
@@ -342,6 +343,55 @@ def check_resume_adapter(folder: str | os.PathLike, lora_cfg) -> None:
         raise CheckpointError(f"resume={folder}: its adapter was trained with {show(have)}, this run's model.lora "
                               f"has {show(want)}: resume with the run's own model.lora (see its config.yaml), or "
                               "start a new run")
+
+
+def checkpoint_processes(folder: str | os.PathLike) -> int | None:
+    """The number of processes that saved the checkpoint ``folder``, from the RNG states the Trainer writes into
+    every checkpoint: ``rng_state.pth`` for one process, ``rng_state_<rank>.pth`` for each of N > 1 (any engine:
+    DDP, FSDP, DeepSpeed). None when it holds no RNG state (not the Trainer's checkpoint, or its files are gone)."""
+    folder = Path(folder)
+    ranks = [int(m.group(1)) for p in folder.glob("rng_state_*.pth")
+             if (m := re.match(r"^rng_state_(\d+)\.pth$", p.name))]
+    if ranks:
+        return max(ranks) + 1
+    return 1 if (folder / "rng_state.pth").is_file() else None
+
+
+def resume_target(run_dir: str | os.PathLike, resume) -> Path | None:
+    """The checkpoint ``resume`` would start from, without any check (:func:`resume_checkpoint` does those): the
+    newest complete one of ``run_dir`` for ``true``, the folder itself for a path; None for none."""
+    if resume is None or resume is False or (isinstance(resume, str) and resume.lower() in ("false", "")):
+        return None
+    if resume is True or (isinstance(resume, str) and resume.lower() == "true"):
+        complete = complete_checkpoints(run_dir)
+        return complete[-1] if complete else None
+    path = Path(str(resume)).expanduser()
+    return path if path.is_dir() else None
+
+
+def check_resume_processes(folder: str | os.PathLike, processes: int) -> None:
+    """A checkpoint resumes only under the number of processes that saved it; ConfigError (one line naming both
+    counts) otherwise, before anything loads.
+
+    Why not resume anyway: TRL's generation batch is per_device_train_batch_size x processes x steps per
+    generation, so another count samples another number of prompts per step from another sampler order, and
+    each process restores the random stream of its own rank (a rank without one starts a fresh stream): the
+    continued run would be another run than the one in the folder, silently. A sharded checkpoint (FSDP2,
+    DeepSpeed) also holds one shard of the weights and the optimizer per saving process."""
+    saved = checkpoint_processes(folder)
+    if saved is None or saved == processes:
+        return
+
+    def n(k):
+        return f"{k} process" + ("es" if k != 1 else "")
+
+    launch = ("without a launcher (python -m audiothink.train …)" if saved == 1
+              else f"with accelerate launch --num_processes {saved} (or torchrun --nproc_per_node {saved})")
+    raise ConfigError(
+        f"resume={folder}: saved by {n(saved)}, and this launch has {n(processes)}: another process count trains "
+        f"another run (the generation batch is per_device_train_batch_size x processes x steps per generation, "
+        f"and each process restores its own rank's random state); resume {launch}, or start a new run from its "
+        f"weights (model.path=<its weights>, another hydra.run.dir=…)")
 
 
 # -- saving: a checkpoint is complete only once all of it is on disk ---------------------------------------

@@ -476,6 +476,12 @@ class RunDirCallback(_HydraCallback):
                     from audiothink.plumbing.resume_config import check_resume_config
 
                     check_resume_config(config, target, OmegaConf.select(config, "hydra.overrides.task") or [])
+                    # saved by as many processes as this launch has (the launchers set WORLD_SIZE)
+                    from audiothink.plumbing.checkpoints import check_resume_processes, resume_target
+
+                    checkpoint = resume_target(target, resume)
+                    if checkpoint is not None:
+                        check_resume_processes(checkpoint, int(os.environ.get("WORLD_SIZE", "1")))
                 hydra_dir = _key(Path(str(config.hydra.run.dir))) == _key(target)
                 if hydra_dir and _is_dir(target):
                     _check_hydra_files(target, config, write=False)  # before the claim writes its marker

@@ -39,12 +39,13 @@ def write_config(run_dir: Path, cfg: DictConfig, resumed_step: int | None) -> Pa
     return path
 
 
-INTERVAL_KEYS = ("every_steps", "best_metric", "best_mode")
+INTERVAL_KEYS = ("every_steps", "best_metric", "best_mode", "benchmark", "limit")
 
 
 def heldout_settings(cfg: DictConfig, n_items: int) -> dict:
     """Everything that decides the held-out figures: reused figures must have been made the same way."""
-    # eval.every_steps / best_*: when to score during training, not how: they change no figure
+    # eval.every_steps / best_* / benchmark / limit: what to score during training, not how the held-out items are
+    # scored: they change no held-out figure
     scoring = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items() if k not in INTERVAL_KEYS}
     return {"items": n_items, "eval": scoring, "prompt": cfg.prompt,
             "data_eval": str(cfg.data.get("eval")), "model": str(cfg.model.path),

@@ -219,18 +219,35 @@ def check_eval_settings(section: str, batch_size: Any, *, num_samples: Any = 0, 
 
 
 def check_heldout_interval(eval_cfg: DictConfig) -> None:
-    """eval.every_steps (null or >= 1, with held-out items), eval.best_metric (a logged heldout/ key or null),
-    eval.best_mode (max or min): the scoring during training (audiothink/heldout_eval.py)."""
-    from audiothink.heldout_eval import metric_problem
+    """eval.every_steps (null or >= 1, with held-out items or eval.benchmark), eval.benchmark (a benchmark config
+    or null; its file is read, not its data) and eval.limit, eval.best_metric (a logged heldout/ or benchmark/ key
+    or null), eval.best_mode (max or min): the scoring during training (audiothink/heldout_eval.py)."""
+    from audiothink.heldout_eval import benchmark_config, metric_problem
 
     every = eval_cfg.get("every_steps")
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ConfigError(f"eval.every_steps={every!r}: must be a whole number >= 1 (or null: score only before "
                           "and after training)")
-    if every is not None and eval_cfg.get("num_samples") == 0:
-        raise ConfigError(f"eval.every_steps={every}: eval.num_samples=0 leaves no held-out items to score")
+    value, limit = eval_cfg.get("benchmark"), eval_cfg.get("limit")
+    bench_name = None if value is None else str(benchmark_config(value).name)
+    if value is not None and every is None:
+        raise ConfigError(f"eval.benchmark={value}: scored every eval.every_steps optimizer steps, which is null: set "
+                          "eval.every_steps=N (or score the trained model afterwards: python -m audiothink.evaluate "
+                          f"benchmark={value} model.path=<run>/final)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"eval.limit={limit!r}: must be null (all of eval.benchmark's items) or a whole number >= 1")
+    if limit is not None and value is None:
+        raise ConfigError(f"eval.limit={limit}: limits eval.benchmark's items, which is null (the held-out items are "
+                          "eval.num_samples)")
+    if every is not None and eval_cfg.get("num_samples") == 0 and value is None:
+        raise ConfigError(f"eval.every_steps={every}: eval.num_samples=0 leaves no held-out items to score (and no "
+                          "eval.benchmark is set)")
     metric = eval_cfg.get("best_metric")
-    if metric is not None and (problem := metric_problem(metric)):
+    if (every is not None and eval_cfg.get("num_samples") == 0 and isinstance(metric, str)
+            and metric.startswith("heldout/")):
+        raise ConfigError(f"eval.best_metric={metric}: eval.num_samples=0 scores no held-out items; name one of "
+                          f"eval.benchmark's figures (e.g. eval.best_metric=benchmark/{bench_name}/accuracy), or null")
+    if metric is not None and (problem := metric_problem(metric, bench_name)):
         raise ConfigError(f"eval.best_metric={metric!r}: {problem}")
     mode = eval_cfg.get("best_mode", "max")
     if mode not in ("max", "min"):

@@ -3,9 +3,11 @@ generated answers for, for tests/e2e/test_heldout_eval.py.
 
     torchrun --standalone --nproc_per_node 2 -m tests.e2e.heldout_probe eval.every_steps=1 ... hydra.run.dir=DIR
 
-Wraps, in this process only, `HeldoutEval.score` (which step is being scored) and `inference.generate_answers`
-(the real generation; the items it was given): each call made inside a scoring appends one JSON line to
-`DIR/heldout-probe-rank<R>.jsonl` with the step and the items' ids. The training code has no hooks for this.
+Wraps, in this process only, `HeldoutEval.score` (which step is being scored), `inference.generate_answers` (the
+real generation of the held-out answers) and the evaluation code's `generate_batch` (`benchmarks.runner`, the
+answers of eval.benchmark's items): each call made inside a scoring appends one JSON line to
+`DIR/heldout-probe-rank<R>.jsonl` with the step, what was scored (kind: heldout or benchmark) and the items' ids.
+The training code has no hooks for this.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import json
 import os
 
 from audiothink import inference
+from audiothink.benchmarks import runner
 from audiothink.heldout_eval import HeldoutEval
 
 _real_score = HeldoutEval.score
 _real_generate_answers = inference.generate_answers
+_real_generate_batch = runner.generate_batch
 _scoring: dict = {}
 
 
@@ -29,17 +33,28 @@ def _score(self, args, state, control):
         _scoring.clear()
 
 
-def _generate_answers(model, processor, samples, *args, **kwargs):
-    out = _real_generate_answers(model, processor, samples, *args, **kwargs)
+def _record(kind: str, samples) -> None:
     if _scoring:
         path = os.path.join(_scoring["dir"], f"heldout-probe-rank{_scoring['rank']}.jsonl")
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": _scoring["step"], "ids": [s.id for s in samples]}) + "\n")
+            f.write(json.dumps({"step": _scoring["step"], "kind": kind, "ids": [s.id for s in samples]}) + "\n")
+
+
+def _generate_answers(model, processor, samples, *args, **kwargs):
+    out = _real_generate_answers(model, processor, samples, *args, **kwargs)
+    _record("heldout", samples)
+    return out
+
+
+def _generate_batch(model, processor, samples, *args, **kwargs):
+    out = _real_generate_batch(model, processor, samples, *args, **kwargs)
+    _record("benchmark", samples)
     return out
 
 
 HeldoutEval.score = _score
 inference.generate_answers = _generate_answers
+runner.generate_batch = _generate_batch
 
 if __name__ == "__main__":
     import runpy

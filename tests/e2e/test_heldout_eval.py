@@ -151,23 +151,90 @@ def test_best_record_survives_a_resume(tmp_path, toy_files):
 
 
 @pytest.mark.slow
-def test_two_processes_score_once_per_interval(tmp_path, toy_files):
-    """2 processes (torchrun, gloo): each scoring splits the items between the processes (each item's answer
-    generated once, not once per process), and one record, one console line per interval."""
+def test_a_benchmark_scored_during_training_is_the_evaluation_codes_score(tmp_path, toy_files):
+    """eval.benchmark=toy eval.limit=8 besides the held-out items, 2 steps: benchmark/toy/* at each step in
+    metrics.jsonl, TensorBoard and the console; the step-2 figures and answers are exactly what `python -m
+    audiothink.evaluate benchmark=toy eval.limit=8` gives for the step-2 weights (final/); best/ by a benchmark
+    figure; training.png gets the benchmark's row."""
     run = tmp_path / "run"
-    out = _train(tmp_path, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[]"),
+    out = _train(tmp_path, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[tensorboard]",
+                                 "eval.benchmark=toy", "eval.limit=8", "eval.best_metric=benchmark/toy/accuracy"))
+    records = _heldout_records(run)
+    assert [r["step"] for r in records] == [1, 2]  # one record per interval, the held-out and benchmark figures
+    for r in records:
+        assert {"heldout/accuracy", "benchmark/toy/accuracy", "benchmark/toy/think_rate",
+                "benchmark/toy/format_failure_rate"} <= set(r)
+        assert any(k.startswith("benchmark/toy/difficulty/") and k.endswith("/accuracy") for k in r)
+        assert any(k.startswith("benchmark/toy/task/") and k.endswith("/think_rate") for k in r)
+    for step in (1, 2):
+        line = next(x for x in out.stdout.splitlines() if x.startswith(f"held-out step {step}/2 |"))
+        assert f"benchmark/toy accuracy {100 * records[step - 1]['benchmark/toy/accuracy']:.1f}%" in line
+        assert out.stdout.count(f"held-out step {step}/2 |") == 1
+
+    evaluated = tmp_path / "eval"
+    subprocess.run([sys.executable, "-m", "audiothink.evaluate", "benchmark=toy", "eval.limit=8",
+                    f"model.path={run / 'final'}", "eval.charts=false", f"hydra.run.dir={evaluated}"],
+                   cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=600, check=True)
+    results = json.loads((evaluated / "results.json").read_text())
+    last, overall = records[-1], results["summary"]["overall"]
+    assert last["benchmark/toy/accuracy"] == overall["accuracy"]
+    assert last["benchmark/toy/think_rate"] == overall["think_rate"]
+    assert last["benchmark/toy/format_failure_rate"] == overall["format_failure_rate"]
+    for dim, groups in results["summary"]["by"].items():
+        for value, stats in groups.items():
+            assert last[f"benchmark/toy/{dim}/{value}/accuracy"] == stats["accuracy"]
+
+    def answers(path):
+        return {r["key"]: r["output"] for r in map(json.loads, path.read_text().splitlines()) if "key" in r}
+
+    during = answers(run / "benchmark" / "toy" / "predictions-step-2.jsonl")
+    assert len(during) == 8 and during == answers(evaluated / "predictions.jsonl")
+
+    record = json.loads((run / "best" / "best.json").read_text())
+    step = _best_step(records, "benchmark/toy/accuracy", "max")
+    assert record["metric"] == "benchmark/toy/accuracy" and record["step"] == step
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = {}
+    for events in run.glob("runs/*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "benchmark/toy/accuracy" in acc.Tags()["scalars"]:
+            steps = {e.step: e.value for e in acc.Scalars("benchmark/toy/accuracy")}
+    assert steps == {1: pytest.approx(records[0]["benchmark/toy/accuracy"]),
+                     2: pytest.approx(last["benchmark/toy/accuracy"])}
+    assert (run / "training.png").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_score_once_per_interval(tmp_path, toy_files):
+    """2 processes (torchrun, gloo): each scoring splits the held-out items and eval.benchmark's between the
+    processes (each item's answer generated once, not once per process), and one record, one console line per
+    interval."""
+    run = tmp_path / "run"
+    out = _train(tmp_path, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[]", "eval.benchmark=toy",
+                                 "eval.limit=7"),
                  module="tests.e2e.heldout_probe", processes=2)
     calls = {rank: [json.loads(line) for line in (run / f"heldout-probe-rank{rank}.jsonl").read_text().splitlines()]
              for rank in (0, 1)}
     items = {json.loads(line)["id"] for line in Path(toy_files["eval"]).read_text().splitlines()}
     for step in (1, 2):
-        per_rank = {rank: [i for c in calls[rank] if c["step"] == step for i in c["ids"]] for rank in (0, 1)}
+        per_rank = {rank: [i for c in calls[rank] if c["step"] == step and c["kind"] == "heldout" for i in c["ids"]]
+                    for rank in (0, 1)}
         assert all(per_rank.values()), f"step {step}: a process took no part in the scoring: {per_rank}"
         scored = per_rank[0] + per_rank[1]
         # the 8 held-out items, each answered once in all (8 split 4 + 4: no filler)
         assert len(scored) == len(set(scored)) == 8 and set(scored) <= items, f"step {step}: items scored {per_rank}"
+        # the benchmark's 7 items: 4 + 4, the last share filled up with one repeated item, none scored twice else
+        bench = {rank: [i for c in calls[rank] if c["step"] == step and c["kind"] == "benchmark" for i in c["ids"]]
+                 for rank in (0, 1)}
+        assert len(bench[0]) == len(bench[1]) == 4, f"step {step}: benchmark items {bench}"
+        assert len(set(bench[0] + bench[1])) == 7 and not set(bench[0]) & set(bench[1][:-1]), bench
     assert {c["step"] for r in (0, 1) for c in calls[r]} == {1, 2}  # no scoring at other times
     assert [r["step"] for r in _heldout_records(run)] == [1, 2]
+    assert all(len(r) > 3 and "benchmark/toy/accuracy" in r for r in _heldout_records(run))
     for step in (1, 2):
         assert out.stdout.count(f"held-out step {step}/2 |") == 1
+        assert len((run / "benchmark" / "toy" / f"predictions-step-{step}.jsonl").read_text().splitlines()) == 7
     assert (run / "best" / "best.json").is_file() and (run / "best" / "model.safetensors").is_file()

@@ -10,7 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from audiothink.plumbing.checkpoints import (
     CheckpointError,
+    check_resume_processes,
     checkpoint_key_map,
+    checkpoint_processes,
     load_full_checkpoint,
     resume_checkpoint,
 )
@@ -280,6 +282,18 @@ def _nan_weights(path):
     tensors = load_file(str(path))
     save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()},
               str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_resumes_only_under_the_process_count_that_saved_it(real_run):
+    # the count is read from the Trainer's RNG files (rng_state.pth: 1 process; rng_state_<rank>.pth: N); the
+    # launches themselves: tests/e2e/test_resume_processes.py
+    ckpt = real_run / "checkpoint-1"
+    assert checkpoint_processes(ckpt) == 1
+    check_resume_processes(ckpt, 1)
+    with pytest.raises(ConfigError, match=r"saved by 1 process, and this launch has 2 processes: .*resume without a "
+                                          r"launcher"):
+        check_resume_processes(ckpt, 2)
 
 
 @pytest.mark.e2e
