@@ -148,7 +148,7 @@ def _wrap_lists() -> list[str]:
 
 def test_fsdp_wrap_classes_exist_in_the_models(toy_model_dir):
     """accelerate stops when a listed class is not in the model: check them on the real architectures (the
-    toy Qwen2-Audio and the tiny Omni thinker are built from transformers' own classes)."""
+    toy Qwen2-Audio and the tiny Omni thinkers are built from transformers' own classes)."""
     from accelerate.utils.dataclasses import get_module_class_from_name
 
     from audiothink.toy.omni import build_omni_processor, build_omni_thinker
@@ -162,9 +162,15 @@ def test_fsdp_wrap_classes_exist_in_the_models(toy_model_dir):
     omni_lists = _wrap_lists()
     assert omni_lists and all("Omni" in v for v in omni_lists)
     omni = build_omni_thinker(build_omni_processor())
+    qwen3 = [v for v in omni_lists if "Qwen3OmniMoe" in v]  # the Qwen3-Omni thinker's list (README)
+    assert qwen3, "README names the Qwen3-Omni thinker's FSDP2 wrap list"
+    from audiothink.toy.qwen3_omni import build_qwen3_omni_processor, build_qwen3_omni_thinker
+
+    qwen3_omni = build_qwen3_omni_thinker(build_qwen3_omni_processor())
     for value in omni_lists:
+        model = qwen3_omni if value in qwen3 else omni
         for cls in value.split(","):
-            assert get_module_class_from_name(omni, cls) is not None, cls
+            assert get_module_class_from_name(model, cls) is not None, cls
     # and the Qwen2-Audio list would not fit Omni (hence the override)
     assert get_module_class_from_name(omni, "Qwen2AudioEncoderLayer") is None
 
