@@ -464,6 +464,23 @@ def check_audio(bench, on_error: str, max_seconds: float | None, short_clip=None
     return durations, unreadable, clipped
 
 
+def load_training_benchmark(cfg: DictConfig, short_clip=None):
+    """The benchmark ``eval.benchmark`` scores during training (its first ``eval.limit`` items), or None. Its
+    metadata is read and every clip checked (unusable audio is a DataError naming the items) before the model
+    loads, as ``python -m audiothink.evaluate`` does; answers withheld (MMAU test) is a ConfigError."""
+    value = cfg.eval.get("benchmark")
+    if value is None:
+        return None
+    from audiothink.heldout_eval import benchmark_config
+
+    bench = load_bench(benchmark_config(value)).head(cfg.eval.get("limit"))
+    if not any(bench.scored):
+        raise ConfigError(f"eval.benchmark={value}: {bench.name} has its answers withheld: nothing to score during "
+                          "training (choose one with answers, e.g. mmau_test_mini)")
+    check_audio(bench, "raise", cfg.model.max_audio_seconds, short_clip)
+    return bench
+
+
 def long_audio_note(clipped: int, window) -> None:
     """The count of clips over the model's window, as a warning under truncate (audio the model does not hear)."""
     if not clipped:

@@ -49,7 +49,7 @@ log = logging.getLogger("audiothink.heldout")
 
 __all__ = ["OVERALL_STATS", "SLICE_STATS", "metric_problem", "heldout_logs", "check_heldout_eval", "shard",
            "HeldoutEval", "attach", "BEST_DIR", "BEST_RECORD", "BENCHMARK_PREFIX", "benchmark_config",
-           "benchmark_logs", "load_training_benchmark"]
+           "benchmark_logs"]
 
 # the figures of inference.score logged for all items, and for each slice (difficulty=<d>, task=<t>)
 OVERALL_STATS = ("accuracy", "think_rate", "format_failure_rate")
@@ -115,23 +115,6 @@ def benchmark_config(value: str) -> DictConfig:
     return block
 
 
-def load_training_benchmark(cfg: DictConfig, short_clip=None):
-    """The benchmark ``eval.benchmark`` scores during training (its first ``eval.limit`` items), or None. Its
-    metadata is read and every clip checked (unusable audio is a DataError naming the items) before the model
-    loads, as ``python -m audiothink.evaluate`` does; answers withheld (MMAU test) is a ConfigError."""
-    value = cfg.eval.get("benchmark")
-    if value is None:
-        return None
-    from audiothink.evaluate import check_audio, load_bench
-
-    bench = load_bench(benchmark_config(value)).head(cfg.eval.get("limit"))
-    if not any(bench.scored):
-        raise ConfigError(f"eval.benchmark={value}: {bench.name} has its answers withheld: nothing to score during "
-                          "training (choose one with answers, e.g. mmau_test_mini)")
-    check_audio(bench, "raise", cfg.model.max_audio_seconds, short_clip)
-    return bench
-
-
 def benchmark_logs(name: str, summary: dict) -> dict[str, float]:
     """:func:`audiothink.benchmarks.report.summarise`'s result as flat ``benchmark/<name>/…`` metrics (overall, then
     each value of each of the benchmark's dimensions); figures without items (None) are left out."""
@@ -163,7 +146,7 @@ def _slices(samples) -> set[str]:
 
 def check_heldout_eval(eval_cfg: DictConfig, samples, bench=None) -> None:
     """After the data is read (before the model loads): ``eval.every_steps`` needs held-out items or a benchmark
-    (``bench``, :func:`load_training_benchmark`), and a per-slice ``eval.best_metric`` a slice they have."""
+    (``bench``, :func:`audiothink.evaluate.load_training_benchmark`), and a per-slice ``eval.best_metric`` a slice they have."""
     every = eval_cfg.get("every_steps")
     if every is None:
         return
@@ -199,7 +182,7 @@ def shard(n: int, rank: int, world: int) -> list[int]:
 
 def attach(trainer, processor, samples, cfg: DictConfig, run_dir, bench=None) -> "HeldoutEval | None":
     """With ``eval.every_steps`` set: a :class:`HeldoutEval` added to ``trainer``'s callbacks (else nothing);
-    ``bench``: eval.benchmark's benchmark (:func:`load_training_benchmark`), scored with the held-out items."""
+    ``bench``: eval.benchmark's benchmark (:func:`audiothink.evaluate.load_training_benchmark`), scored with the held-out items."""
     if cfg.eval.get("every_steps") is None or not (samples or bench is not None):
         return None
     callback = HeldoutEval(trainer, processor, samples, cfg, run_dir, bench=bench)

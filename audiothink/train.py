@@ -161,8 +161,9 @@ def train(cfg: DictConfig) -> dict:
     log.info("data: %d training rows, %d held-out items", len(train_set), len(eval_samples))
     # eval.benchmark: its items and audio checked now, before the model loads
     from audiothink.audio import short_clip_check
+    from audiothink.evaluate import load_training_benchmark
 
-    bench = (heldout_eval.load_training_benchmark(cfg, short_clip_check(cfg.model)) if cfg.eval.get("benchmark")
+    bench = (load_training_benchmark(cfg, short_clip_check(cfg.model)) if cfg.eval.get("benchmark")
              else None)
     heldout_eval.check_heldout_eval(cfg.eval, eval_samples[: cfg.eval.num_samples], bench)  # eval.every_steps: items
     model, processor = load_model_and_processor(cfg.model, processor)

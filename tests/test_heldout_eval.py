@@ -90,7 +90,8 @@ def test_a_slice_the_items_lack_or_no_items_stop_before_the_model(toy_files):
 def test_a_benchmark_slice_its_items_lack_stops_before_the_model(toy_files, tmp_path):
     """eval.benchmark as the path of a yaml file (here: a unified set of 16 toy items), read and its audio checked
     before the model loads; a best_metric slice its items lack is one line naming the slices it has."""
-    from audiothink.heldout_eval import check_heldout_eval, load_training_benchmark
+    from audiothink.evaluate import load_training_benchmark
+    from audiothink.heldout_eval import check_heldout_eval
 
     (tmp_path / "bench.yaml").write_text(
         f"benchmark:\n  name: mine\n  format: unified\n  root: {toy_files['eval'].parent}\n"
