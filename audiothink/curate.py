@@ -108,14 +108,15 @@ def curate(cfg: DictConfig) -> dict:
               "max_audio_seconds": cfg.model.max_audio_seconds, "do_sample": c.do_sample,
               "temperature": c.temperature if c.do_sample else None, "dtype": cfg.model.dtype,
               **({"chat_template_kwargs": settings.chat_template_kwargs} if settings.chat_template_kwargs else {}),
-              **({"long_audio": settings.long_audio} if settings.long_audio != "truncate" else {})}
+              "long_audio": settings.long_audio}
     real = PredictionStore(out / "predictions.jsonl", {**header, "audio": "real"}, restart=c.restart,
-                           inputs=item_inputs(bench))
+                           inputs=item_inputs(bench), restart_key="curate.restart")
     orders = [rotated(bench, r) for r in range(c.rotations)]
     orders = [b for b in orders if len(b)]  # rotation r exists for items with more than r choices
     silent = [PredictionStore(out / f"predictions_{c.replace}_r{r}.jsonl",
                               {**header, "audio": c.replace, "seed": cfg.seed, "rotation": r},
-                              restart=c.restart, inputs=item_inputs(b)) for r, b in enumerate(orders)]
+                              restart=c.restart, inputs=item_inputs(b), restart_key="curate.restart")
+              for r, b in enumerate(orders)]
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     model, processor = load_model_and_processor(cfg.model, processor)

@@ -341,7 +341,7 @@ def prepare_rubric(e: DictConfig, bench, judge):
     rubrics = load_rubrics(path, bench, setting)
     problem = probe_rubric_judge(judge, bench, rubrics, script)
     if problem is not None:
-        message = f"the rubric judge at {judge.where} failed its start-up probe: {problem}"
+        message = f"the rubric judge at {judge.where.replace('judge.', 'eval.rubric_judge.', 1)} failed its start-up probe: {problem}"
         if judge.on_probe_failure == "stop":
             raise ConfigError(f"{message}; start it or fix eval.rubric_judge, or set "
                               "eval.rubric_judge.on_probe_failure=warn to evaluate on (its items then fail, counted)")

@@ -403,7 +403,7 @@ def _load(path: Path, kind: str, sources, files, chosen, saved: bool, *, cache_d
             ids_differ = any(d["field"] == "id" for d in differences)
             if on_mismatch != "official" or ids_differ:
                 why = ("the two hold different items, which no setting scores as the official benchmark"
-                       if ids_differ and on_mismatch == "official" else
+                       if ids_differ else
                        "benchmark.on_mismatch=official scores the official items with the copy's audio, the list "
                        "written to results.json and printed")
                 shown = "\n".join(lines[:50]) + (f"\n… and {len(lines) - 50} more" if len(lines) > 50 else "")

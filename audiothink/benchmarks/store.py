@@ -155,10 +155,11 @@ class PredictionStore:
 
     def __init__(self, path: str | os.PathLike, header: dict, *, restart: bool = False,
                  inputs: dict[str, str] | None = None, changed: str = "question, choices or audio",
-                 redone: str = "predicted again"):
+                 redone: str = "predicted again", restart_key: str = "eval.restart"):
         self.path = Path(path)
         # the stale records' warning: what an item's input is made of, and what happens to a changed one
         self._changed, self._redone = changed, redone
+        self._restart_key = restart_key  # the setting that starts over, named in the mismatch messages
         self.header = json.loads(json.dumps(header))  # plain JSON types, as they will read back
         self.inputs = dict(inputs or {})
         self.records: dict[str, dict] = {}
@@ -187,8 +188,8 @@ class PredictionStore:
             first = json.loads(lines[0].decode("utf-8"))
         except ValueError as exc:
             raise StoreMismatch(f"{self.path}:1: not a predictions file (the first line is not its header: {exc}). "
-                                "Evaluate into a new folder (hydra.run.dir=...) or start over with "
-                                "eval.restart=true.") from exc
+                                "Write into a new folder (hydra.run.dir=...) or start over with "
+                                f"{self._restart_key}=true.") from exc
         old = first.get("_header") if isinstance(first, dict) else None
         if old is None:
             raise StoreMismatch(f"{self.path}: not a predictions file (no header line)")
@@ -197,7 +198,7 @@ class PredictionStore:
             details = "; ".join(f"{_FIELD_WORDS.get(k, k)}: {old.get(k)!r} -> {self.header.get(k)!r}" for k in diff)
             raise StoreMismatch(
                 f"{self.path} holds predictions made with another model or other settings ({details}). "
-                "Evaluate into a new folder (hydra.run.dir=...) or start over with eval.restart=true."
+                f"Write into a new folder (hydra.run.dir=...) or start over with {self._restart_key}=true."
             )
         self._has_header = True
         kept = [lines[0]]

@@ -137,6 +137,8 @@ def test_differences_from_the_official_metadata_are_listed_and_refused(tmp_path)
     assert (f'test-00000-of-00001.parquet:3 id={ids[3]}: choices: copy ["clip 1", "clip two"] / official '
             '["clip one", "clip two"]') in msg
     assert f"{meta} id={ids[13]}: id: copy (absent) / official \"{ids[13]}\"" in msg
+    # items on one side only: the message does not offer on_mismatch=official, which would refuse them too
+    assert "hold different items" in msg and "on_mismatch=official scores" not in msg
     # items on one side only: refused even with on_mismatch=official (not the official benchmark)
     with pytest.raises(DataError, match="hold different items"):
         load_hub(copy, "mmar", cache_dir=tmp_path / "cache", official=meta, on_mismatch="official")

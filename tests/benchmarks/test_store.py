@@ -31,3 +31,12 @@ def test_store_refuses_other_settings(tmp_path):
         PredictionStore(p, {"model": "m", "prompt": "p2"})
     fresh = PredictionStore(p, {"model": "m", "prompt": "p2"}, restart=True)
     assert fresh.records == {}
+
+
+def test_a_mismatch_names_the_setting_that_starts_over(tmp_path):
+    """evaluate starts over with eval.restart, curate with curate.restart: the message names the caller's."""
+    path = tmp_path / "predictions.jsonl"
+    path.write_text(json.dumps({"_header": {"model": "a"}}) + "\n")
+    for key in ("eval.restart", "curate.restart"):
+        with pytest.raises(StoreMismatch, match=rf"start over with {key}=true"):
+            PredictionStore(path, {"model": "b"}, restart_key=key)
