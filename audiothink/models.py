@@ -21,13 +21,28 @@ Example::
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from transformers import Qwen2_5OmniProcessor, Qwen3OmniMoeProcessor
 from transformers.processing_utils import OmniModalProcessorMixin
 
 log = logging.getLogger(__name__)
+
+
+def _init_audio_only(processor, feature_extractor, tokenizer, chat_template, family: str) -> None:
+    """The audio-and-text processors' shared set-up: only the feature extractor and tokenizer are attached, and the
+    tokens the Omni processors read off the tokenizer (image/video ones only where it has them) are set with their
+    ids. ``family`` names the checkpoint kind in the error ("an Omni", "a Qwen3-Omni")."""
+    OmniModalProcessorMixin.__init__(processor, feature_extractor, tokenizer, chat_template=chat_template)
+    for name in ("audio_token", "audio_bos_token", "audio_eos_token", "image_token", "video_token",
+                 "vision_bos_token", "vision_eos_token"):
+        setattr(processor, name, getattr(tokenizer, name, None))
+    if processor.audio_token is None:
+        raise ValueError(f"{type(processor).__name__}: the tokenizer defines no audio_token (is this {family} "
+                         "checkpoint?)")
+    for name in ("audio", "image", "video"):
+        token = getattr(processor, f"{name}_token")
+        setattr(processor, f"{name}_token_id", None if token is None else tokenizer.convert_tokens_to_ids(token))
 
 
 class OmniAudioProcessor(Qwen2_5OmniProcessor):
@@ -38,16 +53,7 @@ class OmniAudioProcessor(Qwen2_5OmniProcessor):
     """
 
     def __init__(self, feature_extractor=None, tokenizer=None, chat_template=None):
-        OmniModalProcessorMixin.__init__(self, feature_extractor, tokenizer, chat_template=chat_template)
-        # the tokens Qwen2_5OmniProcessor reads off the tokenizer; image/video ones only where it has them
-        for name in ("audio_token", "audio_bos_token", "audio_eos_token", "image_token", "video_token",
-                     "vision_bos_token", "vision_eos_token"):
-            setattr(self, name, getattr(tokenizer, name, None))
-        if self.audio_token is None:
-            raise ValueError("OmniAudioProcessor: the tokenizer defines no audio_token (is this an Omni checkpoint?)")
-        for name in ("audio", "image", "video"):
-            token = getattr(self, f"{name}_token")
-            setattr(self, f"{name}_token_id", None if token is None else tokenizer.convert_tokens_to_ids(token))
+        _init_audio_only(self, feature_extractor, tokenizer, chat_template, "an Omni")
 
 
 class Qwen3OmniAudioProcessor(Qwen3OmniMoeProcessor):
@@ -60,16 +66,7 @@ class Qwen3OmniAudioProcessor(Qwen3OmniMoeProcessor):
     """
 
     def __init__(self, feature_extractor=None, tokenizer=None, chat_template=None):
-        OmniModalProcessorMixin.__init__(self, feature_extractor, tokenizer, chat_template=chat_template)
-        for name in ("audio_token", "audio_bos_token", "audio_eos_token", "image_token", "video_token",
-                     "vision_bos_token", "vision_eos_token"):
-            setattr(self, name, getattr(tokenizer, name, None))
-        if self.audio_token is None:
-            raise ValueError("Qwen3OmniAudioProcessor: the tokenizer defines no audio_token (is this a Qwen3-Omni "
-                             "checkpoint?)")
-        for name in ("audio", "image", "video"):
-            token = getattr(self, f"{name}_token")
-            setattr(self, f"{name}_token_id", None if token is None else tokenizer.convert_tokens_to_ids(token))
+        _init_audio_only(self, feature_extractor, tokenizer, chat_template, "a Qwen3-Omni")
 
     @property
     def model_input_names(self):
