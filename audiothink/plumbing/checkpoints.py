@@ -577,17 +577,25 @@ def load_full_checkpoint(model: torch.nn.Module, folder: str | os.PathLike) -> i
     present = {storage[k] for k in renamed}
     missing = sorted(k for k in state if k not in renamed and storage[k] not in present)
     shapes = sorted(k for k, v in renamed.items() if tuple(v.shape) != tuple(state[k].shape))
+    _load_matched(model, folder, renamed, storage, present, missing=missing, unexpected=unexpected, shapes=shapes)
+    return len(renamed)
+
+
+def _load_matched(model: torch.nn.Module, folder, tensors: dict, storage: dict, present: set, *,
+                  missing: list, unexpected: list, shapes: list) -> None:
+    """Load ``tensors`` (in-memory names) into ``model`` once they are known to match it: a CheckpointError naming
+    the first missing / unexpected / reshaped keys otherwise, and one if load_state_dict leaves any key out that
+    is not a tied copy (``storage``: name -> data pointer; ``present``: the pointers loaded)."""
     if unexpected or missing or shapes:
         parts = []
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes)):
             if keys:
-                parts.append(f"{len(keys)} {what} (first: {keys[:3]})")
+                parts.append(f"{len(keys)} {what} (first: {sorted(keys)[:3]})")
         raise CheckpointError(f"{folder}: the checkpoint does not match the model: " + "; ".join(parts))
-    result = model.load_state_dict(renamed, strict=False)
+    result = model.load_state_dict(tensors, strict=False)
     left = [k for k in result.missing_keys if storage.get(k) not in present]
     if left or result.unexpected_keys:
         raise CheckpointError(f"{folder}: loading left {left[:3]} missing, {result.unexpected_keys[:3]} unexpected")
-    return len(renamed)
 
 
 def check_adapter_checkpoint(model: torch.nn.Module, folder: str | os.PathLike) -> None:
@@ -653,14 +661,5 @@ def _load_converted_checkpoint(model: torch.nn.Module, folder: Path, tensors: di
     present = {storage[k] for k in loaded}
     missing = [k for k in missing if storage[k] not in present]  # a tied copy loads with the tensor it shares
     unexpected = sorted(set(tensors) - used)
-    if unexpected or missing or shapes:
-        parts = []
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes)):
-            if keys:
-                parts.append(f"{len(keys)} {what} (first: {sorted(keys)[:3]})")
-        raise CheckpointError(f"{folder}: the checkpoint does not match the model: " + "; ".join(parts))
-    result = model.load_state_dict(loaded, strict=False)
-    left = [k for k in result.missing_keys if storage.get(k) not in present]
-    if left or result.unexpected_keys:
-        raise CheckpointError(f"{folder}: loading left {left[:3]} missing, {result.unexpected_keys[:3]} unexpected")
+    _load_matched(model, folder, loaded, storage, present, missing=missing, unexpected=unexpected, shapes=shapes)
     return len(used)
