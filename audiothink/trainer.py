@@ -161,7 +161,6 @@ class AudioGRPOTrainer(GRPOTrainer):
         # The rollouts' prompts: the builder evaluation uses too (audiothink/prompts.py), with the prefill and
         # TRL's chat_template_kwargs (which TRL's own _tokenize_prompts would apply; ours replaces it)
         self.audio_prompt = AudioPrompt(processor, prefill=prefill, chat_template_kwargs=args.chat_template_kwargs)
-        self.max_audio_seconds = max_audio_seconds
         # What each clip becomes under the model's window (data.long_audio: chunk, truncate, error): the rule
         # evaluation, the held-out scoring and the row checks use (audiothink.audio.AudioWindow); the vLLM rows get
         # the clips it gives

@@ -22,7 +22,8 @@ from tests.helpers import PROMPT, load_toy, toy_grpo_args
 MAX_DELAY_S = 2.0
 
 
-def toy_trainer(toy_model_dir, toy_files, tmp_path, reward_funcs, weights=None, *, max_steps=1, n_rows=8, **cfg):
+def toy_trainer(toy_model_dir, toy_files, tmp_path, reward_funcs, weights=None, *, max_steps=1, n_rows=8,
+                max_audio_seconds=2.0, **cfg):
     """AudioGRPOTrainer on the toy model and `n_rows` toy items, with the given rewards (G = 4)."""
     model, processor = load_toy(toy_model_dir)
     samples = load_samples(toy_files["train"]).samples[:n_rows]
@@ -33,7 +34,7 @@ def toy_trainer(toy_model_dir, toy_files, tmp_path, reward_funcs, weights=None, 
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=to_dataset(samples, PROMPT),
-        max_audio_seconds=2.0,
+        max_audio_seconds=max_audio_seconds,
     )
 
 

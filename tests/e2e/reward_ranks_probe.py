@@ -78,9 +78,9 @@ def main(out: Path, train: str, mode: str) -> None:
                 _append(out / "logs.jsonl", {"step": state.global_step, **logs})
 
     trainer = toy_trainer(TOY_MODEL_DIR, {"train": train}, out, [Format(), Sampled()],
-                          max_steps=3 if mode == "count" else 1, n_rows=16)
+                          max_steps=3 if mode == "count" else 1, n_rows=16,
+                          max_audio_seconds=MAX_AUDIO_SECONDS)
     trainer.add_callback(Logs())
-    trainer.max_audio_seconds = MAX_AUDIO_SECONDS
     calculate = type(trainer)._calculate_rewards
 
     def recording(self, inputs, prompts, completions, completion_ids_list):
