@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_info", "check_audio", "write_wav", "clip_audio_tokens",
            "min_audio_tokens", "min_clip_samples", "short_clip_problem", "LONG_AUDIO", "AudioWindow",
-           "model_audio_window"]
+           "model_audio_window", "long_clips_message"]
 
 SAMPLE_RATE = 16_000
 
@@ -379,6 +379,19 @@ class AudioWindow:
             return [wave], clipped
         wave, _ = load_audio(path, row_id=row_id)
         return [wave[a:b] for a, b in self.pieces(wave.shape[0])], False
+
+
+def long_clips_message(n: int, seconds: float, long_audio: str) -> str:
+    """What happens to ``n`` clips longer than the model's window of ``seconds`` under ``data.long_audio``, in one
+    sentence (training's data log and evaluation say it alike)."""
+    one = n == 1
+    clips = "1 clip is" if one else f"{n} clips are"
+    if long_audio == "chunk":
+        return (f"{clips} longer than the model's audio window of {seconds:.4g} s and {'is' if one else 'are'} split "
+                f"into clips of {seconds:.4g} s (data.long_audio=chunk)")
+    return (f"{clips} longer than the model's audio window of {seconds:.4g} s and {'is' if one else 'are'} cut to "
+            f"{'its' if one else 'their'} first {seconds:.4g} s (data.long_audio=truncate; chunk hears all of "
+            f"{'it' if one else 'them'}, error stops)")
 
 
 def model_audio_window(model_cfg: DictConfig, long_audio: str = "truncate") -> AudioWindow:

@@ -37,7 +37,7 @@ from audiothink.prompts import config_chat_template_kwargs, training_prompt
 from audiothink.plumbing.errors import ConfigError
 from audiothink.loading import check_model_path, load_model_and_processor
 from audiothink.plumbing.cli import register_resolvers
-from audiothink.audio import model_audio_window, short_clip_check
+from audiothink.audio import long_clips_message, model_audio_window, short_clip_check
 
 log = logging.getLogger("audiothink.evaluate")
 # eval.force_mode -> the forced modes evaluated next to the model's own choice
@@ -485,13 +485,9 @@ def long_audio_note(clipped: int, window) -> None:
     """The count of clips over the model's window, as a warning under truncate (audio the model does not hear)."""
     if not clipped:
         return
-    if window.long_audio == "chunk":
-        log.info("%d clips are longer than the model's audio window of %.4g s and are split into clips of %.4g s "
-                 "(data.long_audio=chunk)", clipped, window.seconds, window.seconds)
-    else:
-        log.warning("%d clips are longer than the model's audio window of %.4g s and are cut to their first %.4g s "
-                    "(data.long_audio=truncate; chunk hears all of them, error stops)", clipped, window.seconds,
-                    window.seconds)
+    # chunk hears every clip whole: information; truncate drops audio the model never hears: a warning
+    (log.info if window.long_audio == "chunk" else log.warning)(long_clips_message(clipped, window.seconds,
+                                                                                 window.long_audio))
 
 
 def check_adapter(adapter: str, prompt: str) -> None:

@@ -256,8 +256,8 @@ def test_truncate_warns_with_a_count_in_evaluation(tmp_path, monkeypatch, caplog
     with caplog.at_level(logging.INFO, logger="audiothink"), pytest.raises(ModelLoaded):
         ev.evaluate(cfg)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert ("1 clips are longer than the model's audio window of 1 s and are cut to their first 1 s "
-            "(data.long_audio=truncate; chunk hears all of them, error stops)") in warned
+    assert ("1 clip is longer than the model's audio window of 1 s and is cut to its first 1 s "
+            "(data.long_audio=truncate; chunk hears all of it, error stops)") in warned
 
 
 def _cli(module, name: str, argv: list[str], monkeypatch):

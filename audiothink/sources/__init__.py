@@ -161,16 +161,14 @@ def _log_loaded(which: str, result: LoadResult, max_seconds: float | None, check
     skipped = f" ({len(result.skipped)} skipped, data.on_error=skip)" if result.skipped else ""
     log.info("data: %s: %d of %d rows usable%s", which, len(result.samples), result.rows, skipped)
     if result.clips_too_long:
+        from audiothink.audio import long_clips_message
+
         window = checks.window if checks is not None else None
         if window is not None and window.long_audio == "chunk":
-            log.info("data: %s: %d clips are longer than the model's audio window of %.4g s and are split into "
-                     "clips of %.4g s (data.long_audio=chunk)", which, result.clips_too_long, window.seconds,
-                     window.seconds)
+            log.info("data: %s: %s", which, long_clips_message(result.clips_too_long, window.seconds, "chunk"))
         else:
             seconds = window.seconds if window is not None else max_seconds
-            log.warning("data: %s: %d clips are longer than the model's audio window of %.4g s and are cut to "
-                        "their first %.4g s (data.long_audio=truncate; chunk hears all of them, error stops)",
-                        which, result.clips_too_long, seconds, seconds)
+            log.warning("data: %s: %s", which, long_clips_message(result.clips_too_long, seconds, "truncate"))
     if result.counts.get("questions_rewritten"):
         log.info("data: %s: question_rewrite changed %d questions", which, result.counts["questions_rewritten"])
 

@@ -38,7 +38,7 @@ def test_build_dataset_avqa_with_skips_clipping_and_abstention(tmp_path, caplog)
     text = caplog.text
     assert "train: 2 of 3 rows usable (1 skipped, data.on_error=skip)" in text
     assert "skipped 1 of 3 row(s)" in text and "(1 x audio_path)" in text
-    assert ("1 clips are longer than the model's audio window of 2 s and are cut to their first 2 s "
+    assert ("1 clip is longer than the model's audio window of 2 s and is cut to its first 2 s "
             "(data.long_audio=truncate" in text)
     assert "question_rewrite changed 3 questions" in text
     assert "abstention: 1 of 2 training items" in text
