@@ -21,11 +21,11 @@ is trained without them): the two hacks the judge rewards exist for (issue 21), 
 at a stated rate, each by a Bernoulli stream of its own that, like the think flags, sees no item (:func:`mistakes`):
 
 - an **inconsistent** target thinks a *valid* chain from a misheard fact (another value of the task: the easy
-  item's fact, or the hard item's pointer or target fact), which therefore concludes another option, while the
-  answer stays the gold one: ``<think>first one, so one</think><answer>two</answer>``;
+  item's fact, or the fact of the clip the hard item's pointer leads to), which therefore concludes another
+  option, while the answer stays the gold one: ``<think>first one, so one</think><answer>two</answer>``;
 - an **invalid** target reaches the gold option through an invalid step: a skipped fact (``first two, so third,
-  so three``; easy: ``so two``), a lucky hop to the wrong clip (``first two, so second, second three, so three``)
-  or, easy, a conclusion that does not follow (``first one, so two``). The logic judge
+  so three``; easy: ``so two``), the fact of another clip than the hop's (``first two, so third, second three,
+  so three``) or, easy, a conclusion that does not follow (``first one, so two``). The logic judge
   (``audiothink/judge/toy_logic.py``) rejects each, the rule judge's consistency accepts it;
 - both on one target: the misheard chain's conclusion reached through an invalid step (thought and answer
   still disagree).
@@ -73,8 +73,8 @@ def as_sample(item: ToyItem, index: int = 0) -> Sample:
 
 class Mistake(NamedTuple):
     """The mistakes planted in one target (module doc): ``inconsistent`` and ``invalid`` flags, and two draws of
-    a stream of their own that pick which misheard value (``mishear``, in [0, 4)) and which invalid step
-    (``variant``, in [0, 4)); the draws matter only where a flag is set."""
+    a stream of their own that pick which misheard value (``mishear``, in [0, 4): its parity) and which invalid
+    step (``variant``, in [0, 4)); the draws matter only where a flag is set."""
 
     inconsistent: bool
     invalid: bool
@@ -109,21 +109,21 @@ def mistaken_chain(item: ToyItem, mistake: Mistake) -> str:
     """The thought of a mistaken target (module doc), in the chain language of ``audiothink/toy/data.py``.
 
     Inconsistent: the valid chain from a misheard fact, concluding another option than ``item.answer`` (easy:
-    the fact; hard: ``mishear // 2`` picks the pointer (0) or the target fact (1); ``mishear % 2`` which of the
-    two other values). Invalid: the chain's conclusion (gold, or the misheard one) reached through an invalid
-    step, ``variant % 2`` picks which (hard: skipped fact / lucky hop to the clip ``variant // 2`` picks; easy:
-    no fact / a conclusion that does not follow from a misheard fact).
+    the clip's fact; hard: the fact of the clip the pointer leads to; ``mishear % 2`` picks which of the two
+    other values). Invalid: the chain's conclusion (gold, or the misheard one) reached through an invalid step,
+    ``variant % 2`` picks which (hard: a skipped fact / the fact of another clip, ``variant // 2`` picks which;
+    easy: no fact / a conclusion that does not follow from a misheard fact).
 
     >>> from audiothink.toy.data import toy_items
     >>> item = next(it for it in toy_items("warmstart", 40) if it.facts == ("two", "two", "one", "three"))
     >>> item.rationale
     'first two, so third, third one, so one'
-    >>> mistaken_chain(item, Mistake(True, False, mishear=0))  # the pointer misheard as one
-    'first one, so second, second two, so two'
+    >>> mistaken_chain(item, Mistake(True, False, mishear=1))  # the third clip's fact misheard as three
+    'first two, so third, third three, so three'
     >>> mistaken_chain(item, Mistake(False, True, variant=0))  # a skipped fact
     'first two, so third, so one'
-    >>> mistaken_chain(item, Mistake(True, True, mishear=2, variant=1))  # misheard target fact, lucky hop
-    'first two, so second, second two, so two'
+    >>> mistaken_chain(item, Mistake(True, True, mishear=0, variant=1))  # misheard, and said of another clip
+    'first two, so third, second two, so two'
     """
     values = task_values(item.task)
     gold = item.answer
@@ -135,19 +135,19 @@ def mistaken_chain(item: ToyItem, mistake: Mistake) -> str:
         if mistake.variant % 2 == 0:
             return f"so {heard}"  # the conclusion without its fact
         return f"first {others(heard)[mistake.variant // 2 % 2]}, so {heard}"  # does not follow from the fact
+    # hard: the pointer and the hop stay right, so that the gold answer is the hopped-to clip's fact, which
+    # the answer can read off that clip: a mistake whose gold answer needs the hop done in one forward pass (a
+    # misheard pointer, a lucky hop to the wrong clip) teaches the direct answer the hop, and then the hard items
+    # no longer need a thought (seed 0: direct accuracy on hard items 43 % -> 98 %, bench/RESULTS.md)
     pointer = item.facts[0]
-    if mistake.inconsistent and mistake.mishear // 2 % 2 == 0:  # the pointer misheard: a valid hop elsewhere
-        pointer = others(pointer)[mistake.mishear % 2]
     hop = ORDINALS[1 + values.index(pointer)]
-    heard = item.facts[ORDINALS.index(hop)]  # the clips two to four hold the three values once each
-    if mistake.inconsistent and mistake.mishear // 2 % 2 == 1:  # the target fact misheard
-        heard = others(heard)[mistake.mishear % 2]
+    heard = others(gold)[mistake.mishear % 2] if mistake.inconsistent else gold  # the hopped-to clip's fact
     if not mistake.invalid:
         return f"first {pointer}, so {hop}, {hop} {heard}, so {heard}"
     if mistake.variant % 2 == 0:
         return f"first {pointer}, so {hop}, so {heard}"  # a skipped fact
     wrong = [c for c in ORDINALS[1:] if c != hop][mistake.variant // 2 % 2]
-    return f"first {pointer}, so {wrong}, {wrong} {heard}, so {heard}"  # a lucky hop to the wrong clip
+    return f"first {pointer}, so {hop}, {wrong} {heard}, so {heard}"  # the fact of another clip than the hop's
 
 
 def think_flags(n: int, share: float, seed: int) -> list[bool]:

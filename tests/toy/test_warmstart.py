@@ -155,7 +155,7 @@ def test_every_planted_mistake_is_judged_as_planted_on_every_task():
     """Every variant, on every task and fact combination: the logic judge and the rule judge's consistency see
     exactly the planted mistake (an inconsistent thought is a valid chain concluding another option; an invalid
     one is a chain the logic judge rejects, never a malformed one, concluding what it would have concluded), and
-    the answer is always gold. The shared measurement (chain_metrics, what toy_chains and training log) agrees."""
+    the answer is always gold; a hard item's pointer and hop are always the right ones. The shared measurement (chain_metrics, what toy_chains and training log) agrees."""
     from audiothink.judge.rule import consistency
     from audiothink.judge.toy_logic import check_chain
     from audiothink.think_metrics import chain_metrics
@@ -177,6 +177,11 @@ def test_every_planted_mistake_is_judged_as_planted_on_every_task():
                         assert consistency(p.think, p.answer, list(item.choices)) == float(not inconsistent), p.think
                         concluded = p.think.rsplit("so ", 1)[1]
                         assert (concluded != item.answer) is inconsistent and concluded in item.choices
+                        if item.difficulty == "hard":
+                            # the pointer and the hop stay right: the gold answer is the hopped-to clip's fact,
+                            # never one that needs the hop done without the thought (which would teach the
+                            # direct answer the hop: bench/RESULTS.md, toy_chains with mistakes)
+                            assert p.think.split(", ")[:2] == item.rationale.split(", ")[:2], p.think
                         texts.append(text)
                         for k, v in (("question", item.question), ("choices", list(item.choices)),
                                      ("answer", item.answer), ("difficulty", item.difficulty)):
