@@ -4,8 +4,11 @@
     python bench/toy_ablation.py --rows before c # a subset
     python bench/toy_ablation.py --jobs 2         # two training runs at a time
     python bench/toy_ablation.py -- trainer.max_steps=100   # overrides after -- go to every training run
+    python bench/toy_ablation.py --warmstart-mistakes --rows before b b_cons c d f d_all   # the judge rows
 
-Rows, all from the same warm start (the committed toy checkpoint), same seed, same GRPO settings and steps:
+Rows, all from the same warm start (the committed toy checkpoint; ``--model DIR`` another one, ``--warmstart-mistakes``
+the warm start that makes both mistakes the judge rewards exist for, built once into a cache folder: see below),
+same seed, same GRPO settings and steps:
 
 - before: the warm start itself, no GRPO;
 - (a) `reward=accuracy force_mode=direct`: plain GRPO on correctness, every reply prefilled with `<answer>`
@@ -15,12 +18,33 @@ Rows, all from the same warm start (the committed toy checkpoint), same seed, sa
 - (d) `reward=adaptive_consistency`: ATAR x (1 + 0.5 consistency) + 0.5 format, rule judge;
 - (e) `reward=full`: ATAR + consistency + think quality, rule judge.
 
+The rows that isolate each judge reward (issue 21; they show something only from a warm start that makes the
+mistakes, ``--warmstart-mistakes``):
+
+- (b_cons) always think + consistency: `reward=adaptive_consistency force_mode=think` with the formula
+  `accuracy * (1 + 0.5 * consistency) + 0.5 * format` (row b's reward times the consistency factor);
+- (c) and (d): ATAR without / with consistency (only on correct answers, the paper's switch);
+- (d_all) ATAR + consistency judged on every answer (`reward.consistency.fn.only_correct=false`): the switch's
+  other way;
+- (d) and (f) `reward=full judge=toy_logic`: ATAR + consistency without / with think quality, the toy logic
+  judge's chain validity (``audiothink/judge/toy_logic.py``).
+
 Each trained row is then scored on the 300 held-out toy items, greedy, in its own mode (a: forced direct,
 b: forced think, others: free choice), with the official MMAU/MMAR string-match rule on the extracted
 answer. Columns: accuracy overall / easy / hard; greedy think rate on easy and hard items; mean completion
 tokens (the prefill of a forced mode included; overall, easy, hard); think-answer consistency (the share of
-thought-out completions whose thought concludes the option they answer, read by the rule judge); the
-training run's wall time. Prints one table and writes it (and every figure) as JSON next to the runs.
+thought-out completions whose thought concludes the option they answer, read by the rule judge); of the
+thought-out completions, per difficulty, the share of inconsistent thoughts and of invalid chains
+(:func:`audiothink.think_metrics.chain_metrics`, toy logic judge: "-" where a slice has no thought-out
+completion); the training run's wall time. The "before" row also measures the warm start *sampled* as the
+rollouts sample (the default config's temperature and G completions per item, ``bench/toy_chains.py``): what
+GRPO starts from, printed under the table. Prints one table and writes it (and every figure) as JSON next to the
+runs.
+
+``--warmstart-mistakes``: the warm start trained by ``python -m audiothink.toy.warmstart --inconsistent-share S
+--invalid-share S --seed N`` (``--mistake-shares``, ``--warmstart-seed``), the committed recipe otherwise, built
+once (~5 min on an idle core) into ``$AUDIOTHINK_CACHE/warmstart-mistakes/`` (default ``~/.cache/audiothink``)
+and reused.
 """
 
 from __future__ import annotations
@@ -37,7 +61,20 @@ ROWS = {
     "c": ("adaptive (ATAR)", ["reward=adaptive"], None),
     "d": ("ATAR + consistency", ["reward=adaptive_consistency"], None),
     "e": ("full (rule judge)", ["reward=full"], None),
+    "b_cons": ("always think + consistency", ["reward=adaptive_consistency", "force_mode=think",
+                                              "reward.formula='accuracy * (1 + 0.5 * consistency) + 0.5 * format'"],
+               "think"),
+    "d_all": ("ATAR + consist. (all answers)", ["reward=adaptive_consistency",
+                                                "reward.consistency.fn.only_correct=false"], None),
+    "f": ("full (toy logic judge)", ["reward=full", "judge=toy_logic"], None),
 }
+# The shares of thought-out targets with each mistake planted in the --warmstart-mistakes warm start. With the
+# first variants (commit d1c3a42) 0.2 each gave 31-53 % of each mistake, sampled, on easy and hard items, seeds 0
+# and 1 (bench/RESULTS.md, "toy_chains — a warm start that makes both mistakes"); the current variants are not
+# measured yet.
+MISTAKE_SHARES = (0.2, 0.2)
+# The issue-13 ladder, what a plain run does; the judge rows are asked for by name (--rows).
+DEFAULT_ROWS = ["before", "a", "b", "c", "d", "e"]
 
 
 def train(row: str, overrides: list[str], root: Path, quiet: bool = False) -> tuple[Path, float]:
@@ -66,14 +103,17 @@ def score_heldout(model_dir: Path, force_mode: str | None, eval_path: Path, batc
     model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     samples = load_samples(eval_path).samples
+    from audiothink.think_metrics import chain_metrics
+
     prefill = force_prefill(force_mode)
-    rows = []
+    rows, texts = [], []
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
             out = generate_batch(model, processor, batch, training_prompt(), max_new_tokens=48,
                                  max_audio_seconds=WINDOW_SECONDS, prefill=prefill)
             lengths = out.output_lengths  # the prefill of a forced mode included
+            texts += out.texts
             for s, text, n in zip(batch, out.texts, lengths, strict=True):
                 p = parse(text)
                 rows.append({"difficulty": s.difficulty, "tokens": n, "thinks": p.thinks,
@@ -93,21 +133,83 @@ def score_heldout(model_dir: Path, force_mode: str | None, eval_path: Path, batc
     judged = [r["consistent"] for r in rows if r["consistent"] is not None]
     fig["consistency"] = 100 * mean(judged) if judged else None
     fig["thought_out"] = len(judged)
+    fig.update(chain_figures(chain_metrics(texts, {"question": [s.question for s in samples],
+                                                   "choices": [list(s.choices) for s in samples],
+                                                   "answer": [s.answer for s in samples],
+                                                   "difficulty": [s.difficulty for s in samples]})))
     return fig
 
 
+def chain_figures(shares: dict[str, float]) -> dict[str, float | None]:
+    """chain_metrics' shares per difficulty as the table's points: ``{inconsistent,invalid}_{easy,hard}``
+    (None where the slice has no thought-out completion)."""
+    names = {"inconsistent": "think/inconsistent_share", "invalid": "think/invalid_chain_share"}
+    return {f"{k}_{d}": (None if f"{key}/{d}" not in shares else 100 * shares[f"{key}/{d}"])
+            for k, key in names.items() for d in ("easy", "hard")}
+
+
+def sampled_before(model_dir: Path, eval_path: Path) -> dict:
+    """The warm start sampled as the default config's rollouts sample (bench/toy_chains.py's "sampled" way): its
+    figures, and chain_figures of them."""
+    from omegaconf import OmegaConf
+    from toy_chains import measure  # bench/ is the script's folder, on sys.path
+
+    trainer = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "trainer" / "toy.yaml")
+    figures = measure(model_dir, eval_path, do_sample=True, temperature=float(trainer.temperature),
+                      samples=int(trainer.num_generations), force_mode=None)
+    points = {f"{k}_{d}": (None if f"{key}_share" not in figures[d] else 100 * figures[d][f"{key}_share"])
+              for k, key in (("inconsistent", "inconsistent"), ("invalid", "invalid_chain")) for d in ("easy", "hard")}
+    return {"temperature": float(trainer.temperature), "samples": int(trainer.num_generations),
+            "think_easy": 100 * figures["easy"]["think_rate"], "think_hard": 100 * figures["hard"]["think_rate"],
+            "thought_out_easy": figures["easy"]["thought_out"], "thought_out_hard": figures["hard"]["thought_out"],
+            **points, "figures": figures}
+
+
+def mistakes_warmstart(shares: tuple[float, float], seed: int) -> Path:
+    """The warm start with planted mistakes (module doc), built into the cache folder unless it is there."""
+    import os
+    import shutil
+
+    from toy_learning import run_command
+
+    cache = Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "warmstart-mistakes"
+    out = cache / f"inconsistent{shares[0]:g}-invalid{shares[1]:g}-seed{seed}"
+    if (out / "warmstart.json").is_file():
+        return out
+    tmp = cache / f".{out.name}.tmp-{os.getpid()}"
+    print(f"building the warm start with mistakes into {out} (once, ~5 min on an idle core)", flush=True)
+    run_command([sys.executable, "-m", "audiothink.toy.warmstart", "--out", str(tmp), "--seed", str(seed),
+                 "--inconsistent-share", str(shares[0]), "--invalid-share", str(shares[1])])
+    if not (out / "warmstart.json").is_file():  # warmstart.json is written last: a finished build
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _pair(f: dict, key: str) -> str:
+    """``easy/hard`` points of ``key`` ("-" for a slice without thought-out completions)."""
+    return "/".join("-" if f.get(f"{key}_{d}") is None else f"{f[f'{key}_{d}']:.1f}" for d in ("easy", "hard"))
+
+
 def print_table(results: dict[str, dict]) -> None:
-    head = (f"{'row':<30}{'acc':>7}{'easy':>7}{'hard':>7}{'think easy':>12}{'think hard':>12}"
-            f"{'tokens':>8}{'easy':>6}{'hard':>6}{'consist.':>10}{'wall s':>8}")
+    head = (f"{'row':<33}{'acc':>7}{'easy':>7}{'hard':>7}{'think easy':>12}{'think hard':>12}"
+            f"{'tokens':>8}{'easy':>6}{'hard':>6}{'consist.':>10}{'incons. e/h':>13}{'invalid e/h':>13}{'wall s':>8}")
     print("\n" + head)
     print("-" * len(head))
     for row, f in results.items():
         name = "before (warm start)" if row == "before" else f"({row}) {ROWS[row][0]}"
         cons = "-" if f["consistency"] is None else f"{f['consistency']:.1f}%"
         wall = "-" if f.get("wall_s") is None else f"{f['wall_s']:.0f}"
-        print(f"{name:<30}{f['acc']:>6.1f}%{f['acc_easy']:>6.1f}%{f['acc_hard']:>6.1f}%{f['think_easy']:>11.1f}%"
+        print(f"{name:<33}{f['acc']:>6.1f}%{f['acc_easy']:>6.1f}%{f['acc_hard']:>6.1f}%{f['think_easy']:>11.1f}%"
               f"{f['think_hard']:>11.1f}%{f['tokens']:>8.1f}{f['tokens_easy']:>6.1f}{f['tokens_hard']:>6.1f}"
-              f"{cons:>10}{wall:>8}")
+              f"{cons:>10}{_pair(f, 'inconsistent'):>13}{_pair(f, 'invalid'):>13}{wall:>8}")
+    sampled = results.get("before", {}).get("sampled")
+    if sampled:
+        print(f"before, sampled (T {sampled['temperature']:g}, {sampled['samples']} per item): think easy/hard "
+              f"{sampled['think_easy']:.1f}/{sampled['think_hard']:.1f}% ({sampled['thought_out_easy']}/"
+              f"{sampled['thought_out_hard']} thought out); of those, inconsistent e/h "
+              f"{_pair(sampled, 'inconsistent')}%, invalid e/h {_pair(sampled, 'invalid')}%")
 
 
 def main(argv: list[str]) -> int:
@@ -117,14 +219,29 @@ def main(argv: list[str]) -> int:
     from toy_learning import parse_run_args  # bench/ is the script's folder, on sys.path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS),
+                    help=f"rows to run (default: {' '.join(DEFAULT_ROWS)})")
+    start = ap.add_mutually_exclusive_group()
+    start.add_argument("--model", type=Path, default=None,
+                       help="the warm start every row starts from (default: the committed toy checkpoint)")
+    start.add_argument("--warmstart-mistakes", action="store_true",
+                       help="start from the warm start with planted mistakes (module doc), built once into the cache")
+    ap.add_argument("--mistake-shares", type=float, nargs=2, default=MISTAKE_SHARES, metavar=("INCONSISTENT", "INVALID"),
+                    help="with --warmstart-mistakes: its shares of inconsistent and invalid thought-out targets "
+                         f"(default: {MISTAKE_SHARES[0]:g} {MISTAKE_SHARES[1]:g})")
+    ap.add_argument("--warmstart-seed", type=int, default=0, help="with --warmstart-mistakes: the warm start's seed")
     args, root = parse_run_args(ap, argv, "toy_ablation_")
+    model = args.model or (mistakes_warmstart(tuple(args.mistake_shares), args.warmstart_seed)
+                           if args.warmstart_mistakes else TOY_MODEL_DIR)
+    if model != TOY_MODEL_DIR:  # first, so that an explicit model.path=... after -- still wins
+        args.overrides = [f"model.path={model.resolve()}", *args.overrides]
     eval_path = ensure_toy(default_root())["eval"]
     results: dict[str, dict] = {}
 
     def record(row: str, run: tuple[Path, float] | None) -> None:
         if run is None:
-            results[row] = {**score_heldout(TOY_MODEL_DIR, None, eval_path), "wall_s": None}
+            results[row] = {**score_heldout(model, None, eval_path), "wall_s": None, "model": str(model),
+                            "sampled": sampled_before(model, eval_path)}
         else:
             results[row] = {**score_heldout(run[0] / "final", ROWS[row][2], eval_path), "wall_s": run[1],
                             "run_dir": str(run[0])}

@@ -16,6 +16,23 @@ answer (forced to think: ~100 % held-out), but its direct answers to the hard it
 chance 33 %): the pointer-following is not learnt in one forward pass within this budget, while written
 down it is two easy steps.
 
+Mistakes, on request (``--inconsistent-share``, ``--invalid-share``; both 0 by default, and the committed checkpoint
+is trained without them): the two hacks the judge rewards exist for (issue 21), planted in the thought-out targets
+at a stated rate, each by a Bernoulli stream of its own that, like the think flags, sees no item (:func:`mistakes`):
+
+- an **inconsistent** target thinks a *valid* chain from a misheard fact (another value of the task: the easy
+  item's fact, or the fact of the clip the hard item's pointer leads to), which therefore concludes another
+  option, while the answer stays the gold one: ``<think>first one, so one</think><answer>two</answer>``;
+- an **invalid** target reaches the gold option through an invalid step: a skipped fact (``first two, so third,
+  so three``; easy: ``so two``), the fact of another clip than the hop's (``first two, so third, second three,
+  so three``) or, easy, a conclusion that does not follow (``first one, so two``). The logic judge
+  (``audiothink/judge/toy_logic.py``) rejects each, the rule judge's consistency accepts it;
+- both on one target: the misheard chain's conclusion reached through an invalid step (thought and answer
+  still disagree).
+
+With both shares at 0 every target is exactly the correct one, and ``warmstart.json`` records the shares only
+when one is not 0 (so that the defaults still write the committed recipe byte for byte).
+
 The training items (a fixed set of `--items` 2,000, cycled) come from the toy generator's own `warmstart`
 stream, never the train or eval split, so the warm start does not memorise the items GRPO trains on.
 
@@ -30,6 +47,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +56,7 @@ from audiothink.data import Sample, render_prompt
 from audiothink.prompts import training_prompt
 from audiothink.formats import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from audiothink.sft import encode_replies, sft_loss, train_steps
-from audiothink.toy.data import ToyItem, toy_items
+from audiothink.toy.data import DIFFICULTY, ORDINALS, ToyItem, task_values, toy_items
 from audiothink.toy.model import CHAT_TEMPLATE, build_model, build_processor, build_tokenizer
 
 ASSETS = Path(__file__).parent / "assets" / "model"
@@ -53,13 +71,83 @@ def as_sample(item: ToyItem, index: int = 0) -> Sample:
                   category=item.category, difficulty=item.difficulty, extra={"rationale": item.rationale})
 
 
-def target(item: ToyItem | Sample, think: bool) -> str:
-    """The supervised reply: ``<think>rationale</think><answer>gold</answer>`` or ``<answer>gold</answer>``."""
+class Mistake(NamedTuple):
+    """The mistakes planted in one target (module doc): ``inconsistent`` and ``invalid`` flags, and two draws of
+    a stream of their own that pick which misheard value (``mishear``, in [0, 4): its parity) and which invalid
+    step (``variant``, in [0, 4)); the draws matter only where a flag is set."""
+
+    inconsistent: bool
+    invalid: bool
+    mishear: int = 0
+    variant: int = 0
+
+
+NO_MISTAKE = Mistake(False, False)
+# Seed constants of the mistake streams: each its own, and none the think flags' (0x7417) or the item order's.
+_INCONSISTENT_STREAM, _INVALID_STREAM, _PICK_STREAM = 0x1C0E, 0x1BAD, 0x91C4
+
+
+def target(item: ToyItem | Sample, think: bool, mistake: Mistake = NO_MISTAKE) -> str:
+    """The supervised reply: ``<think>rationale</think><answer>gold</answer>`` or ``<answer>gold</answer>``.
+
+    ``mistake`` (thought-out targets only; a direct target ignores it): the thought is :func:`mistaken_chain`
+    instead of the rationale, the answer stays gold. Raises TypeError for a mistake on a Sample (its facts are
+    not known).
+    """
     answer = f"{ANSWER_OPEN}{item.answer}{ANSWER_CLOSE}"
     if not think:
         return answer
+    if mistake.inconsistent or mistake.invalid:
+        if not isinstance(item, ToyItem):
+            raise TypeError("a mistaken target needs the toy item's facts (a ToyItem)")
+        return f"{THINK_OPEN}{mistaken_chain(item, mistake)}{THINK_CLOSE}{answer}"
     rationale = item.rationale if isinstance(item, ToyItem) else item.extra.get("rationale", "")
     return f"{THINK_OPEN}{rationale}{THINK_CLOSE}{answer}"
+
+
+def mistaken_chain(item: ToyItem, mistake: Mistake) -> str:
+    """The thought of a mistaken target (module doc), in the chain language of ``audiothink/toy/data.py``.
+
+    Inconsistent: the valid chain from a misheard fact, concluding another option than ``item.answer`` (easy:
+    the clip's fact; hard: the fact of the clip the pointer leads to; ``mishear % 2`` picks which of the two
+    other values). Invalid: the chain's conclusion (gold, or the misheard one) reached through an invalid step,
+    ``variant % 2`` picks which (hard: a skipped fact / the fact of another clip, ``variant // 2`` picks which;
+    easy: no fact / a conclusion that does not follow from a misheard fact).
+
+    >>> from audiothink.toy.data import toy_items
+    >>> item = next(it for it in toy_items("warmstart", 40) if it.facts == ("two", "two", "one", "three"))
+    >>> item.rationale
+    'first two, so third, third one, so one'
+    >>> mistaken_chain(item, Mistake(True, False, mishear=1))  # the third clip's fact misheard as three
+    'first two, so third, third three, so three'
+    >>> mistaken_chain(item, Mistake(False, True, variant=0))  # a skipped fact
+    'first two, so third, so one'
+    >>> mistaken_chain(item, Mistake(True, True, mishear=0, variant=1))  # misheard, and said of another clip
+    'first two, so third, second two, so two'
+    """
+    values = task_values(item.task)
+    gold = item.answer
+    others = lambda v: [x for x in values if x != v]  # noqa: E731 (the two values that are not v, in order)
+    if DIFFICULTY[item.task] == "easy":
+        heard = others(gold)[mistake.mishear % 2] if mistake.inconsistent else gold
+        if not mistake.invalid:
+            return f"first {heard}, so {heard}"
+        if mistake.variant % 2 == 0:
+            return f"so {heard}"  # the conclusion without its fact
+        return f"first {others(heard)[mistake.variant // 2 % 2]}, so {heard}"  # does not follow from the fact
+    # hard: the pointer and the hop stay right, so that the gold answer is the hopped-to clip's fact, which
+    # the answer can read off that clip: a mistake whose gold answer needs the hop done in one forward pass (a
+    # misheard pointer, a lucky hop to the wrong clip) teaches the direct answer the hop, and then the hard items
+    # no longer need a thought (seed 0: direct accuracy on hard items 43 % -> 98 %, bench/RESULTS.md)
+    pointer = item.facts[0]
+    hop = ORDINALS[1 + values.index(pointer)]
+    heard = others(gold)[mistake.mishear % 2] if mistake.inconsistent else gold  # the hopped-to clip's fact
+    if not mistake.invalid:
+        return f"first {pointer}, so {hop}, {hop} {heard}, so {heard}"
+    if mistake.variant % 2 == 0:
+        return f"first {pointer}, so {hop}, so {heard}"  # a skipped fact
+    wrong = [c for c in ORDINALS[1:] if c != hop][mistake.variant // 2 % 2]
+    return f"first {pointer}, so {hop}, {wrong} {heard}, so {heard}"  # the fact of another clip than the hop's
 
 
 def think_flags(n: int, share: float, seed: int) -> list[bool]:
@@ -70,6 +158,19 @@ def think_flags(n: int, share: float, seed: int) -> list[bool]:
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"think share must be in [0, 1], got {share}")
     return (np.random.default_rng([seed, 0x7417]).random(n) < share).tolist()
+
+
+def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int) -> list[Mistake]:
+    """The mistakes of ``n`` targets, by position: two Bernoulli streams of their own (``inconsistent_share``,
+    ``invalid_share``), independent of each other and of the think flags, and the picks' stream; like
+    :func:`think_flags` they see no item. Raises ValueError for a share outside [0, 1]."""
+    for name, share in (("inconsistent", inconsistent_share), ("invalid", invalid_share)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} share must be in [0, 1], got {share}")
+    inconsistent = np.random.default_rng([seed, _INCONSISTENT_STREAM]).random(n) < inconsistent_share
+    invalid = np.random.default_rng([seed, _INVALID_STREAM]).random(n) < invalid_share
+    picks = np.random.default_rng([seed, _PICK_STREAM]).integers(0, 4, size=(n, 2))
+    return [Mistake(bool(a), bool(b), int(m), int(v)) for a, b, (m, v) in zip(inconsistent, invalid, picks)]
 
 
 def warmstart_batches(steps: int, batch_size: int, think_share: float, seed: int, items: int = 0
@@ -105,10 +206,11 @@ def write_sft_rows(out: Path, args: argparse.Namespace, tokenizer, processor) ->
 
     n = args.steps * args.batch_size
     flags = think_flags(n, args.think_share, args.seed)
+    planted = mistakes(n, args.inconsistent_share, args.invalid_share, args.seed)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     written: set[int] = set()
     with open(out / "train.jsonl", "w", encoding="utf-8", newline="\n") as f:
-        for k, ((i, item), think) in enumerate(zip(_item_stream(n, args.items, args.seed), flags)):
+        for k, ((i, item), think, mistake) in enumerate(zip(_item_stream(n, args.items, args.seed), flags, planted)):
             names = [f"audio/ws-{i:05d}-{c + 1}.wav" for c in range(len(item.clips))]
             if i not in written:
                 for name, clip in zip(names, item.clips, strict=True):
@@ -117,7 +219,7 @@ def write_sft_rows(out: Path, args: argparse.Namespace, tokenizer, processor) ->
             row = {"id": f"toy-warmstart-{k:06d}", "audio": names, "question": item.question,
                    "choices": list(item.choices), "answer": item.answer, "task": item.task,
                    "category": item.category, "difficulty": item.difficulty, "source": SOURCE,
-                   "rationale": item.rationale, "target": target(item, think)}
+                   "rationale": item.rationale, "target": target(item, think, mistake)}
             f.write(json.dumps(row) + "\n")
     model = build_model(tokenizer, seed=args.seed, hidden=args.hidden, layers=args.layers, heads=args.heads)
     model.save_pretrained(out / "init", safe_serialization=True)
@@ -137,6 +239,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, constant, linear decay)")
     ap.add_argument("--decay-from", type=float, default=0.75, help="share of the steps after which lr decays to 0")
     ap.add_argument("--think-share", type=float, default=0.4, help="share of thought-out targets")
+    ap.add_argument("--inconsistent-share", type=float, default=0.0,
+                    help="share of thought-out targets whose valid chain from a misheard fact concludes another "
+                         "option than the (gold) answer")
+    ap.add_argument("--invalid-share", type=float, default=0.0,
+                    help="share of thought-out targets whose chain reaches the gold option through an invalid step")
     ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
@@ -149,6 +256,7 @@ def main(argv: list[str] | None = None) -> Path:
                     help="every N steps, print held-out greedy accuracy with each mode forced (toy eval split)")
     args = ap.parse_args(argv)
 
+    mistakes(0, args.inconsistent_share, args.invalid_share, args.seed)  # a bad share fails before any work
     torch.set_num_threads(1)  # one thread: the same float32 sums on any machine
     torch.manual_seed(args.seed)
     prompt = training_prompt()
@@ -173,8 +281,11 @@ def main(argv: list[str] | None = None) -> Path:
             model.train()
 
     # audiothink.sft's loop and loss: one micro-batch a step, warm-up 50 steps, constant, linear decay
-    batches = ([warmstart_inputs(processor, [it for it, _ in batch], prompt, [t for _, t in batch])]
-               for batch in warmstart_batches(args.steps, args.batch_size, args.think_share, args.seed, args.items))
+    planted = mistakes(args.steps * args.batch_size, args.inconsistent_share, args.invalid_share, args.seed)
+    batches = ([warmstart_inputs(processor, [it for it, _ in batch], prompt, [t for _, t in batch],
+                                 planted[step * args.batch_size : (step + 1) * args.batch_size])]
+               for step, batch in enumerate(warmstart_batches(args.steps, args.batch_size, args.think_share,
+                                                              args.seed, args.items)))
     train_steps(model, batches, sft_loss, steps=args.steps, learning_rate=args.lr, warmup_steps=50,
                 decay_from=args.decay_from, weight_decay=0.0, max_grad_norm=1.0, on_step=on_step)
 
@@ -182,6 +293,9 @@ def main(argv: list[str] | None = None) -> Path:
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
     recipe = {k: v for k, v in vars(args).items() if k not in ("out", "eval_every", "sft_rows")}
+    for k in ("inconsistent_share", "invalid_share"):  # absent when 0: the defaults write the committed recipe
+        if not recipe[k]:
+            del recipe[k]
     recipe["torch"] = torch.__version__
     (args.out / "warmstart.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"saved toy checkpoint to {args.out} ({time.time() - t0:.0f}s)")
@@ -207,11 +321,14 @@ def heldout(model, processor, prompt: str, n: int = 300) -> str:
     return "; ".join(parts)
 
 
-def warmstart_inputs(processor, items: Sequence[ToyItem], prompt: str, think: Sequence[bool]) -> dict:
-    """:func:`audiothink.sft.encode_replies` for in-memory items: their clips, prompts and targets."""
+def warmstart_inputs(processor, items: Sequence[ToyItem], prompt: str, think: Sequence[bool],
+                     planted: Sequence[Mistake] | None = None) -> dict:
+    """:func:`audiothink.sft.encode_replies` for in-memory items: their clips, prompts and targets (with the
+    ``planted`` mistakes, one per item, when given)."""
+    planted = [NO_MISTAKE] * len(items) if planted is None else planted
     return encode_replies(processor, [item.clips for item in items],
                           [render_prompt(as_sample(item), prompt) for item in items],
-                          [target(item, t) for item, t in zip(items, think, strict=True)])
+                          [target(item, t, m) for item, t, m in zip(items, think, planted, strict=True)])
 
 
 if __name__ == "__main__":

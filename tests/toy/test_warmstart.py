@@ -14,7 +14,7 @@ import pytest
 
 from audiothink.formats import parse
 from audiothink.toy import warmstart
-from audiothink.toy.data import DIFFICULTY, TASKS, answer_from_facts
+from audiothink.toy.data import DIFFICULTY, TASKS, answer_from_facts, toy_items
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,159 @@ def test_committed_checkpoint_is_small_and_records_its_recipe(toy_model_dir):
     assert size < 10 * 2**20
     recipe = json.loads((toy_model_dir / "warmstart.json").read_text())
     assert {"steps", "lr", "think_share", "seed"} <= set(recipe)
+
+
+# --------------------------------------------------------------------------- planted mistakes (issue 21, scope 1)
+
+
+def _old_target(item, think: bool) -> str:
+    """The warm start's target as it was before mistakes could be planted (the committed checkpoint's)."""
+    answer = f"<answer>{item.answer}</answer>"
+    return f"<think>{item.rationale}</think>{answer}" if think else answer
+
+
+def test_mistake_shares_match_their_arguments_and_ignore_the_item(batches):
+    """Of the thought-out targets, the planted shares are the arguments, for every task and difficulty; the two
+    streams are independent of each other and of the think flags, and each is a stream of its own."""
+    pairs = [p for b in batches for p in b]
+    planted = warmstart.mistakes(len(pairs), 0.2, 0.3, 0)
+    thought = [(item, m) for (item, think), m in zip(pairs, planted, strict=True) if think]
+    assert len(thought) > 1500
+    share = lambda sel, key: sum(getattr(m, key) for _, m in sel) / len(sel)  # noqa: E731
+    assert abs(share(thought, "inconsistent") - 0.2) < 0.03 and abs(share(thought, "invalid") - 0.3) < 0.03
+    both = sum(m.inconsistent and m.invalid for _, m in thought) / len(thought)
+    assert abs(both - 0.2 * 0.3) < 0.02  # independent of each other
+    for key in ("difficulty", "task"):
+        groups: dict[str, list] = {}
+        for item, m in thought:
+            groups.setdefault(getattr(item, key), []).append((item, m))
+        assert set(groups) == (set(DIFFICULTY.values()) if key == "difficulty" else set(TASKS))
+        for name, sel in groups.items():
+            # ~400-800 thought-out targets per group: a dependence of several points would show
+            assert abs(share(sel, "inconsistent") - 0.2) < 0.05, (key, name)
+            assert abs(share(sel, "invalid") - 0.3) < 0.05, (key, name)
+    # a stream of its own: changing one share leaves the other stream's flags as they were, and neither is
+    # the think flags' stream
+    inconsistent = [m.inconsistent for m in planted]
+    assert [m.inconsistent for m in warmstart.mistakes(len(pairs), 0.2, 0.0, 0)] == inconsistent
+    assert [m.invalid for m in warmstart.mistakes(len(pairs), 0.9, 0.3, 0)] == [m.invalid for m in planted]
+    flags = [t for _, t in pairs]
+    assert inconsistent != [m.inconsistent for m in warmstart.mistakes(len(pairs), 0.2, 0.3, 1)]  # seeded
+    assert [m.inconsistent for m in warmstart.mistakes(len(pairs), 0.4, 0.4, 0)] != flags
+    assert [m.invalid for m in warmstart.mistakes(len(pairs), 0.4, 0.4, 0)] != flags
+    assert warmstart.mistakes(len(pairs), 0.2, 0.3, 0) == planted  # deterministic
+    with pytest.raises(ValueError, match="invalid share"):
+        warmstart.mistakes(4, 0.2, 1.5, 0)
+
+
+def _every_fact_combination() -> list:
+    """One toy item per task and combination of facts (no audio: a target reads only task, facts and answer)."""
+    import dataclasses
+    import itertools
+
+    from audiothink.toy.data import rationale, task_values
+
+    first = {it.task: it for it in toy_items("warmstart", 16, 0)}  # a question, choices, category per task
+    items = []
+    for task in TASKS:
+        values = task_values(task)
+        combos = ([(v,) for v in values] if DIFFICULTY[task] == "easy" else
+                  [(p, *perm) for p in values for perm in itertools.permutations(values)])
+        items += [dataclasses.replace(first[task], clips=(), facts=f, answer=answer_from_facts(task, f),
+                                      rationale=rationale(task, f)) for f in combos]
+    return items
+
+
+def test_every_planted_mistake_is_judged_as_planted_on_every_task():
+    """Every variant, on every task and fact combination: the logic judge and the rule judge's consistency see
+    exactly the planted mistake (an inconsistent thought is a valid chain concluding another option; an invalid
+    one is a chain the logic judge rejects, never a malformed one, concluding what it would have concluded), and
+    the answer is always gold; a hard item's pointer and hop are always the right ones. The shared measurement (chain_metrics, what toy_chains and training log) agrees."""
+    from audiothink.judge.rule import consistency
+    from audiothink.judge.toy_logic import check_chain
+    from audiothink.think_metrics import chain_metrics
+
+    items = _every_fact_combination()
+    assert len(items) == 3 + 3 + 2 * 18
+    texts, columns = [], {"question": [], "choices": [], "answer": [], "difficulty": []}
+    for item in items:
+        for inconsistent in (False, True):
+            for invalid in (False, True):
+                for mishear in range(4):
+                    for variant in range(4):
+                        m = warmstart.Mistake(inconsistent, invalid, mishear, variant)
+                        text = warmstart.target(item, True, m)
+                        p = parse(text)
+                        assert p.well_formed and p.thinks and p.answer == item.answer, text
+                        chain = check_chain(item.task, p.think)
+                        assert chain.valid is (not invalid), (item.task, item.facts, m, p.think, chain)
+                        assert consistency(p.think, p.answer, list(item.choices)) == float(not inconsistent), p.think
+                        concluded = p.think.rsplit("so ", 1)[1]
+                        assert (concluded != item.answer) is inconsistent and concluded in item.choices
+                        if item.difficulty == "hard":
+                            # the pointer and the hop stay right: the gold answer is the hopped-to clip's fact,
+                            # never one that needs the hop done without the thought (which would teach the
+                            # direct answer the hop: bench/RESULTS.md, toy_chains with mistakes)
+                            assert p.think.split(", ")[:2] == item.rationale.split(", ")[:2], p.think
+                        texts.append(text)
+                        for k, v in (("question", item.question), ("choices", list(item.choices)),
+                                     ("answer", item.answer), ("difficulty", item.difficulty)):
+                            columns[k].append(v)
+    shares = chain_metrics(texts, columns)
+    for d in ("easy", "hard"):
+        assert shares[f"think/inconsistent_share/{d}"] == 0.5 and shares[f"think/invalid_chain_share/{d}"] == 0.5
+    # the variants are more than one each (a model learns a kind of mistake, not one string)
+    hard = next(it for it in items if it.task == "count_hop")
+    for flags in ((True, False), (False, True), (True, True)):
+        assert len({warmstart.mistaken_chain(hard, warmstart.Mistake(*flags, m, v))
+                    for m in range(4) for v in range(4)}) >= 2
+
+
+def test_without_mistakes_the_targets_are_todays(batches, tmp_path):
+    """Shares 0 (the defaults): every target is byte for byte the one the committed checkpoint trained on; a
+    direct target ignores a planted mistake; a mistake needs the item's facts."""
+    pairs = [p for b in batches[:20] for p in b]
+    planted = warmstart.mistakes(len(pairs), 0.0, 0.0, 0)
+    assert not any(m.inconsistent or m.invalid for m in planted)
+    for (item, think), m in zip(pairs, planted, strict=True):
+        assert warmstart.target(item, think) == warmstart.target(item, think, m) == _old_target(item, think)
+        assert warmstart.target(item, False, warmstart.Mistake(True, True, 1, 1)) == _old_target(item, False)
+    with pytest.raises(TypeError):
+        warmstart.target(warmstart.as_sample(pairs[0][0]), True, warmstart.Mistake(True, False))
+
+
+def test_sft_rows_carry_the_planted_mistakes(tmp_path):
+    """--sft-rows writes the same targets the warm start trains on, mistakes included."""
+    args = ["--steps", "4", "--batch-size", "4", "--items", "5", "--think-share", "0.8"]
+    out = warmstart.main(["--sft-rows", str(tmp_path / "rows"), *args, "--inconsistent-share", "0.5",
+                          "--invalid-share", "0.5"])
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    pairs = [p for b in warmstart.warmstart_batches(4, 4, 0.8, 0, 5) for p in b]
+    planted = warmstart.mistakes(16, 0.5, 0.5, 0)
+    assert [r["target"] for r in rows] == [warmstart.target(it, t, m) for (it, t), m in zip(pairs, planted)]
+    assert any(r["target"] != _old_target(it, t) for r, (it, t) in zip(rows, pairs))
+
+
+def test_training_uses_the_mistakes_and_records_them(tmp_path, monkeypatch):
+    """The training loop encodes the planted targets (spied on the real encoder), and warmstart.json records
+    the shares when set, and leaves them out at 0 (the defaults keep writing the committed recipe)."""
+    seen: list[str] = []
+    real = warmstart.encode_replies
+
+    def spy(processor, clips, prompts, targets):
+        seen.extend(targets)
+        return real(processor, clips, prompts, targets)
+
+    monkeypatch.setattr(warmstart, "encode_replies", spy)
+    out = warmstart.main(["--out", str(tmp_path / "m"), "--steps", "2", "--batch-size", "8",
+                          "--think-share", "0.8", "--inconsistent-share", "0.5"])
+    pairs = [p for b in warmstart.warmstart_batches(2, 8, 0.8, 0, 2000) for p in b]
+    planted = warmstart.mistakes(16, 0.5, 0.0, 0)
+    assert seen == [warmstart.target(it, t, m) for (it, t), m in zip(pairs, planted)]
+    assert seen != [_old_target(it, t) for it, t in pairs]
+    recipe = json.loads((out / "warmstart.json").read_text())
+    assert recipe["inconsistent_share"] == 0.5 and "invalid_share" not in recipe
+    committed = json.loads((warmstart.ASSETS / "warmstart.json").read_text())
+    assert set(committed) == set(recipe) - {"inconsistent_share"}
+    with pytest.raises(ValueError):
+        warmstart.main(["--out", str(tmp_path / "bad"), "--invalid-share", "-0.1"])

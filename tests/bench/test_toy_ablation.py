@@ -1,0 +1,64 @@
+"""bench/toy_ablation.py: the rows that isolate each judge reward build the rewards they name; the table shows
+the chain shares per difficulty, and the before row the sampled ones."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from audiothink.reward_api import build_rewards
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "bench"))  # the script imports its neighbours, as when run from bench/
+    spec = importlib.util.spec_from_file_location("toy_ablation", ROOT / "bench" / "toy_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(ROOT / "bench"))
+
+
+def _rewards(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    funcs, weights = build_rewards(cfg.reward)
+    return cfg, {f.__name__: f for f in funcs}, dict(zip([f.__name__ for f in funcs], weights))
+
+
+def test_judge_rows_build_the_rewards_they_isolate(bench):
+    """b_cons is row b's reward times the consistency factor, always thinking; d_all judges consistency on every
+    answer (d: correct ones only); f adds the toy logic judge's think quality to d."""
+    cfg, funcs, weights = _rewards(bench.ROWS["b_cons"][1])
+    assert cfg.force_mode == "think" and bench.ROWS["b_cons"][2] == "think"
+    assert funcs["total"].expression == "accuracy * (1 + 0.5 * consistency) + 0.5 * format" and weights["total"] == 1
+    _, d, _ = _rewards(bench.ROWS["d"][1])
+    _, d_all, _ = _rewards(bench.ROWS["d_all"][1])
+    assert d["consistency"].only_correct is True and d_all["consistency"].only_correct is False
+    assert d_all["total"].expression == d["total"].expression
+    cfg, f, _ = _rewards(bench.ROWS["f"][1])
+    assert type(f["think_quality"].judge).__name__ == "ToyLogicJudge" and cfg.force_mode is None
+    assert f["total"].expression == d["total"].expression + " + think_quality"
+    assert bench.DEFAULT_ROWS == ["before", "a", "b", "c", "d", "e"]  # a plain run is the issue-13 ladder
+
+
+def test_table_shows_the_chain_shares_per_difficulty(bench, capsys):
+    shares = {"think/inconsistent_share/easy": 0.125, "think/inconsistent_share/hard": 0.25,
+              "think/invalid_chain_share/hard": 0.5}
+    points = bench.chain_figures(shares)
+    assert points == {"inconsistent_easy": 12.5, "inconsistent_hard": 25.0, "invalid_easy": None, "invalid_hard": 50.0}
+    row = {"acc": 70.0, "acc_easy": 100.0, "acc_hard": 40.0, "think_easy": 0.0, "think_hard": 1.0, "tokens": 4.0,
+           "tokens_easy": 4.0, "tokens_hard": 4.2, "consistency": 75.0, **points,
+           "sampled": {"temperature": 1.2, "samples": 8, "think_easy": 30.0, "think_hard": 40.0,
+                       "thought_out_easy": 360, "thought_out_hard": 480, "inconsistent_easy": 14.0,
+                       "inconsistent_hard": 11.5, "invalid_easy": 21.0, "invalid_hard": 19.25}}
+    bench.print_table({"before": row})
+    out = capsys.readouterr().out
+    assert "12.5/25.0" in out and "-/50.0" in out
+    assert "inconsistent e/h 14.0/11.5%, invalid e/h 21.0/19.2%" in out and "(360/480 thought out)" in out
