@@ -19,15 +19,16 @@ warm start (audiothink/toy/warmstart.py) is one use of it (the same float operat
 the same weights, byte for byte). It runs on one device (CPU or one GPU); LoRA keeps a 7B model on one GPU.
 
 The run folder is training's: config.yaml, sft.log, metrics.jsonl (loss and learning rate per logging step;
-with eval.every_steps the held-out figures on the way), final/ (the weights and processor; with LoRA the adapter merged into the base, so that GRPO's model.path can
-take it, and the adapter itself in final/adapter/), summary.json (held-out figures of the result). No
-checkpoints and no resume: a stopped SFT run is started again.
+with eval.every_steps the held-out figures on the way), final/ (the weights and processor; with LoRA the
+adapter merged into the base, so that GRPO's model.path can take it, and the adapter itself in final/adapter/),
+summary.json (held-out figures of the result). No checkpoints and no resume: a stopped SFT run is started again.
 
 Where to stop: a warm start for GRPO is one that writes both formats and hears the clips (forced to think, it
 answers right) but has not yet learnt the hard items' one-pass shortcut (forced to answer directly, they stay
 near chance), so that thinking has something to gain. When SFT reaches that depends on the seed, not only on the
 step count; ``eval.stop_metric`` / ``eval.stop_at`` stop at the first held-out scoring that meets a rule instead
-(``think/accuracy >= 0.9`` for the toy, README "Cold start (SFT) then GRPO").
+(e.g. ``think/accuracy >= 0.9``), and say so when none did. On the toy that rule alone is not yet a recipe
+(bench/RESULTS.md, cold_start).
 """
 
 from __future__ import annotations
