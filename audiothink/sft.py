@@ -18,10 +18,17 @@ hundred lines: AdamW, warm-up / constant / linear decay, gradient clipping, grad
 warm start (audiothink/toy/warmstart.py) is one use of it (the same float operations as its former own loop:
 the same weights, byte for byte). It runs on one device (CPU or one GPU); LoRA keeps a 7B model on one GPU.
 
-The run folder is training's: config.yaml, sft.log, metrics.jsonl (loss and learning rate per logging step),
-final/ (the weights and processor; with LoRA the adapter merged into the base, so that GRPO's model.path can
-take it, and the adapter itself in final/adapter/), summary.json (held-out figures of the result). No
-checkpoints and no resume: a stopped SFT run is started again.
+The run folder is training's: config.yaml, sft.log, metrics.jsonl (loss and learning rate per logging step;
+with eval.every_steps the held-out figures on the way), final/ (the weights and processor; with LoRA the
+adapter merged into the base, so that GRPO's model.path can take it, and the adapter itself in final/adapter/),
+summary.json (held-out figures of the result). No checkpoints and no resume: a stopped SFT run is started again.
+
+Where to stop: a warm start for GRPO is one that writes both formats and hears the clips (forced to think, it
+answers right) but has not yet learnt the hard items' one-pass shortcut (forced to answer directly, they stay
+near chance), so that thinking has something to gain. When SFT reaches that depends on the seed, not only on the
+step count; ``eval.stop_metric`` / ``eval.stop_at`` stop at the first held-out scoring that meets a rule instead
+(e.g. ``think/accuracy >= 0.9``), and say so when none did. On the toy that rule alone is not yet a recipe
+(bench/RESULTS.md, cold_start).
 """
 
 from __future__ import annotations
@@ -107,10 +114,11 @@ def lr_factor(step: int, steps: int, warmup_steps: int, decay_from: float) -> fl
 
 def train_steps(model, batches: Iterable[Sequence], loss_fn: Callable, *, steps: int, learning_rate: float,
                 warmup_steps: int, decay_from: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
-                on_step: Callable[[int, list[float]], None] | None = None) -> list[float]:
+                on_step: Callable[[int, list[float]], bool | None] | None = None) -> list[float]:
     """AdamW over ``steps`` optimizer steps; ``batches`` yields, per step, a sequence of micro-batches (gradient
     accumulation: the loss of each is divided by their number). ``loss_fn(model, micro_batch)`` is the loss.
-    ``on_step(step, losses)`` runs after each step. Returns the per-step losses."""
+    ``on_step(step, losses)`` runs after each step; a true return stops the loop there (the schedule stays the
+    one over ``steps``). Returns the per-step losses."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup_steps, decay_from))
@@ -129,8 +137,8 @@ def train_steps(model, batches: Iterable[Sequence], loss_fn: Callable, *, steps:
         sched.step()
         opt.zero_grad()
         losses.append(total)
-        if on_step is not None:
-            on_step(step, losses)
+        if on_step is not None and on_step(step, losses):
+            break
     return losses
 
 
@@ -171,6 +179,42 @@ def check_sft_config(cfg: DictConfig) -> None:
         raise ConfigError(f"sft.decay_from={s.decay_from!r}: must be in [0, 1]")
     if not float(s.learning_rate) > 0:
         raise ConfigError(f"sft.learning_rate={s.learning_rate!r}: must be > 0")
+    e = cfg.eval
+    every = e.get("every_steps")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ConfigError(f"eval.every_steps={every!r}: must be a whole number >= 1 or null")
+    metric = e.get("stop_metric")
+    if metric is None:
+        return
+    parts = str(metric).split("/")
+    if len(parts) not in (2, 3) or parts[0] not in STOP_MODES or parts[-1] not in STOP_STATS:
+        raise ConfigError(f"eval.stop_metric={metric!r}: must be <mode>/<stat> or <mode>/<slice>/<stat>, mode one "
+                          f"of {', '.join(STOP_MODES)}, stat one of {', '.join(STOP_STATS)} (e.g. think/accuracy)")
+    if every is None or not e.num_samples:
+        raise ConfigError(f"eval.stop_metric={metric}: needs the held-out items scored during SFT "
+                          f"(eval.every_steps=N and eval.num_samples > 0)")
+    if parts[0] != "free" and not e.forced_modes:
+        raise ConfigError(f"eval.stop_metric={metric}: a forced mode's figure needs eval.forced_modes=true")
+    if not isinstance(e.stop_at, (int, float)) or isinstance(e.stop_at, bool) or not 0.0 <= e.stop_at <= 1.0:
+        raise ConfigError(f"eval.stop_at={e.stop_at!r}: must be a number in [0, 1]")
+
+
+# eval.stop_metric's modes: the key of the held-out figures they read (heldout_figures)
+STOP_MODES = {"free": "after", "think": "after_think", "direct": "after_direct"}
+STOP_STATS = ("accuracy", "think_rate", "format_failure_rate")
+
+
+def stop_metric_value(figures: dict, metric: str) -> float:
+    """The held-out figure ``metric`` names (``think/accuracy``, ``direct/hard/accuracy``: mode, optional
+    difficulty or task slice, stat) in :func:`heldout_figures`' result. KeyError: a slice the items do not have."""
+    parts = metric.split("/")
+    scored = figures[STOP_MODES[parts[0]]]
+    if len(parts) == 2:
+        return float(scored["overall"][parts[1]])
+    for group in ("by_difficulty", "by_task"):
+        if parts[1] in scored[group]:
+            return float(scored[group][parts[1]][parts[2]])
+    raise KeyError(parts[1])
 
 
 def batches_of(samples, *, batch_size: int, accum: int, steps: int, shuffle: bool, seed: int):
@@ -267,6 +311,13 @@ def sft(cfg: DictConfig) -> dict:
             raise
         raise ConfigError(str(e)) from e
     check_targets(train)
+    held_out = held_out[: cfg.eval.num_samples]
+    metric = cfg.eval.get("stop_metric")
+    if metric is not None and len(metric.split("/")) == 3:
+        slices = {x.difficulty or "unknown" for x in held_out} | {x.task or "unknown" for x in held_out}
+        if metric.split("/")[1] not in slices:
+            raise ConfigError(f"eval.stop_metric={metric}: the held-out items have no slice "
+                              f"{metric.split('/')[1]!r} (difficulties and tasks: {', '.join(sorted(slices))})")
     s = cfg.sft
     per_step = s.batch_size * s.gradient_accumulation_steps
     steps = s.max_steps or max(1, math.ceil(s.epochs * len(train) / per_step))
@@ -294,14 +345,34 @@ def sft(cfg: DictConfig) -> dict:
     metrics = (run_dir / "metrics.jsonl").open("w", encoding="utf-8")
     t0 = time.time()
 
-    def on_step(step: int, losses: list[float]) -> None:
-        if (step + 1) % s.logging_steps and step != steps - 1:
-            return
-        window = losses[-s.logging_steps:]
-        lr = s.learning_rate * lr_factor(step, steps, s.warmup_steps, s.decay_from)
-        metrics.write(json.dumps({"step": step + 1, "loss": float(np.mean(window)), "learning_rate": lr}) + "\n")
+    every = cfg.eval.get("every_steps")
+    stopped: dict = {}
+
+    def on_step(step: int, losses: list[float]) -> bool:
+        if not (step + 1) % s.logging_steps or step == steps - 1:
+            window = losses[-s.logging_steps:]
+            lr = s.learning_rate * lr_factor(step, steps, s.warmup_steps, s.decay_from)
+            metrics.write(json.dumps({"step": step + 1, "loss": float(np.mean(window)), "learning_rate": lr}) + "\n")
+            metrics.flush()
+            log.info("step %d/%d  loss %.4f  lr %.2e  (%.0fs)", step + 1, steps, np.mean(window), lr,
+                     time.time() - t0)
+        # the last step is scored below, on the saved weights, as without every_steps
+        if not every or not held_out or (step + 1) % every or step == steps - 1:
+            return False
+        figures = heldout_figures(model, processor, held_out, cfg)
+        metrics.write(json.dumps({"step": step + 1, "heldout": figures}) + "\n")
         metrics.flush()
-        log.info("step %d/%d  loss %.4f  lr %.2e  (%.0fs)", step + 1, steps, np.mean(window), lr, time.time() - t0)
+        for key, scored in figures.items():
+            log.info(figure_line(f"step {step + 1} {key}", scored))
+        if metric is None:
+            return False
+        value = stop_metric_value(figures, metric)
+        if value < cfg.eval.stop_at:
+            return False
+        stopped.update(step=step + 1, metric=metric, value=value, stop_at=float(cfg.eval.stop_at))
+        log.info("stop: held-out %s %.1f%% >= %.1f%% at step %d of %d: its weights are final/", metric, 100 * value,
+                 100 * cfg.eval.stop_at, step + 1, steps)
+        return True
 
     batches = ([sample_inputs(processor, mb, cfg.prompt, cfg.model.max_audio_seconds, template_kwargs,
                               long_audio=cfg.data.long_audio, model_type=model_type)
@@ -309,9 +380,12 @@ def sft(cfg: DictConfig) -> dict:
                for micro in batches_of(train, batch_size=s.batch_size, accum=s.gradient_accumulation_steps,
                                        steps=steps, shuffle=s.shuffle, seed=cfg.seed))
     with metrics:
-        train_steps(model, batches, sft_loss, steps=steps, learning_rate=s.learning_rate, warmup_steps=s.warmup_steps,
-                    decay_from=s.decay_from, weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm,
-                    on_step=on_step)
+        trained = train_steps(model, batches, sft_loss, steps=steps, learning_rate=s.learning_rate,
+                              warmup_steps=s.warmup_steps, decay_from=s.decay_from, weight_decay=s.weight_decay,
+                              max_grad_norm=s.max_grad_norm, on_step=on_step)
+    if metric is not None and not stopped:
+        log.warning("stop: held-out %s never reached %.1f%% in %d steps: final/ is the last step's weights", metric,
+                    100 * cfg.eval.stop_at, steps)
 
     final = run_dir / "final"
     if lora:
@@ -321,8 +395,10 @@ def sft(cfg: DictConfig) -> dict:
     processor.save_pretrained(final)
     log.info("saved %s (%.0fs)", final, time.time() - t0)
 
-    summary: dict = {"run_dir": str(run_dir), "steps": steps}
-    held_out = held_out[: cfg.eval.num_samples]
+    # steps: those trained (fewer than planned_steps when eval.stop_metric stopped the run: `stopped`)
+    summary: dict = {"run_dir": str(run_dir), "steps": len(trained), "planned_steps": steps}
+    if metric is not None:
+        summary["stopped"] = stopped or None
     if held_out:
         log.info("held-out: scoring %d items with the fine-tuned weights", len(held_out))
         summary.update(heldout_figures(model, processor, held_out, cfg))

@@ -248,3 +248,85 @@ def test_warm_start_through_the_shared_loop_is_its_former_own_loop(tmp_path):
         opt.zero_grad()
     model.save_pretrained(tmp_path / "old", safe_serialization=True)
     assert (tmp_path / "old" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def _sft(tmp_path: Path, rows: Path, toy_files, *overrides) -> tuple[bytes, list[dict], dict]:
+    """An SFT run's final/ weights, metrics.jsonl rows and summary.json."""
+    run = Path(sft.sft(_cfg(tmp_path, rows, toy_files, *overrides))["run_dir"])
+    return ((run / "final" / "model.safetensors").read_bytes(),
+            [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()],
+            json.loads((run / "summary.json").read_text()))
+
+
+# a constant learning rate: the first k steps of a longer run are a k-step run's, so final/ can be compared
+CONSTANT_LR = ("sft.warmup_steps=0", "sft.decay_from=1.0")
+
+
+def test_scoring_during_sft_leaves_the_run_as_it_was(toy_files, tmp_path):
+    """eval.every_steps scores the held-out items on the way (metrics.jsonl rows, every mode) without changing
+    the training: final/ is byte-identical to the run without it."""
+    rows = sft_rows(toy_files, tmp_path)
+    plain = _sft(tmp_path / "a", rows, toy_files, "sft.max_steps=3", *CONSTANT_LR)
+    scored = _sft(tmp_path / "b", rows, toy_files, "sft.max_steps=3", "eval.every_steps=1",
+                  "eval.forced_modes=true", *CONSTANT_LR)
+    assert scored[0] == plain[0]
+    heldout = [r for r in scored[1] if "heldout" in r]
+    assert [r["step"] for r in heldout] == [1, 2]  # the last step is the summary's scoring
+    assert all(set(r["heldout"]) == {"after", "after_think", "after_direct"} for r in heldout)
+    assert all(r["heldout"]["after"]["overall"]["n"] == 4 for r in heldout)
+    assert scored[2]["steps"] == scored[2]["planned_steps"] == 3 and "stopped" not in scored[2]
+
+
+def test_sft_stops_at_the_first_scoring_that_meets_the_rule(toy_files, tmp_path):
+    """eval.stop_metric / eval.stop_at: the run stops at the first scoring whose figure reaches the value, and
+    final/ is the weights of that step (byte-identical to a run of that many steps on the same schedule).
+    Forced to answer directly a reply never thinks, so direct/think_rate >= 0 holds at the first scoring (step 2)."""
+    rows = sft_rows(toy_files, tmp_path)
+    two = _sft(tmp_path / "a", rows, toy_files, "sft.max_steps=2", *CONSTANT_LR)
+    stop = ("sft.max_steps=6", "eval.every_steps=2", "eval.forced_modes=true", "eval.stop_metric=direct/think_rate")
+    stopped = _sft(tmp_path / "b", rows, toy_files, *stop, "eval.stop_at=0.0", *CONSTANT_LR)
+    assert stopped[0] == two[0]
+    assert stopped[2]["steps"] == 2 and stopped[2]["planned_steps"] == 6
+    assert stopped[2]["stopped"] == {"step": 2, "metric": "direct/think_rate", "value": 0.0, "stop_at": 0.0}
+    assert max(r["step"] for r in stopped[1]) == 2
+    # never reached (a direct reply never thinks): every step trained, no stop recorded
+    never = _sft(tmp_path / "c", rows, toy_files, *stop, "eval.stop_at=0.5", *CONSTANT_LR)
+    assert never[2]["steps"] == 6 and never[2]["stopped"] is None
+    assert [r["step"] for r in never[1] if "heldout" in r] == [2, 4]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["eval.every_steps=2", "eval.stop_metric=think/acc"], "must be <mode>/<stat>"),
+    (["eval.every_steps=2", "eval.stop_metric=forced/accuracy"], "must be <mode>/<stat>"),
+    (["eval.stop_metric=think/accuracy"], "needs the held-out items scored during SFT"),
+    (["eval.every_steps=2", "eval.num_samples=0", "eval.stop_metric=think/accuracy"], "needs the held-out"),
+    (["eval.every_steps=2", "eval.stop_metric=think/hard/accuracy"], "needs eval.forced_modes=true"),
+    (["eval.every_steps=2", "eval.forced_modes=true", "eval.stop_metric=think/accuracy", "eval.stop_at=90"],
+     r"eval.stop_at=90: must be a number in \[0, 1\]"),
+    (["eval.every_steps=0"], "eval.every_steps=0: must be a whole number"),
+])
+def test_a_bad_stop_rule_is_refused_before_anything_loads(toy_files, tmp_path, overrides, message):
+    from audiothink.plumbing.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        sft.check_sft_config(_cfg(tmp_path, tmp_path / "none.jsonl", toy_files, *overrides))
+
+
+def test_a_stop_rule_on_a_slice_the_items_lack_is_refused(toy_files, tmp_path):
+    from audiothink.plumbing.errors import ConfigError
+
+    rows = sft_rows(toy_files, tmp_path)
+    cfg = _cfg(tmp_path, rows, toy_files, "eval.every_steps=1", "eval.forced_modes=true",
+               "eval.stop_metric=think/medium/accuracy")
+    with pytest.raises(ConfigError, match="no slice 'medium'"):
+        sft.sft(cfg)
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_stop_metric_reads_overall_and_slice_figures():
+    slice_ = {"accuracy": 0.25, "think_rate": 0.5, "format_failure_rate": 0.0}
+    figures = {"after_think": {"overall": {"accuracy": 0.75}, "by_difficulty": {"hard": slice_},
+                               "by_task": {"count": {"accuracy": 0.125}}}}
+    assert sft.stop_metric_value(figures, "think/accuracy") == 0.75
+    assert sft.stop_metric_value(figures, "think/hard/think_rate") == 0.5
+    assert sft.stop_metric_value(figures, "think/count/accuracy") == 0.125
