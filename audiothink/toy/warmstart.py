@@ -228,7 +228,7 @@ def write_sft_rows(out: Path, args: argparse.Namespace, tokenizer, processor) ->
     model.save_pretrained(out / "init", safe_serialization=True)
     processor.save_pretrained(out / "init")
     print(f"wrote {n} SFT rows ({len(written)} items) to {out / 'train.jsonl'} and the untrained model to "
-          f"{out / 'init'}; train it with: python -m audiothink.sft model.path={out / 'init'} "
+          f"{out / 'init'}; train it with: python -m audiothink.sft model.path={out / 'init'} data=jsonl "
           f"data.train={out / 'train.jsonl'} sft.shuffle=false", flush=True)
     return out
 
