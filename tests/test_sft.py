@@ -4,6 +4,7 @@ in the loss, the run folder has final/, and the toy's warm start is one use of t
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -293,6 +294,22 @@ def test_sft_stops_at_the_first_scoring_that_meets_the_rule(toy_files, tmp_path)
     never = _sft(tmp_path / "c", rows, toy_files, *stop, "eval.stop_at=0.5", *CONSTANT_LR)
     assert never[2]["steps"] == 6 and never[2]["stopped"] is None
     assert [r["step"] for r in never[1] if "heldout" in r] == [2, 4]
+
+
+def test_a_rule_met_only_by_the_last_steps_scoring_is_not_reported_as_never_reached(toy_files, tmp_path, caplog):
+    """The last step is scored once, for the summary, not during training: the rule is checked there too, so the
+    "never reached" warning appears only when no scoring met it (here the only scoring is the last step's)."""
+    rows = sft_rows(toy_files, tmp_path)
+    rule = ("sft.max_steps=2", "eval.every_steps=5", "eval.forced_modes=true", "eval.stop_metric=direct/think_rate")
+    with caplog.at_level(logging.INFO, logger="audiothink"):
+        met = _sft(tmp_path / "a", rows, toy_files, *rule, "eval.stop_at=0.0", *CONSTANT_LR)
+    assert met[2]["steps"] == 2 and met[2]["stopped"] is None
+    assert not [r for r in caplog.records if "never reached" in r.getMessage()]
+    assert any("first at the last step" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="audiothink"):
+        _sft(tmp_path / "b", rows, toy_files, *rule, "eval.stop_at=0.5", *CONSTANT_LR)
+    assert [r.levelno for r in caplog.records if "never reached" in r.getMessage()] == [logging.WARNING]
 
 
 @pytest.mark.parametrize("overrides, message", [
