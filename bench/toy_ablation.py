@@ -148,20 +148,24 @@ def chain_figures(shares: dict[str, float]) -> dict[str, float | None]:
             for k, key in names.items() for d in ("easy", "hard")}
 
 
-def sampled_before(model_dir: Path, eval_path: Path) -> dict:
-    """The warm start sampled as the default config's rollouts sample (bench/toy_chains.py's "sampled" way): its
-    figures, and chain_figures of them."""
+def sampled(model_dir: Path, eval_path: Path, force_mode: str | None = None) -> dict:
+    """``model_dir`` sampled as the default config's rollouts sample (bench/toy_chains.py's "sampled" way), in
+    ``force_mode``: its figures, and chain_figures of them. Greedy decoding hides a minority way of thinking (the
+    warm start's greedy chains are clean at 20 % planted mistakes); sampled, the shares are what GRPO sees."""
     from omegaconf import OmegaConf
     from toy_chains import measure  # bench/ is the script's folder, on sys.path
 
     trainer = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "trainer" / "toy.yaml")
     figures = measure(model_dir, eval_path, do_sample=True, temperature=float(trainer.temperature),
-                      samples=int(trainer.num_generations), force_mode=None)
+                      samples=int(trainer.num_generations), force_mode=force_mode)
     points = {f"{k}_{d}": (None if f"{key}_share" not in figures[d] else 100 * figures[d][f"{key}_share"])
-              for k, key in (("inconsistent", "inconsistent"), ("invalid", "invalid_chain")) for d in ("easy", "hard")}
+              for k, key in (("inconsistent", "inconsistent"), ("invalid", "invalid_chain"),
+                             ("invalid_correct", "invalid_correct")) for d in ("overall", "easy", "hard")}
+    correct = figures["overall"]["correct_thought_out"]
     return {"temperature": float(trainer.temperature), "samples": int(trainer.num_generations),
             "think_easy": 100 * figures["easy"]["think_rate"], "think_hard": 100 * figures["hard"]["think_rate"],
             "thought_out_easy": figures["easy"]["thought_out"], "thought_out_hard": figures["hard"]["thought_out"],
+            "thought_out": figures["overall"]["thought_out"], "correct_thought_out": correct,
             **points, "figures": figures}
 
 
@@ -204,12 +208,22 @@ def print_table(results: dict[str, dict]) -> None:
         print(f"{name:<33}{f['acc']:>6.1f}%{f['acc_easy']:>6.1f}%{f['acc_hard']:>6.1f}%{f['think_easy']:>11.1f}%"
               f"{f['think_hard']:>11.1f}%{f['tokens']:>8.1f}{f['tokens_easy']:>6.1f}{f['tokens_hard']:>6.1f}"
               f"{cons:>10}{_pair(f, 'inconsistent'):>13}{_pair(f, 'invalid'):>13}{wall:>8}")
-    sampled = results.get("before", {}).get("sampled")
-    if sampled:
-        print(f"before, sampled (T {sampled['temperature']:g}, {sampled['samples']} per item): think easy/hard "
-              f"{sampled['think_easy']:.1f}/{sampled['think_hard']:.1f}% ({sampled['thought_out_easy']}/"
-              f"{sampled['thought_out_hard']} thought out); of those, inconsistent e/h "
-              f"{_pair(sampled, 'inconsistent')}%, invalid e/h {_pair(sampled, 'invalid')}%")
+    rows = {row: f["sampled"] for row, f in results.items() if f.get("sampled")}
+    if not rows:
+        return
+    first = next(iter(rows.values()))
+    head = (f"{'sampled (T ' + format(first['temperature'], 'g') + ', ' + str(first['samples']) + ' per item)':<33}"
+            f"{'think e/h':>13}{'thought':>9}{'incons. e/h':>13}{'incons.':>9}{'invalid e/h':>13}{'invalid':>9}"
+            f"{'correct':>9}{'invalid of correct':>20}")
+    print("\n" + head)
+    print("-" * len(head))
+    pct = lambda x: "-" if x is None else f"{x:.1f}%"  # noqa: E731
+    for row, f in rows.items():
+        name = "before (warm start)" if row == "before" else f"({row}) {ROWS[row][0]}"
+        think = f"{f['think_easy']:.1f}/{f['think_hard']:.1f}"
+        print(f"{name:<33}{think:>13}{f.get('thought_out', '-'):>9}{_pair(f, 'inconsistent'):>13}"
+              f"{pct(f.get('inconsistent_overall')):>9}{_pair(f, 'invalid'):>13}{pct(f.get('invalid_overall')):>9}"
+              f"{f.get('correct_thought_out', '-'):>9}{pct(f.get('invalid_correct_overall')):>20}")
 
 
 def main(argv: list[str]) -> int:
@@ -241,10 +255,10 @@ def main(argv: list[str]) -> int:
     def record(row: str, run: tuple[Path, float] | None) -> None:
         if run is None:
             results[row] = {**score_heldout(model, None, eval_path), "wall_s": None, "model": str(model),
-                            "sampled": sampled_before(model, eval_path)}
+                            "sampled": sampled(model, eval_path)}
         else:
             results[row] = {**score_heldout(run[0] / "final", ROWS[row][2], eval_path), "wall_s": run[1],
-                            "run_dir": str(run[0])}
+                            "run_dir": str(run[0]), "sampled": sampled(run[0] / "final", eval_path, ROWS[row][2])}
         print_table({r: results[r] for r in args.rows if r in results})
         (root / "toy_ablation.json").write_text(json.dumps(results, indent=2) + "\n")
 

@@ -53,12 +53,21 @@ def test_table_shows_the_chain_shares_per_difficulty(bench, capsys):
               "think/invalid_chain_share/hard": 0.5}
     points = bench.chain_figures(shares)
     assert points == {"inconsistent_easy": 12.5, "inconsistent_hard": 25.0, "invalid_easy": None, "invalid_hard": 50.0}
+    sampled = {"temperature": 1.2, "samples": 8, "think_easy": 30.0, "think_hard": 40.0, "thought_out": 840,
+               "correct_thought_out": 600, "inconsistent_easy": 14.0, "inconsistent_hard": 11.5,
+               "inconsistent_overall": 12.5, "invalid_easy": 21.0, "invalid_hard": 19.25, "invalid_overall": 20.0,
+               "invalid_correct_overall": 7.75}
     row = {"acc": 70.0, "acc_easy": 100.0, "acc_hard": 40.0, "think_easy": 0.0, "think_hard": 1.0, "tokens": 4.0,
-           "tokens_easy": 4.0, "tokens_hard": 4.2, "consistency": 75.0, **points,
-           "sampled": {"temperature": 1.2, "samples": 8, "think_easy": 30.0, "think_hard": 40.0,
-                       "thought_out_easy": 360, "thought_out_hard": 480, "inconsistent_easy": 14.0,
-                       "inconsistent_hard": 11.5, "invalid_easy": 21.0, "invalid_hard": 19.25}}
-    bench.print_table({"before": row})
-    out = capsys.readouterr().out
-    assert "12.5/25.0" in out and "-/50.0" in out
-    assert "inconsistent e/h 14.0/11.5%, invalid e/h 21.0/19.2%" in out and "(360/480 thought out)" in out
+           "tokens_easy": 4.0, "tokens_hard": 4.2, "consistency": 75.0, **points, "sampled": sampled}
+    trained = {**row, "wall_s": 400.0, "sampled": {**sampled, "invalid_correct_overall": 0.5, "invalid_easy": None}}
+    bench.print_table({"before": row, "f": trained})
+    out = capsys.readouterr().out.splitlines()
+    greedy = [line for line in out if line.startswith("before (warm start)")]
+    assert "12.5/25.0" in greedy[0] and "-/50.0" in greedy[0]
+    # the sampled table: every row, sampled as the rollouts; thought-out count, shares per difficulty and overall,
+    # and the share of invalid chains among the correct thought-out answers (issue 21's "lucky" chains)
+    assert any(line.startswith("sampled (T 1.2, 8 per item)") for line in out)
+    before = greedy[1].split()
+    assert before[3:] == ["30.0/40.0", "840", "14.0/11.5", "12.5%", "21.0/19.2", "20.0%", "600", "7.8%"], before
+    f = [line for line in out if line.startswith("(f)")][1].split()
+    assert f[-5:] == ["12.5%", "-/19.2", "20.0%", "600", "0.5%"], f
