@@ -12,6 +12,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from audiothink.toy import TOY_MODEL_DIR  # noqa: E402
 from audiothink.toy.data import generate_toy  # noqa: E402
 
+# What a launcher (torchrun, accelerate launch) sets for its processes, and what TRL's colocate vLLM set-up writes
+# into this process (tests/test_vllm_rollout_engine.py's session engine keeps them until the session ends).
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _no_launch_variables(request, monkeypatch):
+    """Every test starts without a launcher's variables (a test that needs them sets them), restored after it.
+
+    A variable left by an earlier test or the session's vLLM engine would make a test's subprocess (python -m
+    audiothink.train) start as rank 0 of a one-process group on the port this process holds: EADDRINUSE. With
+    pytest-xdist a worker runs another file's tests after the engine's file, so this is not an ordering accident.
+    The engine's own tests keep them (its process group is this process's)."""
+    if "engine" in request.fixturenames:
+        return
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def toy_files(tmp_path_factory) -> dict[str, Path]:
     """A small toy set (all four tasks, one- and four-clip items), generated once per session."""
