@@ -70,8 +70,8 @@ ROWS = {
 }
 # The shares of thought-out targets with each mistake planted in the --warmstart-mistakes warm start. With the
 # first variants (commit d1c3a42) 0.2 each gave 31-53 % of each mistake, sampled, on easy and hard items, seeds 0
-# and 1 (bench/RESULTS.md, "toy_chains — a warm start that makes both mistakes"); the current variants are not
-# measured yet.
+# and 1; the current ones (commit 6be8f9b) 30-38 % (bench/RESULTS.md, "toy_chains — a warm start that makes both
+# mistakes", with the judge rows run from them).
 MISTAKE_SHARES = (0.2, 0.2)
 # The issue-13 ladder, what a plain run does; the judge rows are asked for by name (--rows).
 DEFAULT_ROWS = ["before", "a", "b", "c", "d", "e"]
