@@ -36,10 +36,11 @@ tokens (the prefill of a forced mode included; overall, easy, hard); think-answe
 thought-out completions whose thought concludes the option they answer, read by the rule judge); of the
 thought-out completions, per difficulty, the share of inconsistent thoughts and of invalid chains
 (:func:`audiothink.think_metrics.chain_metrics`, toy logic judge: "-" where a slice has no thought-out
-completion); the training run's wall time. The "before" row also measures the warm start *sampled* as the
-rollouts sample (the default config's temperature and G completions per item, ``bench/toy_chains.py``): what
-GRPO starts from, printed under the table. Prints one table and writes it (and every figure) as JSON next to the
-runs.
+completion); the training run's wall time. Every row is also measured *sampled* as the rollouts sample (the
+default config's temperature and G completions per item, in the row's mode, ``bench/toy_chains.py``), a second
+table: the thought-out count, the two shares per difficulty and overall, and invalid chains among the correct
+thought-out answers (greedy decoding hides a minority way of thinking; the before row's sampled figures are what
+GRPO starts from). Prints both tables and writes them (and every figure) as JSON next to the runs.
 
 ``--warmstart-mistakes``: the warm start trained by ``python -m audiothink.toy.warmstart --inconsistent-share S
 --invalid-share S --seed N`` (``--mistake-shares``, ``--warmstart-seed``), the committed recipe otherwise, built
@@ -161,11 +162,11 @@ def sampled(model_dir: Path, eval_path: Path, force_mode: str | None = None) -> 
     points = {f"{k}_{d}": (None if f"{key}_share" not in figures[d] else 100 * figures[d][f"{key}_share"])
               for k, key in (("inconsistent", "inconsistent"), ("invalid", "invalid_chain"),
                              ("invalid_correct", "invalid_correct")) for d in ("overall", "easy", "hard")}
-    correct = figures["overall"]["correct_thought_out"]
     return {"temperature": float(trainer.temperature), "samples": int(trainer.num_generations),
             "think_easy": 100 * figures["easy"]["think_rate"], "think_hard": 100 * figures["hard"]["think_rate"],
             "thought_out_easy": figures["easy"]["thought_out"], "thought_out_hard": figures["hard"]["thought_out"],
-            "thought_out": figures["overall"]["thought_out"], "correct_thought_out": correct,
+            "thought_out": figures["overall"]["thought_out"],
+            "correct_thought_out": figures["overall"]["correct_thought_out"],
             **points, "figures": figures}
 
 
