@@ -118,6 +118,32 @@ def test_judge_failure_drops_the_sample_not_scores_it_zero(toy_model_dir, toy_fi
     assert trainer._pending_metrics["judge/failures"] == [1.0]  # one per step, summed over judge calls
 
 
+def test_a_malformed_toy_chain_is_scored_not_dropped_by_the_full_recipe(toy_model_dir, toy_files, tmp_path):
+    """Issue 21's defect: with the toy logic judge, a thought outside the chain language had no think quality
+    (None), so its total and every column of its row were None and the sample left the step -- a wrong answer
+    after such a thought escaped its negative advantage, and GRPO learned to write one whenever unsure (row f:
+    think on easy items 100 %, accuracy 79.7 %). It is scored as an invalid chain: every reward has a value."""
+    from audiothink.judge import ToyLogicJudge
+    from audiothink.toy.data import _QUESTIONS, task_values
+
+    q, ch = _QUESTIONS["count_hop"], list(task_values("count_hop"))
+    trainer = _full_trainer(toy_model_dir, toy_files, tmp_path, ToyLogicJudge())
+    completions = ["<think>first two, so third, third three, so three</think><answer>three</answer>",  # valid
+                   "<think>first two, so third, third one, so one</think><answer>one</answer>",  # valid, wrong
+                   "<think>first three low middle</think><answer>one</answer>",  # malformed (seen), wrong
+                   "<think>three, i think</think><answer>three</answer>",  # malformed, right
+                   "<answer>one</answer>"]  # direct, wrong
+    rows = [{"prompt": q, "question": q, "answer": "three", "choices": ch, "id": f"r{i}"} for i in range(5)]
+    out = trainer._calculate_rewards(rows, [q] * 5, completions, [[1]] * 5)
+    got = {n: [None if math.isnan(v) else round(v, 6) for v in out[:, i].tolist()]
+           for i, n in enumerate(trainer.reward_func_names)}
+    assert all(None not in v for v in got.values()), got
+    assert got["think_quality"][:4] == [1.0, 1.0, 0.0, 0.0]
+    # the malformed wrong thought earns less than the valid wrong one (by think quality), and is in the step
+    assert got["total"][2] < got["total"][1] and got["total"][3] < got["total"][0]
+    assert trainer._pending_metrics["judge/failures"] == [0.0]
+
+
 def test_formula_syntax_is_restricted():
     assert Formula("-a + 2 * (b - c) / 4", known=["a", "b", "c"]).evaluate({"a": 1, "b": 3, "c": 1}) == 0.0
     assert Formula("a / b").evaluate({"a": 1.0, "b": 0.0}) is None

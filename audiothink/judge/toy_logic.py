@@ -22,8 +22,11 @@ task's values (a count for a pitch clip), a chain that stops early or goes on af
 audio is never read, and the answer's correctness does not enter: a valid chain from a misheard fact is
 valid (``first one, so second, second two, so two`` when the first clip has two beeps), a chain that reaches
 the right option through a wrong hop is not. Text that is not in the chain language at all (a step that is no
-fact, hop or conclusion, an empty step, free text) is **malformed**: no score (None), the judge's failure path,
-counted in ``judge/failures`` like any other sample a judge could not score; never a made-up 0 or 1.
+fact, hop or conclusion, an empty step, free text) is **malformed**: invalid too (0.0, ``Chain.malformed`` set), a
+thought without one valid step. Not None: None is a judge's *failure* (it could not judge), and a sample without
+a score leaves the GRPO step -- a malformed thought would then escape the advantage its answer earns, and GRPO
+learns to write one whenever it is unsure (seen on the ablation's row f: every reward None on such samples,
+think rate on easy items 100 %, accuracy down to 79.7 %). The text is the model's, so the verdict is the judge's.
 
 Items whose question is not a toy question get the rule judge's surface stand-in (``audiothink/judge/rule.py``):
 the logic judge speaks only the toy's reasoning language. Consistency is the rule judge's (the option of the
@@ -48,16 +51,17 @@ _CLIPS = frozenset(ORDINALS)
 
 @dataclass(frozen=True)
 class Chain:
-    """A toy chain's verdict: ``valid`` True / False, or None (malformed: not in the chain language),
-    and ``why`` (one line, for people; "" when valid)."""
+    """A toy chain's verdict: ``valid`` True / False, ``why`` (one line, for people; "" when valid) and
+    ``malformed`` (not in the chain language at all; such a chain is invalid)."""
 
-    valid: bool | None
+    valid: bool
     why: str = ""
+    malformed: bool = False
 
     @property
-    def score(self) -> float | None:
-        """Think quality: 1.0 valid, 0.0 invalid, None malformed (no score)."""
-        return None if self.valid is None else float(self.valid)
+    def score(self) -> float:
+        """Think quality: 1.0 valid, 0.0 invalid (malformed included)."""
+        return float(self.valid)
 
 
 def _steps(think: str) -> list[tuple[str, str, str]] | str:
@@ -86,23 +90,23 @@ def check_chain(task: str, think: Any) -> Chain:
     Raises ValueError for an unknown task (a caller's bug), never for the text.
 
     >>> check_chain("count_hop", "first two, so third, third three, so three")
-    Chain(valid=True, why='')
+    Chain(valid=True, why='', malformed=False)
     >>> check_chain("count_hop", "first one, so second, second two, so two").valid  # misheard, but valid
     True
     >>> check_chain("count_hop", "first two, so fourth, fourth three, so three")
-    Chain(valid=False, why="step 2: 'two' points to the third clip, not the fourth")
+    Chain(valid=False, why="step 2: 'two' points to the third clip, not the fourth", malformed=False)
     >>> check_chain("pitch", "first low, so high").why
     "step 2: concludes 'high' from 'low'"
     >>> check_chain("pitch", "hmm, low I think")
-    Chain(valid=None, why="malformed: step 1 'hmm' is no fact, hop or conclusion")
+    Chain(valid=False, why="malformed: step 1 'hmm' is no fact, hop or conclusion", malformed=True)
     """
     if task not in DIFFICULTY:
         raise ValueError(f"unknown toy task {task!r}")
     if not isinstance(think, str):
-        return Chain(None, "malformed: no text")
+        return Chain(False, "malformed: no text", malformed=True)
     steps = _steps(think)
     if isinstance(steps, str):
-        return Chain(None, f"malformed: {steps}")
+        return Chain(False, f"malformed: {steps}", malformed=True)
     values = task_values(task)
     # each step is checked against the rule and the steps before it only (one check per step, so that a wrong
     # step is named where it is, not by a later step that inherits the error)
@@ -156,8 +160,8 @@ class ToyLogicJudge(RuleJudge):
     >>> q, ch = "how many beeps are there?", ["one", "two", "three"]
     >>> items = [{"question": q, "choices": ch, "think": t, "answer": "two"}
     ...          for t in ("first two, so two", "first two, so one", "i count two beeps")]
-    >>> asyncio.run(judge.score("think_quality", items)), judge.failures
-    ([1.0, 0.0, None], 1)
+    >>> asyncio.run(judge.score("think_quality", items)), judge.failures  # free text: malformed, not a failure
+    ([1.0, 0.0, 0.0], 0)
     >>> asyncio.run(judge.score("consistency", items))
     [1.0, 0.0, 1.0]
     """
@@ -171,13 +175,12 @@ class ToyLogicJudge(RuleJudge):
         if name == "consistency":
             return [consistency(i.get("think"), i.get("answer"), i.get("choices")) for i in items], 0
         if name == "think_quality":
-            scores = [_quality(i) for i in items]
-            return scores, sum(s is None for s in scores)
+            return [_quality(i) for i in items], 0
         self.check_task(name, ())
         raise AssertionError("unreachable")
 
 
-def _quality(item: Mapping[str, Any]) -> float | None:
+def _quality(item: Mapping[str, Any]) -> float:
     chain = chain_validity(item.get("think"), item.get("question"))
     if chain is None:  # free text: the surface stand-in
         return think_quality(item.get("think"), item.get("question"), item.get("choices"))

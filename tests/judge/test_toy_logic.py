@@ -22,7 +22,8 @@ FACTS = {
     "count_hop": ("two", "one", "three", "two"),  # two beeps -> the third clip: three
 }
 
-# task -> (kind, thought, valid: True / False / None, correct: the concluded option is the gold answer)
+# task -> (kind, thought, valid: True / False / None (malformed: invalid, not in the chain language at all),
+#          correct: the concluded option is the gold answer)
 CASES = {
     "pitch": [
         ("valid", "first middle, so middle", True, True),
@@ -86,11 +87,11 @@ def test_the_table_covers_every_kind_for_every_task():
 @pytest.mark.parametrize("task,kind,think,valid,correct", TABLE, ids=[f"{t}-{k}" for t, k, *_ in TABLE])
 def test_check_chain(task, kind, think, valid, correct):
     chain = check_chain(task, think)
-    assert chain.valid is valid, chain.why
-    assert chain.score == (None if valid is None else float(valid))
+    assert chain.valid is (valid is True), chain.why
+    assert chain.malformed is (valid is None), chain.why
+    assert chain.score == float(valid is True)  # malformed is invalid: 0.0, never None (see the next tests)
     assert (chain.why == "") == (valid is True)
-    if valid is None:
-        assert chain.why.startswith("malformed")
+    assert chain.why.startswith("malformed") == (valid is None)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -128,15 +129,17 @@ def _items(task, thinks, answer=None):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_the_judge_scores_think_quality_by_the_chain_and_counts_malformed_ones_as_failures(task):
+def test_the_judge_scores_think_quality_by_the_chain_and_malformed_ones_zero_not_as_failures(task):
+    """A malformed chain is the model's text, not the judge's failure: 0.0 like any invalid chain. Were it None
+    (no score), the sample would leave the GRPO step and escape its answer's advantage: GRPO learned exactly that
+    on the ablation's row f (a malformed thought whenever unsure, every reward None)."""
     judge = ToyLogicJudge()
     items = _items(task, [think for _, think, _, _ in CASES[task]])
     logged = []
     scores = asyncio.run(judge.score("think_quality", items, log_metric=lambda k, v: logged.append((k, v))))
-    expected = [None if v is None else float(v) for _, _, v, _ in CASES[task]]
-    assert scores == expected
-    malformed = sum(v is None for _, _, v, _ in CASES[task])
-    assert judge.failures == malformed and ("judge/failures", float(malformed)) in logged
+    expected = [float(v is True) for _, _, v, _ in CASES[task]]
+    assert scores == expected and None not in scores
+    assert judge.failures == 0 and ("judge/failures", 0.0) in logged
     # deterministic, and one item's score does not depend on the others in its call
     assert asyncio.run(ToyLogicJudge().score("think_quality", items)) == scores
     assert [asyncio.run(ToyLogicJudge().score("think_quality", [i]))[0] for i in items] == scores
@@ -156,12 +159,12 @@ def test_free_text_keeps_the_surface_stand_in_and_consistency_is_the_rule_judges
 
 
 def test_think_quality_reward_on_the_logic_judge():
-    """The reward consumes the verdicts: a malformed chain has no score (None) and is left out of the mean that
-    the direct answers get."""
+    """The reward consumes the verdicts: a malformed chain scores 0 like an invalid one and counts in the mean
+    that the direct answers get ((1 + 0 + 0) / 3)."""
     q, ch = _QUESTIONS["count_hop"], list(task_values("count_hop"))
     completions = ["<think>first two, so third, third three, so three</think><answer>three</answer>",  # valid
                    "<think>first two, so fourth, fourth three, so three</think><answer>three</answer>",  # lucky
                    "<think>three, i think</think><answer>three</answer>",  # malformed
                    "<answer>three</answer>"]
     rewards = asyncio.run(ThinkQuality(ToyLogicJudge())(completions, question=[q] * 4, choices=[ch] * 4))
-    assert rewards == [1.0, 0.0, None, 0.5]
+    assert rewards == pytest.approx([1.0, 0.0, 0.0, 1 / 3])
