@@ -10,7 +10,11 @@ one entry per completion, together with what TRL adds (``prompts``, ``completion
 ``log_metric``: ``log_metric("my/metric", x)`` logs a scalar), so accept ``**columns``. Return one value per
 completion: a finite number, or ``None`` for "no score" (that completion is left out of this reward's mean
 and, if no optimised reward scores it, out of the step: never a made-up 0). A reward never raises on
-malformed model output, it scores it; an exception means the reward itself is broken and stops the run.
+malformed model output, it scores it (None is for what lies outside the completion -- a gold answer missing
+from the choices, a judge that timed out -- never for the completion's own text: a sample without a score
+leaves the step, so a None the model can provoke is an escape from its advantage, and GRPO finds it; the toy
+logic judge's None for malformed chains did exactly that). An exception means the reward itself is broken and
+stops the run.
 The output is checked: a wrong length, NaN/inf or a non-number stops the step with an error naming the
 reward (``reward 'x' returned nan at index 3: return None for 'no score'``).
 
