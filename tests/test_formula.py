@@ -243,3 +243,36 @@ def torch_isnan(t):
     import torch
 
     return torch.isnan(t)
+
+
+# Completions a policy can write: empty, tags only, half tags, nested, repeated blocks, free text, noise.
+ADVERSARIAL = ["", "<think></think>", "<think>", "</think><answer>three</answer>", "<answer></answer>",
+               "<think>first two</think>", "<think><think>so three</think></think><answer>three</answer>",
+               "<think>so three</think><answer>three</answer><answer>one</answer>", "three three three",
+               "<think>ÿ\x00 ☃</think><answer>☃</answer>", "<think>" + "first two, " * 200 + "</think><answer>x",
+               "<answer>three</answer><think>first two, so two</think>", "<think>a\nb</think>\n<answer>(C) three</answer>"]
+
+
+@pytest.mark.parametrize("judge_name", ["rule", "toy_logic"])
+def test_no_builtin_reward_gives_the_models_text_no_score(judge_name, toy_model_dir, toy_files, tmp_path):
+    """The kind of the defect above: a None the completion's text can provoke takes the sample out of the step.
+    With the data sound (gold among the choices) and an offline judge, every built-in reward and the formula score
+    every one of these completions."""
+    from audiothink.judge import RuleJudge, ToyLogicJudge
+    from audiothink.rewards import Accuracy, Repetition, ThinkLength
+    from audiothink.toy.data import _QUESTIONS, task_values
+
+    judge = {"rule": RuleJudge, "toy_logic": ToyLogicJudge}[judge_name]()
+    rewards = [AdaptiveThink(balance=True), Consistency(judge, only_correct=True), ThinkQuality(judge), Format(),
+               Accuracy(), Repetition(), ThinkLength(target=4, tolerance=1), Formula(FULL)]
+    trainer = toy_trainer(toy_model_dir, toy_files, tmp_path, rewards, weights=[0, 0, 0, 0, 0, 0, 0, 1],
+                          max_steps=10)
+    trainer.state.max_steps, trainer.state.global_step = 10, 0
+    trainer.model.train()
+    n = len(ADVERSARIAL)
+    rows = [{"prompt": q, "question": q, "answer": task_values(t)[2], "choices": list(task_values(t)), "id": f"r{i}"}
+            for i, (t, q) in enumerate(sorted(_QUESTIONS.items()) * n)][:n]
+    out = trainer._calculate_rewards(rows, [r["prompt"] for r in rows], ADVERSARIAL, [[1]] * n)
+    unscored = {name: [ADVERSARIAL[i] for i in range(n) if math.isnan(out[i, k])]
+                for k, name in enumerate(trainer.reward_func_names)}
+    assert not any(unscored.values()), unscored
