@@ -109,7 +109,7 @@ def chain_metrics(completions: list, columns: dict[str, list] | None) -> dict[st
         if chain is None:  # not a toy question: no rule to check the chain against
             continue
         correct = is_correct(c, gold, ch) if gold is not None and ch else None
-        rows.append((str(d or ""), consistency(p.think, p.answer, list(ch)) == 0.0, chain.valid is not True, correct))
+        rows.append((str(d or ""), consistency(p.think, p.answer, list(ch)) == 0.0, not chain.valid, correct))
     metrics: dict[str, float] = {}
     groups = [("", rows)] + [(f"/{d}", [r for r in rows if r[0] == d]) for d in sorted({r[0] for r in rows} - {""})]
     for suffix, sel in groups:

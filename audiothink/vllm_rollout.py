@@ -51,6 +51,7 @@ import base64
 import importlib.util
 import io
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -77,8 +78,6 @@ def unpin_import_frames() -> int:
     model and optimizer alive after it returned (``bench/gpu_step.py`` built its second model beside the first).
     The error itself is kept; only its traceback goes. Called after the imports of this module.
     """
-    import sys
-
     dropped = 0
     for module_name, attr in (("vllm.multimodal.media.audio", "_torchcodec_import_exc"),):
         exc = getattr(sys.modules.get(module_name), attr, None)
