@@ -21,17 +21,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from audiothink import CONFIG_DIR
-from audiothink.plumbing.runfiles import JsonlMetrics, SaveProcessor, drop_replayed
 from audiothink.sources import build_dataset
 from audiothink.grpo_config import build_grpo_config
 from audiothink.loading import build_peft_config, check_model_path, load_model_and_processor, load_model_config, load_processor
-from audiothink.reward_api import build_rewards
 from audiothink.plumbing.cli import register_resolvers
-from audiothink.heldout_eval import summarise
 from audiothink.export import parameter_line, write_model_card
 from audiothink.formats import force_prefill
-from audiothink.judge.watch import JudgeWatch, probe_judges
 from audiothink.plumbing.sharding import cpu_process_settings, save_full_model, whole_weights
+# The trainer, the rewards, the held-out scoring and the run files (TRL, PEFT, vLLM where installed: ~10 s) are
+# imported in train() once the config has passed its checks: a bad value stops in seconds.
 
 log = logging.getLogger("audiothink.train")
 register_resolvers()
@@ -87,15 +85,8 @@ def main(cfg: DictConfig) -> dict:
 
 
 def train(cfg: DictConfig) -> dict:
-    from transformers import set_seed
-
-    from audiothink import heldout_eval
-    from audiothink.plumbing import runfiles
-    from audiothink.plumbing.checkpoints import (check_resume_adapter, check_resume_processes, checkpoint_step,
-                                                 resume_checkpoint)
-    from audiothink.plumbing.console import setup_console, use_run_console
+    from audiothink.plumbing.console import setup_console
     from audiothink.plumbing.rundir import claim, disk_fault
-    from audiothink.trainer import AudioGRPOTrainer
     from audiothink.plumbing.validate import check_dataset_size, check_train_config, world_size
 
     setup_console()
@@ -103,8 +94,21 @@ def train(cfg: DictConfig) -> dict:
         from audiothink.plumbing.resume_config import resumed_config
 
         cfg = resumed_config(cfg, Path(cfg.output_dir))  # the run's own config.yaml, safe overrides on top
-    # Every value that can be judged alone, in seconds: nothing is loaded before this passes.
+    # Every value that can be judged alone, in seconds: nothing is loaded (or imported) before this passes.
     check_train_config(cfg)
+    from transformers import set_seed
+
+    from audiothink import heldout_eval
+    from audiothink.heldout_eval import summarise
+    from audiothink.judge.watch import JudgeWatch, probe_judges
+    from audiothink.plumbing import runfiles
+    from audiothink.plumbing.checkpoints import (check_resume_adapter, check_resume_processes, checkpoint_step,
+                                                 resume_checkpoint)
+    from audiothink.plumbing.console import use_run_console
+    from audiothink.plumbing.runfiles import JsonlMetrics, SaveProcessor, drop_replayed
+    from audiothink.reward_api import build_rewards
+    from audiothink.trainer import AudioGRPOTrainer
+
     resume = cfg.resume not in (None, False)
     run_dir = claim(Path(cfg.output_dir), resume=resume)  # refuses a folder that holds another run
     resume_from = resume_checkpoint(run_dir, cfg.resume)  # resume=true without a checkpoint fails here

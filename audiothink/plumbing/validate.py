@@ -28,6 +28,64 @@ from audiothink.formats import FORCE_PREFILLS
 
 __all__ = ["grpo_choices", "check_train_config", "check_eval_settings", "check_dataset_size", "prompts_per_step"]
 
+# The metric names of the held-out scoring during training (audiothink/heldout_eval.py), here so that the
+# eval.* checks need no transformers import: the figures of inference.score logged for all items, and for each
+# slice (difficulty=<d>, task=<t>)
+OVERALL_STATS = ("accuracy", "think_rate", "format_failure_rate")
+SLICE_STATS = ("accuracy", "think_rate")
+# the keys of a benchmark scored during training: benchmark/<name>/<stat>, benchmark/<name>/<dim>/<value>/<stat>
+BENCHMARK_PREFIX = "benchmark"
+
+
+def metric_problem(metric: object, benchmark: str | None = None) -> str | None:
+    """Why ``metric`` cannot be an ``eval.best_metric`` (None: it has the form of a logged ``heldout/`` key, or of a
+    ``benchmark/<benchmark>/…`` key when ``benchmark``, the name of eval.benchmark's benchmark, is given)."""
+    if not isinstance(metric, str):
+        return "must be a heldout/... metric name (or null: keep no best/)"
+    parts = metric.split("/")
+    if len(parts) == 2 and parts[0] == "heldout" and parts[1] in OVERALL_STATS:
+        return None
+    if (len(parts) == 4 and parts[0] == "heldout" and parts[1] in ("difficulty", "task") and parts[2]
+            and parts[3] in SLICE_STATS):
+        return None
+    if benchmark is not None and parts[:2] == [BENCHMARK_PREFIX, benchmark]:
+        if len(parts) == 3 and parts[2] in OVERALL_STATS:
+            return None
+        if len(parts) == 5 and parts[2] and parts[3] and parts[4] in SLICE_STATS:
+            return None
+    bench = (f", {BENCHMARK_PREFIX}/{benchmark}/<{'|'.join(OVERALL_STATS)}> or {BENCHMARK_PREFIX}/{benchmark}/"
+             f"<dimension>/<value>/<{'|'.join(SLICE_STATS)}> (eval.benchmark)" if benchmark is not None else "")
+    return ("must be one of " + ", ".join(f"heldout/{s}" for s in OVERALL_STATS)
+            + " or heldout/<difficulty|task>/<name>/<" + "|".join(SLICE_STATS) + ">" + bench)
+
+
+def benchmark_config(value: str) -> DictConfig:
+    """``eval.benchmark``'s ``benchmark:`` block, resolved: a benchmark config's name (configs/benchmark/<name>.yaml,
+    as ``python -m audiothink.evaluate benchmark=<name>`` reads it: MMAU_ROOT / MMAR_ROOT name the data folders) or
+    the path of a yaml file holding such a block. ConfigError when there is none (no data is read)."""
+    from omegaconf import OmegaConf
+
+    from audiothink import CONFIG_DIR
+
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"eval.benchmark={value!r}: must be a benchmark config's name (e.g. toy, mmau_test_mini, "
+                          "mmar) or the path of a benchmark yaml file (or null: none)")
+    path = Path(value).expanduser()
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = Path(CONFIG_DIR) / "benchmark" / f"{value}.yaml"
+    names = sorted(p.stem for p in (Path(CONFIG_DIR) / "benchmark").glob("*.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"eval.benchmark={value!r}: no such benchmark config (one of {', '.join(names)}, or the "
+                          "path of a yaml file with a benchmark: block)")
+    try:
+        node = OmegaConf.load(path).get("benchmark")
+        block = OmegaConf.create(OmegaConf.to_container(node, resolve=True)) if node is not None else None
+    except Exception as e:  # noqa: BLE001 - a yaml or interpolation error: one line naming the file
+        raise ConfigError(f"eval.benchmark={value!r}: {path}: {e}") from None
+    if block is None or not all(k in block for k in ("name", "format", "meta", "root")):
+        raise ConfigError(f"eval.benchmark={value!r}: {path} has no benchmark: block with name, format, root and "
+                          "meta (see configs/benchmark/toy.yaml)")
+    return block
 
 
 @functools.cache
@@ -222,8 +280,6 @@ def check_heldout_interval(eval_cfg: DictConfig) -> None:
     """eval.every_steps (null or >= 1, with held-out items or eval.benchmark), eval.benchmark (a benchmark config
     or null; its file is read, not its data) and eval.limit, eval.best_metric (a logged heldout/ or benchmark/ key
     or null), eval.best_mode (max or min): the scoring during training (audiothink/heldout_eval.py)."""
-    from audiothink.heldout_eval import benchmark_config, metric_problem
-
     every = eval_cfg.get("every_steps")
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ConfigError(f"eval.every_steps={every!r}: must be a whole number >= 1 (or null: score only before "

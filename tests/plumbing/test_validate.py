@@ -180,11 +180,11 @@ def test_a_data_set_smaller_than_one_step():
         check_dataset_size(15, cfg.trainer)
 
 
-def _cli(module, args, tmp_path):
+def _cli(module, args, tmp_path, python_flags=()):
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(tmp_path / "cache"),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, *python_flags, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     return out, time.time() - t0
 
@@ -200,6 +200,24 @@ def test_train_cli_stops_at_once_with_one_line_and_exit_2(override, tmp_path):
     assert not (tmp_path / "cache").exists()  # not even the toy data set was built
     assert not (tmp_path / "run").exists()  # and no stub run folder is left behind
     assert seconds < 60
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("module, override", [("audiothink.train", "trainer.beta=-0.04"),
+                                              ("audiothink.train", "trainer.nope=1"),
+                                              ("audiothink.evaluate", "eval.force_mode=always"),
+                                              ("audiothink.sft", "sft.max_steps=-1")])
+def test_a_config_error_stops_before_the_trainer_is_imported(module, override, tmp_path):
+    """A bad value costs the config check's imports (omegaconf, TRL's GRPOConfig for the trainer.* fields), not the
+    trainer's: TRL's GRPO trainer, PEFT's models, vLLM where installed (~10 s more on 2 cores before this was so)."""
+    out, _ = _cli(module, [override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, python_flags=["-X", "importtime"])
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "omegaconf" in imported  # the flag worked: the imports are listed
+    heavy = {"audiothink.trainer", "audiothink.reward_api", "trl.trainer.grpo_trainer", "vllm", "datasets"}
+    assert not heavy & imported, sorted(heavy & imported)
 
 
 @pytest.mark.e2e
