@@ -109,6 +109,7 @@ def _remove_if_empty(out) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded (or imported)
     import torch
 
     from audiothink.benchmarks import write_submission
@@ -122,7 +123,6 @@ def evaluate(cfg: DictConfig) -> dict:
     from audiothink.plumbing.console import setup_console
 
     setup_console()  # as in training: library records through the run's handlers, no loading bars
-    check_eval_config(cfg)  # every value that can be judged alone, before anything is loaded
     rubric_judge = make_rubric_judge(cfg.eval) if cfg.eval.rubric else None
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
