@@ -266,20 +266,22 @@ def main(cfg: DictConfig) -> dict:
 
 
 def sft(cfg: DictConfig) -> dict:
+    from audiothink.plumbing.errors import ConfigError
+    from audiothink.plumbing.validate import check_long_audio
+
+    # every value that can be judged alone, before anything is loaded (or transformers imported: seconds)
+    check_sft_config(cfg)
+    check_long_audio(cfg.data)
     from transformers import set_seed
 
     from audiothink.plumbing import runfiles
     from audiothink.plumbing.console import setup_console
-    from audiothink.plumbing.errors import ConfigError
     from audiothink.plumbing.rundir import claim
     from audiothink.loading import build_peft_config, check_model_path, load_model_and_processor, load_model_config, load_processor
-    from audiothink.plumbing.validate import check_long_audio
     from audiothink.prompts import config_chat_template_kwargs, row_checks
     from audiothink.sources import load_training_data
 
     setup_console()
-    check_sft_config(cfg)
-    check_long_audio(cfg.data)
     if cfg.get("resume") not in (None, False):
         raise ConfigError("resume: SFT runs keep no checkpoints; start the run again")
     run_dir = claim(Path(cfg.output_dir), resume=False)

@@ -104,7 +104,7 @@ def train(cfg: DictConfig) -> dict:
     from audiothink.plumbing import runfiles
     from audiothink.plumbing.checkpoints import (check_resume_adapter, check_resume_processes, checkpoint_step,
                                                  resume_checkpoint)
-    from audiothink.plumbing.console import use_run_console
+    from audiothink.plumbing.progress import use_run_console
     from audiothink.plumbing.runfiles import JsonlMetrics, SaveProcessor, drop_replayed
     from audiothink.reward_api import build_rewards
     from audiothink.trainer import AudioGRPOTrainer
@@ -207,7 +207,7 @@ def train(cfg: DictConfig) -> dict:
         callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor),
                    JudgeWatch(rewards)],
     )
-    use_run_console(trainer)  # health/* metrics and one progress line per logging step (audiothink/plumbing/console.py)
+    use_run_console(trainer)  # health/* metrics and one progress line per logging step (audiothink/plumbing/progress.py)
     # after the trainer is built: TRL wraps the model with the LoRA adapter (peft_config) in its constructor
     log.info("model: %s (%s), %s", cfg.model.cls.rsplit(".", 1)[-1], cfg.model.path, parameter_line(trainer.model))
     # eval.every_steps: held-out scoring every N steps, heldout/* curves, <run>/best/ (audiothink/heldout_eval.py)

@@ -45,6 +45,9 @@ COVERED_ELSEWHERE = {
                                          "the unified-schema loader (benchmark=toy) is data.load_samples behind "
                                          "the benchmark interface: read by every toy evaluation "
                                          "(tests/test_evaluate*.py, test_inference_stop_ids.py)"),
+    "audiothink/plumbing/progress.py": ("tests/plumbing/test_console.py",
+                                        "the console's progress line, apart only for its transformers import: "
+                                        "tested with the console it prints to (and in tests/plumbing/test_health.py)"),
     "audiothink/plumbing/errors.py": ("tests/plumbing/test_validate.py",
                                       "the user-error types only: each is tested where it is raised"),
     "audiothink/toy/model.py": ("tests/test_sft.py",

@@ -283,7 +283,7 @@ def test_a_trainer_built_from_python_keeps_transformers_console(toy_model_dir, t
     AudioGRPOTrainer keeps transformers' progress bar / printer and gets no health or progress-line callback."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from audiothink.plumbing.console import ProgressLine, use_run_console
+    from audiothink.plumbing.progress import ProgressLine, use_run_console
     from audiothink.plumbing.health import HealthMonitor
 
     trainer = _trainer(toy_model_dir, toy_files, tmp_path, lora=False, max_steps=1)

@@ -227,7 +227,7 @@ def test_toy_30s_copy_answers_as_the_toy(toy_model_dir, tmp_path):
 
 
 def test_console_line_shows_the_gate():
-    from audiothink.plumbing.console import ProgressLine
+    from audiothink.plumbing.progress import ProgressLine
 
     logs = {"reward": 1.0, "think/rate": 0.5, "rollout/logprob_corr": 0.30270506, "rollout/logprob_abs_diff": 0.967}
     assert "| vllm corr 0.3027 |dlogp| 0.967" in ProgressLine().line(3, 10, logs)

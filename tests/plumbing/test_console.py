@@ -164,7 +164,7 @@ def test_how_it_thinks_reaches_the_console_metrics_and_tensorboard(run):
 
 
 def test_the_progress_line_shows_how_it_thinks_only_when_measured():
-    from audiothink.plumbing.console import ProgressLine
+    from audiothink.plumbing.progress import ProgressLine
 
     logs = {"reward": 1.0, "think/rate": 0.5}
     assert "| think 50.0% |" in ProgressLine().line(3, 10, logs)  # not the toy: no chain figures

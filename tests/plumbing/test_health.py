@@ -7,7 +7,7 @@ import logging
 import pytest
 from transformers import TrainerCallback
 
-from audiothink.plumbing.console import use_run_console
+from audiothink.plumbing.progress import use_run_console
 from audiothink.plumbing.health import CAUSES, HealthMonitor, causes
 from audiothink.trainer import AudioGRPOTrainer
 from audiothink.rewards import Format
