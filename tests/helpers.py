@@ -61,6 +61,29 @@ def toy_grpo_args(tmp_path, **overrides):
     return GRPOConfig(**(settings | overrides))
 
 
+# --------------------------------------------------------------------------- a run's cache, with the default toy set
+
+
+def toy_cache(tmp: Path) -> Path:
+    """``tmp/cache``, for a subprocess run's ``AUDIOTHINK_CACHE``, holding the default toy set (what
+    ``python -m audiothink.train`` builds into ``$AUDIOTHINK_CACHE/toy`` on first use) as a link to one copy built
+    once per test process beside ``tmp``, in pytest's folder of this session (``tmp.parent``: every ``tmp_path`` and
+    ``tmp_path_factory.mktemp`` folder of a session, or of an xdist worker, has the same parent). Each fresh cache
+    would otherwise build its own: ~20 s and 160 MB on 2 cores, per test. Everything else a run keeps in its cache
+    (the tiny Qwen3-Omni thinker, the 30 s-window copy) is still built in ``tmp/cache``. A test of the first-use
+    build itself uses a bare ``tmp/cache`` (tests/e2e/test_distributed.py).
+    """
+    from audiothink.toy.data import ensure_toy
+
+    shared = tmp.parent / "default-toy"
+    ensure_toy(shared / "toy")  # built once: a complete current set is reused (its DONE file)
+    cache = tmp / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    if not (cache / "toy").exists():
+        (cache / "toy").symlink_to(shared / "toy", target_is_directory=True)
+    return cache
+
+
 # --------------------------------------------------------------------------- official-format benchmark fixtures
 
 # (task, difficulty, category, sub-category, dataset, question, choices, answer): field values as they occur

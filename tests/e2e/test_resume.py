@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import toy_cache
+
 REPO = Path(__file__).resolve().parents[2]
 TOY_LORA = "model.lora={r:4,alpha:8,dropout:0.0,target_modules:'^model\\.language_model\\..*\\.(q_proj|v_proj)$'}"
 # timings and the run-average loss differ by nature; everything else must match
@@ -68,7 +70,7 @@ ADAPTERS = {
 
 def _uninterrupted_and_killed(args, tmp_path):
     """The same run twice: a/ to the end, b/ killed (SIGKILL) at step 3; (a, b, the cache they share)."""
-    cache = tmp_path / "cache"
+    cache = toy_cache(tmp_path)  # the default toy set, built once per test process
     a, b = tmp_path / "a", tmp_path / "b"
     done = _run(args, a, cache)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import toy_cache
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +70,7 @@ def _files(run_dir: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("toy-cache")
+    return toy_cache(tmp_path_factory.mktemp("toy-cache"))  # the default toy set, linked in
 
 
 def test_a_one_process_checkpoint_is_refused_by_a_two_process_launch(tmp_path, cache):

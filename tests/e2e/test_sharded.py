@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 
 from audiothink.toy import TOY_MODEL_DIR
 from tests.e2e.test_distributed import check_batch_wide_rewards
+from tests.helpers import toy_cache as cache_with_toy
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("toy-cache")  # the default toy set, written by the first run
+    return cache_with_toy(tmp_path_factory.mktemp("toy-cache"))  # the default toy set, linked in (tests/helpers.py)
 
 
 def _launch(config: str, run_dir: Path, cache: Path, *overrides: str) -> Run:

@@ -18,7 +18,7 @@ from audiothink.plumbing.checkpoints import (
 )
 from audiothink.plumbing.errors import ConfigError
 from audiothink.plumbing.runfiles import drop_replayed
-from tests.helpers import load_toy
+from tests.helpers import load_toy, toy_cache
 
 
 def _perturbed_copy(model):
@@ -179,7 +179,7 @@ def _train_cli(args, tmp_path, timeout=300):
     import subprocess
     import sys
 
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(tmp_path / "cache"),
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(toy_cache(tmp_path)),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     return subprocess.run([sys.executable, "-m", "audiothink.train", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -13,12 +13,13 @@ import pytest
 from audiothink.plumbing.cli import GROUPS, check_overrides
 from audiothink.plumbing.errors import ConfigError
 from audiothink.plumbing.runfiles import summary_lines
+from tests.helpers import toy_cache
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(tmp_path, **extra):
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(tmp_path / "cache"),
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(toy_cache(tmp_path)),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     env.update(extra)
     return env

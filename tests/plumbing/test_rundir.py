@@ -14,12 +14,13 @@ import pytest
 
 from audiothink.plumbing.errors import ConfigError
 from audiothink.plumbing.rundir import MARKER, claim, claim_unique, previous_run
+from tests.helpers import toy_cache
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(tmp_path):
-    return dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(tmp_path / "cache"),
+    return dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(toy_cache(tmp_path)),
                 PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
 
