@@ -96,18 +96,8 @@ def train(cfg: DictConfig) -> dict:
         cfg = resumed_config(cfg, Path(cfg.output_dir))  # the run's own config.yaml, safe overrides on top
     # Every value that can be judged alone, in seconds: nothing is loaded (or imported) before this passes.
     check_train_config(cfg)
-    from transformers import set_seed
-
-    from audiothink import heldout_eval
-    from audiothink.heldout_eval import summarise
-    from audiothink.judge.watch import JudgeWatch, probe_judges
-    from audiothink.plumbing import runfiles
     from audiothink.plumbing.checkpoints import (check_resume_adapter, check_resume_processes, checkpoint_step,
                                                  resume_checkpoint)
-    from audiothink.plumbing.progress import use_run_console
-    from audiothink.plumbing.runfiles import JsonlMetrics, SaveProcessor, drop_replayed
-    from audiothink.reward_api import build_rewards
-    from audiothink.trainer import AudioGRPOTrainer
 
     resume = cfg.resume not in (None, False)
     run_dir = claim(Path(cfg.output_dir), resume=resume)  # refuses a folder that holds another run
@@ -116,6 +106,16 @@ def train(cfg: DictConfig) -> dict:
         check_resume_adapter(resume_from, cfg.model.lora)  # the checkpoint's LoRA (or none) is model.lora's
         check_resume_processes(resume_from, world_size())  # saved by as many processes as this launch has
     resumed_step = checkpoint_step(resume_from) if resume_from else None
+    # The run folder and the checkpoint passed their checks too: now the trainer's stack.
+    from transformers import set_seed
+
+    from audiothink import heldout_eval
+    from audiothink.judge.watch import JudgeWatch, probe_judges
+    from audiothink.plumbing import runfiles
+    from audiothink.plumbing.progress import use_run_console
+    from audiothink.reward_api import build_rewards
+    from audiothink.trainer import AudioGRPOTrainer
+
     main_process = int(os.environ.get("RANK", "0")) == 0  # the launchers set RANK before torch.distributed exists
     if main_process:
         # First, so that the config is on disk before anything can fail (a run stopped by a user error before it
@@ -180,7 +180,7 @@ def train(cfg: DictConfig) -> dict:
     if before is None and eval_samples:
         log.info("held-out: scoring %d items with the starting weights", len(eval_samples))
         with whole_weights(model):  # ZeRO-3 partitions the weights as they load
-            before = summarise(model, processor, eval_samples, cfg)
+            before = heldout_eval.summarise(model, processor, eval_samples, cfg)
         if main_process:
             runfiles.save_before(run_dir, settings, before)
 
@@ -204,7 +204,8 @@ def train(cfg: DictConfig) -> dict:
         prefill=prefill,
         compile_cache_dir=cfg.rollout.get("compile_cache_dir"),
         completion_prompts=cfg.log.completion_prompts,
-        callbacks=[JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)), SaveProcessor(processor),
+        callbacks=[runfiles.JsonlMetrics(run_dir / "metrics.jsonl", resumed=bool(resume_from)),
+                   runfiles.SaveProcessor(processor),
                    JudgeWatch(rewards)],
     )
     use_run_console(trainer)  # health/* metrics and one progress line per logging step (audiothink/plumbing/progress.py)
@@ -220,7 +221,7 @@ def train(cfg: DictConfig) -> dict:
     else:
         if resume_from and args.should_save:
             # The steps after the checkpoint run again: their records of the interrupted run go.
-            drop_replayed(run_dir, resume_from)
+            runfiles.drop_replayed(run_dir, resume_from)
         trainer.train(resume_from_checkpoint=resume_from)
 
     final_dir = run_dir / "final"
@@ -231,7 +232,7 @@ def train(cfg: DictConfig) -> dict:
     summary = {"run_dir": str(run_dir), "steps": trainer.state.global_step, "before": before}
     if eval_samples:
         log.info("held-out: scoring %d items with the trained weights", len(eval_samples))
-        summary["after"] = summarise(trainer.model, processor, eval_samples, cfg)
+        summary["after"] = heldout_eval.summarise(trainer.model, processor, eval_samples, cfg)
     if args.should_save:
         # Figures only, no path and no time: two runs with the same seed and config write identical files.
         figures = {k: v for k, v in summary.items() if k != "run_dir"}

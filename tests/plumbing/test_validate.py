@@ -205,11 +205,12 @@ def test_train_cli_stops_at_once_with_one_line_and_exit_2(override, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.parametrize("module, override", [("audiothink.train", "trainer.beta=-0.04"),
                                               ("audiothink.train", "trainer.nope=1"),
+                                              ("audiothink.train", "resume=true"),  # no checkpoint to resume
                                               ("audiothink.evaluate", "eval.force_mode=always"),
                                               ("audiothink.sft", "sft.max_steps=-1")])
 def test_a_config_error_stops_before_the_trainer_is_imported(module, override, tmp_path):
-    """A bad value costs the config check's imports (omegaconf, TRL's GRPOConfig for the trainer.* fields), not the
-    trainer's: TRL's GRPO trainer, PEFT's models, vLLM where installed (~10 s more on 2 cores before this was so)."""
+    """A bad value (or a resume with nothing to resume) costs the config check's imports (omegaconf, TRL's GRPOConfig
+    for the trainer.* fields), not the trainer's: TRL's GRPO trainer, PEFT's models, vLLM where installed (~10 s more on 2 cores before this was so)."""
     out, _ = _cli(module, [override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, python_flags=["-X", "importtime"])
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
