@@ -184,8 +184,8 @@ def _cli(module, args, tmp_path, python_flags=()):
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", AUDIOTHINK_CACHE=str(tmp_path / "cache"),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     t0 = time.time()
-    out = subprocess.run([sys.executable, *python_flags, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, *python_flags, "-m", module, *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
     return out, time.time() - t0
 
 
@@ -210,7 +210,8 @@ def test_train_cli_stops_at_once_with_one_line_and_exit_2(override, tmp_path):
                                               ("audiothink.sft", "sft.max_steps=-1")])
 def test_a_config_error_stops_before_the_trainer_is_imported(module, override, tmp_path):
     """A bad value (or a resume with nothing to resume) costs the config check's imports (omegaconf, TRL's GRPOConfig
-    for the trainer.* fields), not the trainer's: TRL's GRPO trainer, PEFT's models, vLLM where installed (~10 s more on 2 cores before this was so)."""
+    for the trainer.* fields), not the trainer's: TRL's GRPO trainer, PEFT's models, vLLM where installed (~10 s
+    more on 2 cores before this was so)."""
     out, _ = _cli(module, [override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, python_flags=["-X", "importtime"])
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
