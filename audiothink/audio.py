@@ -141,6 +141,13 @@ def _check_is_file(path: str | os.PathLike, row_id: str | None) -> None:
         raise _fail(path, "not a regular file (a pipe, socket or device), expected an audio file", row_id)
 
 
+def _header(f: sf.SoundFile, path: str | os.PathLike, row_id: str | None) -> tuple[float, int, int]:
+    """``(duration_seconds, sample_rate, channels)`` of an open file; zero-length audio is an error."""
+    if f.frames <= 0 or f.samplerate <= 0:
+        raise _fail(path, "audio has zero length", row_id)
+    return f.frames / f.samplerate, int(f.samplerate), int(f.channels)
+
+
 def audio_info(path: str | os.PathLike, row_id: str | None = None) -> tuple[float, int, int]:
     """Return ``(duration_seconds, sample_rate, channels)`` without decoding samples.
 
@@ -148,12 +155,10 @@ def audio_info(path: str | os.PathLike, row_id: str | None = None) -> tuple[floa
     """
     _check_is_file(path, row_id)
     try:
-        info = sf.info(os.fspath(path))
+        with sf.SoundFile(os.fspath(path)) as f:
+            return _header(f, path, row_id)
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
         raise _fail(path, f"unreadable or corrupt audio ({exc})", row_id) from exc
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise _fail(path, "audio has zero length", row_id)
-    return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
 
 
 def _frames_read(max_seconds: float | None, rate: int, total: int) -> int:
@@ -174,9 +179,10 @@ def check_audio(
     and rejects non-finite samples. Integer PCM files are not decoded, so checking a large
     16-bit data set stays a header read per file.
     """
-    duration, rate, channels = audio_info(path, row_id)
+    _check_is_file(path, row_id)
     try:
-        with sf.SoundFile(os.fspath(path)) as f:
+        with sf.SoundFile(os.fspath(path)) as f:  # one open: the header, then (float files only) the samples
+            duration, rate, channels = _header(f, path, row_id)
             if f.subtype not in _FLOAT_SUBTYPES:
                 return duration, rate, channels
             todo = _frames_read(max_seconds, f.samplerate, f.frames)
