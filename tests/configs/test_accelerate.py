@@ -133,8 +133,14 @@ def test_launcher_multi_node_second_node():
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
 
 
-def test_launcher_vllm_server_layout():
-    """README: GPU 0 for the vLLM server, training on GPUs 1-7 with zero2.yaml and 7 processes."""
+def test_launcher_vllm_server_layout(monkeypatch):
+    """README: GPU 0 for the vLLM server, training on GPUs 1-7 with zero2.yaml and 7 processes.
+
+    On a CUDA machine, as the README's layout is: accelerate (1.16 and later) writes `--gpu_ids` into the
+    visible-devices variable of the machine's accelerator (torch.accelerator), and on this CPU machine into none."""
+    import torch
+
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("cuda"))
     args, env = _launcher_env("zero2.yaml", "--num_processes", "7", "--gpu_ids", "1,2,3,4,5,6,7")
     assert args.num_processes == 7
     assert env["CUDA_VISIBLE_DEVICES"] == "1,2,3,4,5,6,7"
