@@ -9,6 +9,8 @@ Runs the real entry point after wrapping, in this process only, two trainer meth
   uninterrupted run wrote.
 - `training_step`: with `RESUME_PROBE_KILL_AT=k`, the process kills itself with SIGKILL when optimizer step
   k + 1 starts (steps 1..k done and logged, the checkpoint of step k or earlier on disk), as `kill -9` would.
+  With `RESUME_PROBE_KILL_AFTER_ROLLOUT=k` it does so a moment later in step k + 1: once that step's rollout is
+  recorded (sampled from the weights step k's update made), before its loss.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def _generate_and_score_completions(self, inputs):
     if self.accelerator.is_main_process:
         with open(os.path.join(self.args.output_dir, "probe-rollouts.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+    kill_after = os.environ.get("RESUME_PROBE_KILL_AFTER_ROLLOUT")
+    if kill_after is not None and self.state.global_step == int(kill_after):
+        os.kill(os.getpid(), signal.SIGKILL)
     return output
 
 
