@@ -59,12 +59,19 @@ def _tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
-def test_every_step_scored_logged_and_the_best_kept(tmp_path, toy_files):
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, toy_files) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-step run scored every step (eval.every_steps=1), TensorBoard on: (its folder, the process)."""
+    tmp = tmp_path_factory.mktemp("scored")
+    run = tmp / "with"
+    return run, _train(tmp, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[tensorboard]"))
+
+
+def test_every_step_scored_logged_and_the_best_kept(scored):
     """eval.every_steps=1, 2 steps: heldout/* at each step in metrics.jsonl, TensorBoard and the console, the
     scoring of the last step equals the end-of-run "after" figures (the same scoring), best/ holds the weights
     of the best step (checkpoint-<step>'s), final/ the last step's; training.png gets the held-out panels."""
-    run = tmp_path / "run"
-    out = _train(tmp_path, _args(toy_files, run, "trainer.max_steps=2", "trainer.report_to=[tensorboard]"))
+    run, out = scored
 
     records = _heldout_records(run)
     assert [r["step"] for r in records] == [1, 2]  # one scoring per interval
@@ -107,14 +114,12 @@ def test_every_step_scored_logged_and_the_best_kept(tmp_path, toy_files):
 
 
 @pytest.mark.slow
-def test_scoring_during_training_changes_no_training_step(tmp_path, toy_files):
+def test_scoring_during_training_changes_no_training_step(scored, tmp_path, toy_files):
     """The same run without eval.every_steps trains the same: identical training records, completions and final
     weights (the greedy scorings draw no random numbers and leave the model in training mode)."""
-    runs = {}
-    for name, every in (("with", "1"), ("without", "null")):
-        runs[name] = tmp_path / name
-        _train(tmp_path, _args(toy_files, runs[name], "trainer.max_steps=2", "trainer.report_to=[]",
-                               f"eval.every_steps={every}"))
+    runs = {"with": scored[0], "without": tmp_path / "without"}
+    _train(tmp_path, _args(toy_files, runs["without"], "trainer.max_steps=2", "trainer.report_to=[tensorboard]",
+                           "eval.every_steps=null"))
 
     def training(run):
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
