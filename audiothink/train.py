@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> dict:
     from audiothink.plumbing.rundir import claim, disk_fault
     from audiothink.plumbing.validate import check_dataset_size, check_train_config, world_size
 
-    setup_console()
+    setup_console(libraries=False)  # transformers' and torch's records: routed below, before their first use
     if cfg.resume not in (None, False):
         from audiothink.plumbing.resume_config import resumed_config
 
@@ -107,6 +107,7 @@ def train(cfg: DictConfig) -> dict:
         check_resume_processes(resume_from, world_size())  # saved by as many processes as this launch has
     resumed_step = checkpoint_step(resume_from) if resume_from else None
     # The run folder and the checkpoint passed their checks too: now the trainer's stack.
+    setup_console()
     from transformers import set_seed
 
     from audiothink import heldout_eval

@@ -19,7 +19,6 @@ settings (``hydra.…``).
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import sys
@@ -47,9 +46,9 @@ def _suggest(word: str, options: list[str], prefix: str = "") -> str:
 
 
 def _grpo_fields() -> list[str]:
-    from trl import GRPOConfig
+    from audiothink.plumbing.grpo_fields import field_names  # the pinned TRL's from its snapshot: no TRL import
 
-    return [f.name for f in dataclasses.fields(GRPOConfig)]
+    return field_names()
 
 
 def _check_key(cfg, key: str, adding: bool) -> None:

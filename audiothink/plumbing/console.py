@@ -71,17 +71,24 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
-def setup_console() -> None:
-    """One console for the whole run: library records through the run's handlers, no bars, no known noise."""
-    import transformers
+def setup_console(libraries: bool = True) -> None:
+    """One console for the whole run: library records through the run's handlers, no bars, no known noise.
 
-    import torch
-
+    ``libraries=False``: the run's handlers and warnings only, importing neither transformers nor torch (what the
+    config checks need, in a fraction of a second); a later call with ``libraries=True`` adds the rest (calls
+    repeat nothing)."""
     quiet_known_warnings()
     # one copy of each start-up line per launch, not one per process (warnings and errors: every process's)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, MainProcessOnly) for f in handler.filters):
             handler.addFilter(MainProcessOnly())
+    logging.captureWarnings(True)  # warnings.warn(...) that remain are logged, not printed raw to stderr
+    if not libraries:
+        return
+    import transformers
+
+    import torch
+
     if not torch.cuda.is_available():
         # DeepSpeed (installed with the deepspeed extra) picks its CPU accelerator on a machine without CUDA
         # anyway; naming it skips the "Setting accelerator to CPU" warning it prints to stdout on every run
@@ -91,7 +98,6 @@ def setup_console() -> None:
     transformers.utils.logging.enable_propagation()
     # "Loading weights" / "Writing model shards" bars: carriage returns and cursor codes in every captured log
     transformers.utils.logging.disable_progress_bar()
-    logging.captureWarnings(True)  # warnings.warn(...) that remain are logged, not printed raw to stderr
 
 
 class ConsoleFormatter(logging.Formatter):

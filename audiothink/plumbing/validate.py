@@ -16,13 +16,12 @@ import functools
 import math
 import os
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from audiothink.plumbing import grpo_fields
 from audiothink.plumbing.errors import ConfigError
 from audiothink.formats import FORCE_PREFILLS
 
@@ -94,17 +93,10 @@ def grpo_choices(field: str) -> tuple[str, ...]:
 
     ``loss_type``: grpo, dr_grpo, dapo, ... (anything else fails in the first loss computation);
     ``importance_sampling_level``: token, sequence (anything else fails there too). Read from TRL, so that a TRL
-    upgrade that adds a value needs no change here; loaded on first use (GRPOConfig imports transformers'
-    TrainingArguments, which the entry points have loaded by then anyway).
+    upgrade that adds a value needs no change here (for the pinned TRL from its snapshot, which imports nothing:
+    audiothink/plumbing/grpo_fields.py).
     """
-    import dataclasses
-
-    from trl import GRPOConfig
-
-    help_text = next(f.metadata.get("help", "") for f in dataclasses.fields(GRPOConfig) if f.name == field)
-    if "Supported values are" in help_text:  # loss_type: "Supported values are 'grpo', ..., and 'vespo'. 'grpo': ..."
-        help_text = help_text.split("Supported values are", 1)[1].split(".", 1)[0]
-    return tuple(dict.fromkeys(re.findall(r"'([a-z_]+)'", help_text)))
+    return grpo_fields.choices(field)
 
 
 def _number(section: str, cfg: DictConfig, key: str) -> Any:
@@ -112,21 +104,6 @@ def _number(section: str, cfg: DictConfig, key: str) -> Any:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"{section}.{key}={value!r}: must be a number")
     return value
-
-
-@functools.cache
-def _grpo_field_kinds() -> dict[str, type]:
-    """GRPOConfig's fields typed int, float or bool (or one of them or None): the type a value must have."""
-    from trl import GRPOConfig
-
-    kinds = {}
-    for name, hint in typing.get_type_hints(GRPOConfig).items():
-        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-        args = set(typing.get_args(hint)) if union else {hint}
-        args.discard(type(None))
-        if len(args) == 1 and (kind := args.pop()) in (int, float, bool):
-            kinds[name] = kind
-    return kinds
 
 
 WHAT = {int: "a whole number", float: "a number", bool: "true or false"}
@@ -197,7 +174,7 @@ def check_trainer(trainer: DictConfig) -> None:
         raise ConfigError(f"trainer.chat_template_kwargs={kwargs!r}: must be a mapping of chat-template variables "
                           "({name: value, ...}) or null")
     # every number and switch first, for its type (TRL's own field types): then the ranges below
-    check_types(t, trainer, _grpo_field_kinds())
+    check_types(t, trainer, grpo_fields.field_kinds())
     lr = _number(t, trainer, "learning_rate")
     if lr is None or not lr > 0 or not math.isfinite(lr):
         raise ConfigError(f"trainer.learning_rate={lr!r}: must be > 0")
