@@ -96,6 +96,7 @@ def train(cfg: DictConfig) -> dict:
         cfg = resumed_config(cfg, Path(cfg.output_dir))  # the run's own config.yaml, safe overrides on top
     # Every value that can be judged alone, in seconds: nothing is loaded (or imported) before this passes.
     check_train_config(cfg)
+    check_model_path(cfg.model.path)  # a wrong model path (a hub id, an adapter, no folder) too, before any folder
     from audiothink.plumbing.checkpoints import (check_resume_adapter, check_resume_processes, checkpoint_step,
                                                  resume_checkpoint)
 
@@ -129,8 +130,6 @@ def train(cfg: DictConfig) -> dict:
 
         torch.set_num_threads(cfg.cpu_threads)
 
-    # Fail on a wrong model path now, not after the data set and trainer are built.
-    check_model_path(cfg.model.path)
     if cfg.rollout.engine == "vllm":  # the toy: its 30 s-window copy, which stock vLLM accepts (audiothink/toy/window30.py)
         from audiothink.toy.window30 import vllm_model_path
 

@@ -251,14 +251,14 @@ def test_evaluate_cli_stops_at_once(override, message, tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_cpu_threads_sets_torchs_threads_before_anything_loads(threads, tmp_path, monkeypatch):
-    """`cpu_threads` is applied at the start of train(), before the model path is even checked: one thread is
-    what makes a CPU run repeat exactly (configs/train.yaml)."""
+    """`cpu_threads` is applied at the start of train(), before the rewards, the data or the model are built: one
+    thread is what makes a CPU run repeat exactly (configs/train.yaml)."""
     import torch
 
     from audiothink import train
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(train, "check_model_path", lambda path: (_ for _ in ()).throw(ConfigError("stop here")))
+    monkeypatch.setattr(train, "force_prefill", lambda mode: (_ for _ in ()).throw(ConfigError("stop here")))
     cfg = _compose([f"cpu_threads={threads}", f"output_dir={tmp_path}"])
     try:
         with pytest.raises(ConfigError, match="stop here"):
