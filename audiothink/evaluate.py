@@ -85,20 +85,25 @@ register_eval_resolvers()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from audiothink.audio import AudioError
-    from audiothink.benchmarks.runner import EvaluationAborted
-    from audiothink.benchmarks.store import StoreMismatch
-    from audiothink.data import DataError
+    from audiothink.plumbing.errors import AudioError, DataError
 
     try:
         return evaluate(cfg)
-    except (ConfigError, DataError, AudioError, StoreMismatch, EvaluationAborted) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except BaseException as e:
         _remove_if_empty(cfg.output_dir)
-        sys.exit(2)
-    except BaseException:
-        _remove_if_empty(cfg.output_dir)
+        # a user's error is one line and exit 2; the evaluation's own two are imported only when needed (the
+        # runner imports torch: a config error stops without it)
+        if isinstance(e, (ConfigError, DataError, AudioError)) or isinstance(e, _evaluation_errors()):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         raise
+
+
+def _evaluation_errors() -> tuple[type[BaseException], ...]:
+    from audiothink.benchmarks.runner import EvaluationAborted
+    from audiothink.benchmarks.store import StoreMismatch
+
+    return StoreMismatch, EvaluationAborted
 
 
 def _remove_if_empty(out) -> None:

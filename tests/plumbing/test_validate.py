@@ -210,8 +210,8 @@ def test_train_cli_stops_at_once_with_one_line_and_exit_2(override, tmp_path):
                                               ("audiothink.sft", "sft.max_steps=-1")])
 def test_a_config_error_stops_before_the_trainer_is_imported(module, override, tmp_path):
     """A bad value (or a resume with nothing to resume) costs the config check's imports, not the trainer's: TRL's
-    GRPO trainer, PEFT's models, vLLM where installed (~10 s more on 2 cores before this was so). A bad training
-    value imports neither TRL, transformers nor torch: the trainer.* checks read the pinned TRL's GRPOConfig facts
+    GRPO trainer, PEFT's models, vLLM where installed (~10 s more on 2 cores before this was so). A bad training or
+    evaluation value imports neither TRL, transformers nor torch: the trainer.* checks read the pinned TRL's GRPOConfig facts
     from their snapshot (audiothink/plumbing/grpo_fields.py; TRL's import was ~6 s of the ~7 s it took)."""
     out, _ = _cli(module, [override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, python_flags=["-X", "importtime"])
     assert out.returncode == 2, out.stderr[-2000:]
@@ -220,7 +220,7 @@ def test_a_config_error_stops_before_the_trainer_is_imported(module, override, t
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "omegaconf" in imported  # the flag worked: the imports are listed
     heavy = {"audiothink.trainer", "audiothink.reward_api", "trl.trainer.grpo_trainer", "vllm", "datasets"}
-    if module == "audiothink.train" and override != "resume=true":
+    if module == "audiothink.evaluate" or (module == "audiothink.train" and override != "resume=true"):
         heavy |= {"trl", "transformers", "torch"}
     assert not heavy & imported, sorted(heavy & imported)
 
