@@ -6,7 +6,8 @@ restores its own rank's random state: a run saved by 1 process and resumed by `a
 check it trained on with exit 0 and no word about it). Both directions, on real checkpoints of real runs:
 
 - a 1-process run's checkpoint, resumed by a 2-process DDP launch (CPU, gloo);
-- a 2-process FSDP2 run's sharded checkpoint, resumed without a launcher.
+- a 2-process FSDP2 run's sharded checkpoint, resumed without a launcher (in tests/e2e/test_sharded.py, on the
+  FSDP2 LoRA run made there: one 2-process launch fewer).
 
 Each resume must stop with exit 2 (each process; a launcher then reports its failed child) and one `error:` line
 naming both counts, before the model loads and without writing into the run folder. Breaking it on purpose (the check_resume_processes call in
@@ -81,13 +82,3 @@ def test_a_one_process_checkpoint_is_refused_by_a_two_process_launch(tmp_path, c
     before = _files(run)
     out = _train(run, cache, "resume=true", "trainer.max_steps=2", processes=2)
     _refused(out, run, before, "1 process", "2 processes", launcher=True)
-
-
-def test_a_two_process_fsdp2_checkpoint_is_refused_without_a_launcher(tmp_path, cache):
-    run = tmp_path / "run"
-    first = _train(run, cache, *COMMON, processes=2, engine="fsdp.yaml")
-    assert first.returncode == 0, first.stderr[-4000:]
-    assert any((run / "checkpoint-1").glob("pytorch_model_fsdp*"))  # the sharded layout
-    before = _files(run)
-    out = _train(run, cache, "resume=true", "trainer.max_steps=2")
-    _refused(out, run, before, "2 processes", "1 process")

@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 
 from audiothink.toy import TOY_MODEL_DIR
 from tests.e2e.test_distributed import check_batch_wide_rewards
+from tests.e2e.test_resume_processes import _files, _refused
 from tests.helpers import toy_cache as cache_with_toy
 
 pytestmark = pytest.mark.slow
@@ -283,6 +284,19 @@ def test_fsdp2_lora(fsdp_lora, toy_files):
     _check_generates(model, AutoProcessor.from_pretrained(final), toy_files)
     assert sorted(p.name for p in (run.dir / "checkpoint-2" / "pytorch_model_fsdp_0").glob("*.distcp")) == [
         "__0_0.distcp", "__1_0.distcp"]
+
+
+def test_a_two_process_fsdp2_checkpoint_is_refused_without_a_launcher(fsdp_lora, toy_cache):
+    """The FSDP2 LoRA run's sharded checkpoint, resumed by one process without a launcher: refused in one line
+    before the model loads, the run folder untouched (tests/e2e/test_resume_processes.py says why)."""
+    run = fsdp_lora.dir
+    before = _files(run)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_", "DS_"))}
+    env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", AUDIOTHINK_CACHE=str(toy_cache),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    out = subprocess.run([sys.executable, "-m", "audiothink.train", "resume=true", "trainer.max_steps=3",
+                          f"hydra.run.dir={run}"], cwd=run.parent, env=env, capture_output=True, text=True, timeout=600)
+    _refused(out, run, before, "2 processes", "1 process")
 
 
 # -- DeepSpeed ----------------------------------------------------------------------------------------------
