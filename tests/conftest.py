@@ -31,6 +31,18 @@ def _no_launch_variables(request, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_launch_variables_in_module_fixtures():
+    """The same for a module's fixtures (set up before any test's own): a module-scoped run of the entry point
+    (tests/e2e/test_heldout_eval.py's `scored`, tests/e2e/test_export.py's runs) starts without a launcher's
+    variables too, whatever file this worker ran before. The engine's module gets them back from its session
+    engine, made after this."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in LAUNCH_VARIABLES:
+            mp.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def toy_files(tmp_path_factory) -> dict[str, Path]:
     """A small toy set (all four tasks, one- and four-clip items), generated once per session."""
