@@ -78,5 +78,6 @@ def choices(field: str) -> tuple[str, ...]:
 
 
 if __name__ == "__main__":
-    SNAPSHOT.write_text(json.dumps(from_trl(), indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {SNAPSHOT} (trl {facts.__wrapped__()['trl']})")
+    computed = from_trl()
+    SNAPSHOT.write_text(json.dumps(computed, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {SNAPSHOT} (trl {computed['trl']})")

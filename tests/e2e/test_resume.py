@@ -55,9 +55,11 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _step_metrics(run_dir: Path) -> dict[int, dict]:
-    """Per-step metric records (the end-of-training summary record is not a step)."""
-    records = [r for r in _jsonl(run_dir / "metrics.jsonl") if "train_runtime" not in r]
+def _step_metrics(run_dir: Path | list[dict]) -> dict[int, dict]:
+    """Per-step metric records of a run folder's metrics.jsonl (or of its records, read earlier), the compared
+    values only (the end-of-training summary record is not a step)."""
+    records = _jsonl(run_dir / "metrics.jsonl") if isinstance(run_dir, Path) else run_dir
+    records = [r for r in records if "train_runtime" not in r]
     steps = [r["step"] for r in records]
     assert len(steps) == len(set(steps)), f"a step logged twice: {steps}"
     return {r["step"]: {k: v for k, v in r.items() if not any(n in k for n in _NOT_COMPARED)} for r in records}
@@ -76,8 +78,6 @@ ADAPTERS = {
     "lora": {"toy": [TOY_LORA], "omni": ["model.lora.r=4", "model.lora.alpha=8", "model.lora.dropout=0.0"],
              "qwen3_omni": [QWEN3_OMNI_LORA]},
 }
-
-
 
 
 def _killed(args, run_dir: Path, cache: Path, **kill) -> dict[str, list[dict]]:
@@ -125,8 +125,7 @@ def test_killed_run_resumes_exactly(model, adapter, tmp_path, omni_dir):
 
     metrics = _step_metrics(b)
     assert sorted(metrics) == [1, 2, 3, 4]
-    killed_metrics = {r["step"]: {k: v for k, v in r.items() if not any(n in k for n in _NOT_COMPARED)}
-                      for r in before["metrics"]}
+    killed_metrics = _step_metrics(before["metrics"])
     for step in (1, 2, 3):  # 1-2 kept from before the checkpoint, 3 trained again
         assert metrics[step] == pytest.approx(killed_metrics[step], rel=1e-6, abs=1e-9), f"step {step}"
     completions = _jsonl(b / "completions.jsonl")

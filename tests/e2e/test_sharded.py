@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 from audiothink.toy import TOY_MODEL_DIR
 from tests.e2e.test_distributed import check_batch_wide_rewards
-from tests.e2e.test_resume_processes import _files, _refused
+from tests.e2e.test_resume_processes import _files, _refused, _train
 from tests.helpers import toy_cache as cache_with_toy
 
 pytestmark = pytest.mark.slow
@@ -291,11 +291,7 @@ def test_a_two_process_fsdp2_checkpoint_is_refused_without_a_launcher(fsdp_lora,
     before the model loads, the run folder untouched (tests/e2e/test_resume_processes.py says why)."""
     run = fsdp_lora.dir
     before = _files(run)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_", "DS_"))}
-    env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", AUDIOTHINK_CACHE=str(toy_cache),
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    out = subprocess.run([sys.executable, "-m", "audiothink.train", "resume=true", "trainer.max_steps=3",
-                          f"hydra.run.dir={run}"], cwd=run.parent, env=env, capture_output=True, text=True, timeout=600)
+    out = _train(run, toy_cache, "resume=true", "trainer.max_steps=3")  # one process, no launcher
     _refused(out, run, before, "2 processes", "1 process")
 
 

@@ -211,8 +211,9 @@ def test_train_cli_stops_at_once_with_one_line_and_exit_2(override, tmp_path):
 def test_a_config_error_stops_before_the_trainer_is_imported(module, override, tmp_path):
     """A bad value (or a resume with nothing to resume) costs the config check's imports, not the trainer's: TRL's
     GRPO trainer, PEFT's models, vLLM where installed (~10 s more on 2 cores before this was so). A bad training or
-    evaluation value imports neither TRL, transformers nor torch: the trainer.* checks read the pinned TRL's GRPOConfig facts
-    from their snapshot (audiothink/plumbing/grpo_fields.py; TRL's import was ~6 s of the ~7 s it took)."""
+    evaluation value imports neither TRL, transformers nor torch: the trainer.* checks read the pinned TRL's
+    GRPOConfig facts from their snapshot (audiothink/plumbing/grpo_fields.py; TRL's import was ~6 s of the ~7 s it
+    took)."""
     out, _ = _cli(module, [override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, python_flags=["-X", "importtime"])
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
