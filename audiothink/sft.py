@@ -114,14 +114,24 @@ def lr_factor(step: int, steps: int, warmup_steps: int, decay_from: float) -> fl
 
 def train_steps(model, batches: Iterable[Sequence], loss_fn: Callable, *, steps: int, learning_rate: float,
                 warmup_steps: int, decay_from: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
-                on_step: Callable[[int, list[float]], bool | None] | None = None) -> list[float]:
+                on_step: Callable[[int, list[float]], bool | int | None] | None = None) -> list[float]:
     """AdamW over ``steps`` optimizer steps; ``batches`` yields, per step, a sequence of micro-batches (gradient
     accumulation: the loss of each is divided by their number). ``loss_fn(model, micro_batch)`` is the loss.
-    ``on_step(step, losses)`` runs after each step; a true return stops the loop there (the schedule stays the
-    one over ``steps``). Returns the per-step losses."""
+    ``on_step(step, losses)`` runs after each step: ``True`` stops the loop there (the schedule stays the one over
+    ``steps``); a whole number ``n >= 1`` trains ``n`` more steps (at most up to ``steps``) with the learning rate
+    decaying linearly from its value at that step towards 0 (:func:`anneal_factor`), then stops; ``None`` /
+    ``False`` go on. Returns the per-step losses."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup_steps, decay_from))
+    # the anneal, once on_step asked for one: (the step after which it starts, its length, the factor there)
+    anneal: list[tuple[int, int, float]] = []
+
+    def factor(s: int) -> float:
+        if anneal:
+            return anneal_factor(s, *anneal[0])
+        return lr_factor(s, steps, warmup_steps, decay_from)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
     losses: list[float] = []
     for step, micro in zip(range(steps), batches):
@@ -137,9 +147,22 @@ def train_steps(model, batches: Iterable[Sequence], loss_fn: Callable, *, steps:
         sched.step()
         opt.zero_grad()
         losses.append(total)
-        if on_step is not None and on_step(step, losses):
+        verdict = on_step(step, losses) if on_step is not None else None
+        if verdict is True or anneal and step >= anneal[0][0] + anneal[0][1]:
             break
+        if verdict and not anneal:
+            anneal.append((step, int(verdict), lr_factor(step, steps, warmup_steps, decay_from)))
+            for group in opt.param_groups:  # the next step's rate: the scheduler computed it before the anneal
+                group["lr"] = learning_rate * factor(step + 1)
     return losses
+
+
+def anneal_factor(step: int, start: int, length: int, at_start: float) -> float:
+    """The learning-rate factor of ``step`` in an anneal of ``length`` steps after step ``start`` (0-based),
+    where the factor was ``at_start``: linear towards 0, ``at_start * (1 - k / (length + 1))`` for the k-th
+    step of the anneal (the last one still trains: it is not a step at rate 0)."""
+    k = step - start
+    return at_start * max(0.0, 1.0 - k / (length + 1))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,6 +207,11 @@ def check_sft_config(cfg: DictConfig) -> None:
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise ConfigError(f"eval.every_steps={every!r}: must be a whole number >= 1 or null")
     metric = e.get("stop_metric")
+    anneal = e.get("stop_anneal_steps")
+    if anneal is not None and (not isinstance(anneal, int) or isinstance(anneal, bool) or anneal < 0):
+        raise ConfigError(f"eval.stop_anneal_steps={anneal!r}: must be a whole number >= 0 or null")
+    if anneal and metric is None:
+        raise ConfigError(f"eval.stop_anneal_steps={anneal}: anneals after the stop rule; set eval.stop_metric too")
     if metric is None:
         return
     parts = str(metric).split("/")
@@ -348,18 +376,34 @@ def sft(cfg: DictConfig) -> dict:
     t0 = time.time()
 
     every = cfg.eval.get("every_steps")
-    stopped: dict = {}
+    anneal_steps = cfg.eval.get("stop_anneal_steps") or 0
+    stopped: dict = {}  # the rule's step (1-based), figure and, with an anneal, its length
 
-    def on_step(step: int, losses: list[float]) -> bool:
-        if not (step + 1) % s.logging_steps or step == steps - 1:
+    def last_step() -> int:
+        """The run's last step (0-based): the planned one, or the stop's (plus its anneal)."""
+        if not stopped:
+            return steps - 1
+        return min(steps - 1, stopped["step"] - 1 + stopped.get("anneal_steps", 0))
+
+    def rate(step: int) -> float:
+        """The learning rate of step ``step`` (0-based), as train_steps sets it."""
+        if stopped and stopped.get("anneal_steps") and step >= stopped["step"]:
+            start = stopped["step"] - 1
+            return s.learning_rate * anneal_factor(step, start, stopped["anneal_steps"],
+                                                   lr_factor(start, steps, s.warmup_steps, s.decay_from))
+        return s.learning_rate * lr_factor(step, steps, s.warmup_steps, s.decay_from)
+
+    def on_step(step: int, losses: list[float]) -> bool | int:
+        end = step == last_step()
+        if not (step + 1) % s.logging_steps or end:
             window = losses[-s.logging_steps:]
-            lr = s.learning_rate * lr_factor(step, steps, s.warmup_steps, s.decay_from)
-            metrics.write(json.dumps({"step": step + 1, "loss": float(np.mean(window)), "learning_rate": lr}) + "\n")
+            metrics.write(json.dumps({"step": step + 1, "loss": float(np.mean(window)),
+                                      "learning_rate": rate(step)}) + "\n")
             metrics.flush()
-            log.info("step %d/%d  loss %.4f  lr %.2e  (%.0fs)", step + 1, steps, np.mean(window), lr,
+            log.info("step %d/%d  loss %.4f  lr %.2e  (%.0fs)", step + 1, steps, np.mean(window), rate(step),
                      time.time() - t0)
-        # the last step is scored below, on the saved weights, as without every_steps
-        if not every or not held_out or (step + 1) % every or step == steps - 1:
+        # the last step is scored below, on the saved weights, as without every_steps; an anneal is not scored
+        if stopped or not every or not held_out or (step + 1) % every or end:
             return False
         figures = heldout_figures(model, processor, held_out, cfg)
         metrics.write(json.dumps({"step": step + 1, "heldout": figures}) + "\n")
@@ -372,6 +416,13 @@ def sft(cfg: DictConfig) -> dict:
         if value < cfg.eval.stop_at:
             return False
         stopped.update(step=step + 1, metric=metric, value=value, stop_at=float(cfg.eval.stop_at))
+        more = min(anneal_steps, steps - 1 - step)
+        if more:
+            stopped["anneal_steps"] = more
+            log.info("stop: held-out %s %.1f%% >= %.1f%% at step %d of %d: %d more steps with the learning rate "
+                     "decaying from %.2e towards 0 (eval.stop_anneal_steps), then final/", metric, 100 * value,
+                     100 * cfg.eval.stop_at, step + 1, steps, more, rate(step))
+            return more
         log.info("stop: held-out %s %.1f%% >= %.1f%% at step %d of %d: its weights are final/", metric, 100 * value,
                  100 * cfg.eval.stop_at, step + 1, steps)
         return True

@@ -296,6 +296,56 @@ def test_sft_stops_at_the_first_scoring_that_meets_the_rule(toy_files, tmp_path)
     assert [r["step"] for r in never[1] if "heldout" in r] == [2, 4]
 
 
+def _rates_of(monkeypatch, **kwargs) -> tuple[list[float], list[float]]:
+    """train_steps on a one-weight model: the learning rate of each optimizer step, and the losses."""
+    rates = []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, *args, **kw):
+            rates.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    model = torch.nn.Linear(1, 1)
+    batches = ([torch.ones(1, 1)] for _ in range(100))
+    losses = sft.train_steps(model, batches, lambda m, x: m(x).sum(), learning_rate=0.1, **kwargs)
+    return rates, losses
+
+
+def test_an_anneal_after_the_stop_decays_the_rate_towards_0_then_stops(monkeypatch):
+    """on_step returning n: n more steps, the rate falling linearly from its value at that step (here in the warm-up,
+    0.04) towards 0 (none at 0), then the loop ends; True stops at once; the planned steps bound the anneal."""
+    rates, losses = _rates_of(monkeypatch, steps=10, warmup_steps=5, decay_from=1.0,
+                              on_step=lambda step, losses: 3 if step == 1 else None)
+    assert len(losses) == 5
+    assert rates == pytest.approx([0.02, 0.04, 0.03, 0.02, 0.01])
+    rates, losses = _rates_of(monkeypatch, steps=10, warmup_steps=0, decay_from=1.0,
+                              on_step=lambda step, losses: step == 1)
+    assert rates == pytest.approx([0.1, 0.1])
+    # asked again during the anneal (ignored), and an anneal longer than the steps left: ends at the 6th step
+    rates, losses = _rates_of(monkeypatch, steps=6, warmup_steps=0, decay_from=1.0,
+                              on_step=lambda step, losses: 9 if step >= 3 else None)
+    assert len(losses) == 6 and rates == pytest.approx([0.1] * 4 + [0.09, 0.08])
+
+
+def test_sft_anneals_after_the_stop_rule_then_saves(toy_files, tmp_path):
+    """eval.stop_anneal_steps=2: the rule met at step 2 of 6, steps 3 and 4 at a decaying rate (logged as trained),
+    no scoring during the anneal, final/ and summary.json after step 4; other weights than a stop without it."""
+    rows = sft_rows(toy_files, tmp_path)
+    stop = ("sft.max_steps=6", "eval.every_steps=2", "eval.forced_modes=true", "eval.stop_metric=direct/think_rate",
+            "eval.stop_at=0.0", *CONSTANT_LR)
+    plain = _sft(tmp_path / "a", rows, toy_files, *stop)
+    annealed = _sft(tmp_path / "b", rows, toy_files, *stop, "eval.stop_anneal_steps=2")
+    lr = 1e-3  # configs/sft.yaml's rate
+    assert [r["learning_rate"] for r in annealed[1] if "loss" in r] == pytest.approx([lr, lr, lr * 2 / 3, lr / 3])
+    assert [r["step"] for r in annealed[1] if "heldout" in r] == [2]
+    assert annealed[2]["steps"] == 4 and annealed[2]["planned_steps"] == 6
+    assert annealed[2]["stopped"] == {"step": 2, "metric": "direct/think_rate", "value": 0.0, "stop_at": 0.0,
+                                      "anneal_steps": 2}
+    assert annealed[0] != plain[0]
+    assert plain[2]["steps"] == 2
+
+
 def test_a_rule_met_only_by_the_last_steps_scoring_is_not_reported_as_never_reached(toy_files, tmp_path, caplog):
     """The last step is scored once, for the summary, not during training: the rule is checked there too, so the
     "never reached" warning appears only when no scoring met it (here the only scoring is the last step's)."""
@@ -321,6 +371,9 @@ def test_a_rule_met_only_by_the_last_steps_scoring_is_not_reported_as_never_reac
     (["eval.every_steps=2", "eval.forced_modes=true", "eval.stop_metric=think/accuracy", "eval.stop_at=90"],
      r"eval.stop_at=90: must be a number in \[0, 1\]"),
     (["eval.every_steps=0"], "eval.every_steps=0: must be a whole number"),
+    (["eval.every_steps=2", "eval.forced_modes=true", "eval.stop_metric=think/accuracy", "eval.stop_anneal_steps=-1"],
+     "eval.stop_anneal_steps=-1: must be a whole number >= 0"),
+    (["eval.every_steps=2", "eval.stop_anneal_steps=50"], "eval.stop_anneal_steps=50: anneals after the stop rule"),
 ])
 def test_a_bad_stop_rule_is_refused_before_anything_loads(toy_files, tmp_path, overrides, message):
     from audiothink.plumbing.errors import ConfigError
