@@ -203,6 +203,9 @@ def check_sft_config(cfg: DictConfig) -> None:
     if not float(s.learning_rate) > 0:
         raise ConfigError(f"sft.learning_rate={s.learning_rate!r}: must be > 0")
     e = cfg.eval
+    temp = e.get("sampled_temperature")
+    if temp is not None and (not isinstance(temp, (int, float)) or isinstance(temp, bool) or not temp > 0):
+        raise ConfigError(f"eval.sampled_temperature={temp!r}: must be a number > 0 or null")
     every = e.get("every_steps")
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise ConfigError(f"eval.every_steps={every!r}: must be a whole number >= 1 or null")
@@ -221,14 +224,18 @@ def check_sft_config(cfg: DictConfig) -> None:
     if every is None or not e.num_samples:
         raise ConfigError(f"eval.stop_metric={metric}: needs the held-out items scored during SFT "
                           f"(eval.every_steps=N and eval.num_samples > 0)")
-    if parts[0] != "free" and not e.forced_modes:
+    if parts[0] in ("think", "direct") and not e.forced_modes:
         raise ConfigError(f"eval.stop_metric={metric}: a forced mode's figure needs eval.forced_modes=true")
+    if parts[0] == "sampled_think" and e.get("sampled_temperature") is None:
+        raise ConfigError(f"eval.stop_metric={metric}: the sampled figure needs eval.sampled_temperature (e.g. 1.2, "
+                          f"GRPO's rollout temperature)")
     if not isinstance(e.stop_at, (int, float)) or isinstance(e.stop_at, bool) or not 0.0 <= e.stop_at <= 1.0:
         raise ConfigError(f"eval.stop_at={e.stop_at!r}: must be a number in [0, 1]")
 
 
 # eval.stop_metric's modes: the key of the held-out figures they read (heldout_figures)
-STOP_MODES = {"free": "after", "think": "after_think", "direct": "after_direct"}
+STOP_MODES = {"free": "after", "think": "after_think", "direct": "after_direct",
+              "sampled_think": "after_think_sampled"}
 STOP_STATS = ("accuracy", "think_rate", "format_failure_rate")
 
 
@@ -343,11 +350,12 @@ def sft(cfg: DictConfig) -> dict:
     check_targets(train)
     held_out = held_out[: cfg.eval.num_samples]
     metric = cfg.eval.get("stop_metric")
-    if metric is not None and len(metric.split("/")) == 3:
+    wanted = metric.split("/")[1] if metric is not None and metric.count("/") == 2 else None  # a slice
+    if wanted is not None:
         slices = {x.difficulty or "unknown" for x in held_out} | {x.task or "unknown" for x in held_out}
-        if metric.split("/")[1] not in slices:
+        if wanted not in slices:
             raise ConfigError(f"eval.stop_metric={metric}: the held-out items have no slice "
-                              f"{metric.split('/')[1]!r} (difficulties and tasks: {', '.join(sorted(slices))})")
+                              f"{wanted!r} (difficulties and tasks: {', '.join(sorted(slices))})")
     s = cfg.sft
     per_step = s.batch_size * s.gradient_accumulation_steps
     steps = s.max_steps or max(1, math.ceil(s.epochs * len(train) / per_step))
@@ -405,7 +413,7 @@ def sft(cfg: DictConfig) -> dict:
         # the last step is scored below, on the saved weights, as without every_steps; an anneal is not scored
         if stopped or not every or not held_out or (step + 1) % every or end:
             return False
-        figures = heldout_figures(model, processor, held_out, cfg)
+        figures = heldout_figures(model, processor, held_out, cfg, step + 1)
         metrics.write(json.dumps({"step": step + 1, "heldout": figures}) + "\n")
         metrics.flush()
         for key, scored in figures.items():
@@ -450,7 +458,7 @@ def sft(cfg: DictConfig) -> dict:
         summary["stopped"] = stopped or None
     if held_out:
         log.info("held-out: scoring %d items with the fine-tuned weights", len(held_out))
-        summary.update(heldout_figures(model, processor, held_out, cfg))
+        summary.update(heldout_figures(model, processor, held_out, cfg, len(trained)))
         for key, figures in summary.items():
             if key.startswith("after"):
                 log.info(figure_line(key, figures))
@@ -470,21 +478,34 @@ def sft(cfg: DictConfig) -> dict:
     return summary
 
 
-def heldout_figures(model, processor, samples, cfg: DictConfig) -> dict:
-    """Greedy held-out scores: ``after`` (free choice, as GRPO's summary scores) and, with
-    ``eval.forced_modes``, ``after_think`` / ``after_direct`` (each reply prefilled with that mode)."""
+def heldout_figures(model, processor, samples, cfg: DictConfig, step: int = 0) -> dict:
+    """Held-out scores: ``after`` (greedy free choice, as GRPO's summary scores); with ``eval.forced_modes``,
+    ``after_think`` / ``after_direct`` (greedy, each reply prefilled with that mode); with
+    ``eval.sampled_temperature``, ``after_think_sampled``: forced to think, sampled at that temperature (what GRPO's
+    rollouts see), from a generator seeded by ``cfg.seed`` and ``step`` that leaves training's random state as it
+    was (the figures repeat, and scoring does not change the run)."""
     from audiothink.formats import force_prefill
     from audiothink.inference import generate_answers, score
     from audiothink.prompts import config_chat_template_kwargs, config_long_audio
 
+    temperature = cfg.eval.get("sampled_temperature")
+    runs = [("after", None, None)]
+    if cfg.eval.forced_modes:
+        runs += [("after_think", "think", None), ("after_direct", "direct", None)]
+    if temperature is not None:
+        runs.append(("after_think_sampled", "think", float(temperature)))
     figures = {}
-    for key, mode in [("after", None)] + ([("after_think", "think"), ("after_direct", "direct")]
-                                          if cfg.eval.forced_modes else []):
-        outputs = generate_answers(model, processor, samples, cfg.prompt, batch_size=cfg.eval.batch_size,
-                                   max_new_tokens=cfg.eval.max_new_tokens, max_audio_seconds=cfg.model.max_audio_seconds,
-                                   prefill=force_prefill(mode),
-                                   chat_template_kwargs=config_chat_template_kwargs(cfg),
-                                   long_audio=config_long_audio(cfg))
+    devices = [model.device.index or 0] if model.device.type == "cuda" else []  # the RNG the sampling draws from
+    for key, mode, temp in runs:
+        with torch.random.fork_rng(devices=devices):
+            if temp is not None:
+                torch.manual_seed(cfg.seed * 1_000_003 + step)
+            outputs = generate_answers(model, processor, samples, cfg.prompt, batch_size=cfg.eval.batch_size,
+                                       max_new_tokens=cfg.eval.max_new_tokens,
+                                       max_audio_seconds=cfg.model.max_audio_seconds, prefill=force_prefill(mode),
+                                       do_sample=temp is not None, temperature=temp or 1.0,
+                                       chat_template_kwargs=config_chat_template_kwargs(cfg),
+                                       long_audio=config_long_audio(cfg))
         figures[key] = score(samples, outputs)
     return figures
 

@@ -269,11 +269,12 @@ def test_scoring_during_sft_leaves_the_run_as_it_was(toy_files, tmp_path):
     rows = sft_rows(toy_files, tmp_path)
     plain = _sft(tmp_path / "a", rows, toy_files, "sft.max_steps=3", *CONSTANT_LR)
     scored = _sft(tmp_path / "b", rows, toy_files, "sft.max_steps=3", "eval.every_steps=1",
-                  "eval.forced_modes=true", *CONSTANT_LR)
+                  "eval.forced_modes=true", "eval.sampled_temperature=1.2", *CONSTANT_LR)
     assert scored[0] == plain[0]
     heldout = [r for r in scored[1] if "heldout" in r]
     assert [r["step"] for r in heldout] == [1, 2]  # the last step is the summary's scoring
-    assert all(set(r["heldout"]) == {"after", "after_think", "after_direct"} for r in heldout)
+    assert all(set(r["heldout"]) == {"after", "after_think", "after_direct", "after_think_sampled"}
+               for r in heldout)
     assert all(r["heldout"]["after"]["overall"]["n"] == 4 for r in heldout)
     assert scored[2]["steps"] == scored[2]["planned_steps"] == 3 and "stopped" not in scored[2]
 
@@ -374,6 +375,9 @@ def test_a_rule_met_only_by_the_last_steps_scoring_is_not_reported_as_never_reac
     (["eval.every_steps=2", "eval.forced_modes=true", "eval.stop_metric=think/accuracy", "eval.stop_anneal_steps=-1"],
      "eval.stop_anneal_steps=-1: must be a whole number >= 0"),
     (["eval.every_steps=2", "eval.stop_anneal_steps=50"], "eval.stop_anneal_steps=50: anneals after the stop rule"),
+    (["eval.every_steps=2", "eval.stop_metric=sampled_think/accuracy"], "needs eval.sampled_temperature"),
+    (["eval.sampled_temperature=0"], "eval.sampled_temperature=0: must be a number > 0"),
+    (["eval.sampled_temperature=hot"], "eval.sampled_temperature='hot': must be a number > 0"),
 ])
 def test_a_bad_stop_rule_is_refused_before_anything_loads(toy_files, tmp_path, overrides, message):
     from audiothink.plumbing.errors import ConfigError
@@ -391,6 +395,43 @@ def test_a_stop_rule_on_a_slice_the_items_lack_is_refused(toy_files, tmp_path):
     with pytest.raises(ConfigError, match="no slice 'medium'"):
         sft.sft(cfg)
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_the_sampled_figure_is_seeded_by_step_and_leaves_trainings_random_state(toy_files, tmp_path, monkeypatch):
+    """eval.sampled_temperature: one more scoring, forced to think and sampled at that temperature, drawn from a
+    generator seeded by (seed, step): the same step draws the same, another step other draws, and the random
+    state training goes on with is the one before the scoring (the spy consumes the generator as sampling does)."""
+    from types import SimpleNamespace
+
+    from audiothink import inference
+
+    calls = []
+
+    def spy(model, processor, samples, template, **kw):
+        calls.append({"prefill": kw["prefill"], "do_sample": kw["do_sample"], "temperature": kw["temperature"],
+                      "draw": torch.rand(1).item()})
+        return ["<answer>a</answer>"] * len(samples)
+
+    monkeypatch.setattr(inference, "generate_answers", spy)
+    monkeypatch.setattr(inference, "score", lambda samples, outputs: {"n": len(outputs)})
+    cfg = _cfg(tmp_path, tmp_path / "none.jsonl", toy_files, "eval.sampled_temperature=1.2", "eval.forced_modes=true")
+    model = SimpleNamespace(device=torch.device("cpu"))
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    figures = sft.heldout_figures(model, None, ["item"] * 3, cfg, step=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert set(figures) == {"after", "after_think", "after_direct", "after_think_sampled"}
+    sampled = [c for c in calls if c["do_sample"]]
+    assert [(c["prefill"], c["temperature"]) for c in sampled] == [("<think>", 1.2)]
+    assert all(c["do_sample"] is False for c in calls if c is not sampled[0])
+    sft.heldout_figures(model, None, ["item"] * 3, cfg, step=5)
+    sft.heldout_figures(model, None, ["item"] * 3, cfg, step=6)
+    draws = [c["draw"] for c in calls if c["do_sample"]]
+    assert draws[0] == draws[1] != draws[2]
+    # without the option: the greedy figures only, no draw
+    calls.clear()
+    sft.heldout_figures(model, None, ["item"], _cfg(tmp_path, tmp_path / "none.jsonl", toy_files), step=5)
+    assert [c["do_sample"] for c in calls] == [False]
 
 
 def test_stop_metric_reads_overall_and_slice_figures():
