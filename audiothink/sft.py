@@ -61,18 +61,21 @@ TARGET_FIELD = "target"
 
 
 def encode_replies(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Sequence[str],
-                   targets: Sequence[str], chat_template_kwargs=None) -> dict[str, torch.Tensor]:
+                   targets: Sequence[str], chat_template_kwargs=None, *,
+                   mode_tag_loss: bool = True) -> dict[str, torch.Tensor]:
     """The model's inputs for rendered user ``prompts`` with their clips (``waves[i]``) and target replies.
 
     The prompts go through :meth:`audiothink.prompts.AudioPrompt.encode` (left-padded; no prefill: the target is
     the whole reply); each target, with the tokenizer's eos appended, follows on the right; ``labels`` are the
-    target tokens, -100 elsewhere.
+    target tokens, -100 elsewhere. ``mode_tag_loss=False``: the tokens of a target's opening tag (``<think>`` or
+    ``<answer>``, the ones that choose the mode) are -100 too (``sft.mode_tag_loss``).
     """
     from audiothink.prompts import AudioPrompt
 
     tok = processor.tokenizer
     enc = AudioPrompt(processor, chat_template_kwargs=chat_template_kwargs).encode(prompts, waves)
     tgt = [tok(t + tok.eos_token, add_special_tokens=False)["input_ids"] for t in targets]
+    tag_tokens = [0] * len(tgt) if mode_tag_loss else [mode_tag_length(tok, t, ids) for t, ids in zip(targets, tgt)]
     width = max(len(t) for t in tgt)
     ids = torch.full((len(tgt), width), tok.pad_token_id)
     mask = torch.zeros((len(tgt), width), dtype=torch.long)
@@ -82,9 +85,27 @@ def encode_replies(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Se
     input_ids = torch.cat([enc["input_ids"], ids], dim=1)
     attention = torch.cat([enc["attention_mask"], mask], dim=1)
     labels = input_ids.masked_fill(attention == 0, -100)
-    labels[:, : enc["input_ids"].size(1)] = -100
+    width = enc["input_ids"].size(1)
+    labels[:, :width] = -100
+    for i, n in enumerate(tag_tokens):
+        labels[i, width : width + n] = -100
     features = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, **features}
+
+
+def mode_tag_length(tok, target: str, ids: Sequence[int]) -> int:
+    """How many of ``ids`` (``target`` tokenized) are its opening mode tag (``<think>`` or ``<answer>``): the tokens
+    the tag alone tokenizes to, where the target's own tokens start with them (0 for a target without the tag)."""
+    from audiothink.formats import ANSWER_OPEN, THINK_OPEN
+
+    tag = next((t for t in (THINK_OPEN, ANSWER_OPEN) if target.startswith(t)), None)
+    if tag is None:
+        return 0
+    alone = tok(tag, add_special_tokens=False)["input_ids"]
+    n = 0
+    while n < min(len(alone), len(ids)) and alone[n] == ids[n]:
+        n += 1
+    return n
 
 
 def sft_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -202,6 +223,10 @@ def check_sft_config(cfg: DictConfig) -> None:
         raise ConfigError(f"sft.decay_from={s.decay_from!r}: must be in [0, 1]")
     if not float(s.learning_rate) > 0:
         raise ConfigError(f"sft.learning_rate={s.learning_rate!r}: must be > 0")
+    if s.target_mode not in (None, "think", "direct"):
+        raise ConfigError(f"sft.target_mode={s.target_mode!r}: must be think, direct or null")
+    if not isinstance(s.mode_tag_loss, bool):
+        raise ConfigError(f"sft.mode_tag_loss={s.mode_tag_loss!r}: must be true or false")
     e = cfg.eval
     temp = e.get("sampled_temperature")
     if temp is not None and (not isinstance(temp, (int, float)) or isinstance(temp, bool) or not temp > 0):
@@ -270,7 +295,7 @@ def batches_of(samples, *, batch_size: int, accum: int, steps: int, shuffle: boo
 
 def sample_inputs(processor, samples, prompt: str, max_audio_seconds: float | None,
                   chat_template_kwargs=None, *, long_audio: str = "truncate",
-                  model_type: str | None = None) -> dict[str, torch.Tensor]:
+                  model_type: str | None = None, mode_tag_loss: bool = True) -> dict[str, torch.Tensor]:
     """:func:`encode_replies` for rows read from disk (clips loaded as GRPO's rollouts load them: a clip over the
     model's window as ``long_audio`` makes it, :class:`audiothink.audio.AudioWindow`)."""
     from audiothink.data import render_prompt
@@ -278,7 +303,8 @@ def sample_inputs(processor, samples, prompt: str, max_audio_seconds: float | No
 
     waves = load_waves(processor, samples, max_audio_seconds, long_audio=long_audio, model_type=model_type)
     return encode_replies(processor, waves, [render_prompt(s, prompt) for s in samples],
-                          [s.extra[TARGET_FIELD] for s in samples], chat_template_kwargs)
+                          [s.extra[TARGET_FIELD] for s in samples], chat_template_kwargs,
+                          mode_tag_loss=mode_tag_loss)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -357,11 +383,21 @@ def sft(cfg: DictConfig) -> dict:
             raise ConfigError(f"eval.stop_metric={metric}: the held-out items have no slice "
                               f"{wanted!r} (difficulties and tasks: {', '.join(sorted(slices))})")
     s = cfg.sft
-    per_step = s.batch_size * s.gradient_accumulation_steps
-    steps = s.max_steps or max(1, math.ceil(s.epochs * len(train) / per_step))
     modes = [parse_mode(x.extra[TARGET_FIELD]) for x in train]
     log.info("data: %d SFT rows (%.0f%% think targets), %d held-out items", len(train),
              100 * modes.count("think") / len(modes), len(held_out))
+    if s.target_mode is not None:
+        from audiothink.data import DataError
+
+        kept = [x for x, m in zip(train, modes) if m == s.target_mode]
+        if not kept:
+            raise DataError(f"sft.target_mode={s.target_mode}: none of the {len(train)} SFT rows has a "
+                            f"{s.target_mode} target")
+        log.info("sft.target_mode=%s: training on its %d rows, the %d others left out", s.target_mode, len(kept),
+                 len(train) - len(kept))
+        train = kept
+    per_step = s.batch_size * s.gradient_accumulation_steps
+    steps = s.max_steps or max(1, math.ceil(s.epochs * len(train) / per_step))
 
     model, processor = load_model_and_processor(cfg.model, processor)
     lora = cfg.model.lora is not None
@@ -436,7 +472,7 @@ def sft(cfg: DictConfig) -> dict:
         return True
 
     batches = ([sample_inputs(processor, mb, cfg.prompt, cfg.model.max_audio_seconds, template_kwargs,
-                              long_audio=cfg.data.long_audio, model_type=model_type)
+                              long_audio=cfg.data.long_audio, model_type=model_type, mode_tag_loss=s.mode_tag_loss)
                 for mb in micro]
                for micro in batches_of(train, batch_size=s.batch_size, accum=s.gradient_accumulation_steps,
                                        steps=steps, shuffle=s.shuffle, seed=cfg.seed))

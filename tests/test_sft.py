@@ -164,6 +164,49 @@ def test_only_the_target_tokens_are_in_the_loss(toy_model_dir):
     assert torch.equal(inputs["input_features"], prompt["input_features"])
 
 
+def test_the_mode_tag_can_be_left_out_of_the_loss(toy_model_dir):
+    """sft.mode_tag_loss=false: the opening tag of each target (the token choosing the mode) is not supervised;
+    every other target token is, as with the tag in."""
+    from tests.helpers import load_toy
+
+    _, processor = load_toy(toy_model_dir)
+    tok = processor.tokenizer
+    waves = [[torch.zeros(8000).numpy()], [torch.zeros(8000).numpy()]]
+    targets = ["<think>first two, so two</think><answer>two</answer>", "<answer>high</answer>"]
+    prompts = ["how many beeps are there?", "which is higher?"]
+    full = sft.encode_replies(processor, waves, prompts, targets)
+    cut = sft.encode_replies(processor, waves, prompts, targets, mode_tag_loss=False)
+    assert torch.equal(full["input_ids"], cut["input_ids"])
+    for a, b, target in zip(full["labels"], cut["labels"], targets, strict=True):
+        ids = tok(target + tok.eos_token, add_special_tokens=False)["input_ids"]
+        tag = tok(target[: target.index(">") + 1], add_special_tokens=False)["input_ids"]
+        assert ids[: len(tag)] == tag and len(tag) >= 1
+        assert a[a != -100].tolist() == ids
+        assert b[b != -100].tolist() == ids[len(tag):]
+
+
+def test_target_mode_trains_on_that_modes_rows_only(toy_files, tmp_path, monkeypatch):
+    """sft.target_mode=think: only the thought-out targets reach the loss (even rows of sft_rows), and the steps
+    of an epoch count those rows; direct the same with the others."""
+    rows = sft_rows(toy_files, tmp_path)  # 8 rows: 4 think, 4 direct
+    seen = []
+    real = sft.encode_replies
+    monkeypatch.setattr(sft, "encode_replies", lambda *a, **kw: (seen.append((list(a[3]), kw)), real(*a, **kw))[1])
+    for mode, opening in (("think", "<think>"), ("direct", "<answer>")):
+        seen.clear()
+        summary = sft.sft(_cfg(tmp_path / mode, rows, toy_files, "sft.max_steps=null", "sft.epochs=1",
+                               f"sft.target_mode={mode}", "sft.mode_tag_loss=false", "eval.num_samples=0"))
+        assert summary["steps"] == 1  # 4 rows, batch 4
+        assert len(seen) == 1 and len(seen[0][0]) == 4 and all(t.startswith(opening) for t in seen[0][0])
+        assert seen[0][1]["mode_tag_loss"] is False
+
+
+def test_a_target_mode_no_row_has_is_refused(toy_files, tmp_path):
+    rows = sft_rows(toy_files, tmp_path, target=lambda i, row: f"<answer>{row['answer']}</answer>")
+    with pytest.raises(DataError, match="sft.target_mode=think: none of the 8 SFT rows has a think target"):
+        sft.sft(_cfg(tmp_path, rows, toy_files, "sft.target_mode=think"))
+
+
 def test_rows_without_a_usable_target_are_refused(toy_files, tmp_path):
     rows = sft_rows(toy_files, tmp_path, target=lambda i, row: "two" if i == 3 else f"<answer>{row['answer']}</answer>")
     cfg = _cfg(tmp_path, rows, toy_files)
@@ -377,6 +420,8 @@ def test_a_rule_met_only_by_the_last_steps_scoring_is_not_reported_as_never_reac
     (["eval.every_steps=2", "eval.stop_anneal_steps=50"], "eval.stop_anneal_steps=50: anneals after the stop rule"),
     (["eval.every_steps=2", "eval.stop_metric=sampled_think/accuracy"], "needs eval.sampled_temperature"),
     (["eval.sampled_temperature=0"], "eval.sampled_temperature=0: must be a number > 0"),
+    (["sft.target_mode=thought"], "sft.target_mode='thought': must be think, direct or null"),
+    (["sft.mode_tag_loss=maybe"], "sft.mode_tag_loss='maybe': must be true or false"),
     (["eval.sampled_temperature=hot"], "eval.sampled_temperature='hot': must be a number > 0"),
 ])
 def test_a_bad_stop_rule_is_refused_before_anything_loads(toy_files, tmp_path, overrides, message):
