@@ -27,8 +27,12 @@ Where to stop: a warm start for GRPO is one that writes both formats and hears t
 answers right) but has not yet learnt the hard items' one-pass shortcut (forced to answer directly, they stay
 near chance), so that thinking has something to gain. When SFT reaches that depends on the seed, not only on the
 step count; ``eval.stop_metric`` / ``eval.stop_at`` stop at the first held-out scoring that meets a rule instead
-(e.g. ``think/accuracy >= 0.9``), and say so when none did. On the toy that rule alone is not yet a recipe
-(bench/RESULTS.md, cold_start).
+(e.g. ``think/accuracy >= 0.9``), and say so when none did. GRPO samples its rollouts, so the thoughts must also
+hold up sampled (``eval.sampled_temperature``, rule mode ``sampled_think``); a second run on the thought-out rows
+alone with the mode tag out of the loss (``sft.target_mode=think sft.mode_tag_loss=false``) sharpens them without
+training the direct answers or the mode choice. On the toy, that two-phase recipe (README "Cold start (SFT) then
+GRPO") gave warm starts that the GRPO default trained to its targets on every seed tried; the first phase alone
+did not (bench/RESULTS.md, cold_start).
 """
 
 from __future__ import annotations
