@@ -5,6 +5,12 @@
     python bench/toy_learning.py --seeds 0 1 2 --jobs 2   # two runs at a time (one CPU thread each)
     python bench/toy_learning.py -- reward=accuracy   # overrides after -- are passed to every training run
     python bench/toy_learning.py --rollout vllm    # the same with vLLM rollouts (rollout.engine=vllm; toy: 30 s copy)
+    python bench/toy_learning.py --cold-start --seeds 0 1 --jobs 2   # each seed's warm start made by audiothink.sft first
+
+--cold-start: before each seed's training run, the README's cold start ("Cold start (SFT) then GRPO"): the toy's
+SFT rows and untrained model for that seed (`python -m audiothink.toy.warmstart --sft-rows`), SFT phase 1 (both
+formats, the greedy stop rule) and phase 2 (the thought-out rows alone, the mode tag out of the loss, the sampled
+stop rule); the training run then starts from phase 2's final/ (`model.path`). ~25 min a seed on one core.
 
 Runs the training entry point exactly as the README's first command does (plus `seed=<s>` and the overrides
 given), then reads each run's summary.json: greedy held-out accuracy and think rate, overall and by
@@ -42,15 +48,48 @@ def run_command(cmd: list[str], log: Path | None = None) -> float:
     return time.time() - t0
 
 
-def run(seed: int, overrides: list[str], root: Path, quiet: bool = False) -> dict:
+def cold_start_commands(seed: int, rows: str, phase1: str, phase2: str, val: str) -> list[list[str]]:
+    """The README's cold start for ``seed`` (the toy's SFT rows into ``rows``, the two SFT phases into ``phase1``
+    and ``phase2``, validation items ``val``: the toy's train split), as argument lists after ``python -m``."""
+    data = ["data=jsonl", f"data.train={rows}/train.jsonl", f"data.eval={val}", "sft.shuffle=false",
+            "sft.learning_rate=3e-4"]
+    return [
+        ["audiothink.toy.warmstart", "--sft-rows", rows, "--seed", str(seed)],
+        ["audiothink.sft", f"model.path={rows}/init", *data, "eval.every_steps=100", "eval.stop_metric=think/accuracy",
+         "eval.stop_at=0.9", f"seed={seed}", f"hydra.run.dir={phase1}"],
+        ["audiothink.sft", f"model.path={phase1}/final", *data, "sft.target_mode=think", "sft.mode_tag_loss=false",
+         "sft.max_steps=400", "eval.every_steps=50", "eval.sampled_temperature=1.2",
+         "eval.stop_metric=sampled_think/accuracy", "eval.stop_at=0.9", f"seed={seed}", f"hydra.run.dir={phase2}"],
+    ]
+
+
+def cold_start(seed: int, root: Path, quiet: bool = False) -> tuple[Path, float]:
+    """Run the cold start for ``seed`` under ``root``; returns phase 2's final/ and the wall seconds."""
+    from audiothink.toy.data import default_root, ensure_toy
+
+    val = str(ensure_toy(default_root())["train"])
+    base = root / f"seed{seed}-cold"
+    rows, phase1, phase2 = base / "rows", base / "sft1", base / "sft2"
+    wall = 0.0
+    for k, cmd in enumerate(cold_start_commands(seed, str(rows), str(phase1), str(phase2), val)):
+        wall += run_command([sys.executable, "-m", *cmd], base.with_name(f"{base.name}-{k}.log") if quiet else None)
+    return phase2 / "final", wall
+
+
+def run(seed: int, overrides: list[str], root: Path, quiet: bool = False, cold: bool = False) -> dict:
     """One training run of the default job with `seed`; returns its figures (points) and wall time. ``quiet``:
-    the run's console output goes to ``<root>/seed<seed>.log`` (runs side by side)."""
+    the run's console output goes to ``<root>/seed<seed>.log`` (runs side by side). ``cold``: from the seed's
+    cold start (:func:`cold_start`), whose wall time is ``sft_wall_s``."""
     run_dir = root / f"seed{seed}"
-    cmd = [sys.executable, "-m", "audiothink.train", f"hydra.run.dir={run_dir}", f"seed={seed}", *overrides]
+    sft_wall, start = 0.0, []
+    if cold:
+        final, sft_wall = cold_start(seed, root, quiet)
+        start = [f"model.path={final}"]
+    cmd = [sys.executable, "-m", "audiothink.train", f"hydra.run.dir={run_dir}", f"seed={seed}", *start, *overrides]
     wall = run_command(cmd, root / f"seed{seed}.log" if quiet else None)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"seed": seed, "wall_s": wall, "steps": summary["steps"], "run_dir": str(run_dir), "overrides": overrides,
-            **figures(summary)}
+            **({"cold_start": start[0], "sft_wall_s": sft_wall} if cold else {}), **figures(summary)}
 
 
 def figures(summary: dict) -> dict:
@@ -115,6 +154,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rollout", choices=["hf", "vllm"], default="hf",
                     help="rollout engine (rollout.engine): hf (the default) or vllm (needs vLLM; the toy then trains "
                          "on its 30 s-window copy, ~19x slower HF passes on CPU, see bench/vllm_cpu/FINDINGS.md)")
+    ap.add_argument("--cold-start", action="store_true",
+                    help="each seed's warm start made first by the README's two-phase audiothink.sft recipe")
     args, root = parse_run_args(ap, argv, "toy_learning_")
     if args.rollout != "hf":  # first, so that an explicit rollout.engine=... after -- still wins
         args.overrides = [f"rollout.engine={args.rollout}", *args.overrides]
@@ -122,10 +163,13 @@ def main(argv: list[str]) -> int:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(lambda s: run(s, args.overrides, root, quiet=True), args.seeds))
+            results = list(pool.map(lambda s: run(s, args.overrides, root, quiet=True, cold=args.cold_start),
+                                    args.seeds))
     else:
-        results = [run(seed, args.overrides, root) for seed in args.seeds]
-    print(f"\ntoy learning ({results[0]['steps']} GRPO steps per run, rollout engine {args.rollout}, runs in {root})")
+        results = [run(seed, args.overrides, root, cold=args.cold_start) for seed in args.seeds]
+    start = "each seed's cold start (audiothink.sft, two phases)" if args.cold_start else "the committed warm start"
+    print(f"\ntoy learning ({results[0]['steps']} GRPO steps per run from {start}, rollout engine {args.rollout}, "
+          f"runs in {root})")
     print_table(results)
     (root / "toy_learning.json").write_text(json.dumps(results, indent=2) + "\n")
     ok = all(passes(r) for r in results)
