@@ -112,7 +112,7 @@ def train(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
     from audiothink import heldout_eval
-    from audiothink.judge.watch import JudgeWatch, probe_judges
+    from audiothink.judge.watch import JudgeWatch, check_judge_used, probe_judges
     from audiothink.plumbing import runfiles
     from audiothink.plumbing.progress import use_run_console
     from audiothink.reward_api import build_rewards
@@ -136,6 +136,7 @@ def train(cfg: DictConfig) -> dict:
         cfg.model.path = vllm_model_path(cfg.model.path)
     prefill = force_prefill(cfg.get("force_mode"))  # checked above (check_train_config)
     rewards, weights = build_rewards(cfg.reward)
+    check_judge_used(cfg.get("judge"), rewards)  # judge=hf/openai with no reward asking it is refused
     probe_judges(rewards)  # one short request per judge task: a judge that cannot answer stops the run here
     # Without CUDA: the processes of `torchrun` / `accelerate launch` (DDP, FSDP2, DeepSpeed) form one gloo
     # group and train with the engine the launcher asked for (audiothink/plumbing/sharding.py); a no-op on GPUs.

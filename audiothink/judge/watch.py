@@ -48,6 +48,27 @@ def judged_tasks(rewards: Iterable) -> list[tuple[str, Judge, str | Prompt]]:
     return found
 
 
+# judge groups with a model to reach (configs/judge/hf.yaml, openai.yaml); rule and toy_logic have none
+MODEL_JUDGES = {"audiothink.judge.HFJudge": "hf", "audiothink.judge.OpenAIJudge": "openai"}
+
+
+def check_judge_used(judge_cfg, rewards: Iterable) -> None:
+    """A judge model chosen (``judge=hf`` / ``judge=openai``) that none of the rewards asks is a mistake: the user
+    believes a judge scores the run, and nothing would (not even its start-up probe). ConfigError naming the
+    rewards, unless a reward asks a judge (:func:`judged_tasks`)."""
+    target = judge_cfg.get("_target_") if judge_cfg is not None else None
+    if target not in MODEL_JUDGES:
+        return
+    rewards = list(rewards)
+    if judged_tasks(rewards):
+        return
+    where = judge_cfg.get("base_url") or judge_cfg.get("path")
+    names = ", ".join(getattr(fn, "__name__", type(fn).__name__) for fn in rewards) or "none"
+    raise ConfigError(f"judge={MODEL_JUDGES[target]} (judge at {where}): none of the rewards ({names}) asks a judge, so "
+                      "it would never be used; pick a reward set with judge rewards (reward=full, "
+                      "reward=adaptive_consistency) or leave judge= out")
+
+
 def probe_judges(rewards: Iterable) -> None:
     """Probe each judge task once (see the module doc); a failure is a :class:`ConfigError` unless the
     judge's ``on_probe_failure`` is ``warn``."""

@@ -196,3 +196,33 @@ def test_train_stops_at_the_probe_or_goes_on_to_load(action, tmp_path, monkeypat
         assert f"judge.base_url={url}" in str(e.value) and "ConnectError" in str(e.value)
     else:
         assert sum("training on (judge.on_probe_failure=warn)" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_judge_model_no_reward_asks_is_refused(tmp_path, monkeypatch):
+    """judge=openai with the default rewards (none asks a judge): refused before the data and the model, naming the
+    rewards; with a judge reward the same judge goes on to its probe; the rule judge unused is fine."""
+    from hydra import compose, initialize_config_dir
+
+    from audiothink import train
+
+    def load(*args, **kwargs):
+        raise _Loaded
+
+    monkeypatch.setattr(train, "load_processor", load)
+    monkeypatch.setattr(train, "load_model_and_processor", load)
+    url = closed_port_url()
+    configs = str(Path(__file__).parents[2] / "configs")
+    for overrides, expected in ((["judge=openai", f"judge.base_url={url}"], "none of the rewards"),
+                                (["judge=hf", "judge.path=/models/judge"], "none of the rewards"),
+                                (["reward=adaptive_consistency", "judge=openai", f"judge.base_url={url}"], "ConnectError"),
+                                (["judge=rule"], None)):
+        with initialize_config_dir(config_dir=configs, version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, f"output_dir={tmp_path / 'run'}"])
+        if expected is None:
+            with pytest.raises(_Loaded):
+                train.train(cfg)
+            continue
+        with pytest.raises(ConfigError, match=expected) as e:
+            train.train(cfg)
+        if expected == "none of the rewards":
+            assert "adaptive_think, format, accuracy" in str(e.value) and "reward=full" in str(e.value)
