@@ -204,9 +204,11 @@ def _item_stream(n: int, items: int, seed: int) -> Iterator[tuple[int, ToyItem]]
 def write_sft_rows(out: Path, args: argparse.Namespace, tokenizer, processor) -> Path:
     """The warm start as SFT rows for ``python -m audiothink.sft``: ``out/train.jsonl`` (one row per training
     target, in training order: the unified schema plus ``target``), the clips in ``out/audio/`` (16-bit WAVs,
-    as the toy set's), and ``out/init/``, the untrained model (this tokenizer, the seeded initial weights)."""
-    from audiothink.toy.data import SOURCE, write_wav
+    as the toy set's), and ``out/init/``, the untrained model (this tokenizer, the seeded initial weights); builds the
+    toy set too (:func:`audiothink.toy.data.ensure_toy`), whose train split validates the SFT runs."""
+    from audiothink.toy.data import SOURCE, default_root, ensure_toy, write_wav
 
+    toy = ensure_toy(default_root())  # the toy set: its train split is the SFT runs' validation items (README)
     n = args.steps * args.batch_size
     flags = think_flags(n, args.think_share, args.seed)
     planted = mistakes(n, args.inconsistent_share, args.invalid_share, args.seed)
@@ -229,7 +231,7 @@ def write_sft_rows(out: Path, args: argparse.Namespace, tokenizer, processor) ->
     processor.save_pretrained(out / "init")
     print(f"wrote {n} SFT rows ({len(written)} items) to {out / 'train.jsonl'} and the untrained model to "
           f"{out / 'init'}; train it with: python -m audiothink.sft model.path={out / 'init'} data=jsonl "
-          f"data.train={out / 'train.jsonl'} sft.shuffle=false", flush=True)
+          f"data.train={out / 'train.jsonl'} data.eval={toy['train']} sft.shuffle=false", flush=True)
     return out
 
 

@@ -34,7 +34,7 @@ def test_the_cold_start_is_the_readmes(bench):
                                           "audiothink.train"]
     assert readme[3] == ["audiothink.train", "reward=adaptive", "model.path=runs/toy-sft-think/final"]
     ours = bench.cold_start_commands(7, "runs/toy-sft-rows", "runs/toy-sft", "runs/toy-sft-think",
-                                     "~/.cache/audiothink/toy/train.jsonl")
+                                     "${AUDIOTHINK_CACHE:-$HOME/.cache/audiothink}/toy/train.jsonl")
     # the bench adds the seed (the README's commands run seed 0, the default); otherwise the same arguments
     seeded = [[a for a in cmd if a != "seed=7"] for cmd in ours]
     assert seeded[0] == ["audiothink.toy.warmstart", "--sft-rows", "runs/toy-sft-rows", "--seed", "7"]
