@@ -69,7 +69,9 @@ MODELS = {
     "toy": [],
     "omni": ["model=qwen2_5_omni_7b", "model.dtype=float32", "trainer=toy", "model.max_audio_seconds=2.0"],
     # the tiny Qwen3-Omni thinker (mixture of experts), built into the run's cache on first use
-    "qwen3_omni": ["model=qwen3_omni_tiny"],
+    # (random weights: every completion runs to max_completion_length, so the toy trainer's masking of cut
+    # completions would leave no token in the loss; off here, as a random model's smoke test needs)
+    "qwen3_omni": ["model=qwen3_omni_tiny", "trainer.mask_truncated_completions=false"],
 }
 QWEN3_OMNI_LORA = ("model.lora={r:4,alpha:8,dropout:0.0,"
                    "target_modules:'^model\\.language_model\\.layers\\.\\d+\\.self_attn\\.(q_proj|v_proj)$'}")

@@ -38,8 +38,9 @@ def _launch(run_dir: Path, model_dir: Path, toy_files, *overrides: str) -> Run:
         "--config_file", str(REPO / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
         "--fsdp_transformer_layer_cls_to_wrap", LAYERS,
         "-m", "tests.e2e.dist_probe", "model=qwen3_omni_tiny", f"model.path={model_dir}", "data.generate_toy=false",
-        f"data.train={toy_files['train']}", f"data.eval={toy_files['eval']}", *COMMON, *overrides,
-        f"hydra.run.dir={run_dir}",
+        f"data.train={toy_files['train']}", f"data.eval={toy_files['eval']}", *COMMON,
+        # random weights: every completion is cut at max_completion_length; masked, no token would be in the loss
+        "trainer.mask_truncated_completions=false", *overrides, f"hydra.run.dir={run_dir}",
     ]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=900)
