@@ -517,3 +517,21 @@ def mixed_clip_dataset(toy_files, n=8):
     one = [s for s in samples if len(s.audio) == 1][: n - len(two)]
     assert two and one
     return to_dataset(two + one, PROMPT)
+
+
+# --------------------------------------------------------------------------- the bench/ scripts
+
+
+def load_bench_script(name: str) -> types.ModuleType:
+    """``bench/<name>.py`` as a module (bench/ is not a package: its scripts run as ``python bench/<name>.py``).
+
+    Raises FileNotFoundError when the script does not exist."""
+    import importlib.util
+
+    path = REPO / "bench" / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

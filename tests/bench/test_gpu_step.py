@@ -8,7 +8,6 @@ compile cache itself is tested in tests/test_fast_rollout.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -19,7 +18,7 @@ import pytest
 import torch
 from transformers.models.qwen2 import modeling_qwen2
 
-from tests.helpers import FakeRMSNorm, install_fake_liger  # Liger's RMSNorm in plain torch; the stand-in package
+from tests.helpers import FakeRMSNorm, install_fake_liger, load_bench_script  # Liger's RMSNorm in plain torch; the stand-in package
 
 ROOT = Path(__file__).resolve().parents[2]
 BOTH = ["qwen2_audio_7b", "qwen2_5_omni_7b"]
@@ -28,9 +27,7 @@ TOY_ARGS = ["--allow-cpu", "--prompts", "2", "--G", "2", "--audio-seconds", "1",
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("gpu_step", ROOT / "bench" / "gpu_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench_script("gpu_step")
     return module
 
 

@@ -3,7 +3,6 @@ the chain shares per difficulty, and the before row the sampled ones."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from audiothink.reward_api import build_rewards
+from tests.helpers import load_bench_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,9 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(ROOT / "bench"))  # the script imports its neighbours, as when run from bench/
-    spec = importlib.util.spec_from_file_location("toy_ablation", ROOT / "bench" / "toy_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench_script("toy_ablation")
     yield module
     sys.path.remove(str(ROOT / "bench"))
 
