@@ -6,6 +6,7 @@ transformers, TRL, datasets and hydra are imported inside the helpers that need 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import sys
@@ -526,8 +527,6 @@ def load_bench_script(name: str) -> types.ModuleType:
     """``bench/<name>.py`` as a module (bench/ is not a package: its scripts run as ``python bench/<name>.py``).
 
     Raises FileNotFoundError when the script does not exist."""
-    import importlib.util
-
     path = REPO / "bench" / f"{name}.py"
     if not path.is_file():
         raise FileNotFoundError(path)

@@ -14,8 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bench():
-    module = load_bench_script("engine_memory")
-    return module
+    return load_bench_script("engine_memory")
 
 
 @pytest.fixture(scope="module")

@@ -11,31 +11,25 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers.models.qwen2 import modeling_qwen2
 
-from tests.helpers import FakeRMSNorm, install_fake_liger, load_bench_script  # Liger's RMSNorm in plain torch; the stand-in package
+from tests.helpers import FakeRMSNorm, install_fake_liger  # Liger's RMSNorm in plain torch; the stand-in package
+from tests.helpers import load_bench_script
 
-ROOT = Path(__file__).resolve().parents[2]
 BOTH = ["qwen2_audio_7b", "qwen2_5_omni_7b"]
 TOY_ARGS = ["--allow-cpu", "--prompts", "2", "--G", "2", "--audio-seconds", "1", "--new-tokens", "4", "--lora-r",
             "4", "--micro", "2"]
-
-
-def load_bench():
-    module = load_bench_script("gpu_step")
-    return module
 
 
 @pytest.fixture()
 def bench(monkeypatch):
     # the fast path points torch.compile's cache at a folder of its own: put the variable back afterwards
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    module = load_bench()
+    module = load_bench_script("gpu_step")
     small_text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                   "num_key_value_heads": 2, "vocab_size": 1024}
     audio = module.QWEN2_AUDIO_7B
@@ -287,7 +281,7 @@ def test_budget_planner_keeps_room_for_later_required_and_more_important_parts(b
 
 
 def test_greedy_comparison_reports_where_tokens_part():
-    bench = load_bench()
+    bench = load_bench_script("gpu_step")
     same, differ = bench.compare_greedy([[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 7, 6]])
     assert same == {"same": True, "tokens": 3}
     assert differ == {"same": False, "first_mismatch": 1, "plain_ids": [4, 5, 6], "fast_ids": [4, 7, 6]}
@@ -318,7 +312,7 @@ def test_audio_tokens_match_both_processors(bench):
 
 
 def test_expected_buckets():
-    bench = load_bench()
+    bench = load_bench_script("gpu_step")
     # one length: always one bucket
     one = bench.expected_buckets(bench.uniform_pmf(5, 5), 64, prompts_per_rollout=2, rollouts=1000)
     assert one == {"expected": 1.0, "min": 1, "max": 1, "p_more_than_one": 0.0}
@@ -345,7 +339,7 @@ def test_expected_buckets():
 
 
 def test_avqa_estimate():
-    bench = load_bench()
+    bench = load_bench_script("gpu_step")
     est = bench.avqa_bucket_estimate()
     assert est["estimate"] is True and est["audio_tokens"] == [250, 250]
     typical, wide = est["typical"], est["wide"]

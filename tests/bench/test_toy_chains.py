@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.helpers import load_bench_script
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def bench():
-    module = load_bench_script("toy_chains")
-    return module
+    return load_bench_script("toy_chains")
 
 
 def test_figures_per_difficulty(bench, toy_model_dir, toy_files):

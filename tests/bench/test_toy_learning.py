@@ -14,8 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bench():
-    module = load_bench_script("toy_learning")
-    return module
+    return load_bench_script("toy_learning")
 
 
 def _readme_cold_start() -> list[list[str]]:
