@@ -30,6 +30,15 @@ at a stated rate, each by a Bernoulli stream of its own that, like the think fla
 - both on one target: the misheard chain's conclusion reached through an invalid step (thought and answer
   still disagree).
 
+``--inconsistent-kind slip`` plants the other inconsistency instead: the chain hears every fact right and then
+states another option as its conclusion (``first two, so two`` becomes ``first two, so one``; hard: ``..., third
+one, so three``) while the answer stays gold, the paper's ``… the final answer is 1</think><answer>2</answer>``.
+The gold answer then stands written in the thought (the last fact), so the answer can be right whatever the
+conclusion says and accuracy alone does not select against the slip, as it does against a misheard fact (the
+answer copying the thought's conclusion is right less often after one: bench/RESULTS.md, issue 21). The logic
+judge rejects a slip too (its conclusion does not follow); with ``invalid`` on the same target it is the
+misheard kind's "both".
+
 With both shares at 0 every target is exactly the correct one, and ``warmstart.json`` records the shares only
 when one is not 0 (so that the defaults still write the committed recipe byte for byte).
 
@@ -76,13 +85,15 @@ def as_sample(item: ToyItem, index: int = 0) -> Sample:
 
 class Mistake(NamedTuple):
     """The mistakes planted in one target (module doc): ``inconsistent`` and ``invalid`` flags, and two draws of
-    a stream of their own that pick which misheard value (``mishear``, in [0, 4): its parity) and which invalid
-    step (``variant``, in [0, 4)); the draws matter only where a flag is set."""
+    a stream of their own that pick which misheard (or slipped-to) value (``mishear``, in [0, 4): its parity) and
+    which invalid step (``variant``, in [0, 4)); the draws matter only where a flag is set. ``slip``: which kind of
+    inconsistency (``--inconsistent-kind``)."""
 
     inconsistent: bool
     invalid: bool
     mishear: int = 0
     variant: int = 0
+    slip: bool = False  # the inconsistency is a slipped conclusion after right facts, not a misheard fact
 
 
 NO_MISTAKE = Mistake(False, False)
@@ -127,12 +138,17 @@ def mistaken_chain(item: ToyItem, mistake: Mistake) -> str:
     'first two, so third, so one'
     >>> mistaken_chain(item, Mistake(True, True, mishear=0, variant=1))  # misheard, and said of another clip
     'first two, so third, second two, so two'
+    >>> mistaken_chain(item, Mistake(True, False, mishear=1, slip=True))  # right facts, a slipped conclusion
+    'first two, so third, third one, so three'
     """
     values = task_values(item.task)
     gold = item.answer
     others = lambda v: [x for x in values if x != v]  # noqa: E731 (the two values that are not v, in order)
+    slipped = mistake.inconsistent and mistake.slip and not mistake.invalid  # right facts, another conclusion
     if DIFFICULTY[item.task] == "easy":
         heard = others(gold)[mistake.mishear % 2] if mistake.inconsistent else gold
+        if slipped:
+            return f"first {gold}, so {heard}"
         if not mistake.invalid:
             return f"first {heard}, so {heard}"
         if mistake.variant % 2 == 0:
@@ -145,6 +161,8 @@ def mistaken_chain(item: ToyItem, mistake: Mistake) -> str:
     pointer = item.facts[0]
     hop = ORDINALS[1 + values.index(pointer)]
     heard = others(gold)[mistake.mishear % 2] if mistake.inconsistent else gold  # the hopped-to clip's fact
+    if slipped:
+        return f"first {pointer}, so {hop}, {hop} {gold}, so {heard}"
     if not mistake.invalid:
         return f"first {pointer}, so {hop}, {hop} {heard}, so {heard}"
     if mistake.variant % 2 == 0:
@@ -163,17 +181,25 @@ def think_flags(n: int, share: float, seed: int) -> list[bool]:
     return (np.random.default_rng([seed, 0x7417]).random(n) < share).tolist()
 
 
-def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int) -> list[Mistake]:
+INCONSISTENT_KINDS = ("misheard", "slip")
+
+
+def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
+             inconsistent_kind: str = "misheard") -> list[Mistake]:
     """The mistakes of ``n`` targets, by position: two Bernoulli streams of their own (``inconsistent_share``,
     ``invalid_share``), independent of each other and of the think flags, and the picks' stream; like
-    :func:`think_flags` they see no item. Raises ValueError for a share outside [0, 1]."""
+    :func:`think_flags` they see no item. ``inconsistent_kind``: ``"misheard"`` or ``"slip"`` (module doc; the
+    draws are the same for both). Raises ValueError for a share outside [0, 1] or another kind."""
     for name, share in (("inconsistent", inconsistent_share), ("invalid", invalid_share)):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"{name} share must be in [0, 1], got {share}")
+    if inconsistent_kind not in INCONSISTENT_KINDS:
+        raise ValueError(f"inconsistent kind must be one of {INCONSISTENT_KINDS}, got {inconsistent_kind!r}")
+    slip = inconsistent_kind == "slip"
     inconsistent = np.random.default_rng([seed, _INCONSISTENT_STREAM]).random(n) < inconsistent_share
     invalid = np.random.default_rng([seed, _INVALID_STREAM]).random(n) < invalid_share
     picks = np.random.default_rng([seed, _PICK_STREAM]).integers(0, 4, size=(n, 2))
-    return [Mistake(bool(a), bool(b), int(m), int(v)) for a, b, (m, v) in zip(inconsistent, invalid, picks)]
+    return [Mistake(bool(a), bool(b), int(m), int(v), slip) for a, b, (m, v) in zip(inconsistent, invalid, picks)]
 
 
 def warmstart_batches(steps: int, batch_size: int, think_share: float, seed: int, items: int = 0
@@ -211,7 +237,7 @@ def write_sft_rows(out: Path, args: argparse.Namespace, tokenizer, processor) ->
     toy = ensure_toy(default_root())  # the toy set: its train split is the SFT runs' validation items (README)
     n = args.steps * args.batch_size
     flags = think_flags(n, args.think_share, args.seed)
-    planted = mistakes(n, args.inconsistent_share, args.invalid_share, args.seed)
+    planted = mistakes(n, args.inconsistent_share, args.invalid_share, args.seed, args.inconsistent_kind)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     written: set[int] = set()
     with open(out / "train.jsonl", "w", encoding="utf-8", newline="\n") as f:
@@ -247,6 +273,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--inconsistent-share", type=float, default=0.0,
                     help="share of thought-out targets whose valid chain from a misheard fact concludes another "
                          "option than the (gold) answer")
+    ap.add_argument("--inconsistent-kind", choices=INCONSISTENT_KINDS, default="misheard",
+                    help="misheard: a valid chain from a misheard fact; slip: right facts, then another option "
+                         "stated as the conclusion (module doc)")
     ap.add_argument("--invalid-share", type=float, default=0.0,
                     help="share of thought-out targets whose chain reaches the gold option through an invalid step")
     ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
@@ -261,7 +290,7 @@ def main(argv: list[str] | None = None) -> Path:
                     help="every N steps, print held-out greedy accuracy with each mode forced (toy eval split)")
     args = ap.parse_args(argv)
 
-    mistakes(0, args.inconsistent_share, args.invalid_share, args.seed)  # a bad share fails before any work
+    mistakes(0, args.inconsistent_share, args.invalid_share, args.seed, args.inconsistent_kind)  # fail before work
     torch.set_num_threads(1)  # one thread: the same float32 sums on any machine
     torch.manual_seed(args.seed)
     prompt = training_prompt()
@@ -286,7 +315,8 @@ def main(argv: list[str] | None = None) -> Path:
             model.train()
 
     # audiothink.sft's loop and loss: one micro-batch a step, warm-up 50 steps, constant, linear decay
-    planted = mistakes(args.steps * args.batch_size, args.inconsistent_share, args.invalid_share, args.seed)
+    planted = mistakes(args.steps * args.batch_size, args.inconsistent_share, args.invalid_share, args.seed,
+                       args.inconsistent_kind)
     batches = ([warmstart_inputs(processor, [it for it, _ in batch], prompt, [t for _, t in batch],
                                  planted[step * args.batch_size : (step + 1) * args.batch_size])]
                for step, batch in enumerate(warmstart_batches(args.steps, args.batch_size, args.think_share,
@@ -301,6 +331,8 @@ def main(argv: list[str] | None = None) -> Path:
     for k in ("inconsistent_share", "invalid_share"):  # absent when 0: the defaults write the committed recipe
         if not recipe[k]:
             del recipe[k]
+    if recipe["inconsistent_kind"] == "misheard":  # likewise the default kind (and the recipes recorded before it)
+        del recipe["inconsistent_kind"]
     recipe["torch"] = torch.__version__
     (args.out / "warmstart.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"saved toy checkpoint to {args.out} ({time.time() - t0:.0f}s)")

@@ -196,6 +196,51 @@ def test_every_planted_mistake_is_judged_as_planted_on_every_task():
                     for m in range(4) for v in range(4)}) >= 2
 
 
+def test_a_slip_states_another_conclusion_after_the_right_facts_on_every_task():
+    """--inconsistent-kind slip, every task and fact combination: a slip alone keeps the right chain up to its
+    last fact (so the gold answer stands written in the thought, and the answer can be right whatever the
+    conclusion says) and concludes another option; the rule judge's consistency reads it as inconsistent and
+    the logic judge rejects it (its conclusion does not follow). With ``invalid`` too it is the misheard kind's
+    "both"; without inconsistency the kind changes nothing; the answer is always gold."""
+    from audiothink.judge.rule import consistency
+    from audiothink.judge.toy_logic import check_chain
+
+    for item in _every_fact_combination():
+        for mishear in range(4):
+            for variant in range(4):
+                slip = warmstart.Mistake(True, False, mishear, variant, slip=True)
+                p = parse(warmstart.target(item, True, slip))
+                assert p.well_formed and p.answer == item.answer
+                *steps, concluded = p.think.split(", ")
+                assert steps == item.rationale.split(", ")[:-1], p.think  # the right facts, gold the last one
+                assert steps[-1].split()[-1] == item.answer
+                assert concluded.startswith("so ") and concluded[3:] != item.answer and concluded[3:] in item.choices
+                assert consistency(p.think, p.answer, list(item.choices)) == 0.0
+                assert check_chain(item.task, p.think).valid is False, p.think
+                for invalid in (False, True):
+                    if invalid:
+                        both = warmstart.Mistake(True, True, mishear, variant)
+                        assert warmstart.mistaken_chain(item, both._replace(slip=True)) == \
+                            warmstart.mistaken_chain(item, both)
+                    plain = warmstart.Mistake(False, invalid, mishear, variant)
+                    assert warmstart.target(item, True, plain._replace(slip=True)) == warmstart.target(item, True, plain)
+
+
+def test_the_inconsistent_kind_is_drawn_the_same_and_recorded(tmp_path):
+    """mistakes(kind="slip") sets the kind on the same draws as "misheard"; a bad kind fails before any work,
+    with the CLI's usage error; warmstart.json records the kind when it is not the default."""
+    misheard, slipped = warmstart.mistakes(64, 0.5, 0.5, 3), warmstart.mistakes(64, 0.5, 0.5, 3, "slip")
+    assert [m._replace(slip=True) for m in misheard] == slipped and not any(m.slip for m in misheard)
+    with pytest.raises(ValueError, match="inconsistent kind"):
+        warmstart.mistakes(1, 0.5, 0.5, 0, "typo")
+    with pytest.raises(SystemExit) as exc:
+        warmstart.main(["--out", str(tmp_path / "bad"), "--inconsistent-kind", "typo"])
+    assert exc.value.code == 2 and not (tmp_path / "bad").exists()
+    out = warmstart.main(["--out", str(tmp_path / "m"), "--steps", "1", "--batch-size", "2",
+                          "--inconsistent-share", "0.5", "--inconsistent-kind", "slip"])
+    assert json.loads((out / "warmstart.json").read_text())["inconsistent_kind"] == "slip"
+
+
 def test_without_mistakes_the_targets_are_todays(batches, tmp_path):
     """Shares 0 (the defaults): every target is byte for byte the one the committed checkpoint trained on; a
     direct target ignores a planted mistake; a mistake needs the item's facts."""
