@@ -42,10 +42,12 @@ table: the thought-out count, the two shares per difficulty and overall, and inv
 thought-out answers (greedy decoding hides a minority way of thinking; the before row's sampled figures are what
 GRPO starts from). Prints both tables and writes them (and every figure) as JSON next to the runs.
 
-``--warmstart-mistakes``: the warm start trained by ``python -m audiothink.toy.warmstart --inconsistent-share S
---invalid-share S --seed N`` (``--mistake-shares``, ``--warmstart-seed``), the committed recipe otherwise, built
-once (~5 min on an idle core) into ``$AUDIOTHINK_CACHE/warmstart-mistakes/`` (default ``~/.cache/audiothink``)
-and reused.
+``--warmstart-mistakes``: the committed checkpoint fine-tuned (``python -m audiothink.sft``, 300 steps) on the rows
+of ``python -m audiothink.toy.warmstart --sft-rows DIR --think-share 1.0 --inconsistent-share 0.5
+--inconsistent-kind slip --invalid-share 0.2 --steps 400 --seed N`` (``--mistake-shares``, ``--inconsistent-kind``,
+``--warmstart-seed``; :func:`mistakes_commands`), built once (~3 min on an idle core) into
+``$AUDIOTHINK_CACHE/warmstart-mistakes/`` (default ``~/.cache/audiothink``) and reused. Give the GRPO runs the
+same seed (``-- seed=N``) as the bench/RESULTS.md rows do.
 """
 
 from __future__ import annotations
@@ -69,11 +71,13 @@ ROWS = {
                                                 "reward.consistency.fn.only_correct=false"], None),
     "f": ("full (toy logic judge)", ["reward=full", "judge=toy_logic"], None),
 }
-# The shares of thought-out targets with each mistake planted in the --warmstart-mistakes warm start. With the
-# first variants (commit d1c3a42) 0.2 each gave 31-53 % of each mistake, sampled, on easy and hard items, seeds 0
-# and 1; the current ones (commit 6be8f9b) 30-38 % (bench/RESULTS.md, "toy_chains — a warm start that makes both
-# mistakes", with the judge rows run from them).
-MISTAKE_SHARES = (0.2, 0.2)
+# The --warmstart-mistakes warm start: the committed checkpoint fine-tuned on thought-out targets with these shares
+# of each mistake planted, the inconsistency a slipped conclusion after the right facts. Half the targets
+# inconsistent so that the answer learns to read the last fact, not the conclusion (at 0.2 of the misheard kind,
+# accuracy alone removed the inconsistency: bench/RESULTS.md, issue 21); sampled, the warm start then concludes
+# another option than its answer on 50-55 % of its thoughts and breaks the chain's rule on 63-70 % (seeds 0, 1).
+MISTAKE_SHARES = (0.5, 0.2)
+MISTAKE_KIND = "slip"
 # The issue-13 ladder, what a plain run does; the judge rows are asked for by name (--rows).
 DEFAULT_ROWS = ["before", "a", "b", "c", "d", "e"]
 
@@ -170,24 +174,42 @@ def sampled(model_dir: Path, eval_path: Path, force_mode: str | None = None) -> 
             **points, "figures": figures}
 
 
-def mistakes_warmstart(shares: tuple[float, float], seed: int) -> Path:
-    """The warm start with planted mistakes (module doc), built into the cache folder unless it is there."""
+def mistakes_commands(shares: tuple[float, float], kind: str, seed: int, rows: Path, sft: Path) -> list[list[str]]:
+    """The warm start with planted mistakes (module doc), as argument lists after ``python -m``: the committed
+    checkpoint fine-tuned for 300 steps on thought-out targets only (think share 1), a share of each mistake
+    planted (``shares``: inconsistent, invalid; ``kind``: the inconsistency's kind), SFT rows into ``rows``, the
+    run into ``sft`` (its weights: ``sft/final``)."""
+    from audiothink.toy import TOY_MODEL_DIR
+
+    return [
+        ["audiothink.toy.warmstart", "--sft-rows", str(rows), "--think-share", "1.0", "--inconsistent-share",
+         f"{shares[0]:g}", "--inconsistent-kind", kind, "--invalid-share", f"{shares[1]:g}", "--steps", "400",
+         "--seed", str(seed)],
+        ["audiothink.sft", f"model.path={TOY_MODEL_DIR}", "data=jsonl", f"data.train={rows}/train.jsonl",
+         "sft.shuffle=false", "sft.learning_rate=3e-4", "sft.max_steps=300", "sft.warmup_steps=20",
+         "eval.num_samples=0", f"seed={seed}", f"hydra.run.dir={sft}"],
+    ]
+
+
+def mistakes_warmstart(shares: tuple[float, float], seed: int, kind: str = "slip") -> Path:
+    """The warm start with planted mistakes (:func:`mistakes_commands`), built into the cache folder unless it is
+    there; returns its weights' folder."""
     import os
     import shutil
 
     from toy_learning import run_command
 
     cache = Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "warmstart-mistakes"
-    out = cache / f"inconsistent{shares[0]:g}-invalid{shares[1]:g}-seed{seed}"
-    if (out / "warmstart.json").is_file():
+    out = cache / f"sft-{kind}{shares[0]:g}-invalid{shares[1]:g}-seed{seed}"
+    if (out / "config.json").is_file():  # moved into place only when built: a finished build
         return out
     tmp = cache / f".{out.name}.tmp-{os.getpid()}"
-    print(f"building the warm start with mistakes into {out} (once, ~5 min on an idle core)", flush=True)
-    run_command([sys.executable, "-m", "audiothink.toy.warmstart", "--out", str(tmp), "--seed", str(seed),
-                 "--inconsistent-share", str(shares[0]), "--invalid-share", str(shares[1])])
-    if not (out / "warmstart.json").is_file():  # warmstart.json is written last: a finished build
+    print(f"building the warm start with mistakes into {out} (once, ~3 min on an idle core)", flush=True)
+    for cmd in mistakes_commands(shares, kind, seed, tmp / "rows", tmp / "sft"):
+        run_command([sys.executable, "-m", *cmd])
+    if not (out / "config.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        (tmp / "sft" / "final").rename(out)
     shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -244,9 +266,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--mistake-shares", type=float, nargs=2, default=MISTAKE_SHARES, metavar=("INCONSISTENT", "INVALID"),
                     help="with --warmstart-mistakes: its shares of inconsistent and invalid thought-out targets "
                          f"(default: {MISTAKE_SHARES[0]:g} {MISTAKE_SHARES[1]:g})")
+    ap.add_argument("--inconsistent-kind", choices=("slip", "misheard"), default=MISTAKE_KIND,
+                    help="with --warmstart-mistakes: the planted inconsistency (python -m audiothink.toy.warmstart "
+                         f"--help; default: {MISTAKE_KIND})")
     ap.add_argument("--warmstart-seed", type=int, default=0, help="with --warmstart-mistakes: the warm start's seed")
     args, root = parse_run_args(ap, argv, "toy_ablation_")
-    model = args.model or (mistakes_warmstart(tuple(args.mistake_shares), args.warmstart_seed)
+    model = args.model or (mistakes_warmstart(tuple(args.mistake_shares), args.warmstart_seed, args.inconsistent_kind)
                            if args.warmstart_mistakes else TOY_MODEL_DIR)
     if model != TOY_MODEL_DIR:  # first, so that an explicit model.path=... after -- still wins
         args.overrides = [f"model.path={model.resolve()}", *args.overrides]

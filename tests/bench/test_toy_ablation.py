@@ -69,3 +69,23 @@ def test_table_shows_the_chain_shares_per_difficulty(bench, capsys):
     assert before[3:] == ["30.0/40.0", "840", "14.0/11.5", "12.5%", "21.0/19.2", "20.0%", "600", "7.8%"], before
     f = [line for line in out if line.startswith("(f)")][1].split()
     assert f[-5:] == ["12.5%", "-/19.2", "20.0%", "600", "0.5%"], f
+
+
+def test_the_mistakes_warm_start_is_the_recorded_recipe(bench, tmp_path, monkeypatch):
+    """--warmstart-mistakes builds what bench/RESULTS.md's judge rows start from: the warm start's SFT rows
+    (every argument one its CLI takes: parsed by it, up to the rows' writing) and an SFT run of the committed
+    checkpoint on them (every override one the sft config composes with)."""
+    from audiothink.toy import TOY_MODEL_DIR, warmstart
+
+    ws, sft = bench.mistakes_commands((0.5, 0.2), "slip", 1, tmp_path / "rows", tmp_path / "sft")
+    assert ws[0] == "audiothink.toy.warmstart" and sft[0] == "audiothink.sft"
+    monkeypatch.setattr(warmstart, "write_sft_rows", lambda out, args, tokenizer, processor: args)
+    args = warmstart.main(ws[1:])
+    assert (args.sft_rows, args.think_share, args.inconsistent_share, args.inconsistent_kind, args.invalid_share,
+            args.steps, args.seed) == (tmp_path / "rows", 1.0, 0.5, "slip", 0.2, 400, 1)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("sft", overrides=[o for o in sft[1:] if not o.startswith("hydra.")])
+    assert cfg.model.path == str(TOY_MODEL_DIR) and cfg.data.train == f"{tmp_path / 'rows'}/train.jsonl"
+    assert (cfg.sft.max_steps, cfg.sft.learning_rate, cfg.sft.shuffle, cfg.seed) == (300, 3e-4, False, 1)
+    assert f"hydra.run.dir={tmp_path / 'sft'}" in sft
+    assert (bench.MISTAKE_SHARES, bench.MISTAKE_KIND) == ((0.5, 0.2), "slip")

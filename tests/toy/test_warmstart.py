@@ -223,7 +223,8 @@ def test_a_slip_states_another_conclusion_after_the_right_facts_on_every_task():
                         assert warmstart.mistaken_chain(item, both._replace(slip=True)) == \
                             warmstart.mistaken_chain(item, both)
                     plain = warmstart.Mistake(False, invalid, mishear, variant)
-                    assert warmstart.target(item, True, plain._replace(slip=True)) == warmstart.target(item, True, plain)
+                    assert (warmstart.target(item, True, plain._replace(slip=True))
+                            == warmstart.target(item, True, plain))
 
 
 def test_the_inconsistent_kind_is_drawn_the_same_and_recorded(tmp_path):
