@@ -75,7 +75,7 @@ ROWS = {
 # of each mistake planted, the inconsistency a slipped conclusion after the right facts. Half the targets
 # inconsistent so that the answer learns to read the last fact, not the conclusion (at 0.2 of the misheard kind,
 # accuracy alone removed the inconsistency: bench/RESULTS.md, issue 21); sampled, the warm start then concludes
-# another option than its answer on 50-55 % of its thoughts and breaks the chain's rule on 63-70 % (seeds 0, 1).
+# another option than its answer on 53-56 % of its thoughts and breaks the chain's rule on 64-67 % (seeds 0-3).
 MISTAKE_SHARES = (0.5, 0.2)
 MISTAKE_KIND = "slip"
 # The issue-13 ladder, what a plain run does; the judge rows are asked for by name (--rows).
@@ -204,13 +204,20 @@ def mistakes_warmstart(shares: tuple[float, float], seed: int, kind: str = "slip
     if (out / "config.json").is_file():  # moved into place only when built: a finished build
         return out
     tmp = cache / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # a failed try of this process: start afresh
     print(f"building the warm start with mistakes into {out} (once, ~3 min on an idle core)", flush=True)
-    for cmd in mistakes_commands(shares, kind, seed, tmp / "rows", tmp / "sft"):
-        run_command([sys.executable, "-m", *cmd])
-    if not (out / "config.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        (tmp / "sft" / "final").rename(out)
-    shutil.rmtree(tmp, ignore_errors=True)
+    commands = mistakes_commands(shares, kind, seed, tmp / "rows", tmp / "sft")
+    try:
+        for cmd in commands:
+            run_command([sys.executable, "-m", *cmd])
+        # how it was built, beside the weights (the folder's name holds only what can be chosen)
+        (tmp / "sft" / "final" / "mistakes_recipe.json").write_text(json.dumps(
+            {"commands": [["python", "-m", *cmd] for cmd in commands]}, indent=2) + "\n")
+        if not (out / "config.json").is_file():  # another process may have finished first
+            shutil.rmtree(out, ignore_errors=True)
+            (tmp / "sft" / "final").rename(out)
+    finally:  # a failed build leaves neither a half-built folder nor its rows behind
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -266,12 +273,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--mistake-shares", type=float, nargs=2, default=MISTAKE_SHARES, metavar=("INCONSISTENT", "INVALID"),
                     help="with --warmstart-mistakes: its shares of inconsistent and invalid thought-out targets "
                          f"(default: {MISTAKE_SHARES[0]:g} {MISTAKE_SHARES[1]:g})")
-    ap.add_argument("--inconsistent-kind", choices=("slip", "misheard"), default=MISTAKE_KIND,
+    ap.add_argument("--inconsistent-kind", choices=("misheard", "slip"), default=None,
                     help="with --warmstart-mistakes: the planted inconsistency (python -m audiothink.toy.warmstart "
                          f"--help; default: {MISTAKE_KIND})")
     ap.add_argument("--warmstart-seed", type=int, default=0, help="with --warmstart-mistakes: the warm start's seed")
     args, root = parse_run_args(ap, argv, "toy_ablation_")
-    model = args.model or (mistakes_warmstart(tuple(args.mistake_shares), args.warmstart_seed, args.inconsistent_kind)
+    if args.inconsistent_kind and not args.warmstart_mistakes:
+        ap.error("--inconsistent-kind applies only with --warmstart-mistakes")
+    model = args.model or (mistakes_warmstart(tuple(args.mistake_shares), args.warmstart_seed,
+                                              args.inconsistent_kind or MISTAKE_KIND)
                            if args.warmstart_mistakes else TOY_MODEL_DIR)
     if model != TOY_MODEL_DIR:  # first, so that an explicit model.path=... after -- still wins
         args.overrides = [f"model.path={model.resolve()}", *args.overrides]

@@ -40,7 +40,8 @@ judge rejects a slip too (its conclusion does not follow); with ``invalid`` on t
 misheard kind's "both".
 
 With both shares at 0 every target is exactly the correct one, and ``warmstart.json`` records the shares only
-when one is not 0 (so that the defaults still write the committed recipe byte for byte).
+when one is not 0, and the kind only when it is not the default and some targets are inconsistent (so that the
+defaults still write the committed recipe byte for byte).
 
 The training items (a fixed set of `--items` 2,000, cycled) come from the toy generator's own `warmstart`
 stream, never the train or eval split, so the warm start does not memorise the items GRPO trains on.
@@ -271,8 +272,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--decay-from", type=float, default=0.75, help="share of the steps after which lr decays to 0")
     ap.add_argument("--think-share", type=float, default=0.4, help="share of thought-out targets")
     ap.add_argument("--inconsistent-share", type=float, default=0.0,
-                    help="share of thought-out targets whose valid chain from a misheard fact concludes another "
-                         "option than the (gold) answer")
+                    help="share of thought-out targets whose thought concludes another option than the (gold) "
+                         "answer (how: --inconsistent-kind)")
     ap.add_argument("--inconsistent-kind", choices=INCONSISTENT_KINDS, default="misheard",
                     help="misheard: a valid chain from a misheard fact; slip: right facts, then another option "
                          "stated as the conclusion (module doc)")
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> Path:
     for k in ("inconsistent_share", "invalid_share"):  # absent when 0: the defaults write the committed recipe
         if not recipe[k]:
             del recipe[k]
-    if recipe["inconsistent_kind"] == "misheard":  # likewise the default kind (and the recipes recorded before it)
+    if recipe["inconsistent_kind"] == "misheard" or "inconsistent_share" not in recipe:  # likewise the kind
         del recipe["inconsistent_kind"]
     recipe["torch"] = torch.__version__
     (args.out / "warmstart.json").write_text(json.dumps(recipe, indent=2) + "\n")

@@ -3,6 +3,7 @@ the chain shares per difficulty, and the before row the sampled ones."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -89,3 +90,47 @@ def test_the_mistakes_warm_start_is_the_recorded_recipe(bench, tmp_path, monkeyp
     assert (cfg.sft.max_steps, cfg.sft.learning_rate, cfg.sft.shuffle, cfg.seed) == (300, 3e-4, False, 1)
     assert f"hydra.run.dir={tmp_path / 'sft'}" in sft
     assert (bench.MISTAKE_SHARES, bench.MISTAKE_KIND) == ((0.5, 0.2), "slip")
+
+
+def test_the_mistakes_warm_start_is_built_once_and_never_half(bench, tmp_path, monkeypatch):
+    """mistakes_warmstart: a failed build leaves neither the cache folder nor its temporary rows (the next call
+    builds again); a finished one is moved into place with its recipe beside the weights, and reused without
+    running anything. The two commands are stood in for (they are tested above and run in bench/RESULTS.md)."""
+    import subprocess
+
+    import toy_learning
+
+    calls: list[list[str]] = []
+    fail = {"sft": True}
+
+    def fake_run(cmd, log=None):
+        calls.append(cmd)
+        if "audiothink.sft" in cmd:
+            if fail["sft"]:
+                raise subprocess.CalledProcessError(1, cmd)
+            run_dir = Path(next(c for c in cmd if c.startswith("hydra.run.dir=")).split("=", 1)[1])
+            (run_dir / "final").mkdir(parents=True)
+            (run_dir / "final" / "config.json").write_text("{}")
+        else:
+            Path(cmd[cmd.index("--sft-rows") + 1]).mkdir(parents=True)
+        return 0.0
+
+    monkeypatch.setattr(toy_learning, "run_command", fake_run)
+    monkeypatch.setenv("AUDIOTHINK_CACHE", str(tmp_path))
+    with pytest.raises(subprocess.CalledProcessError):
+        bench.mistakes_warmstart((0.5, 0.2), 3, "slip")
+    assert list((tmp_path / "warmstart-mistakes").iterdir()) == []  # nothing half-built, no rows left behind
+    fail["sft"] = False
+    out = bench.mistakes_warmstart((0.5, 0.2), 3, "slip")
+    assert out == tmp_path / "warmstart-mistakes" / "sft-slip0.5-invalid0.2-seed3" and (out / "config.json").is_file()
+    assert [p.name for p in (tmp_path / "warmstart-mistakes").iterdir()] == [out.name]
+    recipe = json.loads((out / "mistakes_recipe.json").read_text())["commands"]
+    assert [c[2] for c in recipe] == ["audiothink.toy.warmstart", "audiothink.sft"]
+    n = len(calls)
+    assert bench.mistakes_warmstart((0.5, 0.2), 3, "slip") == out and len(calls) == n  # reused, nothing run
+
+
+def test_inconsistent_kind_needs_the_mistakes_warm_start(bench, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--rows", "before", "--inconsistent-kind", "slip", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
