@@ -45,7 +45,7 @@ GRPO starts from). Prints both tables and writes them (and every figure) as JSON
 ``--warmstart-mistakes``: the committed checkpoint fine-tuned (``python -m audiothink.sft``, 300 steps) on the rows
 of ``python -m audiothink.toy.warmstart --sft-rows DIR --think-share 1.0 --inconsistent-share 0.5
 --inconsistent-kind slip --invalid-share 0.2 --steps 400 --seed N`` (``--mistake-shares``, ``--inconsistent-kind``,
-``--warmstart-seed``; :func:`mistakes_commands`), built once (~3 min on an idle core) into
+``--invalid-kind``, ``--warmstart-seed``; :func:`mistakes_commands`), built once (~3 min on an idle core) into
 ``$AUDIOTHINK_CACHE/warmstart-mistakes/`` (default ``~/.cache/audiothink``) and reused. Give the GRPO runs the
 same seed (``-- seed=N``) as the bench/RESULTS.md rows do.
 """
@@ -78,6 +78,7 @@ ROWS = {
 # another option than its answer on 53-56 % of its thoughts and breaks the chain's rule on 64-67 % (seeds 0-3).
 MISTAKE_SHARES = (0.5, 0.2)
 MISTAKE_KIND = "slip"
+MISTAKE_INVALID_KIND = "mixed"
 # The issue-13 ladder, what a plain run does; the judge rows are asked for by name (--rows).
 DEFAULT_ROWS = ["before", "a", "b", "c", "d", "e"]
 
@@ -174,39 +175,45 @@ def sampled(model_dir: Path, eval_path: Path, force_mode: str | None = None) -> 
             **points, "figures": figures}
 
 
-def mistakes_commands(shares: tuple[float, float], kind: str, seed: int, rows: Path, sft: Path) -> list[list[str]]:
+def mistakes_commands(shares: tuple[float, float], kind: str, seed: int, rows: Path, sft: Path,
+                      invalid_kind: str = "mixed") -> list[list[str]]:
     """The warm start with planted mistakes (module doc), as argument lists after ``python -m``: the committed
     checkpoint fine-tuned for 300 steps on thought-out targets only (think share 1), a share of each mistake
-    planted (``shares``: inconsistent, invalid; ``kind``: the inconsistency's kind), SFT rows into ``rows``, the
-    run into ``sft`` (its weights: ``sft/final``)."""
+    planted (``shares``: inconsistent, invalid; ``kind``: the inconsistency's kind; ``invalid_kind``: the invalid
+    step's, named only when not the default ``mixed``), SFT rows into ``rows``, the run into ``sft`` (its
+    weights: ``sft/final``)."""
     from audiothink.toy import TOY_MODEL_DIR
 
+    invalid = [] if invalid_kind == "mixed" else ["--invalid-kind", invalid_kind]
     return [
         ["audiothink.toy.warmstart", "--sft-rows", str(rows), "--think-share", "1.0", "--inconsistent-share",
-         f"{shares[0]:g}", "--inconsistent-kind", kind, "--invalid-share", f"{shares[1]:g}", "--steps", "400",
-         "--seed", str(seed)],
+         f"{shares[0]:g}", "--inconsistent-kind", kind, "--invalid-share", f"{shares[1]:g}", *invalid,
+         "--steps", "400", "--seed", str(seed)],
         ["audiothink.sft", f"model.path={TOY_MODEL_DIR}", "data=jsonl", f"data.train={rows}/train.jsonl",
          "sft.shuffle=false", "sft.learning_rate=3e-4", "sft.max_steps=300", "sft.warmup_steps=20",
          "eval.num_samples=0", f"seed={seed}", f"hydra.run.dir={sft}"],
     ]
 
 
-def mistakes_warmstart(shares: tuple[float, float], seed: int, kind: str = "slip") -> Path:
+def mistakes_warmstart(shares: tuple[float, float], seed: int, kind: str = "slip", invalid_kind: str = "mixed"
+                       ) -> Path:
     """The warm start with planted mistakes (:func:`mistakes_commands`), built into the cache folder unless it is
-    there; returns its weights' folder."""
+    there (``sft-slip0.5-invalid0.2-seed0``; ``invalid_kind`` other than ``mixed`` replaces ``invalid`` in the
+    name: ``sft-slip0.5-skip0.2-seed0``); returns its weights' folder."""
     import os
     import shutil
 
     from toy_learning import run_command
 
     cache = Path(os.environ.get("AUDIOTHINK_CACHE", Path.home() / ".cache" / "audiothink")) / "warmstart-mistakes"
-    out = cache / f"sft-{kind}{shares[0]:g}-invalid{shares[1]:g}-seed{seed}"
+    invalid = "invalid" if invalid_kind == "mixed" else invalid_kind
+    out = cache / f"sft-{kind}{shares[0]:g}-{invalid}{shares[1]:g}-seed{seed}"
     if (out / "config.json").is_file():  # moved into place only when built: a finished build
         return out
     tmp = cache / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # a failed try of this process: start afresh
     print(f"building the warm start with mistakes into {out} (once, ~3 min on an idle core)", flush=True)
-    commands = mistakes_commands(shares, kind, seed, tmp / "rows", tmp / "sft")
+    commands = mistakes_commands(shares, kind, seed, tmp / "rows", tmp / "sft", invalid_kind)
     try:
         for cmd in commands:
             run_command([sys.executable, "-m", *cmd])
@@ -276,12 +283,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--inconsistent-kind", choices=("misheard", "slip"), default=None,
                     help="with --warmstart-mistakes: the planted inconsistency (python -m audiothink.toy.warmstart "
                          f"--help; default: {MISTAKE_KIND})")
+    ap.add_argument("--invalid-kind", choices=("mixed", "skip"), default=None,
+                    help="with --warmstart-mistakes: the planted invalid step (python -m audiothink.toy.warmstart "
+                         f"--help; default: {MISTAKE_INVALID_KIND})")
     ap.add_argument("--warmstart-seed", type=int, default=0, help="with --warmstart-mistakes: the warm start's seed")
     args, root = parse_run_args(ap, argv, "toy_ablation_")
-    if args.inconsistent_kind and not args.warmstart_mistakes:
-        ap.error("--inconsistent-kind applies only with --warmstart-mistakes")
+    for flag, value in (("--inconsistent-kind", args.inconsistent_kind), ("--invalid-kind", args.invalid_kind)):
+        if value and not args.warmstart_mistakes:
+            ap.error(f"{flag} applies only with --warmstart-mistakes")
     model = args.model or (mistakes_warmstart(tuple(args.mistake_shares), args.warmstart_seed,
-                                              args.inconsistent_kind or MISTAKE_KIND)
+                                              args.inconsistent_kind or MISTAKE_KIND,
+                                              args.invalid_kind or MISTAKE_INVALID_KIND)
                            if args.warmstart_mistakes else TOY_MODEL_DIR)
     if model != TOY_MODEL_DIR:  # first, so that an explicit model.path=... after -- still wins
         args.overrides = [f"model.path={model.resolve()}", *args.overrides]

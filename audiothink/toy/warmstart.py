@@ -39,6 +39,13 @@ answer copying the thought's conclusion is right less often after one: bench/RES
 judge rejects a slip too (its conclusion does not follow); with ``invalid`` on the same target it is the
 misheard kind's "both".
 
+``--invalid-kind skip`` plants one invalid step only, the skipped fact (hard: ``first two, so third, so three``;
+easy: ``so two``): the chain then still names every clip its conclusion rests on, so the answer is read off the same
+clip as after the valid chain and is right as often; only a judge of the chain selects against it. With the
+default ``mixed`` (the four steps above), the answer after an invalid chain is right less often than after a valid
+one (82 % vs 98.6 % of the consistent thought-out completions of GRPO's first 100 steps: bench/RESULTS.md, issue
+21), so accuracy alone removes part of them.
+
 With both shares at 0 every target is exactly the correct one, and ``warmstart.json`` records the shares only
 when one is not 0, and the kind only when it is not the default and some targets are inconsistent (so that the
 defaults still write the committed recipe byte for byte).
@@ -183,23 +190,30 @@ def think_flags(n: int, share: float, seed: int) -> list[bool]:
 
 
 INCONSISTENT_KINDS = ("misheard", "slip")
+INVALID_KINDS = ("mixed", "skip")
 
 
 def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
-             inconsistent_kind: str = "misheard") -> list[Mistake]:
+             inconsistent_kind: str = "misheard", invalid_kind: str = "mixed") -> list[Mistake]:
     """The mistakes of ``n`` targets, by position: two Bernoulli streams of their own (``inconsistent_share``,
     ``invalid_share``), independent of each other and of the think flags, and the picks' stream; like
-    :func:`think_flags` they see no item. ``inconsistent_kind``: ``"misheard"`` or ``"slip"`` (module doc; the
-    draws are the same for both). Raises ValueError for a share outside [0, 1] or another kind."""
+    :func:`think_flags` they see no item. ``inconsistent_kind``: ``"misheard"`` or ``"slip"``; ``invalid_kind``:
+    ``"mixed"`` (the four invalid steps, by the ``variant`` draw) or ``"skip"`` (the skipped fact only: ``variant``
+    0) (module doc; the flags are drawn the same for every kind). Raises ValueError for a share outside [0, 1] or
+    another kind."""
     for name, share in (("inconsistent", inconsistent_share), ("invalid", invalid_share)):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"{name} share must be in [0, 1], got {share}")
     if inconsistent_kind not in INCONSISTENT_KINDS:
         raise ValueError(f"inconsistent kind must be one of {INCONSISTENT_KINDS}, got {inconsistent_kind!r}")
+    if invalid_kind not in INVALID_KINDS:
+        raise ValueError(f"invalid kind must be one of {INVALID_KINDS}, got {invalid_kind!r}")
     slip = inconsistent_kind == "slip"
     inconsistent = np.random.default_rng([seed, _INCONSISTENT_STREAM]).random(n) < inconsistent_share
     invalid = np.random.default_rng([seed, _INVALID_STREAM]).random(n) < invalid_share
     picks = np.random.default_rng([seed, _PICK_STREAM]).integers(0, 4, size=(n, 2))
+    if invalid_kind == "skip":  # variant 0: the skipped fact, on easy and hard items alike (mistaken_chain)
+        picks[:, 1] = 0
     return [Mistake(bool(a), bool(b), int(m), int(v), slip) for a, b, (m, v) in zip(inconsistent, invalid, picks)]
 
 
@@ -238,7 +252,8 @@ def write_sft_rows(out: Path, args: argparse.Namespace, tokenizer, processor) ->
     toy = ensure_toy(default_root())  # the toy set: its train split is the SFT runs' validation items (README)
     n = args.steps * args.batch_size
     flags = think_flags(n, args.think_share, args.seed)
-    planted = mistakes(n, args.inconsistent_share, args.invalid_share, args.seed, args.inconsistent_kind)
+    planted = mistakes(n, args.inconsistent_share, args.invalid_share, args.seed, args.inconsistent_kind,
+                       args.invalid_kind)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     written: set[int] = set()
     with open(out / "train.jsonl", "w", encoding="utf-8", newline="\n") as f:
@@ -278,7 +293,12 @@ def main(argv: list[str] | None = None) -> Path:
                     help="misheard: a valid chain from a misheard fact; slip: right facts, then another option "
                          "stated as the conclusion (module doc)")
     ap.add_argument("--invalid-share", type=float, default=0.0,
-                    help="share of thought-out targets whose chain reaches the gold option through an invalid step")
+                    help="share of thought-out targets whose chain reaches the gold option through an invalid step "
+                         "(which: --invalid-kind)")
+    ap.add_argument("--invalid-kind", choices=INVALID_KINDS, default="mixed",
+                    help="mixed: four invalid steps (a skipped fact, another clip's fact, no fact, a conclusion that "
+                         "does not follow); skip: the skipped fact only, which leaves the answer as often right as "
+                         "after a valid chain (module doc)")
     ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
@@ -291,7 +311,8 @@ def main(argv: list[str] | None = None) -> Path:
                     help="every N steps, print held-out greedy accuracy with each mode forced (toy eval split)")
     args = ap.parse_args(argv)
 
-    mistakes(0, args.inconsistent_share, args.invalid_share, args.seed, args.inconsistent_kind)  # fail before work
+    mistakes(0, args.inconsistent_share, args.invalid_share, args.seed, args.inconsistent_kind,  # fail before work
+             args.invalid_kind)
     torch.set_num_threads(1)  # one thread: the same float32 sums on any machine
     torch.manual_seed(args.seed)
     prompt = training_prompt()
@@ -317,7 +338,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # audiothink.sft's loop and loss: one micro-batch a step, warm-up 50 steps, constant, linear decay
     planted = mistakes(args.steps * args.batch_size, args.inconsistent_share, args.invalid_share, args.seed,
-                       args.inconsistent_kind)
+                       args.inconsistent_kind, args.invalid_kind)
     batches = ([warmstart_inputs(processor, [it for it, _ in batch], prompt, [t for _, t in batch],
                                  planted[step * args.batch_size : (step + 1) * args.batch_size])]
                for step, batch in enumerate(warmstart_batches(args.steps, args.batch_size, args.think_share,
@@ -334,6 +355,8 @@ def main(argv: list[str] | None = None) -> Path:
             del recipe[k]
     if recipe["inconsistent_kind"] == "misheard" or "inconsistent_share" not in recipe:  # likewise the kind
         del recipe["inconsistent_kind"]
+    if recipe["invalid_kind"] == "mixed" or "invalid_share" not in recipe:
+        del recipe["invalid_kind"]
     recipe["torch"] = torch.__version__
     (args.out / "warmstart.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"saved toy checkpoint to {args.out} ({time.time() - t0:.0f}s)")

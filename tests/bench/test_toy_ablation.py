@@ -90,6 +90,9 @@ def test_the_mistakes_warm_start_is_the_recorded_recipe(bench, tmp_path, monkeyp
     assert (cfg.sft.max_steps, cfg.sft.learning_rate, cfg.sft.shuffle, cfg.seed) == (300, 3e-4, False, 1)
     assert f"hydra.run.dir={tmp_path / 'sft'}" in sft
     assert (bench.MISTAKE_SHARES, bench.MISTAKE_KIND) == ((0.5, 0.2), "slip")
+    ws, _ = bench.mistakes_commands((0.5, 0.2), "slip", 1, tmp_path / "rows", tmp_path / "sft", "skip")
+    assert warmstart.main(ws[1:]).invalid_kind == "skip"
+    assert "--invalid-kind" not in bench.mistakes_commands((0.5, 0.2), "slip", 1, tmp_path, tmp_path)[0]
 
 
 def test_the_mistakes_warm_start_is_built_once_and_never_half(bench, tmp_path, monkeypatch):
@@ -128,9 +131,13 @@ def test_the_mistakes_warm_start_is_built_once_and_never_half(bench, tmp_path, m
     assert [c[2] for c in recipe] == ["audiothink.toy.warmstart", "audiothink.sft"]
     n = len(calls)
     assert bench.mistakes_warmstart((0.5, 0.2), 3, "slip") == out and len(calls) == n  # reused, nothing run
+    skip = bench.mistakes_warmstart((0.5, 0.2), 3, "slip", "skip")  # another kind: its own folder, its own build
+    assert skip.name == "sft-slip0.5-skip0.2-seed3" and len(calls) == n + 2
+    assert "--invalid-kind" in json.loads((skip / "mistakes_recipe.json").read_text())["commands"][0]
 
 
-def test_inconsistent_kind_needs_the_mistakes_warm_start(bench, tmp_path):
+@pytest.mark.parametrize("flag", [["--inconsistent-kind", "slip"], ["--invalid-kind", "skip"]])
+def test_a_mistake_kind_needs_the_mistakes_warm_start(bench, tmp_path, flag):
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--rows", "before", "--inconsistent-kind", "slip", "--out", str(tmp_path / "o")])
+        bench.main(["--rows", "before", *flag, "--out", str(tmp_path / "o")])
     assert exc.value.code == 2

@@ -242,6 +242,41 @@ def test_the_inconsistent_kind_is_drawn_the_same_and_recorded(tmp_path):
     assert json.loads((out / "warmstart.json").read_text())["inconsistent_kind"] == "slip"
 
 
+
+def test_the_skip_kind_plants_only_the_skipped_fact_on_the_same_draws(tmp_path):
+    """--invalid-kind skip: the same flags and misheard draws as ``mixed``, every invalid step the skipped fact:
+    on every task and fact combination the chain keeps every step before the fact (a hard item's pointer and hop,
+    so that the answer reads the same clip as after the valid chain), drops the fact, and concludes; the logic
+    judge rejects it as a skipped fact, the rule judge's consistency accepts it unless the thought is also
+    inconsistent. A bad kind fails before any work (usage error); warmstart.json records a kind that is not the
+    default when there are invalid targets."""
+    from audiothink.judge.rule import consistency
+    from audiothink.judge.toy_logic import check_chain
+
+    mixed, skip = warmstart.mistakes(256, 0.5, 0.5, 3, "slip"), warmstart.mistakes(256, 0.5, 0.5, 3, "slip", "skip")
+    assert [m._replace(variant=0) for m in mixed] == skip and {m.variant for m in mixed} == {0, 1, 2, 3}
+    for item in _every_fact_combination():
+        for m in (m for m in skip[:64] if m.invalid):
+            p = parse(warmstart.target(item, True, m))
+            assert p.well_formed and p.answer == item.answer
+            *steps, concluded = p.think.split(", ")
+            assert steps == item.rationale.split(", ")[:-2], p.think  # every step before the fact, then no fact
+            assert concluded.startswith("so ") and (concluded[3:] == item.answer) is (not m.inconsistent)
+            chain = check_chain(item.task, p.think)
+            assert chain.valid is False and not chain.malformed and (
+                "skipped" in chain.why or "does not state" in chain.why), (p.think, chain)
+            assert consistency(p.think, p.answer, list(item.choices)) == float(not m.inconsistent), p.think
+    with pytest.raises(ValueError, match="invalid kind"):
+        warmstart.mistakes(1, 0.5, 0.5, 0, "slip", "typo")
+    with pytest.raises(SystemExit) as exc:
+        warmstart.main(["--out", str(tmp_path / "bad"), "--invalid-kind", "typo"])
+    assert exc.value.code == 2 and not (tmp_path / "bad").exists()
+    out = warmstart.main(["--out", str(tmp_path / "m"), "--steps", "1", "--batch-size", "2",
+                          "--invalid-share", "0.5", "--invalid-kind", "skip"])
+    assert json.loads((out / "warmstart.json").read_text())["invalid_kind"] == "skip"
+    out = warmstart.main(["--out", str(tmp_path / "d"), "--steps", "1", "--batch-size", "2", "--invalid-kind", "skip"])
+    assert "invalid_kind" not in json.loads((out / "warmstart.json").read_text())  # no invalid targets: no kind
+
 def test_without_mistakes_the_targets_are_todays(batches, tmp_path):
     """Shares 0 (the defaults): every target is byte for byte the one the committed checkpoint trained on; a
     direct target ignores a planted mistake; a mistake needs the item's facts."""
