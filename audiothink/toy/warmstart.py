@@ -40,11 +40,16 @@ judge rejects a slip too (its conclusion does not follow); with ``invalid`` on t
 misheard kind's "both".
 
 ``--invalid-kind skip`` plants one invalid step only, the skipped fact (hard: ``first two, so third, so three``;
-easy: ``so two``): the chain then still names every clip its conclusion rests on, so the answer is read off the same
-clip as after the valid chain and is right as often; only a judge of the chain selects against it. With the
-default ``mixed`` (the four steps above), the answer after an invalid chain is right less often than after a valid
-one (82 % vs 98.6 % of the consistent thought-out completions of GRPO's first 100 steps: bench/RESULTS.md, issue
-21), so accuracy alone removes part of them.
+easy: ``so two``). On the hard items the answer then has to read the hopped-to clip in one forward pass, which the
+tiny model does not learn: a warm start with 60 % of its targets skipped (``--invalid-share 0.6``) thinks skipped
+chains greedy on every item and answers 36-41 % of the hard items right (seeds 0, 1; chance 33 %), so accuracy
+selects against a skipped fact (bench/RESULTS.md, issue 21). ``--invalid-kind misattributed`` plants the other
+steps only: the hop's fact given to another clip (``first two, so third, second three, so three``) and, easy, a
+conclusion that does not follow from the fact (``first one, so two``): the hopped-to clip's value stays written in
+the chain, so the answer can copy it and accuracy alone does not select against the invalid chain; only a judge of
+the chain does. With the default ``mixed`` (all four steps), the answer after an invalid chain is right less often
+than after a valid one (82 % vs 98.6 % of the consistent thought-out completions of GRPO's first 100 steps:
+bench/RESULTS.md, issue 21), so accuracy alone removes part of them.
 
 With both shares at 0 every target is exactly the correct one, and ``warmstart.json`` records the shares only
 when one is not 0, and the kind only when it is not the default and some targets are inconsistent (so that the
@@ -190,7 +195,7 @@ def think_flags(n: int, share: float, seed: int) -> list[bool]:
 
 
 INCONSISTENT_KINDS = ("misheard", "slip")
-INVALID_KINDS = ("mixed", "skip")
+INVALID_KINDS = ("mixed", "skip", "misattributed")
 
 
 def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
@@ -198,8 +203,9 @@ def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
     """The mistakes of ``n`` targets, by position: two Bernoulli streams of their own (``inconsistent_share``,
     ``invalid_share``), independent of each other and of the think flags, and the picks' stream; like
     :func:`think_flags` they see no item. ``inconsistent_kind``: ``"misheard"`` or ``"slip"``; ``invalid_kind``:
-    ``"mixed"`` (the four invalid steps, by the ``variant`` draw) or ``"skip"`` (the skipped fact only: ``variant``
-    0) (module doc; the flags are drawn the same for every kind). Raises ValueError for a share outside [0, 1] or
+    ``"mixed"`` (the four invalid steps, by the ``variant`` draw), ``"skip"`` (the skipped fact only: ``variant``
+    0) or ``"misattributed"`` (a fact given to the wrong clip or conclusion only: ``variant`` 1 or 3, the same
+    ``variant // 2`` draw) (module doc; the flags are drawn the same for every kind). Raises ValueError for a share outside [0, 1] or
     another kind."""
     for name, share in (("inconsistent", inconsistent_share), ("invalid", invalid_share)):
         if not 0.0 <= share <= 1.0:
@@ -214,6 +220,8 @@ def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
     picks = np.random.default_rng([seed, _PICK_STREAM]).integers(0, 4, size=(n, 2))
     if invalid_kind == "skip":  # variant 0: the skipped fact, on easy and hard items alike (mistaken_chain)
         picks[:, 1] = 0
+    elif invalid_kind == "misattributed":  # odd variants: another clip's label (hard), a non-following fact (easy)
+        picks[:, 1] = picks[:, 1] // 2 * 2 + 1
     return [Mistake(bool(a), bool(b), int(m), int(v), slip) for a, b, (m, v) in zip(inconsistent, invalid, picks)]
 
 
@@ -297,8 +305,9 @@ def main(argv: list[str] | None = None) -> Path:
                          "(which: --invalid-kind)")
     ap.add_argument("--invalid-kind", choices=INVALID_KINDS, default="mixed",
                     help="mixed: four invalid steps (a skipped fact, another clip's fact, no fact, a conclusion that "
-                         "does not follow); skip: the skipped fact only, which leaves the answer as often right as "
-                         "after a valid chain (module doc)")
+                         "does not follow); skip: the skipped fact only; misattributed: another clip's fact (hard) "
+                         "or a conclusion that does not follow (easy) only, which keep the answer's value written "
+                         "in the chain (module doc)")
     ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)

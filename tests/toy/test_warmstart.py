@@ -245,8 +245,8 @@ def test_the_inconsistent_kind_is_drawn_the_same_and_recorded(tmp_path):
 
 def test_the_skip_kind_plants_only_the_skipped_fact_on_the_same_draws(tmp_path):
     """--invalid-kind skip: the same flags and misheard draws as ``mixed``, every invalid step the skipped fact:
-    on every task and fact combination the chain keeps every step before the fact (a hard item's pointer and hop,
-    so that the answer reads the same clip as after the valid chain), drops the fact, and concludes; the logic
+    on every task and fact combination the chain keeps every step before the fact (a hard item's pointer and hop),
+    drops the fact, and concludes; the logic
     judge rejects it as a skipped fact, the rule judge's consistency accepts it unless the thought is also
     inconsistent. A bad kind fails before any work (usage error); warmstart.json records a kind that is not the
     default when there are invalid targets."""
@@ -276,6 +276,39 @@ def test_the_skip_kind_plants_only_the_skipped_fact_on_the_same_draws(tmp_path):
     assert json.loads((out / "warmstart.json").read_text())["invalid_kind"] == "skip"
     out = warmstart.main(["--out", str(tmp_path / "d"), "--steps", "1", "--batch-size", "2", "--invalid-kind", "skip"])
     assert "invalid_kind" not in json.loads((out / "warmstart.json").read_text())  # no invalid targets: no kind
+
+
+def test_the_misattributed_kind_keeps_the_answers_value_written_in_the_chain(tmp_path):
+    """--invalid-kind misattributed: the same flags, misheard draws and ``variant // 2`` draws as ``mixed``,
+    every invalid step an odd variant: a hard item's chain keeps its pointer and hop and states the gold value as
+    the fact of another clip than the hop's; an easy item's chain states another value as the fact and concludes
+    the gold one. Either way the gold option stands written before the conclusion (the answer can copy it), the
+    logic judge rejects the chain (not as malformed), and the rule judge's consistency accepts it."""
+    from audiothink.judge.rule import consistency
+    from audiothink.judge.toy_logic import check_chain
+
+    mixed = warmstart.mistakes(256, 0.5, 0.5, 3, "slip")
+    mis = warmstart.mistakes(256, 0.5, 0.5, 3, "slip", "misattributed")
+    assert [m._replace(variant=m.variant // 2 * 2 + 1) for m in mixed] == mis
+    assert {m.variant for m in mis} == {1, 3}
+    for item in _every_fact_combination():
+        for m in (m for m in mis[:64] if m.invalid and not m.inconsistent):
+            p = parse(warmstart.target(item, True, m))
+            assert p.well_formed and p.answer == item.answer
+            steps, valid = p.think.split(", "), item.rationale.split(", ")
+            assert len(steps) == len(valid) and steps[-1] == valid[-1] == f"so {item.answer}", p.think
+            if len(valid) == 4:  # hard: pointer and hop kept, the gold value said of another clip
+                assert steps[:2] == valid[:2] and steps[2] != valid[2], p.think
+                assert steps[2].split()[1] == valid[2].split()[1] == item.answer, p.think
+            else:  # easy: another value stated as the fact
+                assert steps[0] != valid[0] and steps[0].startswith("first "), p.think
+            chain = check_chain(item.task, p.think)
+            assert chain.valid is False and not chain.malformed, (p.think, chain)
+            assert consistency(p.think, p.answer, list(item.choices)) == 1.0, p.think
+    out = warmstart.main(["--out", str(tmp_path / "m"), "--steps", "1", "--batch-size", "2",
+                          "--invalid-share", "0.5", "--invalid-kind", "misattributed"])
+    assert json.loads((out / "warmstart.json").read_text())["invalid_kind"] == "misattributed"
+
 
 def test_without_mistakes_the_targets_are_todays(batches, tmp_path):
     """Shares 0 (the defaults): every target is byte for byte the one the committed checkpoint trained on; a
