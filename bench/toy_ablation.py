@@ -283,7 +283,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--inconsistent-kind", choices=("misheard", "slip"), default=None,
                     help="with --warmstart-mistakes: the planted inconsistency (python -m audiothink.toy.warmstart "
                          f"--help; default: {MISTAKE_KIND})")
-    ap.add_argument("--invalid-kind", choices=("mixed", "skip", "misattributed"), default=None,
+    ap.add_argument("--invalid-kind", choices=("mixed", "skip", "misattributed", "extra"), default=None,
                     help="with --warmstart-mistakes: the planted invalid step (python -m audiothink.toy.warmstart "
                          f"--help; default: {MISTAKE_INVALID_KIND})")
     ap.add_argument("--warmstart-seed", type=int, default=0, help="with --warmstart-mistakes: the warm start's seed")

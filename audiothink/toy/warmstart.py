@@ -46,8 +46,12 @@ chains greedy on every item and answers 36-41 % of the hard items right (seeds 0
 selects against a skipped fact (bench/RESULTS.md, issue 21). ``--invalid-kind misattributed`` plants the other
 steps only: the hop's fact given to another clip (``first two, so third, second three, so three``) and, easy, a
 conclusion that does not follow from the fact (``first one, so two``): the hopped-to clip's value stays written in
-the chain, so the answer can copy it and accuracy alone does not select against the invalid chain; only a judge of
-the chain does. With the default ``mixed`` (all four steps), the answer after an invalid chain is right less often
+the chain, so the answer can copy it and accuracy alone need not select against the invalid chain, only a judge of
+the chain; but the tiny model, once it has written another clip's name, often reads that clip (bench/RESULTS.md).
+``--invalid-kind extra`` keeps the valid chain and adds one fact before the conclusion: the conclusion's value said
+of a clip the rule does not visit (``first two, so third, third one, second one, so one``; easy: ``first two,
+second two, so two``), an unsupported step whose value agrees, so that the last fact is still the value the
+answer copies. With the default ``mixed`` (all four steps), the answer after an invalid chain is right less often
 than after a valid one (82 % vs 98.6 % of the consistent thought-out completions of GRPO's first 100 steps:
 bench/RESULTS.md, issue 21), so accuracy alone removes part of them.
 
@@ -99,7 +103,7 @@ def as_sample(item: ToyItem, index: int = 0) -> Sample:
 class Mistake(NamedTuple):
     """The mistakes planted in one target (module doc): ``inconsistent`` and ``invalid`` flags, and two draws of
     a stream of their own that pick which misheard (or slipped-to) value (``mishear``, in [0, 4): its parity) and
-    which invalid step (``variant``, in [0, 4)); the draws matter only where a flag is set. ``slip``: which kind of
+    which invalid step (``variant``, in [0, 4); 4 or 5: the ``extra`` kind's added fact); the draws matter only where a flag is set. ``slip``: which kind of
     inconsistency (``--inconsistent-kind``)."""
 
     inconsistent: bool
@@ -139,7 +143,9 @@ def mistaken_chain(item: ToyItem, mistake: Mistake) -> str:
     the clip's fact; hard: the fact of the clip the pointer leads to; ``mishear % 2`` picks which of the two
     other values). Invalid: the chain's conclusion (gold, or the misheard one) reached through an invalid step,
     ``variant % 2`` picks which (hard: a skipped fact / the fact of another clip, ``variant // 2`` picks which;
-    easy: no fact / a conclusion that does not follow from a misheard fact).
+    easy: no fact / a conclusion that does not follow from a misheard fact); ``variant`` 4 or 5 (``extra``): the
+    valid chain with one more fact before the conclusion, the conclusion's value said of a clip the rule does not
+    visit (``variant % 2`` picks which), so that the value the answer copies is written twice.
 
     >>> from audiothink.toy.data import toy_items
     >>> item = next(it for it in toy_items("warmstart", 40) if it.facts == ("two", "two", "one", "three"))
@@ -164,6 +170,8 @@ def mistaken_chain(item: ToyItem, mistake: Mistake) -> str:
             return f"first {gold}, so {heard}"
         if not mistake.invalid:
             return f"first {heard}, so {heard}"
+        if mistake.variant >= 4:  # an extra fact: a clip an easy item does not have
+            return f"first {heard}, {ORDINALS[1 + mistake.variant % 2]} {heard}, so {heard}"
         if mistake.variant % 2 == 0:
             return f"so {heard}"  # the conclusion without its fact
         return f"first {others(heard)[mistake.variant // 2 % 2]}, so {heard}"  # does not follow from the fact
@@ -178,6 +186,9 @@ def mistaken_chain(item: ToyItem, mistake: Mistake) -> str:
         return f"first {pointer}, so {hop}, {hop} {gold}, so {heard}"
     if not mistake.invalid:
         return f"first {pointer}, so {hop}, {hop} {heard}, so {heard}"
+    if mistake.variant >= 4:  # an extra fact, of a clip the hop did not go to
+        extra = [c for c in ORDINALS[1:] if c != hop][mistake.variant % 2]
+        return f"first {pointer}, so {hop}, {hop} {heard}, {extra} {heard}, so {heard}"
     if mistake.variant % 2 == 0:
         return f"first {pointer}, so {hop}, so {heard}"  # a skipped fact
     wrong = [c for c in ORDINALS[1:] if c != hop][mistake.variant // 2 % 2]
@@ -195,7 +206,7 @@ def think_flags(n: int, share: float, seed: int) -> list[bool]:
 
 
 INCONSISTENT_KINDS = ("misheard", "slip")
-INVALID_KINDS = ("mixed", "skip", "misattributed")
+INVALID_KINDS = ("mixed", "skip", "misattributed", "extra")
 
 
 def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
@@ -205,6 +216,7 @@ def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
     :func:`think_flags` they see no item. ``inconsistent_kind``: ``"misheard"`` or ``"slip"``; ``invalid_kind``:
     ``"mixed"`` (the four invalid steps, by the ``variant`` draw), ``"skip"`` (the skipped fact only: ``variant``
     0) or ``"misattributed"`` (a fact given to the wrong clip or conclusion only: ``variant`` 1 or 3, the same
+    ``variant // 2`` draw) or ``"extra"`` (a fact added before the conclusion: ``variant`` 4 or 5, by the same
     ``variant // 2`` draw) (module doc; the flags are drawn the same for every kind). Raises ValueError for a share outside [0, 1] or
     another kind."""
     for name, share in (("inconsistent", inconsistent_share), ("invalid", invalid_share)):
@@ -222,6 +234,8 @@ def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
         picks[:, 1] = 0
     elif invalid_kind == "misattributed":  # odd variants: another clip's label (hard), a non-following fact (easy)
         picks[:, 1] = picks[:, 1] // 2 * 2 + 1
+    elif invalid_kind == "extra":  # the conclusion's value said once more, of a clip off the chain
+        picks[:, 1] = 4 + picks[:, 1] // 2
     return [Mistake(bool(a), bool(b), int(m), int(v), slip) for a, b, (m, v) in zip(inconsistent, invalid, picks)]
 
 
@@ -307,7 +321,8 @@ def main(argv: list[str] | None = None) -> Path:
                     help="mixed: four invalid steps (a skipped fact, another clip's fact, no fact, a conclusion that "
                          "does not follow); skip: the skipped fact only; misattributed: another clip's fact (hard) "
                          "or a conclusion that does not follow (easy) only, which keep the answer's value written "
-                         "in the chain (module doc)")
+                         "in the chain; extra: the valid chain and one more fact before the conclusion, of a clip the rule does not "
+                         "visit, stating the conclusion's value (module doc)")
     ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)

@@ -310,6 +310,33 @@ def test_the_misattributed_kind_keeps_the_answers_value_written_in_the_chain(tmp
     assert json.loads((out / "warmstart.json").read_text())["invalid_kind"] == "misattributed"
 
 
+def test_the_extra_kind_adds_one_fact_that_repeats_the_conclusions_value(tmp_path):
+    """--invalid-kind extra: the same flags and misheard draws as ``mixed``; every invalid chain is the valid one
+    with one fact more before the conclusion, the conclusion's value said of a clip the rule does not visit (not
+    the hop's); the logic judge rejects it at that step (not as malformed), the rule judge's consistency accepts
+    it unless the thought is also inconsistent."""
+    from audiothink.judge.rule import consistency
+    from audiothink.judge.toy_logic import check_chain
+
+    mixed = warmstart.mistakes(256, 0.5, 0.5, 3, "slip")
+    extra = warmstart.mistakes(256, 0.5, 0.5, 3, "slip", "extra")
+    assert [m._replace(variant=4 + m.variant // 2) for m in mixed] == extra
+    for item in _every_fact_combination():
+        for m in (m for m in extra[:64] if m.invalid):
+            p = parse(warmstart.target(item, True, m))
+            assert p.well_formed and p.answer == item.answer
+            steps, valid = p.think.split(", "), item.rationale.split(", ")
+            if not m.inconsistent:
+                assert steps[:-2] + steps[-1:] == valid, p.think  # the valid chain, one step added
+            added, concluded = steps[-2].split(), steps[-1].split()
+            assert added[1] == concluded[1] and added[0] not in (valid[-2].split()[0], "first"), p.think
+            chain = check_chain(item.task, p.think)
+            assert chain.valid is False and not chain.malformed and "no conclusion" in chain.why, (p.think, chain)
+            assert consistency(p.think, p.answer, list(item.choices)) == float(not m.inconsistent), p.think
+    out = warmstart.main(["--out", str(tmp_path / "m"), "--steps", "1", "--batch-size", "2",
+                          "--invalid-share", "0.5", "--invalid-kind", "extra"])
+    assert json.loads((out / "warmstart.json").read_text())["invalid_kind"] == "extra"
+
 def test_without_mistakes_the_targets_are_todays(batches, tmp_path):
     """Shares 0 (the defaults): every target is byte for byte the one the committed checkpoint trained on; a
     direct target ignores a planted mistake; a mistake needs the item's facts."""
