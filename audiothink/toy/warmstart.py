@@ -51,9 +51,10 @@ the chain; but the tiny model, once it has written another clip's name, often re
 ``--invalid-kind extra`` keeps the valid chain and adds one fact before the conclusion: the conclusion's value said
 of a clip the rule does not visit (``first two, so third, third one, second one, so one``; easy: ``first two,
 second two, so two``), an unsupported step whose value agrees, so that the last fact is still the value the
-answer copies; GRPO drops them anyway, within ~30 steps (bench/RESULTS.md, issue 21). With the default ``mixed`` (all four steps), the answer after an invalid chain is right less often
-than after a valid one (82 % vs 98.6 % of the consistent thought-out completions of GRPO's first 100 steps:
-bench/RESULTS.md, issue 21), so accuracy alone removes part of them.
+answer copies; GRPO drops them anyway, within ~30 steps (bench/RESULTS.md, issue 21). With the default ``mixed``
+(all four steps), the answer after an invalid chain is right less often than after a valid one (82 % vs 98.6 % of
+the consistent thought-out completions of GRPO's first 100 steps: bench/RESULTS.md, issue 21), so accuracy alone
+removes part of them.
 
 With both shares at 0 every target is exactly the correct one, and ``warmstart.json`` records the shares only
 when one is not 0, and the kind only when it is not the default and some targets are inconsistent (so that the
