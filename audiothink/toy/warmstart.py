@@ -104,8 +104,8 @@ def as_sample(item: ToyItem, index: int = 0) -> Sample:
 class Mistake(NamedTuple):
     """The mistakes planted in one target (module doc): ``inconsistent`` and ``invalid`` flags, and two draws of
     a stream of their own that pick which misheard (or slipped-to) value (``mishear``, in [0, 4): its parity) and
-    which invalid step (``variant``, in [0, 4); 4 or 5: the ``extra`` kind's added fact); the draws matter only where a flag is set. ``slip``: which kind of
-    inconsistency (``--inconsistent-kind``)."""
+    which invalid step (``variant``, in [0, 4); 4 or 5: the ``extra`` kind's added fact); the draws matter only
+    where a flag is set. ``slip``: which kind of inconsistency (``--inconsistent-kind``)."""
 
     inconsistent: bool
     invalid: bool
@@ -216,10 +216,10 @@ def mistakes(n: int, inconsistent_share: float, invalid_share: float, seed: int,
     ``invalid_share``), independent of each other and of the think flags, and the picks' stream; like
     :func:`think_flags` they see no item. ``inconsistent_kind``: ``"misheard"`` or ``"slip"``; ``invalid_kind``:
     ``"mixed"`` (the four invalid steps, by the ``variant`` draw), ``"skip"`` (the skipped fact only: ``variant``
-    0) or ``"misattributed"`` (a fact given to the wrong clip or conclusion only: ``variant`` 1 or 3, the same
+    0), ``"misattributed"`` (a fact given to the wrong clip or conclusion only: ``variant`` 1 or 3, the same
     ``variant // 2`` draw) or ``"extra"`` (a fact added before the conclusion: ``variant`` 4 or 5, by the same
-    ``variant // 2`` draw) (module doc; the flags are drawn the same for every kind). Raises ValueError for a share outside [0, 1] or
-    another kind."""
+    ``variant // 2`` draw) (module doc; the flags are drawn the same for every kind). Raises ValueError for a
+    share outside [0, 1] or another kind."""
     for name, share in (("inconsistent", inconsistent_share), ("invalid", invalid_share)):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"{name} share must be in [0, 1], got {share}")
@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> Path:
                     help="mixed: four invalid steps (a skipped fact, another clip's fact, no fact, a conclusion that "
                          "does not follow); skip: the skipped fact only; misattributed: another clip's fact (hard) "
                          "or a conclusion that does not follow (easy) only, which keep the answer's value written "
-                         "in the chain; extra: the valid chain and one more fact before the conclusion, of a clip the rule does not "
-                         "visit, stating the conclusion's value (module doc)")
+                         "in the chain; extra: the valid chain and one more fact before the conclusion, of a clip "
+                         "the rule does not visit, stating the conclusion's value (module doc)")
     ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
