@@ -41,24 +41,25 @@ misheard kind's "both".
 
 ``--invalid-kind skip`` plants one invalid step only, the skipped fact (hard: ``first two, so third, so three``;
 easy: ``so two``). On the hard items the answer then has to read the hopped-to clip in one forward pass, which the
-tiny model does not learn: a warm start with 60 % of its targets skipped (``--invalid-share 0.6``) thinks skipped
-chains greedy on every item and answers 36-41 % of the hard items right (seeds 0, 1; chance 33 %), so accuracy
-selects against a skipped fact (bench/RESULTS.md, issue 21). ``--invalid-kind misattributed`` plants the other
-steps only: the hop's fact given to another clip (``first two, so third, second three, so three``) and, easy, a
-conclusion that does not follow from the fact (``first one, so two``): the hopped-to clip's value stays written in
-the chain, so the answer can copy it and accuracy alone need not select against the invalid chain, only a judge of
-the chain; but the tiny model, once it has written another clip's name, often reads that clip (bench/RESULTS.md).
+tiny model does not learn: a warm start with 60 % of its thought-out targets skipped (``--think-share 1.0
+--invalid-share 0.6``) thinks skipped chains greedy on every item and answers 36-41 % of the hard items right
+(seeds 0, 1; chance 33 %), so accuracy selects against a skipped fact (bench/RESULTS.md, issue 21).
+``--invalid-kind misattributed`` plants the other steps only: the hop's fact given to another clip (``first two, so
+third, second three, so three``) and, easy, a conclusion that does not follow from the fact (``first one, so
+two``): the hopped-to clip's value stays written in the chain, so the answer can copy it and accuracy alone need
+not select against the invalid chain, only a judge of the chain; but the tiny model, once it has written another
+clip's name, often reads that clip (bench/RESULTS.md).
 ``--invalid-kind extra`` keeps the valid chain and adds one fact before the conclusion: the conclusion's value said
 of a clip the rule does not visit (``first two, so third, third one, second one, so one``; easy: ``first two,
 second two, so two``), an unsupported step whose value agrees, so that the last fact is still the value the
-answer copies; GRPO drops them anyway, within ~30 steps (bench/RESULTS.md, issue 21). With the default ``mixed``
+answer copies; GRPO mostly drops them anyway within ~30 steps (bench/RESULTS.md, issue 21). With the default ``mixed``
 (all four steps), the answer after an invalid chain is right less often than after a valid one (82 % vs 98.6 % of
 the consistent thought-out completions of GRPO's first 100 steps: bench/RESULTS.md, issue 21), so accuracy alone
 removes part of them.
 
 With both shares at 0 every target is exactly the correct one, and ``warmstart.json`` records the shares only
-when one is not 0, and the kind only when it is not the default and some targets are inconsistent (so that the
-defaults still write the committed recipe byte for byte).
+when one is not 0, and each kind only when it is not its default and its share is not 0 (so that the defaults
+still write the committed recipe byte for byte).
 
 The training items (a fixed set of `--items` 2,000, cycled) come from the toy generator's own `warmstart`
 stream, never the train or eval split, so the warm start does not memorise the items GRPO trains on.
@@ -320,9 +321,9 @@ def main(argv: list[str] | None = None) -> Path:
                          "(which: --invalid-kind)")
     ap.add_argument("--invalid-kind", choices=INVALID_KINDS, default="mixed",
                     help="mixed: four invalid steps (a skipped fact, another clip's fact, no fact, a conclusion that "
-                         "does not follow); skip: the skipped fact only; misattributed: another clip's fact (hard) "
-                         "or a conclusion that does not follow (easy) only, which keep the answer's value written "
-                         "in the chain; extra: the valid chain and one more fact before the conclusion, of a clip "
+                         "does not follow); skip: a skipped fact (hard) or no fact (easy) only; misattributed: "
+                         "another clip's fact (hard) or a conclusion that does not follow (easy) only, which keep "
+                         "the answer's value written in the chain; extra: the valid chain and one more fact before the conclusion, of a clip "
                          "the rule does not visit, stating the conclusion's value (module doc)")
     ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
     ap.add_argument("--hidden", type=int, default=128)

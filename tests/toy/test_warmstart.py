@@ -242,14 +242,12 @@ def test_the_inconsistent_kind_is_drawn_the_same_and_recorded(tmp_path):
     assert json.loads((out / "warmstart.json").read_text())["inconsistent_kind"] == "slip"
 
 
-
 def test_the_skip_kind_plants_only_the_skipped_fact_on_the_same_draws(tmp_path):
     """--invalid-kind skip: the same flags and misheard draws as ``mixed``, every invalid step the skipped fact:
     on every task and fact combination the chain keeps every step before the fact (a hard item's pointer and hop),
-    drops the fact, and concludes; the logic
-    judge rejects it as a skipped fact, the rule judge's consistency accepts it unless the thought is also
-    inconsistent. A bad kind fails before any work (usage error); warmstart.json records a kind that is not the
-    default when there are invalid targets."""
+    drops the fact, and concludes; the logic judge rejects it as a skipped fact, the rule judge's consistency
+    accepts it unless the thought is also inconsistent. A bad kind fails before any work (usage error);
+    warmstart.json records a kind that is not the default when there are invalid targets."""
     from audiothink.judge.rule import consistency
     from audiothink.judge.toy_logic import check_chain
 
@@ -336,6 +334,7 @@ def test_the_extra_kind_adds_one_fact_that_repeats_the_conclusions_value(tmp_pat
     out = warmstart.main(["--out", str(tmp_path / "m"), "--steps", "1", "--batch-size", "2",
                           "--invalid-share", "0.5", "--invalid-kind", "extra"])
     assert json.loads((out / "warmstart.json").read_text())["invalid_kind"] == "extra"
+
 
 def test_without_mistakes_the_targets_are_todays(batches, tmp_path):
     """Shares 0 (the defaults): every target is byte for byte the one the committed checkpoint trained on; a
