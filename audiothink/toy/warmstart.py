@@ -323,8 +323,9 @@ def main(argv: list[str] | None = None) -> Path:
                     help="mixed: four invalid steps (a skipped fact, another clip's fact, no fact, a conclusion that "
                          "does not follow); skip: a skipped fact (hard) or no fact (easy) only; misattributed: "
                          "another clip's fact (hard) or a conclusion that does not follow (easy) only, which keep "
-                         "the answer's value written in the chain; extra: the valid chain and one more fact before the conclusion, of a clip "
-                         "the rule does not visit, stating the conclusion's value (module doc)")
+                         "the answer's value written in the chain; extra: the valid chain and one more fact before "
+                         "the conclusion, of a clip the rule does not visit, stating the conclusion's value (module "
+                         "doc)")
     ap.add_argument("--items", type=int, default=2000, help="size of the fixed training set (0: a new item per target)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
