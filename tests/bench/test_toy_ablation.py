@@ -141,3 +141,23 @@ def test_a_mistake_kind_needs_the_mistakes_warm_start(bench, tmp_path, flag):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--rows", "before", *flag, "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
+
+
+def test_the_bench_offers_every_kind_the_warm_start_has(bench, tmp_path, capsys):
+    """bench/toy_ablation.py keeps its --inconsistent-kind / --invalid-kind choices as literals (its --help and
+    usage errors import no torch); they must be the warm start's kinds, no more and no fewer: each one reaches the
+    --warmstart-mistakes check (not argparse's invalid choice)."""
+    from audiothink.toy import warmstart
+
+    for flag, kinds in (("--inconsistent-kind", warmstart.INCONSISTENT_KINDS),
+                        ("--invalid-kind", warmstart.INVALID_KINDS)):
+        for kind in (*kinds, "typo"):
+            with pytest.raises(SystemExit) as exc:
+                bench.main(["--rows", "before", flag, kind, "--out", str(tmp_path / "o")])
+            err = capsys.readouterr().err
+            assert exc.value.code == 2
+            if kind == "typo":
+                assert "invalid choice" in err and all(repr(k) in err for k in kinds), err
+            else:
+                assert "applies only with --warmstart-mistakes" in err, err
+
